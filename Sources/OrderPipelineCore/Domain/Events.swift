@@ -1,0 +1,113 @@
+import Foundation
+
+public enum EventType: String, Sendable, CaseIterable {
+    case orderCreated = "OrderCreated"
+    case orderFulfilled = "OrderFulfilled"
+    case orderFailed = "OrderFailed"
+
+    /// The event a move into `status` announces, if any (Processing is internal and announces nothing).
+    public init?(announcing status: OrderStatus) {
+        switch status {
+        case .fulfilled: self = .orderFulfilled
+        case .failed: self = .orderFailed
+        case .pending, .processing: return nil
+        }
+    }
+}
+
+/// One domain event as it travels through both outboxes, Kafka and Service Bus.
+///
+/// The wire form is JSON with a fixed key order:
+/// `{"eventId","eventType","orderId","occurredAt","status","order"?}`. The id is derived from (order, type), so
+/// every copy of the same event, however often re-sent, carries the same id.
+public struct PipelineEvent: Hashable, Sendable {
+    public var id: EventID
+    public var type: EventType
+    public var orderID: OrderID
+    public var occurredAt: Instant
+    public var payload: [UInt8]
+
+    public init(type: EventType, order: Order, at occurredAt: Instant, includeOrder: Bool) {
+        let id = EventID.derived(order: order.id, type: type)
+        self.id = id
+        self.type = type
+        self.orderID = order.id
+        self.occurredAt = occurredAt
+        var json = JSONWriter()
+        json.object { json in
+            json.field("eventId", id.description)
+            json.field("eventType", type.rawValue)
+            json.field("orderId", order.id.description)
+            json.field("occurredAt", occurredAt.description)
+            json.field("status", order.status.rawValue)
+            json.key("totalAmount"); json.number(text: order.totalAmount.description)
+            if let reason = order.failureReason { json.field("failureReason", reason) }
+            if includeOrder {
+                json.key("order")
+                order.write(to: &json)
+            }
+        }
+        self.payload = json.bytes
+    }
+
+    /// Builds an event for an order known only by id (the consumer's fulfilment event is written inside the
+    /// transaction that loads the order, so it carries what the consumer knows).
+    public init(type: EventType, orderID: OrderID, at occurredAt: Instant, status: OrderStatus) {
+        let id = EventID.derived(order: orderID, type: type)
+        self.id = id
+        self.type = type
+        self.orderID = orderID
+        self.occurredAt = occurredAt
+        var json = JSONWriter()
+        json.object { json in
+            json.field("eventId", id.description)
+            json.field("eventType", type.rawValue)
+            json.field("orderId", orderID.description)
+            json.field("occurredAt", occurredAt.description)
+            json.field("status", status.rawValue)
+        }
+        self.payload = json.bytes
+    }
+}
+
+/// What a consumer needs from a record, decoded and checked; anything else is poison.
+public struct EventEnvelope: Hashable, Sendable {
+    public var id: EventID
+    public var type: EventType
+    public var orderID: OrderID
+
+    public enum DecodeError: Error, Hashable, Sendable, CustomStringConvertible {
+        case notJSON
+        case missingField(String)
+        case badField(String)
+        case idNotDerived(EventID)
+
+        public var description: String {
+            switch self {
+            case .notJSON: "payload is not a JSON object"
+            case .missingField(let name): "payload has no \(name)"
+            case .badField(let name): "payload has a malformed \(name)"
+            case .idNotDerived(let id): "eventId \(id) is not the id derived from orderId and eventType"
+            }
+        }
+    }
+
+    private struct Wire: Decodable {
+        var eventId: String?
+        var eventType: String?
+        var orderId: String?
+    }
+
+    /// Decodes the envelope and checks that the event id is the derived one (a foreign or corrupted record is poison).
+    public static func decode(_ payload: [UInt8]) -> Result<EventEnvelope, DecodeError> {
+        guard let wire = try? JSONDecoder().decode(Wire.self, from: Data(payload)) else { return .failure(.notJSON) }
+        guard let idText = wire.eventId else { return .failure(.missingField("eventId")) }
+        guard let typeText = wire.eventType else { return .failure(.missingField("eventType")) }
+        guard let orderText = wire.orderId else { return .failure(.missingField("orderId")) }
+        guard let id = EventID(idText) else { return .failure(.badField("eventId")) }
+        guard let type = EventType(rawValue: typeText) else { return .failure(.badField("eventType")) }
+        guard let orderID = OrderID(orderText) else { return .failure(.badField("orderId")) }
+        guard id == EventID.derived(order: orderID, type: type) else { return .failure(.idNotDerived(id)) }
+        return .success(EventEnvelope(id: id, type: type, orderID: orderID))
+    }
+}

@@ -1,0 +1,155 @@
+/// A 128-bit UUID as two words: cheap to hash and compare, formatted lower-case (RFC 9562).
+public struct UUID128: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var high: UInt64
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    public init(bytes: some Collection<UInt8>) {
+        precondition(bytes.count >= 16)
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        for (index, byte) in bytes.prefix(16).enumerated() {
+            if index < 8 { high = high << 8 | UInt64(byte) } else { low = low << 8 | UInt64(byte) }
+        }
+        self.init(high: high, low: low)
+    }
+
+    /// A random (version 4) UUID from the caller's generator; the simulator passes its seeded one.
+    public static func random(using generator: inout some RandomNumberGenerator) -> UUID128 {
+        let high = (generator.next() & 0xFFFF_FFFF_FFFF_0FFF) | 0x0000_0000_0000_4000
+        let low = (generator.next() & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000
+        return UUID128(high: high, low: low)
+    }
+
+    /// A name-based (version 5, SHA-1) UUID: the same namespace and name always give the same id.
+    public static func nameBased(namespace: UUID128, name: String) -> UUID128 {
+        var digest = SHA1.hash(namespace.bytes + Array(name.utf8))
+        digest[6] = (digest[6] & 0x0F) | 0x50
+        digest[8] = (digest[8] & 0x3F) | 0x80
+        return UUID128(bytes: digest)
+    }
+
+    public var bytes: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(16)
+        for word in [high, low] {
+            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: word >> UInt64(shift))) }
+        }
+        return out
+    }
+
+    public var description: String {
+        var text = Array(bytes.hexString.utf8)
+        for position in [20, 16, 12, 8] { text.insert(UInt8(ascii: "-"), at: position) }
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    /// Parses the canonical 36-character form (either case); nil for anything else.
+    public init?(_ text: some StringProtocol) {
+        let utf8 = Array(text.utf8)
+        guard utf8.count == 36 else { return nil }
+        var nibbles: [UInt8] = []
+        nibbles.reserveCapacity(32)
+        for (index, char) in utf8.enumerated() {
+            if index == 8 || index == 13 || index == 18 || index == 23 {
+                guard char == UInt8(ascii: "-") else { return nil }
+                continue
+            }
+            switch char {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibbles.append(char - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibbles.append(char - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): nibbles.append(char - UInt8(ascii: "A") + 10)
+            default: return nil
+            }
+        }
+        self.init(bytes: stride(from: 0, to: 32, by: 2).map { nibbles[$0] << 4 | nibbles[$0 + 1] })
+    }
+
+    public static func < (lhs: UUID128, rhs: UUID128) -> Bool {
+        (lhs.high, lhs.low) < (rhs.high, rhs.low)
+    }
+}
+
+/// The identity of an order. New ids come from the shell (the API server's system randomness, the simulator's seed).
+public struct OrderID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var uuid: UUID128
+    public init(_ uuid: UUID128) { self.uuid = uuid }
+    public init?(_ text: some StringProtocol) {
+        guard let uuid = UUID128(text) else { return nil }
+        self.uuid = uuid
+    }
+    public var description: String { uuid.description }
+    public static func < (lhs: OrderID, rhs: OrderID) -> Bool { lhs.uuid < rhs.uuid }
+}
+
+/// The identity of an event. Always derived from (order, event type), so a re-sent event carries the same id; the
+/// id of `OrderFulfilled` is the Service Bus MessageId that duplicate detection keys on.
+public struct EventID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var uuid: UUID128
+    public init(_ uuid: UUID128) { self.uuid = uuid }
+    public init?(_ text: some StringProtocol) {
+        guard let uuid = UUID128(text) else { return nil }
+        self.uuid = uuid
+    }
+    public var description: String { uuid.description }
+    public static func < (lhs: EventID, rhs: EventID) -> Bool { lhs.uuid < rhs.uuid }
+
+    /// The namespace of every derived event id (a fixed, project-specific UUID).
+    public static let namespace = UUID128("2b1f6f1e-8a3c-4c56-9d0e-5a7b3c9e4f10")!
+
+    public static func derived(order: OrderID, type: EventType) -> EventID {
+        EventID(UUID128.nameBased(namespace: namespace, name: "\(order)/\(type.rawValue)"))
+    }
+}
+
+/// A point in time as microseconds since the Unix epoch. Machines are handed `now`; they never read a clock.
+public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var microseconds: Int64
+    public init(microseconds: Int64) { self.microseconds = microseconds }
+
+    public static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.microseconds < rhs.microseconds }
+    public static func + (lhs: Instant, rhs: Duration) -> Instant { Instant(microseconds: lhs.microseconds + rhs.microseconds) }
+    public static func - (lhs: Instant, rhs: Instant) -> Duration { Duration.microseconds(lhs.microseconds - rhs.microseconds) }
+
+    /// RFC 3339 in UTC with microseconds, e.g. `2026-11-29T02:40:03.123456Z`.
+    public var description: String {
+        let seconds = microseconds.floorDivided(by: 1_000_000)
+        let micros = microseconds - seconds * 1_000_000
+        let days = seconds.floorDivided(by: 86_400)
+        let secondOfDay = seconds - days * 86_400
+        // Howard Hinnant's civil-from-days.
+        let z = days + 719_468
+        let era = z.floorDivided(by: 146_097)
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        func pad(_ value: Int64, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(secondOfDay / 3600, 2)):\(pad(secondOfDay / 60 % 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(micros, 6))Z"
+    }
+}
+
+extension Duration {
+    /// Whole microseconds (the resolution of `Instant`).
+    public var microseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
+    }
+}
+
+extension Int64 {
+    fileprivate func floorDivided(by divisor: Int64) -> Int64 {
+        let q = self / divisor
+        return (self % divisor != 0 && (self < 0) != (divisor < 0)) ? q - 1 : q
+    }
+}

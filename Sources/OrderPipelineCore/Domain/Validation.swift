@@ -1,0 +1,199 @@
+import Foundation
+
+/// Bounds on what an order request may hold. Defaults are the API's; all are checked before anything is stored.
+public struct OrderLimits: Sendable, Hashable {
+    public var maxItems = 100
+    public var maxNameLength = 200
+    public var maxEmailLength = 254
+    public var maxProductNameLength = 200
+    public var maxQuantity = 10_000
+    public var maxUnitPrice = Money(cents: 100_000_000)  // 1,000,000.00
+    public init() {}
+}
+
+/// One problem with one field, e.g. `items[0].quantity`: "must be at least 1".
+public struct FieldError: Hashable, Sendable {
+    public var field: String
+    public var message: String
+    public init(field: String, message: String) {
+        self.field = field
+        self.message = message
+    }
+}
+
+/// Why a request was refused before it touched the store.
+public enum RequestError: Error, Hashable, Sendable {
+    /// The body is not JSON, or not an object (HTTP 400).
+    case malformed(String)
+    /// The body is JSON but breaks the rules; one entry per field (HTTP 422).
+    case invalid([FieldError])
+}
+
+/// A validated order request: `{"customerName","customerEmail","items":[{"productName","quantity","unitPrice"}]}`.
+public struct OrderRequest: Hashable, Sendable {
+    public var customerName: String
+    public var customerEmail: String
+    public var items: [OrderItem]
+    public var totalAmount: Money
+
+    /// SHA-1 of the canonical form: two requests with the same content have the same fingerprint, which is how a
+    /// reused Idempotency-Key with a different body is recognised.
+    public var fingerprint: String {
+        var json = JSONWriter()
+        json.object { json in
+            json.field("customerName", customerName)
+            json.field("customerEmail", customerEmail)
+            json.key("items")
+            json.array { json in
+                for item in items {
+                    json.object { json in
+                        json.field("productName", item.productName)
+                        json.field("quantity", item.quantity)
+                        json.key("unitPrice"); json.number(text: item.unitPrice.description)
+                    }
+                }
+            }
+        }
+        return SHA1.hash(json.bytes).hexString
+    }
+
+    private struct Wire: Decodable {
+        var customerName: String?
+        var customerEmail: String?
+        var items: [WireItem]?
+    }
+
+    private struct WireItem: Decodable {
+        var productName: String?
+        var quantity: Int?
+        var unitPrice: Decimal?
+    }
+
+    /// Decodes and validates a request body. Every problem is reported, not only the first.
+    public static func parse(_ body: [UInt8], limits: OrderLimits = OrderLimits()) -> Result<OrderRequest, RequestError> {
+        let wire: Wire
+        do {
+            wire = try JSONDecoder().decode(Wire.self, from: Data(body))
+        } catch let error as DecodingError {
+            return .failure(describe(error))
+        } catch {
+            return .failure(.malformed("the body is not valid JSON"))
+        }
+        return validate(wire, limits: limits)
+    }
+
+    private static func describe(_ error: DecodingError) -> RequestError {
+        func path(_ codingPath: [any CodingKey]) -> String {
+            var text = ""
+            for key in codingPath {
+                if let index = key.intValue { text += "[\(index)]" } else { text += text.isEmpty ? key.stringValue : ".\(key.stringValue)" }
+            }
+            return text
+        }
+        switch error {
+        case .typeMismatch(let type, let context) where !context.codingPath.isEmpty:
+            return .invalid([FieldError(field: path(context.codingPath), message: "must be \(expectation(for: type))")])
+        case .dataCorrupted(let context) where !context.codingPath.isEmpty:
+            return .invalid([FieldError(field: path(context.codingPath), message: "has a value of the wrong type or range")])
+        case .valueNotFound(let type, let context) where !context.codingPath.isEmpty:
+            return .invalid([FieldError(field: path(context.codingPath), message: "must be \(expectation(for: type))")])
+        case .typeMismatch:
+            return .malformed("the body must be a JSON object")
+        default:
+            return .malformed("the body is not valid JSON")
+        }
+    }
+
+    private static func expectation(for type: Any.Type) -> String {
+        switch type {
+        case is String.Type: "a string"
+        case is Int.Type: "an integer"
+        case is Decimal.Type: "a number"
+        case is [WireItem].Type: "an array"
+        default: "an object"
+        }
+    }
+
+    private static func validate(_ wire: Wire, limits: OrderLimits) -> Result<OrderRequest, RequestError> {
+        var errors: [FieldError] = []
+        func check(_ field: String, _ text: String?, max: Int) -> String {
+            guard let text else {
+                errors.append(FieldError(field: field, message: "is required"))
+                return ""
+            }
+            if text.allSatisfy(\.isWhitespace) { errors.append(FieldError(field: field, message: "must not be blank")) }
+            if text.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
+            if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+                errors.append(FieldError(field: field, message: "must not contain control characters"))
+            }
+            return text
+        }
+        let name = check("customerName", wire.customerName, max: limits.maxNameLength)
+        let email = check("customerEmail", wire.customerEmail, max: limits.maxEmailLength)
+        if wire.customerEmail != nil, !email.isEmpty, !isPlausibleEmail(email) {
+            errors.append(FieldError(field: "customerEmail", message: "must be an e-mail address like name@example.com"))
+        }
+        var items: [OrderItem] = []
+        var total = Money.zero
+        switch wire.items {
+        case nil:
+            errors.append(FieldError(field: "items", message: "is required"))
+        case let list? where list.isEmpty:
+            errors.append(FieldError(field: "items", message: "must hold at least one item"))
+        case let list? where list.count > limits.maxItems:
+            errors.append(FieldError(field: "items", message: "must hold at most \(limits.maxItems) items"))
+        case let list?:
+            for (index, item) in list.enumerated() {
+                let field = "items[\(index)]"
+                let product = check("\(field).productName", item.productName, max: limits.maxProductNameLength)
+                var quantity = 0
+                if let q = item.quantity {
+                    if q < 1 { errors.append(FieldError(field: "\(field).quantity", message: "must be at least 1")) }
+                    else if q > limits.maxQuantity { errors.append(FieldError(field: "\(field).quantity", message: "must be at most \(limits.maxQuantity)")) }
+                    else { quantity = q }
+                } else {
+                    errors.append(FieldError(field: "\(field).quantity", message: "is required"))
+                }
+                var price: Money?
+                if let decimal = item.unitPrice {
+                    if decimal < 0 {
+                        errors.append(FieldError(field: "\(field).unitPrice", message: "must not be negative"))
+                    } else if decimal > Decimal(limits.maxUnitPrice.cents) / 100 {
+                        errors.append(FieldError(field: "\(field).unitPrice", message: "must be at most \(limits.maxUnitPrice)"))
+                    } else if let money = Money(decimalText: plainText(decimal)) {
+                        price = money
+                    } else {
+                        errors.append(FieldError(field: "\(field).unitPrice", message: "must have at most 2 decimal places"))
+                    }
+                } else {
+                    errors.append(FieldError(field: "\(field).unitPrice", message: "is required"))
+                }
+                if let price, quantity > 0 {
+                    let item = OrderItem(productName: product, quantity: quantity, unitPrice: price)
+                    items.append(item)
+                    // Bounded by the limits above (100 items × 10,000 × 1,000,000.00 fits in Int64 cents).
+                    total = total.adding(item.lineTotal) ?? total
+                }
+            }
+        }
+        guard errors.isEmpty else { return .failure(.invalid(errors)) }
+        return .success(OrderRequest(customerName: name, customerEmail: email, items: items, totalAmount: total))
+    }
+
+    /// Decimal's text in plain notation (no exponent), so `Money` sees every fraction digit.
+    private static func plainText(_ value: Decimal) -> String {
+        var value = value
+        var text = NSDecimalString(&value, nil)
+        if text.contains("e") || text.contains("E") { text = "\(value)" }
+        return text
+    }
+
+    private static func isPlausibleEmail(_ text: String) -> Bool {
+        let parts = text.split(separator: "@", omittingEmptySubsequences: false)
+        guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
+        guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
+        guard !text.contains(where: { $0.isWhitespace }) else { return false }
+        let labels = domain.split(separator: ".", omittingEmptySubsequences: false)
+        return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty && $0.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" } }
+    }
+}

@@ -1,0 +1,205 @@
+/// The store's vocabulary: each command is one atomic transaction with a fixed recipe, written here once and
+/// implemented twice — by the PostgreSQL adapter (SQL) and by the simulator's PostgreSQL model. The machines decide
+/// *which* command to issue; the store only performs it. The contract tests hold both implementations to the
+/// recipes below.
+
+/// Which outbox a relay drains: the Kafka outbox (order events) or the Service Bus outbox (fulfilment events).
+public enum OutboxKind: String, Sendable, CaseIterable, Hashable {
+    case kafka
+    case serviceBus = "service-bus"
+}
+
+/// A row of either outbox, as a relay claims it.
+public struct OutboxMessage: Hashable, Sendable {
+    /// The row's insertion sequence (a `bigserial`): oldest first, and the order of one order's events.
+    public var sequence: Int64
+    public var event: PipelineEvent
+    /// How many claims this row has had, this one included.
+    public var attempts: Int
+
+    public init(sequence: Int64, event: PipelineEvent, attempts: Int) {
+        self.sequence = sequence
+        self.event = event
+        self.attempts = attempts
+    }
+}
+
+public enum StoreCommand: Hashable, Sendable {
+    /// Insert the order, its items and its `OrderCreated` Kafka outbox row, and record the idempotency key, all in
+    /// one transaction, then NOTIFY the relays. If the key is already recorded: the same fingerprint replays the
+    /// stored order (`.orderReplayed`), another fingerprint is refused (`.idempotencyKeyReused`) and nothing is written.
+    case createOrder(NewOrder)
+    /// Lock the order; if `to` is a legal successor, update it, append the Kafka outbox row for the event it
+    /// announces (if any) and, when it becomes Fulfilled, the Service Bus outbox row; else change nothing.
+    case transition(OrderTransition)
+    /// Claim up to `limit` rows of one outbox (see `OutboxClaim`).
+    case claimOutbox(OutboxClaim)
+    /// Settle rows this owner claimed: mark published, schedule a retry, or dead-letter.
+    case settleOutbox(OutboxSettlement)
+    /// Drop every claim held by `owner` (a relay restarting from durable state frees what its past life held).
+    case releaseClaims(outbox: OutboxKind, owner: String)
+    /// The consumer's transaction (pessimistic inbox), see `Fulfilment`.
+    case fulfil(Fulfilment)
+    /// Record a poison record in the dead-letter table (idempotent on its source).
+    case deadLetter(DeadLetter)
+}
+
+public struct NewOrder: Hashable, Sendable {
+    public var order: Order
+    public var event: PipelineEvent
+    /// The client's Idempotency-Key, or `order:<id>` when it sent none, so an internal retry is idempotent too.
+    public var idempotencyKey: String
+    public var fingerprint: String
+
+    public init(order: Order, event: PipelineEvent, idempotencyKey: String, fingerprint: String) {
+        self.order = order
+        self.event = event
+        self.idempotencyKey = idempotencyKey
+        self.fingerprint = fingerprint
+    }
+}
+
+public struct OrderTransition: Hashable, Sendable {
+    public var orderID: OrderID
+    public var to: OrderStatus
+    public var at: Instant
+    public var reason: String?
+
+    public init(orderID: OrderID, to: OrderStatus, at: Instant, reason: String? = nil) {
+        self.orderID = orderID
+        self.to = to
+        self.at = at
+        self.reason = reason
+    }
+}
+
+/// Claim recipe: among rows of `outbox` that are not published and not dead-lettered, whose `next_attempt_at` has
+/// come and whose claim is absent or expired (`claimed_until <= now`), and that are the **head of their order** (no
+/// older row of the same order is still unsettled), take the oldest `limit` by sequence (`FOR UPDATE SKIP LOCKED`),
+/// set `claimed_by = owner`, `claimed_until = leaseUntil`, `attempts += 1`, and return them oldest first.
+/// Head-of-line is what keeps one order's events in order however many relays run.
+public struct OutboxClaim: Hashable, Sendable {
+    public var outbox: OutboxKind
+    public var owner: String
+    public var limit: Int
+    public var now: Instant
+    public var leaseUntil: Instant
+
+    public init(outbox: OutboxKind, owner: String, limit: Int, now: Instant, leaseUntil: Instant) {
+        self.outbox = outbox
+        self.owner = owner
+        self.limit = limit
+        self.now = now
+        self.leaseUntil = leaseUntil
+    }
+}
+
+/// Settle recipe, fenced by ownership: only rows still claimed by `owner` and not yet published change (a relay
+/// whose lease expired and was taken over changes nothing). Published rows get `published_at = now`; retried rows
+/// get `next_attempt_at` and `last_error`; dead-lettered rows get `dead_lettered_at`, `last_error` and a row in the
+/// dead-letter table. Every settled row loses its claim.
+public struct OutboxSettlement: Hashable, Sendable {
+    public struct Retry: Hashable, Sendable {
+        public var sequence: Int64
+        public var notBefore: Instant
+        public var error: String
+        public init(sequence: Int64, notBefore: Instant, error: String) {
+            self.sequence = sequence
+            self.notBefore = notBefore
+            self.error = error
+        }
+    }
+
+    public struct Rejection: Hashable, Sendable {
+        public var sequence: Int64
+        public var reason: String
+        public init(sequence: Int64, reason: String) {
+            self.sequence = sequence
+            self.reason = reason
+        }
+    }
+
+    public var outbox: OutboxKind
+    public var owner: String
+    public var now: Instant
+    public var published: [Int64]
+    public var retries: [Retry]
+    public var rejections: [Rejection]
+
+    public init(outbox: OutboxKind, owner: String, now: Instant, published: [Int64] = [], retries: [Retry] = [], rejections: [Rejection] = []) {
+        self.outbox = outbox
+        self.owner = owner
+        self.now = now
+        self.published = published
+        self.retries = retries
+        self.rejections = rejections
+    }
+
+    public var isEmpty: Bool { published.isEmpty && retries.isEmpty && rejections.isEmpty }
+}
+
+/// The consumer's transaction: insert `eventID` into the inbox (`ON CONFLICT DO NOTHING`); if it was already there,
+/// change nothing and answer `.duplicate`. Otherwise, for `OrderCreated`: lock the order; if Pending, move it to
+/// Processing (stamping `processed_at`) and then to Fulfilled, and append `fulfilmentEvent` to the Service Bus
+/// outbox, answering `.fulfilled`; if it is in any other status answer `.skipped(status)`. Other event types are
+/// only recorded (`.recorded`). An `OrderCreated` whose order does not exist answers `.orderMissing`.
+public struct Fulfilment: Hashable, Sendable {
+    public var envelope: EventEnvelope
+    public var at: Instant
+    /// Written to the Service Bus outbox when this transaction fulfils the order.
+    public var fulfilmentEvent: PipelineEvent
+
+    public init(envelope: EventEnvelope, at: Instant) {
+        self.envelope = envelope
+        self.at = at
+        self.fulfilmentEvent = PipelineEvent(type: .orderFulfilled, orderID: envelope.orderID, at: at, status: .fulfilled)
+    }
+}
+
+/// A record that cannot be handled, kept with why. `source` is unique ("orders/2@117") so recording is idempotent.
+public struct DeadLetter: Hashable, Sendable {
+    public var source: String
+    public var reason: String
+    public var payload: [UInt8]
+    public var at: Instant
+
+    public init(source: String, reason: String, payload: [UInt8], at: Instant) {
+        self.source = source
+        self.reason = reason
+        self.payload = payload
+        self.at = at
+    }
+}
+
+public enum StoreReply: Hashable, Sendable {
+    case orderCreated(Order)
+    case orderReplayed(Order)
+    case idempotencyKeyReused
+    case transitioned(Order)
+    case orderNotFound
+    case illegalTransition(from: OrderStatus)
+    case claimed([OutboxMessage])
+    case settled(rows: Int)
+    case released(rows: Int)
+    case fulfilled
+    case duplicate
+    case skipped(OrderStatus)
+    case recorded
+    case orderMissing
+    case deadLettered
+}
+
+/// Why a transaction did not happen. All of these are retriable: nothing was written.
+public enum StoreFailure: Hashable, Sendable {
+    case unavailable(String)
+    case timedOut
+    case conflict(String)
+}
+
+public enum StoreResult: Hashable, Sendable {
+    case committed(StoreReply)
+    case failed(StoreFailure)
+    /// The connection died during COMMIT: the transaction may or may not have happened. Machines converge by
+    /// re-issuing the same command, which every recipe above makes idempotent.
+    case unknown
+}

@@ -1,0 +1,191 @@
+/// Fulfils orders from the Kafka topic, exactly once in effect.
+///
+/// For each record, in partition order: decode it (poison goes to the dead-letter table and topic), run the
+/// fulfilment transaction (pessimistic inbox: the event id first, then Pending → Processing → Fulfilled and the
+/// Service Bus outbox row, one commit), and only once a fetched batch is fully handled commit the next offsets.
+/// A redelivered record finds its inbox row and changes nothing. Work for partitions revoked by a rebalance is
+/// never committed.
+public struct FulfilmentConsumer: Sendable {
+    public struct Configuration: Sendable, Hashable {
+        /// The topic name, for dead-letter sources ("orders/2@117").
+        public var topic = "orders"
+        public var fetchMax = 100
+        public var backoff = Backoff()
+        public init() {}
+    }
+
+    enum Step: Hashable, Sendable {
+        case fetch
+        case store(ConsumedRecord, StoreCommand)
+        case forward(ConsumedRecord, reason: String)
+        case commit([PartitionOffset], generation: Int64)
+    }
+
+    enum Phase: Hashable, Sendable {
+        case stopped
+        /// Nothing assigned: waiting for the group.
+        case unassigned
+        case awaiting(Ticket, Step)
+        case backingOff(Step, failures: Int)
+    }
+
+    public let configuration: Configuration
+    private(set) var phase: Phase = .stopped
+    private var generation: Int64 = -1
+    private var partitions: [Int32] = []
+    private var buffer: [ConsumedRecord] = []
+    private var bufferStart = 0
+    /// Next offset to commit per partition, handled but not yet committed.
+    private var handled: [Int32: Int64] = [:]
+    private var failures = 0
+    private var nextTicket: UInt64 = 0
+    private var random: SplitMix64
+
+    public init(configuration: Configuration = Configuration(), seed: UInt64) {
+        self.configuration = configuration
+        self.random = SplitMix64(seed: seed)
+    }
+
+    public mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        switch input {
+        case .start:
+            self = FulfilmentConsumer(configuration: configuration, seed: random.next())
+            phase = .unassigned
+            return []
+        case let .assigned(generation, partitions):
+            return assigned(generation, partitions.sorted(), now: now)
+        case .timer(.retry):
+            guard case .backingOff(let step, _) = phase else { return [] }
+            return perform(step, now: now)
+        case let .fetched(ticket, records):
+            guard case .awaiting(ticket, .fetch) = phase else { return [] }
+            buffer.removeFirst(bufferStart)
+            bufferStart = 0
+            buffer += records.filter { partitions.contains($0.partition) }
+            return next(now: now)
+        case let .stored(ticket, result):
+            guard case .awaiting(ticket, let step) = phase, case .store(let record, _) = step else { return [] }
+            return stored(record, step, result, now: now)
+        case let .published(ticket, outcomes):
+            guard case .awaiting(ticket, let step) = phase, case .forward(let record, _) = step else { return [] }
+            if outcomes.first == .delivered { return done(record, now: now) }
+            return backOff(step, note: .storeRetry("dead-letter topic"), now: now)
+        case let .offsetsCommitted(ticket, outcome):
+            guard case .awaiting(ticket, .commit(let offsets, _)) = phase else { return [] }
+            switch outcome {
+            case .committed:
+                for committed in offsets where handled[committed.partition] == committed.offset {
+                    handled[committed.partition] = nil
+                }
+                failures = 0
+                return next(now: now)
+            case .rebalanced:
+                // The group moved on; the new owner of these partitions redoes the work (the inbox dedupes it).
+                handled = [:]
+                return [.note(.offsetsFenced)] + next(now: now)
+            case .failed(let reason):
+                return backOff(.commit(offsets, generation: generation), note: .storeRetry("commit: \(reason)"), now: now)
+            }
+        case .timer(.poll), .wake, .createOrder, .changeStatus:
+            return []
+        }
+    }
+
+    private mutating func assigned(_ newGeneration: Int64, _ newPartitions: [Int32], now: Instant) -> [Effect] {
+        generation = newGeneration
+        partitions = newPartitions
+        // Work of revoked partitions is dropped: buffered records and uncommitted progress.
+        let kept = buffer[bufferStart...].filter { newPartitions.contains($0.partition) }
+        buffer = Array(kept)
+        bufferStart = 0
+        for partition in handled.keys.sorted() where !newPartitions.contains(partition) { handled[partition] = nil }
+        switch phase {
+        case .stopped, .unassigned:
+            guard !newPartitions.isEmpty else { phase = .unassigned; return [] }
+            return next(now: now)
+        case .awaiting(_, .commit), .backingOff(.commit, _):
+            // A commit under the old generation is fenced anyway; handled offsets of kept partitions stay.
+            return next(now: now)
+        default:
+            return []
+        }
+    }
+
+    private mutating func next(now: Instant) -> [Effect] {
+        guard !partitions.isEmpty else {
+            phase = .unassigned
+            return []
+        }
+        if bufferStart < buffer.count {
+            let record = buffer[bufferStart]
+            bufferStart += 1
+            guard partitions.contains(record.partition) else { return next(now: now) }
+            switch EventEnvelope.decode(record.value) {
+            case .success(let envelope):
+                return [.note(.consumed(record))] + perform(.store(record, .fulfil(Fulfilment(envelope: envelope, at: now))), now: now)
+            case .failure(let error):
+                let reason = error.description
+                let letter = DeadLetter(source: record.source(topic: configuration.topic), reason: reason, payload: record.value, at: now)
+                return [.note(.poison(record, reason: reason))] + perform(.store(record, .deadLetter(letter)), now: now)
+            }
+        }
+        if !handled.isEmpty {
+            let offsets = handled.keys.sorted().map { PartitionOffset(partition: $0, offset: handled[$0]!) }
+            return perform(.commit(offsets, generation: generation), now: now)
+        }
+        return perform(.fetch, now: now)
+    }
+
+    private mutating func perform(_ step: Step, now: Instant) -> [Effect] {
+        nextTicket += 1
+        let ticket = Ticket(nextTicket)
+        phase = .awaiting(ticket, step)
+        switch step {
+        case .fetch: return [.fetch(ticket, max: configuration.fetchMax)]
+        case .store(_, let command): return [.store(ticket, command)]
+        case .forward(let record, let reason): return [.forwardDeadLetter(ticket, record, reason: reason)]
+        case .commit(let offsets, let generation): return [.commitOffsets(ticket, offsets, generation: generation)]
+        }
+    }
+
+    private mutating func stored(_ record: ConsumedRecord, _ step: Step, _ result: StoreResult, now: Instant) -> [Effect] {
+        switch result {
+        case .failed(let failure):
+            return backOff(step, note: .storeRetry("fulfil: \(OrderIntake.describe(failure))"), now: now)
+        case .unknown:
+            // Maybe committed: the same transaction again either does the work or finds the inbox row.
+            return backOff(step, note: .unknownOutcome("fulfil"), now: now)
+        case .committed(let reply):
+            failures = 0
+            var notes: [Effect] = []
+            switch reply {
+            case .fulfilled:
+                if case .store(_, .fulfil(let f)) = step { notes.append(.note(.fulfilled(f.envelope.orderID))) }
+            case .duplicate:
+                if case .store(_, .fulfil(let f)) = step { notes.append(.note(.redeliveryDeduplicated(f.envelope.id))) }
+            case .skipped(let status):
+                if case .store(_, .fulfil(let f)) = step { notes.append(.note(.skipped(f.envelope.orderID, status))) }
+            case .deadLettered:
+                if case .store(_, .deadLetter(let letter)) = step {
+                    return perform(.forward(record, reason: letter.reason), now: now)
+                }
+            default:
+                break
+            }
+            return notes + done(record, now: now)
+        }
+    }
+
+    private mutating func done(_ record: ConsumedRecord, now: Instant) -> [Effect] {
+        if partitions.contains(record.partition) {
+            handled[record.partition] = max(handled[record.partition] ?? 0, record.offset + 1)
+        }
+        return next(now: now)
+    }
+
+    private mutating func backOff(_ step: Step, note: Note, now: Instant) -> [Effect] {
+        failures += 1
+        phase = .backingOff(step, failures: failures)
+        return [.note(note), .setTimer(.retry, at: now + configuration.backoff.delay(attempt: failures, using: &random))]
+    }
+}
