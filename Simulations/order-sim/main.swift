@@ -1,1 +1,154 @@
-print("todo")
+import ArgumentParser
+import Foundation
+import OrderPipelineCore
+import OrderPipelineSimulation
+
+/// The simulator CLI. Everything it decides comes from the seed; only the progress lines read the wall clock.
+struct OrderSim: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "order-sim",
+        abstract: "Runs the order pipeline in a deterministic simulated world and checks exactly-once fulfilment.",
+        discussion: """
+            Each seed runs a safety phase (faults on), heals every fault, restarts what crashed, runs to quiescence \
+            and checks the invariants. Exit 0 when every invariant held on every seed; exit 1 naming the first \
+            violated invariant, its seed and the command that replays it.
+            """)
+
+    @Option(help: "Run this one seed (or the first of --seeds).") var seed: UInt64?
+    @Option(help: "Number of consecutive seeds to run.") var seeds: Int = 1
+    @Option(help: "Orders (client requests) per seed.") var orders: Int = 100
+    @Option(help: "Fault profile: none, crash, outage, duplicates, all.") var faults: String = "all"
+    @Option(help: "API instances.") var apis: Int = 2
+    @Option(help: "Kafka outbox relays.") var relays: Int = 2
+    @Option(name: .customLong("sb-relays"), help: "Service Bus outbox relays.") var serviceBusRelays: Int = 1
+    @Option(help: "Fulfilment consumers in the group.") var consumers: Int = 2
+    @Option(help: "Partitions of the orders topic.") var partitions: Int = 3
+    @Option(help: "Write the history of the (single) seed as JSON lines to this file.") var trace: String?
+    @Option(help: "Run a replay file (from a failure or fixtures/) and check its expected verdict.") var replay: String?
+    @Option(help: "Directory for replay files of failing seeds.") var failuresDir: String = "."
+
+    func validate() throws {
+        guard FaultProfile(rawValue: faults) != nil else {
+            throw ValidationError("--faults must be one of \(FaultProfile.allCases.map(\.rawValue).joined(separator: ", ")); got \"\(faults)\"")
+        }
+        guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
+        guard orders >= 1, orders <= 100_000 else { throw ValidationError("--orders must be in 1...100000") }
+        for (name, value) in [("--apis", apis), ("--relays", relays), ("--sb-relays", serviceBusRelays), ("--consumers", consumers), ("--partitions", partitions)] {
+            guard (1...64).contains(value) else { throw ValidationError("\(name) must be in 1...64; got \(value)") }
+        }
+        if trace != nil, seeds > 1 { throw ValidationError("--trace records one seed: use it with --seed S and no --seeds") }
+    }
+
+    func run() throws {
+        if let replay { return try runReplay(replay) }
+        var options = SimulationOptions()
+        options.orders = orders
+        options.faults = FaultProfile(rawValue: faults)!.kinds
+        options.apiInstances = apis
+        options.relays = relays
+        options.serviceBusRelays = serviceBusRelays
+        options.consumers = consumers
+        options.partitions = partitions
+        options.recordHistory = trace != nil
+        let first = seed ?? 1
+        let report = runSeeds(options, from: first, count: seeds)
+        if !report.failures.isEmpty { throw ExitCode(1) }
+    }
+
+    private func runReplay(_ path: String) throws {
+        let file: ReplayFile
+        do { file = try ReplayFile.load(path: path) } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        var options = try file.options()
+        options.recordHistory = trace != nil
+        print("replaying \(path): seed \(file.seed), \(file.orders) orders, expected \(file.expectedViolation ?? "pass")")
+        let report = runSeeds(options, from: file.seed, count: 1)
+        let got = report.failures.first?.violations.first?.invariant
+        if got != file.expectedInvariant {
+            print("replay verdict differs: expected \(file.expectedViolation ?? "pass"), got \(got?.rawValue ?? "pass")")
+            throw ExitCode(1)
+        }
+        print("replay reproduced: \(got?.rawValue ?? "pass")")
+        if got != nil { throw ExitCode(1) }
+    }
+
+    struct Report {
+        var failures: [SeedOutcome] = []
+    }
+
+    private func runSeeds(_ base: SimulationOptions, from first: UInt64, count: Int) -> Report {
+        let clock = ContinuousClock()
+        let start = clock.now
+        var lastProgress = start
+        var report = Report()
+        var fired = [Int](repeating: 0, count: FaultKind.allCases.count)
+        var recoveries = RecoveryCounts()
+        var persisted = 0
+        var simMicros: Int64 = 0
+        for n in 0..<count {
+            var options = base
+            options.seed = first &+ UInt64(n)
+            let outcome = Simulation.run(options)
+            persisted += outcome.ordersPersisted
+            simMicros += outcome.simulatedMicroseconds
+            for i in fired.indices { fired[i] += outcome.faultsFired[i] }
+            recoveries = recoveries + outcome.recoveries
+            if let trace {
+                try? outcome.history.jsonLines.write(toFile: trace, atomically: true, encoding: .utf8)
+                print("history: \(outcome.history.entries.count) entries written to \(trace)")
+            }
+            if !outcome.passed {
+                report.failures.append(outcome)
+                announce(outcome, options: options)
+            }
+            let elapsed = clock.now - lastProgress
+            if count > 1, elapsed > .seconds(2) || n == count - 1 {
+                lastProgress = clock.now
+                let wall = (clock.now - start).seconds
+                let rate = Double(n + 1) / max(wall, 0.001)
+                print(String(format: "progress: %d/%d seeds, %d failures, %.0f seeds/s, eta %.0fs", n + 1, count, report.failures.count, rate, Double(count - n - 1) / max(rate, 0.001)))
+            }
+        }
+        let wall = (clock.now - start).seconds
+        printCoverage(base, fired: fired, recoveries: recoveries)
+        print(String(format: "seeds=%d orders=%d failures=%d sim_seconds=%.1f wall_seconds=%.2f", count, persisted, report.failures.count, Double(simMicros) / 1e6, wall))
+        return report
+    }
+
+    private func announce(_ outcome: SeedOutcome, options: SimulationOptions) {
+        let first = outcome.violations[0]
+        print("FAILED seed \(outcome.seed): invariant \(first.invariant.rawValue) violated")
+        for violation in outcome.violations.prefix(5) { print("  - \(violation)") }
+        if outcome.violations.count > 5 { print("  … \(outcome.violations.count - 5) more") }
+        let path = (failuresDir as NSString).appendingPathComponent("order-sim-failure-\(outcome.seed).json")
+        let file = ReplayFile(options: options, expectedViolation: first.invariant, note: first.detail)
+        if (try? file.write(to: path)) != nil { print("  replay file: \(path)") }
+        print("  replay: order-sim --seed \(outcome.seed) --orders \(options.orders) --faults \(faults) --apis \(options.apiInstances) --relays \(options.relays) --sb-relays \(options.serviceBusRelays) --consumers \(options.consumers) --partitions \(options.partitions) --trace seed-\(outcome.seed).jsonl")
+        print("      or: order-sim --replay \(path)")
+    }
+
+    private func printCoverage(_ options: SimulationOptions, fired: [Int], recoveries: RecoveryCounts) {
+        print("faults fired:")
+        for kind in FaultKind.allCases {
+            let count = fired[kind.index]
+            let flag = options.enabled(kind) ? (count == 0 ? "  <- enabled but never fired" : "") : "  (off)"
+            print("  \(kind.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))\(flag)")
+        }
+        print("recovery paths run:")
+        for (name, count) in recoveries.rows {
+            print("  \(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))")
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String { String(repeating: " ", count: max(0, width - count)) + self }
+}
+
+OrderSim.main()

@@ -172,3 +172,13 @@ public struct Backoff: Hashable, Sendable {
         return .microseconds(half + Int64(random.below(UInt64(max(half, 1)))))
     }
 }
+
+/// What every state machine is: inputs in, effects out, nothing else. Shells (production and simulated) drive any
+/// machine through this one method.
+public protocol PipelineMachine: Sendable {
+    mutating func handle(_ input: Input, now: Instant) -> [Effect]
+}
+
+extension OrderIntake: PipelineMachine {}
+extension OutboxRelay: PipelineMachine {}
+extension FulfilmentConsumer: PipelineMachine {}

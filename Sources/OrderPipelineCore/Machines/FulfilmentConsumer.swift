@@ -37,6 +37,9 @@ public struct FulfilmentConsumer: Sendable {
     private var bufferStart = 0
     /// Next offset to commit per partition, handled but not yet committed.
     private var handled: [Int32: Int64] = [:]
+    /// The generation the record in hand was fetched in: work on a record from before the latest assignment is
+    /// never committed (the group resets positions to the committed offsets, so it comes again).
+    private var recordGeneration: Int64 = -1
     private var failures = 0
     private var nextTicket: UInt64 = 0
     private var random: SplitMix64
@@ -94,17 +97,17 @@ public struct FulfilmentConsumer: Sendable {
     private mutating func assigned(_ newGeneration: Int64, _ newPartitions: [Int32], now: Instant) -> [Effect] {
         generation = newGeneration
         partitions = newPartitions
-        // Work of revoked partitions is dropped: buffered records and uncommitted progress.
-        let kept = buffer[bufferStart...].filter { newPartitions.contains($0.partition) }
-        buffer = Array(kept)
+        // Eager rebalancing revokes everything and every partition restarts from its committed offset: buffered
+        // records and uncommitted progress are dropped, and will be delivered again (the inbox dedupes them).
+        buffer = []
         bufferStart = 0
-        for partition in handled.keys.sorted() where !newPartitions.contains(partition) { handled[partition] = nil }
+        handled = [:]
         switch phase {
         case .stopped, .unassigned:
             guard !newPartitions.isEmpty else { phase = .unassigned; return [] }
             return next(now: now)
         case .awaiting(_, .commit), .backingOff(.commit, _):
-            // A commit under the old generation is fenced anyway; handled offsets of kept partitions stay.
+            // A commit under the old generation is fenced anyway: drop it and read from the new assignment.
             return next(now: now)
         default:
             return []
@@ -119,6 +122,7 @@ public struct FulfilmentConsumer: Sendable {
         if bufferStart < buffer.count {
             let record = buffer[bufferStart]
             bufferStart += 1
+            recordGeneration = generation
             guard partitions.contains(record.partition) else { return next(now: now) }
             switch EventEnvelope.decode(record.value) {
             case .success(let envelope):
@@ -177,7 +181,7 @@ public struct FulfilmentConsumer: Sendable {
     }
 
     private mutating func done(_ record: ConsumedRecord, now: Instant) -> [Effect] {
-        if partitions.contains(record.partition) {
+        if recordGeneration == generation, partitions.contains(record.partition) {
             handled[record.partition] = max(handled[record.partition] ?? 0, record.offset + 1)
         }
         return next(now: now)

@@ -1,0 +1,128 @@
+import OrderPipelineCore
+
+/// The properties the pipeline promises; each violation names one.
+public enum Invariant: String, Sendable, CaseIterable, Hashable {
+    case acknowledgedOrderLost = "no-acknowledged-order-lost"
+    case idempotency = "one-order-per-idempotency-key"
+    case badInputWroteNothing = "bad-input-writes-nothing"
+    case statusNeverBackwards = "status-never-backwards"
+    case exactlyOneFulfilment = "exactly-one-fulfilled-transition"
+    case downstreamExactlyOnce = "one-fulfilment-message-id-downstream"
+    case kafkaOrder = "order-events-in-order"
+    case deadLettersOnlyPoison = "dead-letters-only-poison"
+    case nothingPending = "nothing-pending-after-liveness"
+}
+
+public struct Violation: Sendable, Hashable, CustomStringConvertible {
+    public var invariant: Invariant
+    public var detail: String
+    public init(_ invariant: Invariant, _ detail: String) {
+        self.invariant = invariant
+        self.detail = detail
+    }
+    public var description: String { "\(invariant.rawValue): \(detail)" }
+}
+
+/// Reads the end state of a world (durable state of every model, what clients were told, what downstream got) and
+/// lists every broken invariant. Walks arrays and sorted keys only.
+public enum Checker {
+    public static func check(_ world: World) -> [Violation] {
+        var violations = world.clientViolations
+        let db = world.database
+
+        // Acknowledged orders exist; each key holds the order its client was told; invalid requests wrote nothing.
+        for client in world.clients {
+            let stored = db.idempotencyKeys[client.key]
+            if let acked = client.ackedOrder {
+                if db.orders[acked] == nil { violations.append(Violation(.acknowledgedOrderLost, "\(client.key) was told \(acked) was created, but it is not in the database")) }
+                if let stored, stored.orderID != acked { violations.append(Violation(.idempotency, "\(client.key) was told \(acked), its key holds \(stored.orderID)")) }
+            }
+            if !client.valid, stored != nil { violations.append(Violation(.badInputWroteNothing, "\(client.key): an invalid request left an order")) }
+        }
+        if db.orderIDs.count > world.clients.filter(\.valid).count {
+            violations.append(Violation(.idempotency, "\(db.orderIDs.count) orders stored for \(world.clients.filter(\.valid).count) valid requests"))
+        }
+
+        // Status history: created Pending, then only legal, contiguous moves; count Fulfilled moves.
+        var lastStatus: [OrderID: OrderStatus] = [:]
+        var fulfilments: [OrderID: Int] = [:]
+        for t in db.transitions {
+            if let from = t.from {
+                guard let previous = lastStatus[t.orderID] else {
+                    violations.append(Violation(.statusNeverBackwards, "\(t.orderID) moved \(from.rawValue) → \(t.to.rawValue) before it was created"))
+                    continue
+                }
+                if previous != from || !from.canMove(to: t.to) {
+                    violations.append(Violation(.statusNeverBackwards, "\(t.orderID) moved \(from.rawValue) → \(t.to.rawValue) while it was \(previous.rawValue)"))
+                }
+            } else if t.to != .pending {
+                violations.append(Violation(.statusNeverBackwards, "\(t.orderID) was created \(t.to.rawValue)"))
+            }
+            lastStatus[t.orderID] = t.to
+            if t.to == .fulfilled { fulfilments[t.orderID, default: 0] += 1 }
+        }
+        for id in db.orderIDs {
+            let count = fulfilments[id] ?? 0
+            if count > 1 { violations.append(Violation(.exactlyOneFulfilment, "\(id) was fulfilled \(count) times")) }
+        }
+
+        // Downstream: one distinct, derived MessageId per persisted order; none for anything else.
+        var messageIDs: [OrderID: [EventID]] = [:]
+        for message in world.downstream.received where !(messageIDs[message.orderID]?.contains(message.messageID) ?? false) {
+            messageIDs[message.orderID, default: []].append(message.messageID)
+        }
+        for order in messageIDs.keys.sorted() {
+            let ids = messageIDs[order]!
+            if db.orders[order] == nil {
+                violations.append(Violation(.downstreamExactlyOnce, "downstream got a fulfilment of \(order), which was never committed"))
+            } else if ids.count > 1 {
+                violations.append(Violation(.downstreamExactlyOnce, "downstream got \(ids.count) distinct MessageIds for \(order): \(ids.map(\.description).joined(separator: ", "))"))
+            } else if ids[0] != EventID.derived(order: order, type: .orderFulfilled) {
+                violations.append(Violation(.downstreamExactlyOnce, "\(order)'s fulfilment MessageId \(ids[0]) is not the derived one"))
+            }
+        }
+
+        // Kafka: one order's events in one partition, first appearances in outbox order.
+        var firstSeen: [OrderID: [EventID]] = [:]
+        var partitionOf: [OrderID: Int] = [:]
+        for (p, log) in world.kafka.partitions.enumerated() {
+            for record in log {
+                guard let event = record.event else { continue }
+                if let earlier = partitionOf[event.orderID], earlier != p {
+                    violations.append(Violation(.kafkaOrder, "\(event.orderID) has events in partitions \(earlier) and \(p)"))
+                }
+                partitionOf[event.orderID] = p
+                if !(firstSeen[event.orderID]?.contains(event.id) ?? false) { firstSeen[event.orderID, default: []].append(event.id) }
+            }
+        }
+        var outboxOrder: [OrderID: [EventID]] = [:]
+        for row in db.kafkaOutbox.rows { outboxOrder[row.event.orderID, default: []].append(row.event.id) }
+        for order in firstSeen.keys.sorted() {
+            let seen = firstSeen[order]!
+            let expected = (outboxOrder[order] ?? []).filter { seen.contains($0) }
+            if seen != expected {
+                violations.append(Violation(.kafkaOrder, "\(order)'s events reached Kafka as \(seen.map(\.description)) but were written as \(expected.map(\.description))"))
+            }
+        }
+
+        // Dead letters hold poison only.
+        for letter in db.deadLetters where !world.poisonSources.contains(letter.source) {
+            violations.append(Violation(.deadLettersOnlyPoison, "\(letter.source) was dead-lettered: \(letter.reason)"))
+        }
+
+        if let stuck = world.liveness {
+            violations.append(Violation(.nothingPending, stuck.summary))
+        } else {
+            for id in db.orderIDs where (fulfilments[id] ?? 0) == 0 {
+                violations.append(Violation(.exactlyOneFulfilment, "\(id) was never fulfilled"))
+            }
+            for id in db.orderIDs where messageIDs[id] == nil {
+                violations.append(Violation(.downstreamExactlyOnce, "downstream never got a fulfilment of \(id)"))
+            }
+            for source in world.poisonSources where !db.deadLetters.contains(where: { $0.source == source }) {
+                violations.append(Violation(.nothingPending, "poison record \(source) was never dead-lettered"))
+            }
+        }
+        return violations
+    }
+}

@@ -1,0 +1,91 @@
+import OrderPipelineCore
+
+/// Every fault the world can inject, each switchable on its own.
+public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable {
+    /// A component crashes just before an effect of its reaches the server (nothing happens).
+    case crashBeforeEffect = "crash-before-effect"
+    /// A component crashes just after its effect took place (crash-after-commit, after-ack…): the result is lost.
+    case crashAfterEffect = "crash-after-effect"
+    /// A relay stalls longer than its lease (GC pause, stopped VM) and wakes up to find its rows taken over.
+    case relayPause = "relay-pause"
+    case databaseOutage = "database-outage"
+    case kafkaOutage = "kafka-outage"
+    case serviceBusOutage = "service-bus-outage"
+    /// The connection dies during COMMIT: the transaction may or may not have happened.
+    case commitUnknown = "commit-unknown"
+    /// A produce times out after the broker did, or did not, write the records.
+    case produceTimeout = "produce-timeout"
+    /// A Service Bus send gets no disposition; the message may or may not be on the queue.
+    case sendTimeout = "send-timeout"
+    /// Records (Kafka) or messages (Service Bus → downstream) handed over again.
+    case duplicateDelivery = "duplicate-delivery"
+    /// A client submits the same request twice at once (double click, retry storm).
+    case duplicateRequest = "duplicate-request"
+    /// The consumer group rebalances in the middle of a batch.
+    case rebalance
+    /// A foreign producer writes an undecodable record to the orders topic.
+    case poison
+
+    public static func < (lhs: FaultKind, rhs: FaultKind) -> Bool { lhs.index < rhs.index }
+    public var index: Int { FaultKind.allCases.firstIndex(of: self)! }
+}
+
+/// The named fault profiles of `order-sim --faults`.
+public enum FaultProfile: String, CaseIterable, Sendable {
+    case none, crash, outage, duplicates, all
+
+    public var kinds: [FaultKind] {
+        switch self {
+        case .none: []
+        case .crash: [.crashBeforeEffect, .crashAfterEffect, .relayPause]
+        case .outage: [.databaseOutage, .kafkaOutage, .serviceBusOutage, .commitUnknown, .produceTimeout, .sendTimeout]
+        case .duplicates: [.duplicateDelivery, .duplicateRequest, .rebalance, .poison]
+        case .all: FaultKind.allCases
+        }
+    }
+}
+
+/// How often each enabled fault strikes. Per-effect probabilities unless said otherwise.
+public struct FaultRates: Sendable, Hashable {
+    public var crashBeforeEffect = 0.004
+    public var crashAfterEffect = 0.004
+    /// Per claim that returned rows.
+    public var relayPause = 0.02
+    /// Outage windows per enabled outage kind during the safety phase.
+    public var outageWindows = 2
+    public var commitUnknown = 0.01
+    public var produceTimeout = 0.01
+    public var sendTimeout = 0.01
+    /// Per fetch / per downstream delivery.
+    public var duplicateDelivery = 0.05
+    /// Per client.
+    public var duplicateRequest = 0.05
+    /// Spontaneous rebalances during the safety phase.
+    public var rebalances = 3
+    /// Poison records during the safety phase.
+    public var poisonRecords = 2
+    public init() {}
+}
+
+/// The shape and workload of one simulated run.
+public struct SimulationOptions: Sendable, Hashable {
+    public var seed: UInt64 = 1
+    public var orders = 100
+    public var faults: [FaultKind] = FaultProfile.all.kinds
+    public var rates = FaultRates()
+    public var apiInstances = 2
+    public var relays = 2
+    public var serviceBusRelays = 1
+    public var consumers = 2
+    public var partitions = 3
+    /// Share of client requests that are invalid (they must be refused and write nothing).
+    public var invalidRequestShare = 0.05
+    /// Record the history (needed for `--trace`; off for speed otherwise).
+    public var recordHistory = false
+    /// Virtual-time budget of the liveness phase.
+    public var livenessDeadline: Duration = .seconds(300)
+
+    public init() {}
+
+    public func enabled(_ kind: FaultKind) -> Bool { faults.contains(kind) }
+}

@@ -1,0 +1,90 @@
+/// Short, stable, one-line descriptions for logs, traces and timelines (never secrets: nothing here holds any).
+
+extension PipelineEvent {
+    /// `OrderCreated(1b4e…)`: type and order.
+    public var summary: String { "\(type.rawValue)(\(orderID))" }
+}
+
+extension StoreCommand {
+    public var name: String {
+        switch self {
+        case .createOrder: "createOrder"
+        case .transition: "transition"
+        case .claimOutbox: "claimOutbox"
+        case .settleOutbox: "settleOutbox"
+        case .releaseClaims: "releaseClaims"
+        case .fulfil: "fulfil"
+        case .deadLetter: "deadLetter"
+        }
+    }
+
+    public var summary: String {
+        switch self {
+        case .createOrder(let new): "order=\(new.order.id) key=\(new.idempotencyKey)"
+        case .transition(let t): "order=\(t.orderID) to=\(t.to.rawValue)"
+        case .claimOutbox(let c): "\(c.outbox.rawValue) owner=\(c.owner) limit=\(c.limit)"
+        case .settleOutbox(let s): "\(s.outbox.rawValue) owner=\(s.owner) published=\(s.published) retry=\(s.retries.map(\.sequence)) dead=\(s.rejections.map(\.sequence))"
+        case .releaseClaims(let kind, let owner): "\(kind.rawValue) owner=\(owner)"
+        case .fulfil(let f): "\(f.envelope.type.rawValue) order=\(f.envelope.orderID) event=\(f.envelope.id)"
+        case .deadLetter(let d): "source=\(d.source) reason=\(d.reason)"
+        }
+    }
+}
+
+extension StoreReply {
+    public var summary: String {
+        switch self {
+        case .orderCreated(let order): "created \(order.id)"
+        case .orderReplayed(let order): "replayed \(order.id)"
+        case .idempotencyKeyReused: "idempotency key reused with another body"
+        case .transitioned(let order): "now \(order.status.rawValue)"
+        case .orderNotFound: "no such order"
+        case .illegalTransition(let from): "illegal from \(from.rawValue)"
+        case .claimed(let rows): "claimed \(rows.map { "\($0.sequence):\($0.event.summary)" })"
+        case .settled(let rows): "settled \(rows)"
+        case .released(let rows): "released \(rows)"
+        case .fulfilled: "fulfilled"
+        case .duplicate: "duplicate (inbox)"
+        case .skipped(let status): "skipped (\(status.rawValue))"
+        case .recorded: "recorded"
+        case .orderMissing: "order missing"
+        case .deadLettered: "dead-lettered"
+        }
+    }
+}
+
+extension Effect {
+    public var name: String {
+        switch self {
+        case .store(_, let command): command.name
+        case .publish(_, let channel, _): "publish(\(channel.rawValue))"
+        case .forwardDeadLetter: "forwardDeadLetter"
+        case .fetch: "fetch"
+        case .commitOffsets: "commitOffsets"
+        case .setTimer: "setTimer"
+        case .cancelTimer: "cancelTimer"
+        case .respond: "respond"
+        case .note: "note"
+        }
+    }
+}
+
+extension Note {
+    public var summary: String {
+        switch self {
+        case .orderAccepted(let id, let replayed): "Order \(id) \(replayed ? "replayed for a retried request" : "created and outbox message queued")"
+        case .published(let channel, let row): "\(row.event.summary) published to \(channel.rawValue) (row \(row.sequence))"
+        case .publishRetry(let channel, let sequence, let reason): "row \(sequence) for \(channel.rawValue) will be retried: \(reason)"
+        case .deadLettered(let channel, let sequence, let reason): "row \(sequence) for \(channel.rawValue) dead-lettered: \(reason)"
+        case .leaseLost(let kind, let rows): "\(rows) \(kind.rawValue) rows were taken over after the lease expired"
+        case .consumed(let record): "Consumed message from partition \(record.partition) at offset \(record.offset)"
+        case .fulfilled(let id): "Order \(id) fulfilled"
+        case .redeliveryDeduplicated(let id): "event \(id) already in the inbox: redelivery ignored"
+        case .skipped(let id, let status): "Order \(id) is \(status.rawValue): nothing to fulfil"
+        case .poison(let record, let reason): "poison record at partition \(record.partition) offset \(record.offset): \(reason)"
+        case .storeRetry(let what): "retrying after a failure: \(what)"
+        case .unknownOutcome(let what): "outcome unknown, re-issuing: \(what)"
+        case .offsetsFenced: "offset commit fenced by a rebalance"
+        }
+    }
+}
