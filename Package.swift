@@ -11,10 +11,13 @@ let package = Package(
     products: [
         .executable(name: "order-sim", targets: ["order-sim"]),
         .library(name: "OrderPipelineCore", targets: ["OrderPipelineCore"]),
+        .library(name: "OrderPipelinePostgres", targets: ["OrderPipelinePostgres"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
+        // The production side (PostgreSQL adapter); not in order-sim's dependency closure.
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
     ],
     targets: [
         .target(name: "OrderPipelineCore"),
@@ -32,6 +35,26 @@ let package = Package(
             path: "Simulations/order-sim"
         ),
         .testTarget(name: "OrderPipelineCoreTests", dependencies: ["OrderPipelineCore"]),
+
+        // --- PostgreSQL (libpq) adapter, runtime shells, HTTP API, the deployable binary -------------------
+        .systemLibrary(
+            name: "CLibPQ",
+            path: "Sources/CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        .target(
+            name: "OrderPipelinePostgres",
+            dependencies: [
+                "OrderPipelineCore",
+                "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "OrderPipelinePostgresTests",
+            dependencies: ["OrderPipelineCore", "OrderPipelinePostgres"]
+        ),
         .testTarget(
             name: "OrderPipelineSimulationTests",
             dependencies: [

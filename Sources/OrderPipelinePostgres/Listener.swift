@@ -1,0 +1,117 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+import Logging
+import OrderPipelineCore
+import Synchronization
+
+/// A dedicated `LISTEN` connection on its own thread. Relays subscribe and are woken by the outbox triggers'
+/// `NOTIFY` (payload: which outbox). After a reconnect every subscriber gets a wake for every outbox, since
+/// notifications sent while disconnected are lost; relays keep their fallback poll regardless.
+public final class PostgresListener: Sendable {
+    private struct State {
+        var subscribers: [UInt64: AsyncStream<OutboxKind>.Continuation] = [:]
+        var nextID: UInt64 = 0
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    private let done = DispatchSemaphore(value: 0)
+    private let settings: PostgresConnection.Settings
+    private let logger: Logger
+
+    public init(settings: PostgresConnection.Settings, logger: Logger) {
+        self.settings = settings
+        self.logger = logger
+        let thread = Thread { [self] in self.run() }
+        thread.name = "pg-listen"
+        thread.start()
+    }
+
+    /// Wakes for one outbox (or all when `kind` is nil), until `close()`.
+    public func wakes(for kind: OutboxKind? = nil) -> AsyncStream<OutboxKind> {
+        let (stream, continuation) = AsyncStream.makeStream(of: OutboxKind.self, bufferingPolicy: .bufferingNewest(1))
+        let id = state.withLock { state -> UInt64? in
+            guard !state.stopped else { return nil }
+            state.nextID += 1
+            state.subscribers[state.nextID] = continuation
+            return state.nextID
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        guard let kind else { return stream }
+        return AsyncStream(bufferingPolicy: .bufferingNewest(1)) { output in
+            let task = Task {
+                for await wake in stream where wake == kind { output.yield(wake) }
+                output.finish()
+            }
+            output.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    public func close() {
+        let subscribers = state.withLock { state in
+            state.stopped = true
+            let all = Array(state.subscribers.values)
+            state.subscribers = [:]
+            return all
+        }
+        for subscriber in subscribers { subscriber.finish() }
+        done.wait()
+    }
+
+    private var isStopped: Bool { state.withLock { $0.stopped } }
+
+    private func deliver(_ kinds: [OutboxKind]) {
+        let subscribers = state.withLock { Array($0.subscribers.values) }
+        for subscriber in subscribers {
+            for kind in kinds { subscriber.yield(kind) }
+        }
+    }
+
+    private func run() {
+        let connection = PostgresConnection(settings: settings)
+        var failures = 0
+        while !isStopped {
+            if !connection.isConnected {
+                do {
+                    try connection.connect()
+                    try connection.execute(constant: "LISTEN orderpipeline_outbox")
+                    if failures > 0 { logger.info("LISTEN connection re-established") }
+                    failures = 0
+                    deliver(OutboxKind.allCases)
+                } catch {
+                    failures += 1
+                    logger.warning("LISTEN connection failed", metadata: ["db.error": "\(error.message)"])
+                    connection.close()
+                    // Back off (50 ms … 5 s), checking for close every 100 ms.
+                    let delay = min(50 << min(failures - 1, 10), 5_000)
+                    var waited = 0
+                    while waited < delay && !isStopped { usleep(100_000); waited += 100 }
+                    continue
+                }
+            }
+            var descriptor = pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&descriptor, 1, 200)
+            guard ready > 0 else { continue }
+            do {
+                let notifications = try connection.consumeNotifications()
+                let kinds = notifications.compactMap { OutboxKind(rawValue: $0.payload) }
+                if !kinds.isEmpty { deliver(kinds) }
+            } catch {
+                logger.warning("LISTEN connection lost", metadata: ["db.error": "\(error.message)"])
+                connection.close()
+            }
+        }
+        connection.close()
+        done.signal()
+    }
+}

@@ -1,0 +1,70 @@
+import Logging
+import OrderPipelineCore
+
+/// The production store: performs `StoreCommand`s on a `PostgresPool` (one dedicated thread per connection) and
+/// answers the API's reads. No libpq type crosses this type's public surface.
+public final class PostgresStore: Sendable {
+    public let pool: PostgresPool
+
+    public init(pool: PostgresPool) {
+        self.pool = pool
+    }
+
+    public convenience init(configuration: PostgresPool.Configuration, logger: Logger) {
+        self.init(pool: PostgresPool(configuration: configuration, logger: logger))
+    }
+
+    /// Performs one store command as one transaction.
+    public func perform(_ command: StoreCommand) async -> StoreResult {
+        await pool.withConnection { connection in
+            switch connection {
+            case .success(let connection): StoreRecipes.perform(command, on: connection)
+            case .failure(let error): .failed(.unavailable(error.message))
+            }
+        }
+    }
+
+    public func order(_ id: OrderID) async throws(PostgresError) -> Order? {
+        try await run { c throws(PostgresError) in try StoreRecipes.loadOrder(id, c, forUpdate: false) }
+    }
+
+    /// Newest first, at most `limit`, strictly after `cursor` (the last order of the previous page).
+    public func orders(limit: Int, after cursor: OrderCursor?) async throws(PostgresError) -> [Order] {
+        try await run { c throws(PostgresError) in
+            try StoreRecipes.listOrders(limit: limit, after: cursor.map { ($0.createdAt, $0.id) }, c)
+        }
+    }
+
+    public func pending(_ kind: OutboxKind) async throws(PostgresError) -> (count: Int, oldestAgeSeconds: Double) {
+        try await run { c throws(PostgresError) in try StoreRecipes.pending(kind, c) }
+    }
+
+    /// The applied schema version (nil: never migrated). Also proves the database answers.
+    public func schemaVersion() async throws(PostgresError) -> Int? {
+        try await run { c throws(PostgresError) in try Migrations.currentVersion(on: c) }
+    }
+
+    public func close() { pool.close() }
+
+    private func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws(PostgresError) -> T) async throws(PostgresError) -> T {
+        let result: Result<T, PostgresError> = await pool.withConnection { connection in
+            switch connection {
+            case .success(let c):
+                do throws(PostgresError) { return .success(try body(c)) } catch { return .failure(error) }
+            case .failure(let error):
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+}
+
+/// Where a page of the newest-first order list ends: the last order's creation time and id.
+public struct OrderCursor: Hashable, Sendable {
+    public var createdAt: Instant
+    public var id: OrderID
+    public init(createdAt: Instant, id: OrderID) {
+        self.createdAt = createdAt
+        self.id = id
+    }
+}

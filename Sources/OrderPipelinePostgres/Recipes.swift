@@ -1,0 +1,287 @@
+import OrderPipelineCore
+
+/// How a recipe ends its transaction. `holdOpen` runs everything up to, not including, COMMIT and leaves the
+/// transaction open with its locks (tests use it to stand for a session that stalls or dies mid-transaction).
+public enum TransactionMode: Sendable, Hashable {
+    case commit
+    case holdOpen
+}
+
+/// The store recipes of `StoreCommand` (see `Effects/Store.swift` in the core) over one libpq connection.
+/// Every function blocks its (dedicated) thread.
+public enum StoreRecipes {
+    public static func perform(_ command: StoreCommand, on connection: PostgresConnection, mode: TransactionMode = .commit) -> StoreResult {
+        switch command {
+        case .createOrder(let new): createOrder(new, connection, mode)
+        case .transition(let change): transition(change, connection, mode)
+        case .claimOutbox(let request): claim(request, connection, mode)
+        case .settleOutbox(let settlement): settle(settlement, connection, mode)
+        case .releaseClaims(let outbox, let owner): release(outbox, owner, connection, mode)
+        case .fulfil(let fulfilment): fulfil(fulfilment, connection, mode)
+        case .deadLetter(let letter): deadLetter(letter, connection, mode)
+        }
+    }
+
+    /// Ends a transaction that `holdOpen` left open.
+    public static func finish(on connection: PostgresConnection, commit: Bool) -> StoreResult {
+        do {
+            try connection.execute(constant: commit ? "COMMIT" : "ROLLBACK")
+            return .committed(.recorded)
+        } catch {
+            return error.code == .connectionLost && commit ? .unknown : .failed(failure(error))
+        }
+    }
+
+    // MARK: recipes
+
+    static func createOrder(_ new: NewOrder, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        let order = new.order
+        var items = JSONWriter()
+        items.array { json in
+            for item in order.items {
+                json.object { json in
+                    json.field("productName", item.productName)
+                    json.field("quantity", item.quantity)
+                    json.key("unitPrice"); json.number(text: item.unitPrice.description)
+                }
+            }
+        }
+        let parameters: [PostgresValue] = [
+            .text(new.idempotencyKey), .text(new.fingerprint), .text(order.id.description),
+            .text(order.customerName), .text(order.customerEmail), .text(order.totalAmount.description),
+            .text(order.createdAt.description), .text(items.string),
+            .text(new.event.id.description), .text(new.event.type.rawValue), .bytes(new.event.payload),
+        ]
+        return singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
+            let inserted = try c.execute(SQL.createOrder, parameters)
+            if inserted.int(0, 0) == 1 { return .orderCreated(order) }
+            // The key was recorded before (or by a concurrent request that committed first: ON CONFLICT waited).
+            let key = try c.execute(SQL.idempotencyKey, [.text(new.idempotencyKey)])
+            guard let fingerprint = key.string(0, 0), let idText = key.string(0, 1), let id = OrderID(idText) else {
+                throw PostgresError(code: .protocolViolation, message: "idempotency key vanished")
+            }
+            guard fingerprint == new.fingerprint else { return .idempotencyKeyReused }
+            guard let stored = try loadOrder(id, c, forUpdate: false) else {
+                throw PostgresError(code: .protocolViolation, message: "idempotency key \(new.idempotencyKey) names a missing order")
+            }
+            return .orderReplayed(stored)
+        }
+    }
+
+    static func transition(_ t: OrderTransition, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        transaction(c, mode) { () throws(PostgresError) -> Outcome in
+            guard var order = try loadOrder(t.orderID, c, forUpdate: true) else { return .rollback(.orderNotFound) }
+            let from = order.status
+            guard from.canMove(to: t.to) else { return .rollback(.illegalTransition(from: from)) }
+            let id = t.orderID.description
+            let at = t.at.description
+            try c.execute(SQL.updateStatus, [.text(id), .text(t.to.rawValue), .text(at), .optional(t.reason)])
+            try c.execute(SQL.recordTransition, [.text(id), .text(from.rawValue), .text(t.to.rawValue), .text(at), .optional(t.reason)])
+            order.status = t.to
+            if t.to == .processing { order.processedAt = t.at }
+            if t.to == .failed { order.failureReason = t.reason }
+            if let type = EventType(announcing: t.to) {
+                let event = PipelineEvent(type: type, order: order, at: t.at, includeOrder: false)
+                try append(event, to: .kafka, c)
+            }
+            if t.to == .fulfilled {
+                let event = PipelineEvent(type: .orderFulfilled, orderID: t.orderID, at: t.at, status: .fulfilled)
+                try append(event, to: .serviceBus, c)
+            }
+            return .commit(.transitioned(order))
+        }
+    }
+
+    static func claim(_ claim: OutboxClaim, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
+            guard claim.limit > 0 else { return .claimed([]) }
+            let rows = try c.execute(claim.outbox == .kafka ? SQL.claimKafka : SQL.claimServiceBus, [
+                .text(claim.owner), .text(claim.now.description), .text(claim.leaseUntil.description), .int(claim.limit),
+            ])
+            var messages: [OutboxMessage] = []
+            messages.reserveCapacity(rows.count)
+            for row in 0..<rows.count {
+                guard let sequence = rows.int(row, 0), let eventID = rows.string(row, 1).flatMap({ EventID($0) }),
+                      let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }),
+                      let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
+                      let occurred = rows.int(row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6)
+                else { throw PostgresError(code: .protocolViolation, message: "malformed outbox row") }
+                var event = PipelineEvent(type: type, orderID: orderID, at: Instant(microseconds: occurred), status: .pending)
+                event.id = eventID
+                event.payload = payload
+                messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
+            }
+            messages.sort { $0.sequence < $1.sequence }
+            return .claimed(messages)
+        }
+    }
+
+    static func settle(_ s: OutboxSettlement, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
+            guard !s.isEmpty else { return .settled(rows: 0) }
+            func ints(_ values: [Int64]) -> PostgresValue { .text("{" + values.map(String.init).joined(separator: ",") + "}") }
+            let rows = try c.execute(s.outbox == .kafka ? SQL.settleKafka : SQL.settleServiceBus, [
+                .text(s.owner), .text(s.now.description), ints(s.published),
+                ints(s.retries.map(\.sequence)), .text(SQL.arrayLiteral(s.retries.map(\.notBefore.description))),
+                .text(SQL.arrayLiteral(s.retries.map(\.error))),
+                ints(s.rejections.map(\.sequence)), .text(SQL.arrayLiteral(s.rejections.map(\.reason))),
+            ])
+            return .settled(rows: Int(rows.int(0, 0) ?? 0))
+        }
+    }
+
+    static func release(_ outbox: OutboxKind, _ owner: String, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
+            let rows = try c.execute(outbox == .kafka ? SQL.releaseKafka : SQL.releaseServiceBus, [.text(owner)])
+            return .released(rows: rows.affected)
+        }
+    }
+
+    static func fulfil(_ f: Fulfilment, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        transaction(c, mode) { () throws(PostgresError) -> Outcome in
+            let envelope = f.envelope
+            let id = envelope.orderID.description
+            let at = f.at.description
+            let inserted = try c.execute(SQL.inbox, [.text(envelope.id.description), .text(envelope.type.rawValue), .text(id), .text(at)])
+            guard inserted.affected == 1 else { return .rollback(.duplicate) }
+            guard envelope.type == .orderCreated else { return .commit(.recorded) }
+            let locked = try c.execute(SQL.lockStatus, [.text(id)])
+            guard let statusText = locked.string(0, 0) else { return .commit(.orderMissing) }
+            guard let status = OrderStatus(rawValue: statusText) else {
+                throw PostgresError(code: .protocolViolation, message: "unknown status \(statusText)")
+            }
+            guard status == .pending else { return .commit(.skipped(status)) }
+            try c.execute(SQL.fulfilOrder, [.text(id), .text(at)])
+            try append(f.fulfilmentEvent, to: .serviceBus, c)
+            return .commit(.fulfilled)
+        }
+    }
+
+    static func deadLetter(_ letter: DeadLetter, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
+            try c.execute(SQL.deadLetter, [.text(letter.source), .text(letter.reason), .bytes(letter.payload), .text(letter.at.description)])
+            return .deadLettered
+        }
+    }
+
+    // MARK: reads
+
+    /// The order with its items, or nil. `forUpdate` locks its row until the transaction ends.
+    public static func loadOrder(_ id: OrderID, _ c: PostgresConnection, forUpdate: Bool) throws(PostgresError) -> Order? {
+        let rows = try c.execute(forUpdate ? SQL.loadOrderForUpdate : SQL.loadOrder, [.text(id.description)])
+        guard rows.count > 0 else { return nil }
+        var order = try decodeOrder(rows, row: 0)
+        for row in 0..<rows.count where !rows.isNull(row, 8) {
+            order.items.append(try decodeItem(rows, row: row, from: 8))
+        }
+        return order
+    }
+
+    /// Newest first; `after` is the last order of the previous page.
+    public static func listOrders(limit: Int, after: (createdAt: Instant, id: OrderID)?, _ c: PostgresConnection) throws(PostgresError) -> [Order] {
+        let rows: PostgresRows
+        if let after {
+            rows = try c.execute(SQL.listAfter, [.int(limit), .int(after.createdAt.microseconds), .text(after.id.description)])
+        } else {
+            rows = try c.execute(SQL.listFirst, [.int(limit)])
+        }
+        var orders: [Order] = []
+        for row in 0..<rows.count { orders.append(try decodeOrder(rows, row: row)) }
+        guard !orders.isEmpty else { return [] }
+        let items = try c.execute(SQL.listItems, [.text("{" + orders.map(\.id.description).joined(separator: ",") + "}")])
+        var byOrder: [OrderID: [OrderItem]] = [:]
+        for row in 0..<items.count {
+            guard let id = items.string(row, 0).flatMap({ OrderID($0) }) else { continue }
+            byOrder[id, default: []].append(try decodeItem(items, row: row, from: 1))
+        }
+        for index in orders.indices { orders[index].items = byOrder[orders[index].id] ?? [] }
+        return orders
+    }
+
+    /// Unsettled rows of an outbox and the age in seconds of the oldest (0 when none).
+    public static func pending(_ kind: OutboxKind, _ c: PostgresConnection) throws(PostgresError) -> (count: Int, oldestAgeSeconds: Double) {
+        let rows = try c.execute(kind == .kafka ? SQL.pendingKafka : SQL.pendingServiceBus)
+        return (Int(rows.int(0, 0) ?? 0), rows.string(0, 1).flatMap(Double.init) ?? 0)
+    }
+
+    static func decodeOrder(_ rows: PostgresRows, row: Int) throws(PostgresError) -> Order {
+        guard let id = rows.string(row, 0).flatMap({ OrderID($0) }), let name = rows.string(row, 1), let email = rows.string(row, 2),
+              let status = rows.string(row, 3).flatMap({ OrderStatus(rawValue: $0) }),
+              let total = rows.string(row, 4).flatMap({ Money(decimalText: $0) }), let created = rows.int(row, 5)
+        else { throw PostgresError(code: .protocolViolation, message: "malformed order row") }
+        return Order(
+            id: id, customerName: name, customerEmail: email, items: [], totalAmount: total, status: status,
+            createdAt: Instant(microseconds: created), processedAt: rows.int(row, 6).map { Instant(microseconds: $0) },
+            failureReason: rows.string(row, 7))
+    }
+
+    static func decodeItem(_ rows: PostgresRows, row: Int, from column: Int) throws(PostgresError) -> OrderItem {
+        guard let name = rows.string(row, column), let quantity = rows.int(row, column + 1),
+              let price = rows.string(row, column + 2).flatMap({ Money(decimalText: $0) })
+        else { throw PostgresError(code: .protocolViolation, message: "malformed order item row") }
+        return OrderItem(productName: name, quantity: Int(quantity), unitPrice: price)
+    }
+
+    // MARK: transactions
+
+    enum Outcome {
+        case commit(StoreReply)
+        /// Nothing to write: roll back and answer.
+        case rollback(StoreReply)
+    }
+
+    static func append(_ event: PipelineEvent, to kind: OutboxKind, _ c: PostgresConnection) throws(PostgresError) {
+        try c.execute(kind == .kafka ? SQL.appendKafka : SQL.appendServiceBus, [
+            .text(event.id.description), .text(event.orderID.description), .text(event.type.rawValue),
+            .text(event.occurredAt.description), .bytes(event.payload),
+        ])
+    }
+
+    /// BEGIN … COMMIT. A connection lost before COMMIT wrote nothing (`.failed`); lost during COMMIT, maybe (`.unknown`).
+    static func transaction(_ c: PostgresConnection, _ mode: TransactionMode, _ body: () throws(PostgresError) -> Outcome) -> StoreResult {
+        do {
+            try c.execute(constant: "BEGIN")
+        } catch {
+            return .failed(failure(error))
+        }
+        let outcome: Outcome
+        do {
+            outcome = try body()
+        } catch {
+            if error.code != .connectionLost { _ = try? c.execute(constant: "ROLLBACK") }
+            return .failed(failure(error))
+        }
+        switch outcome {
+        case .rollback(let reply):
+            if mode == .commit { _ = try? c.execute(constant: "ROLLBACK") }
+            return .committed(reply)
+        case .commit(let reply):
+            guard mode == .commit else { return .committed(reply) }
+            do {
+                try c.execute(constant: "COMMIT")
+                return .committed(reply)
+            } catch {
+                return error.code == .connectionLost ? .unknown : .failed(failure(error))
+            }
+        }
+    }
+
+    /// One statement in its own implicit transaction (one round trip). If it writes and the connection is lost
+    /// while it runs, the outcome is unknown.
+    static func singleStatement(_ c: PostgresConnection, _ mode: TransactionMode, writes: Bool, _ body: () throws(PostgresError) -> StoreReply) -> StoreResult {
+        if mode == .holdOpen {
+            return transaction(c, mode) { () throws(PostgresError) -> Outcome in .commit(try body()) }
+        }
+        do {
+            return .committed(try body())
+        } catch {
+            return error.code == .connectionLost && writes ? .unknown : .failed(failure(error))
+        }
+    }
+
+    static func failure(_ error: PostgresError) -> StoreFailure {
+        if error.isTimeout { return .timedOut }
+        if error.isConflict { return .conflict(error.message) }
+        return .unavailable(error.message)
+    }
+}

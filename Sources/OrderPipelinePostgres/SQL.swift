@@ -1,0 +1,227 @@
+import OrderPipelineCore
+
+/// The SQL of every recipe. Values are always parameters ($n); table names come from `OutboxKind` only.
+enum SQL {
+    static func table(_ kind: OutboxKind) -> String {
+        switch kind {
+        case .kafka: "kafka_outbox"
+        case .serviceBus: "service_bus_outbox"
+        }
+    }
+
+    static func name(_ kind: OutboxKind) -> String {
+        switch kind {
+        case .kafka: "kafka"
+        case .serviceBus: "sb"
+        }
+    }
+
+    static func micros(_ column: String) -> String { "(extract(epoch from \(column)) * 1000000)::int8" }
+
+    // MARK: createOrder — one statement, one implicit transaction, one round trip.
+    // $1 key, $2 fingerprint, $3 order id, $4 name, $5 email, $6 total, $7 created_at, $8 items json,
+    // $9 event id, $10 event type, $11 payload (bytea, binary).
+    static let createOrder = PreparedStatement("op_create_order", """
+        WITH k AS (
+            INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)
+            VALUES ($1::text, $2::text, $3::uuid, $7::timestamptz)
+            ON CONFLICT (key) DO NOTHING
+            RETURNING order_id
+        ), o AS (
+            INSERT INTO orders (id, customer_name, customer_email, status, total_amount, created_at)
+            SELECT k.order_id, $4::text, $5::text, 'Pending', $6::numeric, $7::timestamptz FROM k
+            RETURNING id
+        ), i AS (
+            INSERT INTO order_items (order_id, position, product_name, quantity, unit_price)
+            SELECT o.id, e.ord, e.item->>'productName', (e.item->>'quantity')::int, (e.item->>'unitPrice')::numeric
+            FROM o, json_array_elements($8::json) WITH ORDINALITY AS e(item, ord)
+        ), t AS (
+            INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
+            SELECT o.id, NULL, 'Pending', $7::timestamptz FROM o
+        ), x AS (
+            INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
+            SELECT $9::uuid, o.id, $10::text, $7::timestamptz, $11::bytea, $7::timestamptz FROM o
+        )
+        SELECT count(*) FROM k
+        """)
+
+    static let idempotencyKey = PreparedStatement("op_idempotency_key",
+        "SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1::text")
+
+    static let orderColumns = """
+        o.id, o.customer_name, o.customer_email, o.status, o.total_amount::text, \(micros("o.created_at")),
+        \(micros("o.processed_at")), o.failure_reason
+        """
+
+    /// One row per item (an order always has at least one).
+    static let loadOrder = PreparedStatement("op_load_order", """
+        SELECT \(orderColumns), i.product_name, i.quantity, i.unit_price::text
+        FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
+        WHERE o.id = $1::uuid ORDER BY i.position
+        """)
+
+    static let loadOrderForUpdate = PreparedStatement("op_load_order_for_update", """
+        SELECT \(orderColumns), i.product_name, i.quantity, i.unit_price::text
+        FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
+        WHERE o.id = $1::uuid ORDER BY i.position
+        FOR UPDATE OF o
+        """)
+
+    static let listFirst = PreparedStatement("op_list_first", """
+        SELECT \(orderColumns) FROM orders o ORDER BY o.created_at DESC, o.id DESC LIMIT $1::int
+        """)
+
+    static let listAfter = PreparedStatement("op_list_after", """
+        SELECT \(orderColumns) FROM orders o
+        WHERE (o.created_at, o.id) < (timestamptz 'epoch' + $2::int8 * interval '1 microsecond', $3::uuid)
+        ORDER BY o.created_at DESC, o.id DESC LIMIT $1::int
+        """)
+
+    static let listItems = PreparedStatement("op_list_items", """
+        SELECT order_id, product_name, quantity, unit_price::text FROM order_items
+        WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, position
+        """)
+
+    // MARK: transition
+    // $1 id, $2 status, $3 at, $4 reason
+    static let updateStatus = PreparedStatement("op_update_status", """
+        UPDATE orders SET status = $2::text,
+            processed_at = CASE WHEN $2::text = 'Processing' THEN $3::timestamptz ELSE processed_at END,
+            failure_reason = CASE WHEN $2::text = 'Failed' THEN $4::text ELSE failure_reason END
+        WHERE id = $1::uuid
+        """)
+
+    // $1 id, $2 from, $3 to, $4 at, $5 reason
+    static let recordTransition = PreparedStatement("op_record_transition", """
+        INSERT INTO order_status_transitions (order_id, from_status, to_status, at, reason)
+        VALUES ($1::uuid, $2::text, $3::text, $4::timestamptz, $5::text)
+        """)
+
+    // $1 event id, $2 order id, $3 type, $4 occurred_at, $5 payload
+    static func appendOutbox(_ kind: OutboxKind) -> PreparedStatement {
+        PreparedStatement("op_append_\(name(kind))", """
+            INSERT INTO \(table(kind)) (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
+            VALUES ($1::uuid, $2::uuid, $3::text, $4::timestamptz, $5::bytea, $4::timestamptz)
+            """)
+    }
+    static let appendKafka = appendOutbox(.kafka)
+    static let appendServiceBus = appendOutbox(.serviceBus)
+
+    // MARK: claim — head of line per order, leases, SKIP LOCKED.
+    // $1 owner, $2 now, $3 lease until, $4 limit
+    static func claim(_ kind: OutboxKind) -> PreparedStatement {
+        let t = table(kind)
+        return PreparedStatement("op_claim_\(name(kind))", """
+            WITH candidates AS (
+                SELECT o.sequence FROM \(t) o
+                WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
+                  AND o.next_attempt_at <= $2::timestamptz
+                  AND (o.claimed_until IS NULL OR o.claimed_until <= $2::timestamptz)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM \(t) p
+                      WHERE p.order_id = o.order_id AND p.sequence < o.sequence
+                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL)
+                ORDER BY o.sequence
+                LIMIT $4::int
+                FOR UPDATE OF o SKIP LOCKED
+            )
+            UPDATE \(t) o SET claimed_by = $1::text, claimed_until = $3::timestamptz, attempts = o.attempts + 1
+            FROM candidates c WHERE o.sequence = c.sequence
+            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")), o.payload, o.attempts
+            """)
+    }
+    static let claimKafka = claim(.kafka)
+    static let claimServiceBus = claim(.serviceBus)
+
+    // MARK: settle — fenced by owner.
+    // $1 owner, $2 now, $3 published int8[], $4 retry seqs, $5 retry times, $6 retry errors, $7 rejected seqs, $8 reasons
+    static func settle(_ kind: OutboxKind) -> PreparedStatement {
+        let t = table(kind)
+        let fence = "o.claimed_by = $1::text AND o.published_at IS NULL AND o.dead_lettered_at IS NULL"
+        return PreparedStatement("op_settle_\(name(kind))", """
+            WITH pub AS (
+                UPDATE \(t) o SET published_at = $2::timestamptz, claimed_by = NULL, claimed_until = NULL
+                WHERE o.sequence = ANY($3::int8[]) AND \(fence)
+                RETURNING 1
+            ), ret AS (
+                UPDATE \(t) o SET next_attempt_at = r.not_before, last_error = r.error, claimed_by = NULL, claimed_until = NULL
+                FROM unnest($4::int8[], $5::timestamptz[], $6::text[]) AS r(seq, not_before, error)
+                WHERE o.sequence = r.seq AND \(fence)
+                RETURNING 1
+            ), rej AS (
+                UPDATE \(t) o SET dead_lettered_at = $2::timestamptz, last_error = r.reason, claimed_by = NULL, claimed_until = NULL
+                FROM unnest($7::int8[], $8::text[]) AS r(seq, reason)
+                WHERE o.sequence = r.seq AND \(fence)
+                RETURNING o.sequence, o.payload, r.reason
+            ), dl AS (
+                INSERT INTO dead_letters (source, reason, payload, at)
+                SELECT '\(t)/' || rej.sequence, rej.reason, rej.payload, $2::timestamptz FROM rej
+                ON CONFLICT (source) DO NOTHING
+            )
+            SELECT (SELECT count(*) FROM pub) + (SELECT count(*) FROM ret) + (SELECT count(*) FROM rej)
+            """)
+    }
+    static let settleKafka = settle(.kafka)
+    static let settleServiceBus = settle(.serviceBus)
+
+    static func release(_ kind: OutboxKind) -> PreparedStatement {
+        PreparedStatement("op_release_\(name(kind))", """
+            UPDATE \(table(kind)) SET claimed_by = NULL, claimed_until = NULL
+            WHERE claimed_by = $1::text AND published_at IS NULL AND dead_lettered_at IS NULL
+            """)
+    }
+    static let releaseKafka = release(.kafka)
+    static let releaseServiceBus = release(.serviceBus)
+
+    // MARK: fulfil
+    // $1 event id, $2 type, $3 order id, $4 at
+    static let inbox = PreparedStatement("op_inbox", """
+        INSERT INTO consumer_inbox (event_id, event_type, order_id, received_at)
+        VALUES ($1::uuid, $2::text, $3::uuid, $4::timestamptz) ON CONFLICT (event_id) DO NOTHING
+        """)
+
+    static let lockStatus = PreparedStatement("op_lock_status", "SELECT status FROM orders WHERE id = $1::uuid FOR UPDATE")
+
+    // $1 id, $2 at: Pending → Processing → Fulfilled in one update, both transitions recorded.
+    static let fulfilOrder = PreparedStatement("op_fulfil_order", """
+        WITH u AS (
+            UPDATE orders SET status = 'Fulfilled', processed_at = $2::timestamptz
+            WHERE id = $1::uuid AND status = 'Pending' RETURNING id
+        )
+        INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
+        SELECT u.id, v.from_status, v.to_status, $2::timestamptz
+        FROM u, (VALUES (1, 'Pending', 'Processing'), (2, 'Processing', 'Fulfilled')) AS v(n, from_status, to_status)
+        ORDER BY v.n
+        """)
+
+    // MARK: dead letters
+    static let deadLetter = PreparedStatement("op_dead_letter", """
+        INSERT INTO dead_letters (source, reason, payload, at) VALUES ($1::text, $2::text, $3::bytea, $4::timestamptz)
+        ON CONFLICT (source) DO NOTHING
+        """)
+
+    // MARK: observability
+    static func pending(_ kind: OutboxKind) -> PreparedStatement {
+        PreparedStatement("op_pending_\(name(kind))", """
+            SELECT count(*), coalesce(extract(epoch from now() - min(created_at)), 0)::float8
+            FROM \(table(kind)) WHERE published_at IS NULL AND dead_lettered_at IS NULL
+            """)
+    }
+    static let pendingKafka = pending(.kafka)
+    static let pendingServiceBus = pending(.serviceBus)
+
+    /// `{"a","b"}`: a text[] literal, every element quoted and escaped (passed as a parameter, never spliced).
+    static func arrayLiteral(_ elements: [String]) -> String {
+        var out = "{"
+        for (index, element) in elements.enumerated() {
+            if index > 0 { out += "," }
+            out += "\""
+            for char in element.unicodeScalars where char != "\0" {
+                if char == "\"" || char == "\\" { out += "\\" }
+                out.unicodeScalars.append(char)
+            }
+            out += "\""
+        }
+        return out + "}"
+    }
+}
