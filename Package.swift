@@ -11,13 +11,22 @@ let package = Package(
     products: [
         .executable(name: "order-sim", targets: ["order-sim"]),
         .library(name: "OrderPipelineCore", targets: ["OrderPipelineCore"]),
+        .executable(name: "orderpipeline", targets: ["orderpipeline"]),
         .library(name: "OrderPipelinePostgres", targets: ["OrderPipelinePostgres"]),
+        .library(name: "OrderPipelineRuntime", targets: ["OrderPipelineRuntime"]),
+        .library(name: "OrderPipelineHTTP", targets: ["OrderPipelineHTTP"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
-        // The production side (PostgreSQL adapter); not in order-sim's dependency closure.
+        // The production side (PostgreSQL adapter, HTTP API, the `orderpipeline` binary); none of these is in
+        // order-sim's dependency closure.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
         .target(name: "OrderPipelineCore"),
@@ -51,9 +60,57 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "OrderPipelineRuntime",
+            dependencies: [
+                "OrderPipelineCore",
+                "OrderPipelinePostgres",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "OrderPipelineHTTP",
+            dependencies: [
+                "OrderPipelineCore",
+                "OrderPipelineRuntime",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            resources: [.copy("openapi.json")]
+        ),
+        .executableTarget(
+            name: "orderpipeline",
+            dependencies: [
+                "OrderPipelineCore",
+                "OrderPipelinePostgres",
+                "OrderPipelineRuntime",
+                "OrderPipelineHTTP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .testTarget(
             name: "OrderPipelinePostgresTests",
             dependencies: ["OrderPipelineCore", "OrderPipelinePostgres"]
+        ),
+        .testTarget(
+            name: "OrderPipelineHTTPTests",
+            dependencies: [
+                "OrderPipelineCore",
+                "OrderPipelinePostgres",
+                "OrderPipelineRuntime",
+                "OrderPipelineHTTP",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]
         ),
         .testTarget(
             name: "OrderPipelineSimulationTests",

@@ -1,0 +1,286 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import OrderPipelineCore
+import OrderPipelinePostgres
+import OrderPipelineRuntime
+
+/// What the API reads directly (queries are not decisions, so they bypass the intake machine).
+public protocol OrderReading: Sendable {
+    func order(_ id: OrderID) async throws -> Order?
+    func orders(limit: Int, after cursor: OrderCursor?) async throws -> [Order]
+    func pendingOutbox(_ kind: OutboxKind) async throws -> (count: Int, oldestAgeSeconds: Double)
+    /// The applied schema version, nil if never migrated; throws when the database is unreachable.
+    func schemaVersion() async throws -> Int?
+}
+
+extension PostgresStore: OrderReading {
+    public func pendingOutbox(_ kind: OutboxKind) async throws -> (count: Int, oldestAgeSeconds: Double) {
+        try await pending(kind)
+    }
+}
+
+/// The HTTP API: routes, content negotiation and the mapping of the intake machine's answers to HTTP.
+public struct OrderAPI: Sendable {
+    public struct Limits: Sendable {
+        public var maxBodyBytes = 64 * 1024
+        public var defaultPageSize = 20
+        public var maxPageSize = 100
+        public var maxReasonLength = 500
+        public init() {}
+    }
+
+    public let shell: IntakeShell
+    public let reads: any OrderReading
+    public let metrics: PipelineMetrics
+    public let limits: Limits
+    public let requiredSchemaVersion: Int
+
+    public init(shell: IntakeShell, reads: any OrderReading, metrics: PipelineMetrics, limits: Limits = .init(),
+                requiredSchemaVersion: Int = Migrations.latest) {
+        self.shell = shell
+        self.reads = reads
+        self.metrics = metrics
+        self.limits = limits
+        self.requiredSchemaVersion = requiredSchemaVersion
+    }
+
+    public func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: MetricsMiddleware())
+        router.add(middleware: ProblemMiddleware())
+        router.post("/api/orders") { request, context in try await self.create(request, context) }
+        router.get("/api/orders") { request, _ in try await self.list(request) }
+        router.get("/api/orders/:id") { _, context in try await self.show(context) }
+        router.patch("/api/orders/:id/status") { request, context in try await self.changeStatus(request, context) }
+        router.get("/health/live") { _, _ in Self.json(.ok, Array(#"{"status":"live"}"#.utf8)) }
+        router.get("/health/ready") { _, _ in await self.ready() }
+        router.get("/metrics") { _, _ in await self.renderMetrics() }
+        router.get("/openapi.json") { _, _ in Self.openAPI() }
+        return router
+    }
+
+    // MARK: handlers
+
+    func create(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        if let problem = Self.checkJSONContentType(request) { return problem.response() }
+        let body: [UInt8]
+        switch await collect(request) {
+        case .success(let bytes): body = bytes
+        case .failure(let problem): return problem.response()
+        }
+        let key = request.headers[.idempotencyKey]
+        switch await shell.createOrder(body: body, idempotencyKey: key) {
+        case .created(let order), .replayed(let order):
+            var headers = HTTPFields()
+            headers[.location] = "/api/orders/\(order.id)"
+            headers[.contentType] = "application/json"
+            return Response(status: .created, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: order.json)))
+        case let other:
+            return Self.problem(for: other).response(headers: Self.retryAfter(other))
+        }
+    }
+
+    func show(_ context: BasicRequestContext) async throws -> Response {
+        guard let id = context.parameters.get("id").flatMap({ OrderID($0) }) else {
+            return Problem.malformed("the order id must be a UUID like 3fa85f64-5717-4562-b3fc-2c963f66afa6").response()
+        }
+        do {
+            guard let order = try await reads.order(id) else { return Problem.notFound("no order with id \(id)").response() }
+            return Self.json(.ok, order.json)
+        } catch {
+            return Problem.unavailable("the database is unavailable").response(headers: [.retryAfter: "1"])
+        }
+    }
+
+    func list(_ request: Request) async throws -> Response {
+        let query = request.uri.queryParameters
+        var limit = limits.defaultPageSize
+        if let text = query["limit"] {
+            guard let value = Int(String(text)), (1...limits.maxPageSize).contains(value) else {
+                return Problem.validation([FieldError(field: "limit", message: "must be an integer from 1 to \(limits.maxPageSize)")]).response()
+            }
+            limit = value
+        }
+        var cursor: OrderCursor?
+        if let text = query["cursor"] {
+            guard let decoded = Self.decodeCursor(String(text)) else {
+                return Problem.validation([FieldError(field: "cursor", message: "is not a cursor this API returned")]).response()
+            }
+            cursor = decoded
+        }
+        do {
+            let orders = try await reads.orders(limit: limit, after: cursor)
+            var json = JSONWriter()
+            json.object { json in
+                json.key("items")
+                json.array { json in for order in orders { order.write(to: &json) } }
+                let next = orders.count == limit ? orders.last.map { Self.encodeCursor(OrderCursor(createdAt: $0.createdAt, id: $0.id)) } : nil
+                json.field("nextCursor", next)
+            }
+            return Self.json(.ok, json.bytes)
+        } catch {
+            return Problem.unavailable("the database is unavailable").response(headers: [.retryAfter: "1"])
+        }
+    }
+
+    func changeStatus(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        guard let id = context.parameters.get("id").flatMap({ OrderID($0) }) else {
+            return Problem.malformed("the order id must be a UUID like 3fa85f64-5717-4562-b3fc-2c963f66afa6").response()
+        }
+        if let problem = Self.checkJSONContentType(request) { return problem.response() }
+        let body: [UInt8]
+        switch await collect(request) {
+        case .success(let bytes): body = bytes
+        case .failure(let problem): return problem.response()
+        }
+        let change: (OrderStatus, String?)
+        switch parseStatusChange(body) {
+        case .success(let value): change = value
+        case .failure(let problem): return problem.response()
+        }
+        switch await shell.changeStatus(id, to: change.0, reason: change.1) {
+        case .statusChanged(let order):
+            return Self.json(.ok, order.json)
+        case let other:
+            return Self.problem(for: other).response(headers: Self.retryAfter(other))
+        }
+    }
+
+    func ready() async -> Response {
+        do {
+            let version = try await reads.schemaVersion()
+            guard let version, version >= requiredSchemaVersion else {
+                return Problem.unavailable("the database schema is at version \(version.map(String.init) ?? "none"), this build needs \(requiredSchemaVersion): run `orderpipeline migrate`").response()
+            }
+            return Self.json(.ok, Array(#"{"status":"ready","schemaVersion":\#(version)}"#.utf8))
+        } catch {
+            return Problem.unavailable("the database is unreachable").response(headers: [.retryAfter: "1"])
+        }
+    }
+
+    func renderMetrics() async -> Response {
+        for kind in OutboxKind.allCases {
+            if let pending = try? await reads.pendingOutbox(kind) {
+                metrics.setOutbox(kind, pending: pending.count, oldestAgeSeconds: pending.oldestAgeSeconds)
+            }
+        }
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                        body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
+    }
+
+    static func openAPI() -> Response {
+        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "json"), let data = try? Data(contentsOf: url) else {
+            return Problem.notFound("the OpenAPI document is not bundled with this build").response()
+        }
+        return json(.ok, Array(data))
+    }
+
+    // MARK: helpers
+
+    func collect(_ request: Request) async -> Result<[UInt8], Problem> {
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limits.maxBodyBytes {
+            return .failure(.tooLarge(limit: limits.maxBodyBytes))
+        }
+        do {
+            let buffer = try await request.body.collect(upTo: limits.maxBodyBytes)
+            return .success(Array(buffer.readableBytesView))
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            return .failure(.tooLarge(limit: limits.maxBodyBytes))
+        } catch {
+            return .failure(.malformed("the body could not be read"))
+        }
+    }
+
+    /// `application/json` or any `+json` type, parameters (charset) allowed.
+    static func checkJSONContentType(_ request: Request) -> Problem? {
+        guard let value = request.headers[.contentType] else { return .unsupportedMediaType(nil) }
+        let type = value.split(separator: ";", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        guard type == "application/json" || (type.hasPrefix("application/") && type.hasSuffix("+json")) else {
+            return .unsupportedMediaType(value)
+        }
+        return nil
+    }
+
+    private struct StatusChangeWire: Decodable {
+        var status: String?
+        var reason: String?
+    }
+
+    func parseStatusChange(_ body: [UInt8]) -> Result<(OrderStatus, String?), Problem> {
+        guard (try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed])) != nil else {
+            return .failure(.malformed("the body is not valid JSON"))
+        }
+        guard (try? JSONSerialization.jsonObject(with: Data(body))) is [String: Any] else {
+            return .failure(.malformed("the body must be a JSON object"))
+        }
+        let wire: StatusChangeWire
+        do {
+            wire = try JSONDecoder().decode(StatusChangeWire.self, from: Data(body))
+        } catch DecodingError.typeMismatch(_, let context) {
+            return .failure(.validation([FieldError(field: context.codingPath.first?.stringValue ?? "body", message: "must be a string")]))
+        } catch {
+            return .failure(.malformed("the body is not valid JSON"))
+        }
+        var errors: [FieldError] = []
+        var status: OrderStatus?
+        if let text = wire.status {
+            status = OrderStatus(name: text)
+            if status == nil {
+                errors.append(FieldError(field: "status", message: "must be one of \(OrderStatus.allCases.map(\.rawValue).joined(separator: ", "))"))
+            }
+        } else {
+            errors.append(FieldError(field: "status", message: "is required"))
+        }
+        if let reason = wire.reason {
+            if reason.count > limits.maxReasonLength { errors.append(FieldError(field: "reason", message: "must be at most \(limits.maxReasonLength) characters")) }
+            if reason.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\n" && $0 != "\t" }) {
+                errors.append(FieldError(field: "reason", message: "must not contain control characters"))
+            }
+        }
+        guard errors.isEmpty, let status else { return .failure(.validation(errors)) }
+        return .success((status, wire.reason))
+    }
+
+    static func problem(for response: IntakeResponse) -> Problem {
+        switch response {
+        case .rejected(.malformed(let detail)): .malformed(detail)
+        case .rejected(.invalid(let errors)): .validation(errors)
+        case .idempotencyKeyReused: .idempotencyKeyReused
+        case .notFound(let id): .notFound("no order with id \(id)")
+        case .illegalTransition(let id, let from, let to): .illegalTransition(id, from: from, to: to)
+        case .unavailable(let detail): .unavailable(detail)
+        case .created, .replayed, .statusChanged: Problem(.internalServerError, detail: "unexpected success")
+        }
+    }
+
+    static func retryAfter(_ response: IntakeResponse) -> HTTPFields {
+        if case .unavailable = response { return [.retryAfter: "1"] }
+        return [:]
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ bytes: [UInt8]) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// Opaque to clients: base64url of `<createdAt µs>.<id>`.
+    static func encodeCursor(_ cursor: OrderCursor) -> String {
+        Data("\(cursor.createdAt.microseconds).\(cursor.id)".utf8).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+    }
+
+    static func decodeCursor(_ text: String) -> OrderCursor? {
+        guard text.count <= 128 else { return nil }
+        var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while base64.count % 4 != 0 { base64 += "=" }
+        guard let data = Data(base64Encoded: base64), let plain = String(data: data, encoding: .utf8) else { return nil }
+        let parts = plain.split(separator: ".", maxSplits: 1)
+        guard parts.count == 2, let micros = Int64(parts[0]), let id = OrderID(parts[1]) else { return nil }
+        return OrderCursor(createdAt: Instant(microseconds: micros), id: id)
+    }
+}
+
+extension HTTPField.Name {
+    static let idempotencyKey = Self("Idempotency-Key")!
+}

@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import OrderPipelineHTTP
+import OrderPipelinePostgres
+import OrderPipelineRuntime
+import ServiceLifecycle
+
+/// `orderpipeline` — the deployable binary. Each role is a subcommand; configuration comes from the environment.
+/// (The Kafka/Service Bus roles `relay`, `consume`, `all` and `outbox …` join `subcommands` the same way.)
+@main
+struct OrderPipelineCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "orderpipeline",
+        abstract: "Event-driven order pipeline: HTTP API, outbox relays and fulfilment consumer.",
+        discussion: RuntimeConfiguration.environmentHelp,
+        subcommands: [Serve.self, Migrate.self]
+    )
+}
+
+/// Shared set-up of every subcommand: configuration from the environment and logging.
+enum Bootstrap {
+    static func configuration() throws -> RuntimeConfiguration {
+        do {
+            return try RuntimeConfiguration.fromEnvironment(ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    static func logger(_ label: String, level: Logger.Level) -> Logger {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardOutput(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the HTTP API (POST/GET/PATCH /api/orders, /health/*, /metrics, /openapi.json).",
+        discussion: RuntimeConfiguration.environmentHelp + "\n\nStops gracefully on SIGTERM or SIGINT."
+    )
+
+    func run() async throws {
+        let configuration = try Bootstrap.configuration()
+        let logger = Bootstrap.logger("orderpipeline.serve", level: configuration.logLevel)
+        let metrics = PipelineMetrics()
+        metrics.bootstrapMetricsSystem()
+        let store = PostgresStore(configuration: configuration.pool, logger: logger)
+        let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
+        let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
+        let app = Application(
+            router: api.makeRouter(),
+            configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
+            logger: logger
+        )
+        logger.info("Starting the API", metadata: [
+            "http.address": "\(configuration.httpHost):\(configuration.httpPort)",
+            "db.url": "\(configuration.redactedDatabaseURL)", "db.pool_size": "\(configuration.poolSize)",
+        ])
+        // Services stop in reverse order: the HTTP server drains first, then the pool closes.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: app)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+        logger.info("Stopped")
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply the database migrations that are not applied yet (idempotent).",
+        discussion: "Each migration runs in its own transaction and is recorded in schema_migrations.\n\n" + RuntimeConfiguration.environmentHelp
+    )
+
+    func run() async throws {
+        let configuration = try Bootstrap.configuration()
+        let logger = Bootstrap.logger("orderpipeline.migrate", level: configuration.logLevel)
+        var settings = configuration.pool.connection
+        settings.applicationName = "orderpipeline-migrate"
+        let session = PostgresSession(settings: settings, logger: logger, name: "pg-migrate")
+        defer { session.close() }
+        let result: Result<[Int], PostgresError> = await session.withConnection { connection in
+            Result { () throws(PostgresError) in try Migrations.apply(on: try connection.get(), logger: logger) }
+        }
+        switch result {
+        case .success(let applied):
+            if applied.isEmpty {
+                print("Database is up to date (schema version \(Migrations.latest)).")
+            } else {
+                print("Applied migration\(applied.count == 1 ? "" : "s") \(applied.map(String.init).joined(separator: ", ")); schema version \(Migrations.latest).")
+            }
+        case .failure(let error):
+            logger.error("Migration failed", metadata: ["db.error": "\(error)", "db.url": "\(configuration.redactedDatabaseURL)"])
+            throw ExitCode.failure
+        }
+    }
+}
