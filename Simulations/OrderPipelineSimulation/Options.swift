@@ -62,6 +62,8 @@ public struct FaultRates: Sendable, Hashable {
     public var duplicateRequest = 0.05
     /// Spontaneous rebalances during the safety phase.
     public var rebalances = 3
+    /// Per offset commit: the group rebalances just before the commit lands (it is fenced).
+    public var rebalanceBeforeCommit = 0.02
     /// Poison records during the safety phase.
     public var poisonRecords = 2
     public init() {}
@@ -84,6 +86,8 @@ public struct SimulationOptions: Sendable, Hashable {
     public var recordHistory = false
     /// Virtual-time budget of the liveness phase.
     public var livenessDeadline: Duration = .seconds(300)
+    /// Store recipes replaced by a broken variant (tests of the checker, the bug zoo); none by default.
+    public var recipeVariants = RecipeVariants()
 
     public init() {}
 

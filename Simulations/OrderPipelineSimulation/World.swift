@@ -51,7 +51,8 @@ public final class World {
         case clientTimeout(client: Int, attempt: Int)
         case clientReceive(client: Int, attempt: Int, IntakeResponse)
         case fetchExpired(node: Int, incarnation: Int, Ticket)
-        case rebalance
+        /// The group rebalances; `fault` when the nemesis forced it (not a join or a lost member).
+        case rebalance(fault: Bool)
         case downstream(copies: Int)
         case poison
         case heal
@@ -103,6 +104,7 @@ public final class World {
         kafka = KafkaModel(partitionCount: max(1, options.partitions))
         serviceBus = ServiceBusModel(duplicateDetectionWindow: .seconds(600))
         history = History(enabled: options.recordHistory)
+        database.recipeVariants = options.recipeVariants
         let workloadSpan = max(Int64(1_000_000), Int64(options.orders) * 20_000)
         safetyEnd = workloadSpan + 3_000_000
         deadline = safetyEnd + options.livenessDeadline.microseconds
@@ -129,7 +131,7 @@ public final class World {
         for index in nodes.indices {
             queue.schedule(at: 0, .deliver(node: index, incarnation: 0, .start))
         }
-        queue.schedule(at: 50_000, .rebalance)
+        queue.schedule(at: 50_000, .rebalance(fault: false))
 
         for i in 0..<options.orders {
             let valid = !workloadRandom.chance(options.invalidRequestShare)
@@ -144,7 +146,7 @@ public final class World {
             }
         }
         if options.enabled(.rebalance) {
-            for _ in 0..<options.rates.rebalances { queue.schedule(at: faultRandom.int(in: 100_000...safetyEnd), .rebalance) }
+            for _ in 0..<options.rates.rebalances { queue.schedule(at: faultRandom.int(in: 100_000...safetyEnd), .rebalance(fault: true)) }
         }
         if options.enabled(.poison) {
             for _ in 0..<options.rates.poisonRecords { queue.schedule(at: faultRandom.int(in: 0...safetyEnd), .poison) }
@@ -242,8 +244,8 @@ public final class World {
             parkedFetch[index] = nil
             reply(to: index, incarnation: incarnation, .fetched(ticket, []))
 
-        case .rebalance:
-            rebalance()
+        case .rebalance(let fault):
+            rebalance(asFault: fault && !inLiveness)
 
         case let .downstream(copies):
             downstreamInFlight -= 1
@@ -346,7 +348,11 @@ public final class World {
             if isDown(.kafkaOutage) {
                 result = .offsetsCommitted(ticket, .failed("broker unavailable"))
             } else {
+                if faultRandom.chance(inLiveness || !options.enabled(.rebalance) ? 0 : options.rates.rebalanceBeforeCommit) {
+                    rebalance(asFault: true)
+                }
                 let outcome = kafka.commit(member: index, offsets: offsets, generation: generation)
+                if outcome == .rebalanced { recoveries.offsetCommitsFenced += 1 }
                 history.record(now, node.name, outcome == .committed ? .ok : .fail, "commitOffsets", "\(offsets.map { "\($0.partition)@\($0.offset)" }) gen=\(generation)")
                 result = .offsetsCommitted(ticket, outcome)
             }
@@ -489,11 +495,10 @@ public final class World {
 
     // MARK: - Group, crashes, restarts
 
-    private func rebalance() {
+    private func rebalance(asFault: Bool) {
         let members = nodes.indices.filter { nodes[$0].role == .consumer && nodes[$0].alive }
-        let isSpontaneous = inLiveness == false && kafka.generation > 0
         let assignments = kafka.rebalance(members: members)
-        if isSpontaneous, options.enabled(.rebalance) { fired(.rebalance, "generation \(kafka.generation)") }
+        if asFault { fired(.rebalance, "generation \(kafka.generation)") }
         history.record(now, "kafka", .info, "rebalance", "generation \(kafka.generation): \(assignments.map { "\(nodes[$0.member].name)=\($0.partitions)" }.joined(separator: " "))")
         for (member, partitions) in assignments {
             reply(to: member, incarnation: nodes[member].incarnation, .assigned(generation: kafka.generation, partitions: partitions))
@@ -510,7 +515,7 @@ public final class World {
         history.record(now, node.name, .info, "crash", "")
         if node.role == .consumer {
             // The group notices after the session timeout.
-            queue.schedule(at: now + latency(300_000...1_500_000), .rebalance)
+            queue.schedule(at: now + latency(300_000...1_500_000), .rebalance(fault: false))
         }
         if !node.restartPending {
             node.restartPending = true
@@ -527,7 +532,7 @@ public final class World {
         node.timerTokens = [:]
         history.record(now, node.name, .info, "restart", "incarnation \(node.incarnation)")
         deliver(.start, to: index)
-        if node.role == .consumer { queue.schedule(at: now + latency(50_000...300_000), .rebalance) }
+        if node.role == .consumer { queue.schedule(at: now + latency(50_000...300_000), .rebalance(fault: false)) }
     }
 
     // MARK: - Clients
@@ -710,7 +715,6 @@ public struct RecoveryCounts: Sendable, Hashable {
         case .publishRetry: publishRetries += 1
         case .leaseLost(_, let rows): leasesLost += rows
         case .poison: poisonDeadLettered += 1
-        case .offsetsFenced: offsetCommitsFenced += 1
         default: break
         }
     }

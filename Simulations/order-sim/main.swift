@@ -26,6 +26,7 @@ struct OrderSim: ParsableCommand {
     @Option(help: "Write the history of the (single) seed as JSON lines to this file.") var trace: String?
     @Option(help: "Run a replay file (from a failure or fixtures/) and check its expected verdict.") var replay: String?
     @Option(help: "Directory for replay files of failing seeds.") var failuresDir: String = "."
+    @Option(help: "Save the (single) seed as a replay file with the verdict it gave, e.g. for fixtures/.") var saveReplay: String?
 
     func validate() throws {
         guard FaultProfile(rawValue: faults) != nil else {
@@ -37,6 +38,7 @@ struct OrderSim: ParsableCommand {
             guard (1...64).contains(value) else { throw ValidationError("\(name) must be in 1...64; got \(value)") }
         }
         if trace != nil, seeds > 1 { throw ValidationError("--trace records one seed: use it with --seed S and no --seeds") }
+        if saveReplay != nil, seeds > 1 { throw ValidationError("--save-replay records one seed: use it with --seed S and no --seeds") }
     }
 
     func run() throws {
@@ -95,6 +97,15 @@ struct OrderSim: ParsableCommand {
             simMicros += outcome.simulatedMicroseconds
             for i in fired.indices { fired[i] += outcome.faultsFired[i] }
             recoveries = recoveries + outcome.recoveries
+            if let saveReplay {
+                let file = ReplayFile(options: options, expectedViolation: outcome.violations.first?.invariant)
+                do {
+                    try file.write(to: saveReplay)
+                    print("replay file written to \(saveReplay) (expected verdict: \(file.expectedViolation ?? "pass"))")
+                } catch {
+                    print("error: cannot write \(saveReplay): \(error.localizedDescription)")
+                }
+            }
             if let trace {
                 try? outcome.history.jsonLines.write(toFile: trace, atomically: true, encoding: .utf8)
                 print("history: \(outcome.history.entries.count) entries written to \(trace)")

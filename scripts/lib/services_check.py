@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Test peers for scripts/services (run with the venv python it creates: $SERVICES_PYTHON).
 
-  services_check.py declare-queue AMQP_URL QUEUE
+  services_check.py declare-queue AMQP_URL QUEUE [--durable]
       Attach an AMQP 1.0 sender to /queue/QUEUE (RabbitMQ's AMQP 1.0 plugin declares the queue).
 
   services_check.py kafka --brokers HOST:PORT --topic TOPIC
       Produce one message (idempotent, acks=all) with librdkafka 2.16 and consume it back through a
       fresh consumer group (manual commit). Needs LD_LIBRARY_PATH/confluent-kafka from the venv.
 
-  services_check.py amqp --url AMQP_URL --queue QUEUE
+  services_check.py amqp --url AMQP_URL --queue QUEUE [--durable]
       Send one AMQP 1.0 message (SASL PLAIN) to /queue/QUEUE and receive it back; checks that
       message-id, subject, content-type and application-properties survive.
 
@@ -28,23 +28,43 @@ def log(msg):
     print(f"services_check: {msg}", file=sys.stderr, flush=True)
 
 
+# Notes on RabbitMQ 3.10's AMQP 1.0 plugin (observed, see docs/SERVICES.md):
+# - attaching to /queue/NAME declares NAME; the terminus durability decides whether it is declared
+#   durable, and an attach whose durability differs from the existing queue's is refused
+#   (the link never opens). Default terminus durability (none) = non-durable queue.
+# - it answers detach(closed=true) with detach(closed=false), so proton's BlockingLink.close() waits
+#   until its timeout. We never close links; closing the connection is clean.
+
+
 def amqp_connection(url, timeout):
     from proton.utils import BlockingConnection
 
     return BlockingConnection(url, timeout=timeout, allowed_mechs="PLAIN", allow_insecure_mechs=True)
 
 
-def declare_queue(url, queue, timeout=15):
+def durability_option(durable):
+    if not durable:
+        return None
+    from proton import Terminus
+    from proton.reactor import LinkOption
+
+    class Durable(LinkOption):
+        def apply(self, link):
+            (link.target if link.is_sender else link.source).durability = Terminus.DELIVERIES
+
+    return Durable()
+
+
+def declare_queue(url, queue, durable=False, timeout=15):
     conn = amqp_connection(url, timeout)
     try:
-        sender = conn.create_sender(f"/queue/{queue}")
-        sender.close()
+        conn.create_sender(f"/queue/{queue}", options=durability_option(durable))
     finally:
         conn.close()
-    log(f"queue {queue} declared")
+    log(f"queue {queue} declared ({'durable' if durable else 'non-durable'})")
 
 
-def check_amqp(url, queue, timeout=15):
+def check_amqp(url, queue, durable=False, timeout=15):
     from proton import Message
 
     t0 = time.monotonic()
@@ -52,15 +72,14 @@ def check_amqp(url, queue, timeout=15):
     body = '{"check":"%s"}' % msg_id
     conn = amqp_connection(url, timeout)
     try:
-        sender = conn.create_sender(f"/queue/{queue}")
+        sender = conn.create_sender(f"/queue/{queue}", options=durability_option(durable))
         out = Message(id=msg_id, subject="services.check", content_type="application/json",
                       properties={"check-run": msg_id}, body=body, durable=True)
         delivery = sender.send(out, timeout=timeout)
         state = delivery.remote_state
         if state is not None and str(state) != "ACCEPTED":
             raise SystemExit(f"AMQP send not accepted: {state}")
-        sender.close()
-        receiver = conn.create_receiver(f"/queue/{queue}", credit=10)
+        receiver = conn.create_receiver(f"/queue/{queue}", credit=10, options=durability_option(durable))
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -72,7 +91,6 @@ def check_amqp(url, queue, timeout=15):
                 continue
             receiver.accept()
             break
-        receiver.close()
     finally:
         conn.close()
     body_in = got.body.decode() if isinstance(got.body, (bytes, memoryview)) else got.body
@@ -153,27 +171,30 @@ def main():
     d = sub.add_parser("declare-queue")
     d.add_argument("url")
     d.add_argument("queue")
+    d.add_argument("--durable", action="store_true")
     k = sub.add_parser("kafka")
     k.add_argument("--brokers", required=True)
     k.add_argument("--topic", required=True)
     a = sub.add_parser("amqp")
     a.add_argument("--url", required=True)
     a.add_argument("--queue", required=True)
+    a.add_argument("--durable", action="store_true")
     s = sub.add_parser("smoke")
     s.add_argument("--kafka", required=True)
     s.add_argument("--topic", required=True)
     s.add_argument("--amqp", required=True)
     s.add_argument("--queue", required=True)
+    s.add_argument("--durable", action="store_true")
     args = ap.parse_args()
     if args.cmd == "declare-queue":
-        declare_queue(args.url, args.queue)
+        declare_queue(args.url, args.queue, args.durable)
     elif args.cmd == "kafka":
         check_kafka(args.brokers, args.topic)
     elif args.cmd == "amqp":
-        check_amqp(args.url, args.queue)
+        check_amqp(args.url, args.queue, args.durable)
     else:
         check_kafka(args.kafka, args.topic)
-        check_amqp(args.amqp, args.queue)
+        check_amqp(args.amqp, args.queue, args.durable)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,12 @@ public struct EventEnvelope: Hashable, Sendable {
     public var type: EventType
     public var orderID: OrderID
 
+    public init(id: EventID, type: EventType, orderID: OrderID) {
+        self.id = id
+        self.type = type
+        self.orderID = orderID
+    }
+
     public enum DecodeError: Error, Hashable, Sendable, CustomStringConvertible {
         case notJSON
         case missingField(String)

@@ -65,21 +65,25 @@ public struct JSONWriter: Sendable {
         needsComma[needsComma.count - 1] = true
     }
 
+    /// Copies UTF-8 bytes through, escaping only what JSON requires (quote, backslash, control characters).
     private mutating func appendQuoted(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": bytes.append(contentsOf: Array(#"\""#.utf8))
-            case "\\": bytes.append(contentsOf: Array(#"\\"#.utf8))
-            case "\n": bytes.append(contentsOf: Array(#"\n"#.utf8))
-            case "\r": bytes.append(contentsOf: Array(#"\r"#.utf8))
-            case "\t": bytes.append(contentsOf: Array(#"\t"#.utf8))
-            case _ where scalar.value < 0x20:
-                let hex = Array(String(scalar.value, radix: 16).utf8)
-                bytes.append(contentsOf: Array(#"\u"#.utf8))
-                bytes.append(contentsOf: Array(repeating: UInt8(ascii: "0"), count: 4 - hex.count))
-                bytes.append(contentsOf: hex)
-            default: bytes.append(contentsOf: Array(String(scalar).utf8))
+        var value = value
+        value.withUTF8 { utf8 in
+            for byte in utf8 {
+                switch byte {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                    bytes.append(UInt8(ascii: "\\"))
+                    bytes.append(byte)
+                case UInt8(ascii: "\n"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+                case UInt8(ascii: "\r"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+                case UInt8(ascii: "\t"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+                case 0..<0x20:
+                    let hex = Array("0123456789abcdef".utf8)
+                    bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 0x0F)]])
+                default:
+                    bytes.append(byte)
+                }
             }
         }
         bytes.append(UInt8(ascii: "\""))

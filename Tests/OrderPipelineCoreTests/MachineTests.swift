@@ -1,0 +1,293 @@
+import OrderPipelineCore
+import Testing
+
+let t0 = Instant(microseconds: 1_767_225_600_000_000)
+let orderA = OrderID("11111111-2222-4333-8444-555555555555")!
+let seedBody = Array(ValidationTests.seedRequest.utf8)
+
+func sampleOrder(_ id: OrderID = orderA, status: OrderStatus = .pending) -> Order {
+    Order(id: id, customerName: "John Smith", customerEmail: "john@example.com",
+          items: [OrderItem(productName: "Laptop", quantity: 1, unitPrice: Money(cents: 99_999))], totalAmount: Money(cents: 99_999),
+          status: status, createdAt: t0)
+}
+
+func row(_ sequence: Int64, _ order: OrderID = orderA, attempts: Int = 1) -> OutboxMessage {
+    OutboxMessage(sequence: sequence, event: PipelineEvent(type: .orderCreated, order: sampleOrder(order), at: t0, includeOrder: true), attempts: attempts)
+}
+
+func stores(_ effects: [Effect]) -> [(Ticket, StoreCommand)] {
+    effects.compactMap { if case .store(let t, let c) = $0 { (t, c) } else { nil } }
+}
+
+func responses(_ effects: [Effect]) -> [IntakeResponse] {
+    effects.compactMap { if case .respond(_, let r) = $0 { r } else { nil } }
+}
+
+@Suite struct OrderIntakeTests {
+    @Test func aValidRequestWritesOrderAndOutboxInOneCommandAndAnswersCreated() throws {
+        var intake = OrderIntake()
+        let effects = intake.handle(.createOrder(7, body: seedBody, idempotencyKey: "k-1", newOrderID: orderA), now: t0)
+        let (ticket, command) = try #require(stores(effects).first)
+        guard case .createOrder(let new) = command else { Issue.record("expected createOrder"); return }
+        #expect(new.order.id == orderA && new.order.status == .pending && new.order.createdAt == t0)
+        #expect(new.event.type == .orderCreated && new.event.id == EventID.derived(order: orderA, type: .orderCreated))
+        #expect(new.idempotencyKey == "k-1")
+        #expect(responses(effects).isEmpty)
+
+        let done = intake.handle(.stored(ticket, .committed(.orderCreated(new.order))), now: t0)
+        #expect(responses(done) == [.created(new.order)])
+        #expect(done.contains(.note(.orderAccepted(orderA, replayed: false))))
+        #expect(intake.inFlight == 0)
+    }
+
+    @Test func withoutAKeyTheOrderIdIsTheKey() throws {
+        var intake = OrderIntake()
+        let (_, command) = try #require(stores(intake.handle(.createOrder(1, body: seedBody, idempotencyKey: nil, newOrderID: orderA), now: t0)).first)
+        guard case .createOrder(let new) = command else { Issue.record("expected createOrder"); return }
+        #expect(new.idempotencyKey == "order:\(orderA)")
+    }
+
+    @Test func invalidInputIsAnsweredWithoutTouchingTheStore() {
+        var intake = OrderIntake()
+        let malformed = intake.handle(.createOrder(1, body: Array("{".utf8), idempotencyKey: nil, newOrderID: orderA), now: t0)
+        #expect(stores(malformed).isEmpty)
+        guard case .rejected(.malformed) = responses(malformed).first else { Issue.record("expected malformed"); return }
+        let badKey = intake.handle(.createOrder(2, body: seedBody, idempotencyKey: "has space", newOrderID: orderA), now: t0)
+        #expect(stores(badKey).isEmpty)
+        #expect(responses(badKey) == [.rejected(.invalid([FieldError(field: "Idempotency-Key", message: "must be printable ASCII without spaces")]))])
+    }
+
+    @Test func anUnknownCommitIsAskedAgainThenGivenUp() throws {
+        var intake = OrderIntake()
+        var (ticket, command) = try #require(stores(intake.handle(.createOrder(1, body: seedBody, idempotencyKey: "k", newOrderID: orderA), now: t0)).first)
+        for _ in 1..<intake.configuration.maxUnknownAttempts {
+            let again = intake.handle(.stored(ticket, .unknown), now: t0)
+            let next = try #require(stores(again).first)
+            #expect(next.1 == command, "the same command is re-issued, idempotent on its key")
+            (ticket, command) = next
+        }
+        guard case .unavailable = responses(intake.handle(.stored(ticket, .unknown), now: t0)).first else { Issue.record("expected 503"); return }
+    }
+
+    @Test func storeAnswersMapToResponses() throws {
+        var intake = OrderIntake()
+        func answer(_ reply: StoreResult, for input: Input) throws -> IntakeResponse? {
+            let (ticket, _) = try #require(stores(intake.handle(input, now: t0)).first)
+            return responses(intake.handle(.stored(ticket, reply), now: t0)).first
+        }
+        let create = Input.createOrder(1, body: seedBody, idempotencyKey: "k", newOrderID: orderA)
+        #expect(try answer(.committed(.orderReplayed(sampleOrder())), for: create) == .replayed(sampleOrder()))
+        #expect(try answer(.committed(.idempotencyKeyReused), for: create) == .idempotencyKeyReused)
+        #expect(try answer(.failed(.timedOut), for: create) == .unavailable("the database did not answer in time"))
+        let change = Input.changeStatus(2, orderA, to: .fulfilled, reason: nil)
+        #expect(try answer(.committed(.orderNotFound), for: change) == .notFound(orderA))
+        #expect(try answer(.committed(.illegalTransition(from: .pending)), for: change) == .illegalTransition(orderA, from: .pending, to: .fulfilled))
+        #expect(try answer(.committed(.transitioned(sampleOrder(status: .failed))), for: change) == .statusChanged(sampleOrder(status: .failed)))
+    }
+
+    @Test func resultsForUnknownTicketsAreIgnored() {
+        var intake = OrderIntake()
+        #expect(intake.handle(.stored(Ticket(99), .committed(.fulfilled)), now: t0).isEmpty)
+        #expect(intake.handle(.wake, now: t0).isEmpty)
+    }
+}
+
+@Suite struct OutboxRelayTests {
+    func relay(_ kind: OutboxKind = .kafka) -> OutboxRelay {
+        OutboxRelay(configuration: .init(outbox: kind, owner: "relay-1"), seed: 1)
+    }
+
+    /// Drives a fresh relay through start → released → claim, returning the claim ticket.
+    func started(_ relay: inout OutboxRelay) throws -> Ticket {
+        let (release, command) = try #require(stores(relay.handle(.start, now: t0)).first)
+        #expect(command == .releaseClaims(outbox: .kafka, owner: "relay-1"))
+        let (claim, claimCommand) = try #require(stores(relay.handle(.stored(release, .committed(.released(rows: 0))), now: t0)).first)
+        guard case .claimOutbox(let c) = claimCommand else { Issue.record("expected a claim"); return claim }
+        #expect(c.owner == "relay-1" && c.leaseUntil == t0 + relay.configuration.lease && c.limit == relay.configuration.batchSize)
+        return claim
+    }
+
+    @Test func anEmptyClaimWaitsForThePollOrANotify() throws {
+        var relay = relay()
+        let claim = try started(&relay)
+        let idle = relay.handle(.stored(claim, .committed(.claimed([]))), now: t0)
+        #expect(idle == [.setTimer(.poll, at: t0 + relay.configuration.pollInterval)])
+        let woken = relay.handle(.wake, now: t0)
+        #expect(woken.first == .cancelTimer(.poll))
+        #expect(stores(woken).count == 1)
+        #expect(relay.handle(.wake, now: t0).isEmpty, "a NOTIFY while busy changes nothing")
+    }
+
+    @Test func rowsAreMarkedPublishedOnlyAfterTheAckAndFailuresAreRetriedOrDeadLettered() throws {
+        var relay = relay()
+        let claim = try started(&relay)
+        let rows = [row(1), row(2, OrderID("21111111-2222-4333-8444-555555555555")!, attempts: 4), row(3, OrderID("31111111-2222-4333-8444-555555555555")!)]
+        let publish = relay.handle(.stored(claim, .committed(.claimed(rows))), now: t0)
+        guard case .publish(let ticket, .orders, let sent)? = publish.first else { Issue.record("expected a publish"); return }
+        #expect(sent == rows)
+        #expect(stores(publish).isEmpty, "nothing is marked before the broker answers")
+
+        let later = t0 + .milliseconds(5)
+        let settle = relay.handle(.published(ticket, [.delivered, .unknown("timed out"), .failed(retriable: false, reason: "too large")]), now: later)
+        let (_, command) = try #require(stores(settle).first)
+        guard case .settleOutbox(let s) = command else { Issue.record("expected a settlement"); return }
+        #expect(s.published == [1])
+        #expect(s.retries.map(\.sequence) == [2])
+        #expect(s.retries[0].notBefore > later)
+        #expect(s.rejections == [.init(sequence: 3, reason: "too large")])
+    }
+
+    @Test func retriableFailuresNeverGiveUp() throws {
+        var relay = relay()
+        var claim = try started(&relay)
+        for attempt in 1...50 {
+            let publish = relay.handle(.stored(claim, .committed(.claimed([row(1, attempts: attempt)]))), now: t0)
+            guard case .publish(let ticket, _, _)? = publish.first else { Issue.record("expected a publish"); return }
+            let (settleTicket, command) = try #require(stores(relay.handle(.published(ticket, [.failed(retriable: true, reason: "down")]), now: t0)).first)
+            guard case .settleOutbox(let s) = command else { Issue.record("expected a settlement"); return }
+            #expect(s.rejections.isEmpty && s.retries.count == 1, "attempt \(attempt)")
+            #expect(s.retries[0].notBefore <= t0 + .seconds(10), "backoff is capped")
+            claim = try #require(stores(relay.handle(.stored(settleTicket, .committed(.settled(rows: 1))), now: t0)).first).0
+        }
+    }
+
+    @Test func aFencedSettlementIsNotedAndTheRelayCarriesOn() throws {
+        var relay = relay()
+        let claim = try started(&relay)
+        guard case .publish(let ticket, _, _)? = relay.handle(.stored(claim, .committed(.claimed([row(1)]))), now: t0).first else { return }
+        let (settle, _) = try #require(stores(relay.handle(.published(ticket, [.delivered]), now: t0)).first)
+        let next = relay.handle(.stored(settle, .committed(.settled(rows: 0))), now: t0)
+        #expect(next.contains(.note(.leaseLost(.kafka, rows: 1))))
+        #expect(stores(next).count == 1, "claims again")
+    }
+
+    @Test func storeFailuresBackOffAndRetryTheSameStep() throws {
+        var relay = relay()
+        let claim = try started(&relay)
+        let failed = relay.handle(.stored(claim, .failed(.unavailable("down"))), now: t0)
+        guard case .setTimer(.retry, let at)? = failed.last else { Issue.record("expected a retry timer"); return }
+        #expect(at > t0)
+        #expect(relay.handle(.timer(.poll), now: at).isEmpty, "the poll timer does not interrupt a backoff")
+        let retried = stores(relay.handle(.timer(.retry), now: at))
+        guard case .claimOutbox? = retried.first?.1 else { Issue.record("expected the claim again"); return }
+    }
+
+    @Test func lateAndForeignResultsAreIgnored() throws {
+        var relay = relay()
+        let claim = try started(&relay)
+        #expect(relay.handle(.stored(Ticket(claim.raw + 7), .committed(.claimed([row(1)]))), now: t0).isEmpty)
+        #expect(relay.handle(.published(claim, [.delivered]), now: t0).isEmpty)
+        #expect(relay.handle(.fetched(claim, []), now: t0).isEmpty)
+    }
+
+    @Test func theServiceBusRelayPublishesToTheFulfilmentChannel() throws {
+        var relay = OutboxRelay(configuration: .init(outbox: .serviceBus, owner: "sb-1"), seed: 1)
+        let (release, _) = try #require(stores(relay.handle(.start, now: t0)).first)
+        let (claim, _) = try #require(stores(relay.handle(.stored(release, .committed(.released(rows: 2))), now: t0)).first)
+        guard case .publish(_, .fulfilment, _)? = relay.handle(.stored(claim, .committed(.claimed([row(1)]))), now: t0).first else {
+            Issue.record("expected a publish to the fulfilment channel")
+            return
+        }
+    }
+}
+
+@Suite struct FulfilmentConsumerTests {
+    func record(_ offset: Int64, partition: Int32 = 0, order: OrderID = orderA) -> ConsumedRecord {
+        ConsumedRecord(partition: partition, offset: offset, key: nil, headers: [], value: row(1, order).event.payload)
+    }
+
+    func fetchTicket(_ effects: [Effect]) -> Ticket? {
+        effects.compactMap { if case .fetch(let t, _) = $0 { t } else { nil } }.first
+    }
+
+    func commit(_ effects: [Effect]) -> (Ticket, [PartitionOffset], Int64)? {
+        effects.compactMap { if case .commitOffsets(let t, let o, let g) = $0 { (t, o, g) } else { nil } }.first
+    }
+
+    @Test func fulfilsThenCommitsTheNextOffset() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        #expect(consumer.handle(.start, now: t0).isEmpty, "nothing before an assignment")
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 3, partitions: [0]), now: t0)))
+        let work = consumer.handle(.fetched(fetch, [record(41)]), now: t0)
+        let (ticket, command) = try #require(stores(work).first)
+        guard case .fulfil(let f) = command else { Issue.record("expected fulfil"); return }
+        #expect(f.envelope.orderID == orderA && f.fulfilmentEvent.id == EventID.derived(order: orderA, type: .orderFulfilled))
+        #expect(commit(work) == nil, "no commit before the work")
+
+        let after = consumer.handle(.stored(ticket, .committed(.fulfilled)), now: t0)
+        #expect(after.contains(.note(.fulfilled(orderA))))
+        let (commitTicket, offsets, generation) = try #require(commit(after))
+        #expect(offsets == [PartitionOffset(partition: 0, offset: 42)] && generation == 3)
+        #expect(fetchTicket(consumer.handle(.offsetsCommitted(commitTicket, .committed), now: t0)) != nil)
+    }
+
+    @Test func aRedeliveryIsDeduplicatedAndStillCommitted() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0]), now: t0)))
+        let (ticket, _) = try #require(stores(consumer.handle(.fetched(fetch, [record(5)]), now: t0)).first)
+        let after = consumer.handle(.stored(ticket, .committed(.duplicate)), now: t0)
+        #expect(after.contains(.note(.redeliveryDeduplicated(EventID.derived(order: orderA, type: .orderCreated)))))
+        #expect(commit(after)?.1 == [PartitionOffset(partition: 0, offset: 6)])
+    }
+
+    @Test func poisonIsDeadLetteredToTableAndTopicThenCommitted() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [2]), now: t0)))
+        let poison = ConsumedRecord(partition: 2, offset: 9, key: nil, headers: [], value: Array("garbage".utf8))
+        let (ticket, command) = try #require(stores(consumer.handle(.fetched(fetch, [poison]), now: t0)).first)
+        #expect(command == .deadLetter(DeadLetter(source: "orders/2@9", reason: "payload is not a JSON object", payload: poison.value, at: t0)))
+        let forward = consumer.handle(.stored(ticket, .committed(.deadLettered)), now: t0)
+        guard case .forwardDeadLetter(let forwardTicket, poison, _)? = forward.first else { Issue.record("expected the dead-letter topic"); return }
+        #expect(commit(forward) == nil)
+        let failed = consumer.handle(.published(forwardTicket, [.failed(retriable: true, reason: "down")]), now: t0)
+        guard case .setTimer(.retry, let at)? = failed.last else { Issue.record("expected a retry"); return }
+        guard case .forwardDeadLetter(let again, _, _)? = consumer.handle(.timer(.retry), now: at).first else { Issue.record("expected a second forward"); return }
+        #expect(commit(consumer.handle(.published(again, [.delivered]), now: at))?.1 == [PartitionOffset(partition: 2, offset: 10)])
+    }
+
+    @Test func anUnknownOutcomeRetriesTheSameTransaction() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0]), now: t0)))
+        let (ticket, command) = try #require(stores(consumer.handle(.fetched(fetch, [record(0)]), now: t0)).first)
+        guard case .setTimer(.retry, let at)? = consumer.handle(.stored(ticket, .unknown), now: t0).last else { Issue.record("expected backoff"); return }
+        #expect(stores(consumer.handle(.timer(.retry), now: at)).first?.1 == command)
+    }
+
+    /// Regression (found by the lab, seed 68 of the first world): a record fetched before a rebalance finished
+    /// after its partition came back in a later generation, and its offset was committed, moving the group's
+    /// committed offset backwards past records another member had handled.
+    @Test func workFromBeforeARebalanceIsNeverCommitted() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 4, partitions: [1]), now: t0)))
+        let (ticket, _) = try #require(stores(consumer.handle(.fetched(fetch, [record(0, partition: 1), record(1, partition: 1)]), now: t0)).first)
+        #expect(consumer.handle(.assigned(generation: 5, partitions: [0, 2]), now: t0).isEmpty)
+        #expect(consumer.handle(.assigned(generation: 8, partitions: [1]), now: t0).isEmpty)
+        let after = consumer.handle(.stored(ticket, .committed(.fulfilled)), now: t0)
+        #expect(commit(after) == nil, "the work counts, but its offset belongs to an old generation")
+        #expect(fetchTicket(after) != nil, "reads again from the committed offset; the buffered record was dropped")
+    }
+
+    @Test func aFencedCommitDropsProgressAndCarriesOn() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0]), now: t0)))
+        let (ticket, _) = try #require(stores(consumer.handle(.fetched(fetch, [record(0)]), now: t0)).first)
+        let (commitTicket, _, _) = try #require(commit(consumer.handle(.stored(ticket, .committed(.fulfilled)), now: t0)))
+        let after = consumer.handle(.offsetsCommitted(commitTicket, .rebalanced), now: t0)
+        #expect(after.contains(.note(.offsetsFenced)))
+        #expect(fetchTicket(after) != nil)
+    }
+
+    @Test func recordsOfUnassignedPartitionsAreNotHandled() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0]), now: t0)))
+        let effects = consumer.handle(.fetched(fetch, [record(0, partition: 1)]), now: t0)
+        #expect(stores(effects).isEmpty)
+        #expect(fetchTicket(effects) != nil)
+    }
+}

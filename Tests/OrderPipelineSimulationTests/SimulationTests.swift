@@ -1,0 +1,137 @@
+import Foundation
+import OrderPipelineCore
+import OrderPipelineSimulation
+import PropertyBased
+import Testing
+
+func options(seed: UInt64, orders: Int = 100, faults: FaultProfile = .all, trace: Bool = false) -> SimulationOptions {
+    var options = SimulationOptions()
+    options.seed = seed
+    options.orders = orders
+    options.faults = faults.kinds
+    options.recordHistory = trace
+    return options
+}
+
+/// The promise, checked over many failure schedules: with every fault on, every seed holds every invariant.
+/// `ORDER_SIM_SOAK=N` runs N more seeds (see docs/SIMULATION.md).
+@Suite struct ExactlyOnceProperties {
+    @Test func everySeedWithAllFaultsHoldsEveryInvariant() async {
+        await propertyCheck(count: 500, input: Gen.uint64()) { seed in
+            let outcome = Simulation.run(options(seed: seed))
+            #expect(outcome.violations.isEmpty, "seed \(seed): \(outcome.violations.prefix(3)) — replay: order-sim --seed \(seed) --faults all")
+            #expect(outcome.ordersPersisted > 80, "seed \(seed): the workload really ran")
+        }
+    }
+
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["ORDER_SIM_SOAK"] != nil))
+    func soak() {
+        let count = UInt64(ProcessInfo.processInfo.environment["ORDER_SIM_SOAK"] ?? "") ?? 10_000
+        for seed in 1_000_000..<(1_000_000 + count) {
+            let outcome = Simulation.run(options(seed: seed))
+            #expect(outcome.violations.isEmpty, "seed \(seed): \(outcome.violations.prefix(3))")
+        }
+    }
+
+    @Test(arguments: FaultProfile.allCases)
+    func eachProfileHoldsAndItsFaultsFire(profile: FaultProfile) {
+        var fired = [Int](repeating: 0, count: FaultKind.allCases.count)
+        for seed in UInt64(1)...20 {
+            let outcome = Simulation.run(options(seed: seed, orders: 50, faults: profile))
+            #expect(outcome.violations.isEmpty, "seed \(seed) under \(profile): \(outcome.violations.prefix(3))")
+            for kind in FaultKind.allCases { fired[kind.index] += outcome.faultsFired[kind.index] }
+        }
+        for kind in FaultKind.allCases {
+            if profile.kinds.contains(kind) {
+                #expect(fired[kind.index] > 0, "\(kind.rawValue) never fired under \(profile)")
+            } else {
+                #expect(fired[kind.index] == 0, "\(kind.rawValue) fired under \(profile)")
+            }
+        }
+    }
+
+    @Test func recoveryPathsReallyRun() {
+        var total = RecoveryCounts()
+        for seed in UInt64(1)...30 { total = total + Simulation.run(options(seed: seed)).recoveries }
+        for (name, count) in total.rows { #expect(count > 0, "\(name) never ran in 30 seeds") }
+    }
+}
+
+@Suite struct Determinism {
+    @Test func theSameSeedGivesAByteIdenticalHistory() {
+        let first = Simulation.run(options(seed: 7, trace: true)).history.jsonLines
+        let second = Simulation.run(options(seed: 7, trace: true)).history.jsonLines
+        #expect(first.count > 10_000)
+        #expect(first == second)
+    }
+
+    @Test func differentSeedsDiffer() {
+        let a = Simulation.run(options(seed: 7, trace: true)).history.jsonLines
+        let b = Simulation.run(options(seed: 8, trace: true)).history.jsonLines
+        #expect(a != b)
+    }
+
+    @Test func recordingTheHistoryDoesNotChangeTheRun() {
+        let traced = Simulation.run(options(seed: 11, trace: true))
+        let plain = Simulation.run(options(seed: 11))
+        #expect(traced.simulatedMicroseconds == plain.simulatedMicroseconds)
+        #expect(traced.faultsFired == plain.faultsFired)
+        #expect(plain.history.entries.isEmpty)
+    }
+
+    @Test func historyLinesAreJSONWithTheJepsenShape() throws {
+        let lines = Simulation.run(options(seed: 3, orders: 10, trace: true)).history.jsonLines.split(separator: "\n")
+        var types: Set<String> = []
+        for line in lines.prefix(2_000) {
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            types.insert(try #require(object["type"] as? String))
+            #expect(object["process"] is String && object["f"] is String && object["time"] is Int)
+        }
+        #expect(types == ["invoke", "ok", "fail", "info"])
+    }
+}
+
+/// The checker must be able to fail: break the store and see it named.
+@Suite struct CheckerCatchesBrokenPipelines {
+    @Test func ordersWithoutAnOutboxRowAreReportedStuck() {
+        var broken = options(seed: 5, orders: 20, faults: .none)
+        broken.recipeVariants.createWithoutOutbox = true
+        broken.livenessDeadline = .seconds(20)
+        let outcome = Simulation.run(broken)
+        #expect(outcome.violations.first?.invariant == .nothingPending)
+        #expect(outcome.violations.first?.detail.contains("orders not Fulfilled") == true)
+    }
+
+    @Test func aCleanRunWithoutFaultsPasses() {
+        let outcome = Simulation.run(options(seed: 5, orders: 20, faults: .none))
+        #expect(outcome.violations.isEmpty)
+        #expect(outcome.faultsFired.allSatisfy { $0 == 0 })
+    }
+}
+
+/// Every replay file in fixtures/ gives the verdict it records.
+@Suite struct Fixtures {
+    static var directory: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("fixtures")
+    }
+
+    static var replayFiles: [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        return names.filter { $0.hasSuffix(".json") && $0.hasPrefix("replay-") }.sorted()
+    }
+
+    @Test func thereAreFixtures() { #expect(!Self.replayFiles.isEmpty) }
+
+    @Test(arguments: Fixtures.replayFiles)
+    func replayGivesTheRecordedVerdict(name: String) throws {
+        let file = try ReplayFile.load(path: Self.directory.appendingPathComponent(name).path)
+        let outcome = Simulation.run(try file.options())
+        #expect(outcome.violations.first?.invariant == file.expectedInvariant, "\(name): \(outcome.violations.prefix(3))")
+    }
+
+    @Test func replayFilesRefuseOtherFormats() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-replay.json").path
+        try Data(#"{"format":"order-sim-replay/99","seed":1,"orders":1,"faults":[],"apiInstances":1,"relays":1,"serviceBusRelays":1,"consumers":1,"partitions":1}"#.utf8).write(to: URL(fileURLWithPath: path))
+        #expect(throws: ReplayFile.LoadError.self) { try ReplayFile.load(path: path) }
+    }
+}
