@@ -46,7 +46,7 @@ public enum FaultProfile: String, CaseIterable, Sendable {
 }
 
 /// How often each enabled fault strikes. Per-effect probabilities unless said otherwise.
-public struct FaultRates: Sendable, Hashable {
+public struct FaultRates: Sendable, Hashable, Codable {
     public var crashBeforeEffect = 0.004
     public var crashAfterEffect = 0.004
     /// Per claim that returned rows.
@@ -82,14 +82,53 @@ public struct SimulationOptions: Sendable, Hashable {
     public var partitions = 3
     /// Share of client requests that are invalid (they must be refused and write nothing).
     public var invalidRequestShare = 0.05
+    /// Share of clients that cancel their order right after it is acknowledged (PATCH status Failed): their
+    /// `OrderFailed` event follows `OrderCreated` through the Kafka outbox, and races the fulfilment.
+    public var cancelShare = 0.1
     /// Record the history (needed for `--trace`; off for speed otherwise).
     public var recordHistory = false
     /// Virtual-time budget of the liveness phase.
     public var livenessDeadline: Duration = .seconds(300)
+    /// A bug-zoo variant of the pipeline to run instead of the correct one (see `Bug`).
+    public var bug: Bug?
     /// Store recipes replaced by a broken variant (tests of the checker, the bug zoo); none by default.
     public var recipeVariants = RecipeVariants()
 
     public init() {}
 
     public func enabled(_ kind: FaultKind) -> Bool { faults.contains(kind) }
+}
+
+extension SimulationOptions {
+    /// Swarm testing: the seed itself draws which fault kinds are on, how often they strike, and the shape of the
+    /// world, so a batch of seeds explores many different worlds rather than one world many times.
+    public static func swarm(seed: UInt64, orders: Int) -> SimulationOptions {
+        var draw = SplitMix64(seed: seed ^ 0x5157_4152_4D21_2121)
+        var options = SimulationOptions()
+        options.seed = seed
+        options.orders = orders
+        options.faults = FaultKind.allCases.filter { _ in draw.chance(0.5) }
+        func scale(_ rate: Double) -> Double { rate * [0.25, 0.5, 1, 2, 4][Int(draw.below(5))] }
+        var rates = FaultRates()
+        rates.crashBeforeEffect = scale(rates.crashBeforeEffect)
+        rates.crashAfterEffect = scale(rates.crashAfterEffect)
+        rates.relayPause = scale(rates.relayPause)
+        rates.outageWindows = Int(draw.int(in: 1...4))
+        rates.commitUnknown = scale(rates.commitUnknown)
+        rates.produceTimeout = scale(rates.produceTimeout)
+        rates.sendTimeout = scale(rates.sendTimeout)
+        rates.duplicateDelivery = scale(rates.duplicateDelivery)
+        rates.duplicateRequest = scale(rates.duplicateRequest)
+        rates.rebalances = Int(draw.int(in: 1...6))
+        rates.rebalanceBeforeCommit = scale(rates.rebalanceBeforeCommit)
+        rates.poisonRecords = Int(draw.int(in: 1...4))
+        options.rates = rates
+        options.apiInstances = Int(draw.int(in: 1...3))
+        options.relays = Int(draw.int(in: 1...4))
+        options.serviceBusRelays = Int(draw.int(in: 1...2))
+        options.consumers = Int(draw.int(in: 1...4))
+        options.partitions = Int(draw.int(in: 1...8))
+        options.cancelShare = [0, 0.1, 0.3][Int(draw.below(3))]
+        return options
+    }
 }

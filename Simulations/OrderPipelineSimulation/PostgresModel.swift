@@ -20,40 +20,60 @@ public final class PostgresModel {
     }
 
     /// One outbox table with its head-of-line index.
+    ///
+    /// Sequence numbers are taken when a transaction starts (`reserve`) and become visible at its commit, as a
+    /// `bigserial` does: a lower sequence can commit after a higher one, and a rolled-back one leaves a gap.
     public struct OutboxTable: Sendable {
-        public private(set) var rows: [OutboxRow] = []
-        /// Unsettled sequences per order, oldest first: the head is the only claimable row of that order.
+        /// Rows in commit order; `position` finds one by sequence.
+        private var stored: [OutboxRow] = []
+        private var position: [Int64: Int] = [:]
+        /// Unsettled sequences, ascending: what claims scan.
+        private var unsettledSequences: [Int64] = []
+        /// Unsettled sequences per order, ascending: the first is the only claimable row of that order.
         private var unsettled: [OrderID: [Int64]] = [:]
-        /// Rows before this index are all settled (claims scan from here).
-        private var firstUnsettled = 0
+        private var lastReserved: Int64 = 0
+        /// Per-owner cursors of the `id-cursor` bug (the correct relay keeps none).
+        private var cursors: [String: Int64] = [:]
 
-        mutating func append(_ event: PipelineEvent) -> Int64 {
-            let sequence = Int64(rows.count + 1)
-            rows.append(OutboxRow(sequence: sequence, event: event))
-            unsettled[event.orderID, default: []].append(sequence)
-            return sequence
+        /// `nextval`: taken when the inserting transaction starts.
+        mutating func reserve() -> Int64 {
+            lastReserved += 1
+            return lastReserved
         }
 
-        public func row(_ sequence: Int64) -> OutboxRow? {
-            sequence >= 1 && sequence <= rows.count ? rows[Int(sequence - 1)] : nil
+        mutating func insert(_ event: PipelineEvent, sequence reserved: Int64?) {
+            let sequence = reserved ?? reserve()
+            position[sequence] = stored.count
+            stored.append(OutboxRow(sequence: sequence, event: event))
+            unsettledSequences.insert(sequence, at: unsettledSequences.insertionPoint(of: sequence))
+            var queue = unsettled[event.orderID, default: []]
+            queue.insert(sequence, at: queue.insertionPoint(of: sequence))
+            unsettled[event.orderID] = queue
         }
 
-        public var pending: [OutboxRow] { rows[firstUnsettled...].filter { !$0.isSettled } }
+        public func row(_ sequence: Int64) -> OutboxRow? { position[sequence].map { stored[$0] } }
 
-        mutating func claim(_ claim: OutboxClaim, headOfLine: Bool = true) -> [OutboxMessage] {
+        /// Every committed row, by sequence.
+        public var rows: [OutboxRow] { stored.sorted { $0.sequence < $1.sequence } }
+
+        public var pending: [OutboxRow] { unsettledSequences.compactMap { row($0) } }
+
+        mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants) -> [OutboxMessage] {
             var claimed: [OutboxMessage] = []
-            var index = firstUnsettled
-            while index < rows.count, claimed.count < claim.limit {
-                defer { index += 1 }
-                let row = rows[index]
-                guard !row.isSettled, row.nextAttemptAt <= claim.now else { continue }
+            let cursor = variants.idCursor ? cursors[claim.owner, default: 0] : .min
+            for sequence in unsettledSequences where sequence > cursor {
+                guard claimed.count < claim.limit, let i = position[sequence] else { break }
+                let row = stored[i]
+                guard row.nextAttemptAt <= claim.now else { continue }
                 guard row.claimedBy == nil || row.claimedBy == claim.owner || row.claimedUntil <= claim.now else { continue }
-                if headOfLine, unsettled[row.event.orderID]?.first != row.sequence { continue }
-                rows[index].claimedBy = claim.owner
-                rows[index].claimedUntil = claim.leaseUntil
-                rows[index].attempts += 1
-                claimed.append(OutboxMessage(sequence: row.sequence, event: row.event, attempts: rows[index].attempts))
+                if !variants.claimWithoutHeadOfLine, unsettled[row.event.orderID]?.first != sequence { continue }
+                if let cap = variants.claimAttemptCap, row.attempts >= cap { continue }
+                stored[i].claimedBy = claim.owner
+                stored[i].claimedUntil = claim.leaseUntil
+                stored[i].attempts += 1
+                claimed.append(OutboxMessage(sequence: sequence, event: row.event, attempts: stored[i].attempts))
             }
+            if variants.idCursor, let last = claimed.last?.sequence { cursors[claim.owner] = max(cursor, last) }
             return claimed
         }
 
@@ -62,30 +82,30 @@ public final class PostgresModel {
             var changed = 0
             var letters: [OutboxRow] = []
             func owned(_ sequence: Int64) -> Int? {
-                guard let row = row(sequence), !row.isSettled, row.claimedBy == settlement.owner else { return nil }
-                return Int(sequence - 1)
+                guard let i = position[sequence], !stored[i].isSettled, stored[i].claimedBy == settlement.owner else { return nil }
+                return i
             }
             for sequence in settlement.published {
                 guard let i = owned(sequence) else { continue }
-                rows[i].publishedAt = settlement.now
-                rows[i].claimedBy = nil
+                stored[i].publishedAt = settlement.now
+                stored[i].claimedBy = nil
                 settled(i)
                 changed += 1
             }
             for retry in settlement.retries {
                 guard let i = owned(retry.sequence) else { continue }
-                rows[i].nextAttemptAt = retry.notBefore
-                rows[i].lastError = retry.error
-                rows[i].claimedBy = nil
+                stored[i].nextAttemptAt = retry.notBefore
+                stored[i].lastError = retry.error
+                stored[i].claimedBy = nil
                 changed += 1
             }
             for rejection in settlement.rejections {
                 guard let i = owned(rejection.sequence) else { continue }
-                rows[i].deadLetteredAt = settlement.now
-                rows[i].lastError = rejection.reason
-                rows[i].claimedBy = nil
+                stored[i].deadLetteredAt = settlement.now
+                stored[i].lastError = rejection.reason
+                stored[i].claimedBy = nil
                 settled(i)
-                letters.append(rows[i])
+                letters.append(stored[i])
                 changed += 1
             }
             return (changed, letters)
@@ -93,20 +113,23 @@ public final class PostgresModel {
 
         mutating func release(owner: String) -> Int {
             var released = 0
-            for i in firstUnsettled..<rows.count where rows[i].claimedBy == owner && !rows[i].isSettled {
-                rows[i].claimedBy = nil
+            for sequence in unsettledSequences {
+                guard let i = position[sequence], stored[i].claimedBy == owner else { continue }
+                stored[i].claimedBy = nil
                 released += 1
             }
             return released
         }
 
         private mutating func settled(_ index: Int) {
-            let order = rows[index].event.orderID
-            if var queue = unsettled[order], let position = queue.firstIndex(of: rows[index].sequence) {
-                queue.remove(at: position)
+            let sequence = stored[index].sequence
+            let order = stored[index].event.orderID
+            if var queue = unsettled[order], let at = queue.firstIndex(of: sequence) {
+                queue.remove(at: at)
                 unsettled[order] = queue.isEmpty ? nil : queue
             }
-            while firstUnsettled < rows.count, rows[firstUnsettled].isSettled { firstUnsettled += 1 }
+            let at = unsettledSequences.insertionPoint(of: sequence)
+            if at < unsettledSequences.count, unsettledSequences[at] == sequence { unsettledSequences.remove(at: at) }
         }
     }
 
@@ -138,7 +161,27 @@ public final class PostgresModel {
 
     /// Performs one command as one atomic transaction. `notify` is set when the transaction wrote an outbox row
     /// (the NOTIFY that wakes the relays of that outbox).
-    public func perform(_ command: StoreCommand) -> (reply: StoreReply, notify: OutboxKind?) {
+    /// Sequence numbers a transaction took when it started (see `OutboxTable.reserve`).
+    public struct Reservation: Sendable, Hashable {
+        public var kafka: Int64?
+        public var serviceBus: Int64?
+        public init(kafka: Int64? = nil, serviceBus: Int64? = nil) {
+            self.kafka = kafka
+            self.serviceBus = serviceBus
+        }
+    }
+
+    /// `nextval` for the outbox rows `command` may insert, taken when its transaction starts.
+    public func reserve(for command: StoreCommand) -> Reservation {
+        switch command {
+        case .createOrder: Reservation(kafka: kafkaOutbox.reserve())
+        case .transition: Reservation(kafka: kafkaOutbox.reserve(), serviceBus: serviceBusOutbox.reserve())
+        case .fulfil: Reservation(serviceBus: serviceBusOutbox.reserve())
+        default: Reservation()
+        }
+    }
+
+    public func perform(_ command: StoreCommand, reserved: Reservation = Reservation()) -> (reply: StoreReply, notify: OutboxKind?) {
         switch command {
         case .createOrder(let new):
             if let existing = idempotencyKeys[new.idempotencyKey] {
@@ -154,7 +197,7 @@ public final class PostgresModel {
             transitions.append(Transition(orderID: new.order.id, from: nil, to: new.order.status, at: new.order.createdAt))
             idempotencyKeys[new.idempotencyKey] = (new.fingerprint, new.order.id)
             if recipeVariants.createWithoutOutbox { return (.orderCreated(new.order), nil) }
-            _ = kafkaOutbox.append(new.event)
+            kafkaOutbox.insert(new.event, sequence: reserved.kafka)
             return (.orderCreated(new.order), .kafka)
 
         case .transition(let change):
@@ -168,17 +211,16 @@ public final class PostgresModel {
             transitions.append(Transition(orderID: order.id, from: from, to: change.to, at: change.at))
             var notify: OutboxKind?
             if let type = EventType(announcing: change.to) {
-                _ = kafkaOutbox.append(PipelineEvent(type: type, order: order, at: change.at, includeOrder: false))
+                kafkaOutbox.insert(PipelineEvent(type: type, order: order, at: change.at, includeOrder: false), sequence: reserved.kafka)
                 notify = .kafka
             }
             if change.to == .fulfilled {
-                _ = serviceBusOutbox.append(PipelineEvent(type: .orderFulfilled, orderID: order.id, at: change.at, status: .fulfilled))
+                serviceBusOutbox.insert(PipelineEvent(type: .orderFulfilled, orderID: order.id, at: change.at, status: .fulfilled), sequence: reserved.serviceBus)
             }
             return (.transitioned(order), notify)
 
         case .claimOutbox(let claim):
-            let head = !recipeVariants.claimWithoutHeadOfLine
-            let rows = claim.outbox == .kafka ? kafkaOutbox.claim(claim, headOfLine: head) : serviceBusOutbox.claim(claim, headOfLine: head)
+            let rows = claim.outbox == .kafka ? kafkaOutbox.claim(claim, variants: recipeVariants) : serviceBusOutbox.claim(claim, variants: recipeVariants)
             return (.claimed(rows), nil)
 
         case .settleOutbox(let settlement):
@@ -195,17 +237,20 @@ public final class PostgresModel {
         case .fulfil(let fulfilment):
             let envelope = fulfilment.envelope
             guard !inbox.contains(envelope.id) else { return (.duplicate, nil) }
-            inbox.insert(envelope.id)
+            let optimistic = recipeVariants.optimisticInbox && envelope.type == .orderCreated
+            if !optimistic { inbox.insert(envelope.id) }
             guard envelope.type == .orderCreated else { return (.recorded, nil) }
             guard var order = orders[envelope.orderID] else { return (.orderMissing, nil) }
-            guard order.status == .pending else { return (.skipped(order.status), nil) }
+            if !optimistic {
+                guard order.status == .pending else { return (.skipped(order.status), nil) }
+            }
+            transitions.append(Transition(orderID: order.id, from: order.status, to: .processing, at: fulfilment.at))
             order.status = .processing
             order.processedAt = fulfilment.at
-            transitions.append(Transition(orderID: order.id, from: .pending, to: .processing, at: fulfilment.at))
             order.status = .fulfilled
             transitions.append(Transition(orderID: order.id, from: .processing, to: .fulfilled, at: fulfilment.at))
             orders[order.id] = order
-            _ = serviceBusOutbox.append(fulfilment.fulfilmentEvent)
+            serviceBusOutbox.insert(fulfilment.fulfilmentEvent, sequence: reserved.serviceBus)
             return (.fulfilled, .serviceBus)
 
         case .deadLetter(let letter):
@@ -227,5 +272,25 @@ public struct RecipeVariants: Sendable, Hashable {
     public var createWithoutOutbox = false
     /// Claims ignore head-of-line, so one order's rows can be claimed by two relays at once.
     public var claimWithoutHeadOfLine = false
+    /// Claims read `sequence > last seen` per relay, skipping rows that commit after a higher sequence.
+    public var idCursor = false
+    /// Rows claimed this many times are never claimed again (the seed's "3 retries, then forever").
+    public var claimAttemptCap: Int?
+    /// The fulfilment transaction trusts the inbox check alone and does not insert the inbox row (a second
+    /// transaction does, afterwards), so a redelivery in between does the work twice.
+    public var optimisticInbox = false
     public init() {}
+}
+
+extension Array where Element == Int64 {
+    /// Index of the first element not less than `value` (the array is sorted ascending).
+    func insertionPoint(of value: Int64) -> Int {
+        var low = 0
+        var high = count
+        while low < high {
+            let mid = (low + high) / 2
+            if self[mid] < value { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
 }

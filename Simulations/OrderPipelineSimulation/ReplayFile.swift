@@ -15,6 +15,11 @@ public struct ReplayFile: Codable, Sendable, Hashable {
     public var serviceBusRelays: Int
     public var consumers: Int
     public var partitions: Int
+    /// Fault rates and cancellation share (swarm seeds draw their own); absent in older files means defaults.
+    public var rates: FaultRates?
+    public var cancelShare: Double?
+    /// The bug-zoo variant that ran, if any.
+    public var bug: String?
     /// The invariant this run is expected to break, or nil when it is expected to pass.
     public var expectedViolation: String?
     public var note: String?
@@ -28,6 +33,9 @@ public struct ReplayFile: Codable, Sendable, Hashable {
         serviceBusRelays = options.serviceBusRelays
         consumers = options.consumers
         partitions = options.partitions
+        rates = options.rates
+        cancelShare = options.cancelShare
+        bug = options.bug?.rawValue
         self.expectedViolation = expectedViolation?.rawValue
         self.note = note
     }
@@ -37,6 +45,7 @@ public struct ReplayFile: Codable, Sendable, Hashable {
         case unsupportedFormat(String)
         case unknownFault(String)
         case unknownInvariant(String)
+        case unknownBug(String)
 
         public var description: String {
             switch self {
@@ -44,6 +53,7 @@ public struct ReplayFile: Codable, Sendable, Hashable {
             case .unsupportedFormat(let format): "unsupported replay format \"\(format)\" (this order-sim reads \(ReplayFile.currentFormat))"
             case .unknownFault(let name): "unknown fault kind \"\(name)\" in replay file"
             case .unknownInvariant(let name): "unknown invariant \"\(name)\" in replay file"
+            case .unknownBug(let name): "unknown bug \"\(name)\" in replay file (order-sim --list-bugs)"
             }
         }
     }
@@ -72,6 +82,12 @@ public struct ReplayFile: Codable, Sendable, Hashable {
         options.serviceBusRelays = serviceBusRelays
         options.consumers = consumers
         options.partitions = partitions
+        if let rates { options.rates = rates }
+        if let cancelShare { options.cancelShare = cancelShare }
+        if let bug {
+            guard let variant = Bug(rawValue: bug) else { throw LoadError.unknownBug(bug) }
+            options.bug = variant
+        }
         return options
     }
 

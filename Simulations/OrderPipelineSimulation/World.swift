@@ -40,16 +40,23 @@ public final class World {
         var answered = false
         var ackedOrder: OrderID?
         var rejected = false
+        /// The client cancels its order once acknowledged (PATCH status Failed).
+        var wantsCancel = false
+        var cancelAttempts = 0
+        var cancelAnswered = false
+        var cancelled = false
     }
 
     enum Event {
         case deliver(node: Int, incarnation: Int, Input)
-        case apply(node: Int, incarnation: Int, Effect)
+        case apply(node: Int, incarnation: Int, Effect, PostgresModel.Reservation)
         case timer(node: Int, incarnation: Int, TimerID, token: UInt64)
         case restart(node: Int)
         case clientSend(client: Int)
         case clientTimeout(client: Int, attempt: Int)
         case clientReceive(client: Int, attempt: Int, IntakeResponse)
+        case clientCancel(client: Int)
+        case clientCancelTimeout(client: Int, attempt: Int)
         case fetchExpired(node: Int, incarnation: Int, Ticket)
         /// The group rebalances; `fault` when the nemesis forced it (not a join or a lost member).
         case rebalance(fault: Bool)
@@ -91,6 +98,8 @@ public final class World {
 
     /// Relay settings in the world: a short lease so pauses really outlive it.
     static let relayLease: Duration = .seconds(2)
+    /// Marks a request id as a cancellation (PATCH) rather than a create.
+    static let cancelFlag = 0x8000
     static let epoch: Int64 = 1_767_225_600_000_000  // 2026-01-01T00:00:00Z: virtual time zero.
 
     public init(options: SimulationOptions) {
@@ -104,7 +113,7 @@ public final class World {
         kafka = KafkaModel(partitionCount: max(1, options.partitions))
         serviceBus = ServiceBusModel(duplicateDetectionWindow: .seconds(600))
         history = History(enabled: options.recordHistory)
-        database.recipeVariants = options.recipeVariants
+        database.recipeVariants = options.bug?.recipeVariants ?? options.recipeVariants
         let workloadSpan = max(Int64(1_000_000), Int64(options.orders) * 20_000)
         safetyEnd = workloadSpan + 3_000_000
         deadline = safetyEnd + options.livenessDeadline.microseconds
@@ -117,7 +126,7 @@ public final class World {
 
     private func build(workloadSpan: Int64) {
         for i in 0..<max(1, options.apiInstances) {
-            nodes.append(Node(name: "api-\(i + 1)", role: .api, machine: OrderIntake()))
+            nodes.append(Node(name: "api-\(i + 1)", role: .api, machine: makeMachine(.api, name: "api-\(i + 1)")))
         }
         for i in 0..<max(1, options.relays) {
             nodes.append(Node(name: "relay-\(i + 1)", role: .relay(.kafka), machine: makeMachine(.relay(.kafka), name: "relay-\(i + 1)")))
@@ -135,8 +144,13 @@ public final class World {
 
         for i in 0..<options.orders {
             let valid = !workloadRandom.chance(options.invalidRequestShare)
-            clients.append(Client(key: "client-\(i + 1)", body: makeBody(i, valid: valid), valid: valid))
-            queue.schedule(at: workloadRandom.int(in: 0...workloadSpan), .clientSend(client: i))
+            var client = Client(key: "client-\(i + 1)", body: makeBody(i, valid: valid), valid: valid)
+            client.wantsCancel = valid && workloadRandom.chance(options.cancelShare)
+            clients.append(client)
+            // Half the requests arrive on 10 ms boundaries: bursts of concurrent transactions.
+            var arrival = workloadRandom.int(in: 0...workloadSpan)
+            if workloadRandom.chance(0.5) { arrival -= arrival % 10_000 }
+            queue.schedule(at: arrival, .clientSend(client: i))
         }
 
         for kind in [FaultKind.databaseOutage, .kafkaOutage, .serviceBusOutage] where options.enabled(kind) {
@@ -155,6 +169,12 @@ public final class World {
     }
 
     func makeMachine(_ role: Role, name: String) -> any PipelineMachine {
+        let machine = makeProductionMachine(role, name: name)
+        guard let bug = options.bug else { return machine }
+        return bug.wrap(machine, role: role, seed: machineSeeds.next())
+    }
+
+    private func makeProductionMachine(_ role: Role, name: String) -> any PipelineMachine {
         switch role {
         case .api:
             return OrderIntake()
@@ -221,9 +241,9 @@ public final class World {
             }
             deliver(.timer(id), to: index)
 
-        case let .apply(index, incarnation, effect):
+        case let .apply(index, incarnation, effect, reservation):
             guard nodes[index].alive, nodes[index].incarnation == incarnation else { return }
-            apply(effect, from: index)
+            apply(effect, reservation, from: index)
 
         case .restart(let index):
             restart(index)
@@ -237,7 +257,18 @@ public final class World {
             send(client)
 
         case let .clientReceive(client, attempt, response):
-            receive(response, client: client, attempt: attempt)
+            if attempt & World.cancelFlag != 0 {
+                receiveCancel(response, client: client, attempt: attempt & ~World.cancelFlag)
+            } else {
+                receive(response, client: client, attempt: attempt)
+            }
+
+        case .clientCancel(let client):
+            cancel(client)
+
+        case let .clientCancelTimeout(client, attempt):
+            guard !clients[client].cancelAnswered, clients[client].cancelAttempts == attempt else { return }
+            cancel(client)
 
         case let .fetchExpired(index, incarnation, ticket):
             guard let parked = parkedFetch[index], parked.incarnation == incarnation, parked.ticket == ticket else { return }
@@ -292,16 +323,18 @@ public final class World {
         switch effect {
         case .store(_, let command):
             history.record(now, node.name, .invoke, command.name, command.summary)
-            queue.schedule(at: now + latency(200...1_500), .apply(node: index, incarnation: incarnation, effect))
+            // The transaction starts now: its outbox sequence numbers are taken now and become visible at commit.
+            let reservation = database.reserve(for: command)
+            queue.schedule(at: now + latency(200...1_500), .apply(node: index, incarnation: incarnation, effect, reservation))
         case .publish(_, let channel, let rows):
             history.record(now, node.name, .invoke, "publish", "\(channel.rawValue) \(rows.map(\.event.summary).joined(separator: " "))")
-            queue.schedule(at: now + latency(300...3_000), .apply(node: index, incarnation: incarnation, effect))
+            queue.schedule(at: now + latency(300...3_000), .apply(node: index, incarnation: incarnation, effect, .init()))
         case .forwardDeadLetter(_, let record, _):
             history.record(now, node.name, .invoke, "forwardDeadLetter", record.source(topic: "orders"))
-            queue.schedule(at: now + latency(300...3_000), .apply(node: index, incarnation: incarnation, effect))
+            queue.schedule(at: now + latency(300...3_000), .apply(node: index, incarnation: incarnation, effect, .init()))
         case .fetch, .commitOffsets:
             history.record(now, node.name, .invoke, effect.name, "")
-            queue.schedule(at: now + latency(100...800), .apply(node: index, incarnation: incarnation, effect))
+            queue.schedule(at: now + latency(100...800), .apply(node: index, incarnation: incarnation, effect, .init()))
         case let .setTimer(id, at):
             let token = (node.timerTokens[id] ?? 0) + 1
             node.timerTokens[id] = token
@@ -320,7 +353,7 @@ public final class World {
 
     // MARK: - Servers
 
-    private func apply(_ effect: Effect, from index: Int) {
+    private func apply(_ effect: Effect, _ reservation: PostgresModel.Reservation, from index: Int) {
         let node = nodes[index]
         let incarnation = node.incarnation
         if roll(.crashBeforeEffect) {
@@ -331,7 +364,7 @@ public final class World {
         let result: Input
         switch effect {
         case let .store(ticket, command):
-            result = .stored(ticket, performStore(command, by: node))
+            result = .stored(ticket, performStore(command, reservation, by: node))
         case let .publish(ticket, channel, rows):
             result = .published(ticket, channel == .fulfilment ? sendToServiceBus(rows, by: node) : produce(rows, by: node))
         case let .forwardDeadLetter(ticket, record, _):
@@ -380,7 +413,7 @@ public final class World {
         queue.schedule(at: time, .deliver(node: index, incarnation: incarnation, input))
     }
 
-    private func performStore(_ command: StoreCommand, by node: Node) -> StoreResult {
+    private func performStore(_ command: StoreCommand, _ reservation: PostgresModel.Reservation, by node: Node) -> StoreResult {
         if isDown(.databaseOutage) {
             fired(.databaseOutage, "\(node.name) \(command.name) refused")
             history.record(now, node.name, .fail, command.name, "database unavailable")
@@ -389,17 +422,17 @@ public final class World {
         if roll(.commitUnknown) {
             let happened = faultRandom.chance(0.5)
             fired(.commitUnknown, "\(node.name) \(command.name) \(happened ? "committed" : "rolled back")")
-            if happened { _ = commit(command, by: node) }
+            if happened { _ = commit(command, reservation, by: node) }
             history.record(now, node.name, .info, command.name, "outcome unknown (\(happened ? "committed" : "not committed"))")
             return .unknown
         }
-        let reply = commit(command, by: node)
+        let reply = commit(command, reservation, by: node)
         history.record(now, node.name, .ok, command.name, reply.summary)
         return .committed(reply)
     }
 
-    private func commit(_ command: StoreCommand, by node: Node) -> StoreReply {
-        let (storeReply, notify) = database.perform(command)
+    private func commit(_ command: StoreCommand, _ reservation: PostgresModel.Reservation, by node: Node) -> StoreReply {
+        let (storeReply, notify) = database.perform(command, reserved: reservation)
         if let kind = notify {
             // NOTIFY: every relay of that outbox that is listening wakes up.
             for (index, other) in nodes.enumerated() where other.alive && other.role == .relay(kind) {
@@ -566,6 +599,9 @@ public final class World {
             if !client.valid {
                 clientViolations.append(Violation(.badInputWroteNothing, "\(client.key): an invalid request was accepted as \(order.id)"))
             }
+            if client.ackedOrder == nil, client.wantsCancel {
+                queue.schedule(at: now + latency(0...50_000), .clientCancel(client: index))
+            }
             client.ackedOrder = order.id
             client.answered = true
         case .rejected:
@@ -585,6 +621,42 @@ public final class World {
             history.record(now, client.key, .fail, "createOrder", "unexpected response \(response)")
             clientViolations.append(Violation(.badInputWroteNothing, "\(client.key): unexpected response \(response)"))
             client.answered = true
+        }
+    }
+
+    private func cancel(_ client: Int) {
+        guard let order = clients[client].ackedOrder else { return }
+        clients[client].cancelAttempts += 1
+        let attempt = clients[client].cancelAttempts
+        let apis = nodes.indices.filter { nodes[$0].role == .api }
+        let api = apis[Int(workloadRandom.below(UInt64(apis.count)))]
+        history.record(now, clients[client].key, .invoke, "cancelOrder", "order=\(order) attempt \(attempt) via \(nodes[api].name)")
+        let requestID = RequestID(client) << 16 | RequestID(attempt | World.cancelFlag)
+        reply(to: api, incarnation: nodes[api].incarnation, .changeStatus(requestID, order, to: .failed, reason: "cancelled by the customer"))
+        queue.schedule(at: now + 1_000_000, .clientCancelTimeout(client: client, attempt: attempt))
+    }
+
+    private func receiveCancel(_ response: IntakeResponse, client index: Int, attempt: Int) {
+        guard !clients[index].cancelAnswered else { return }
+        let key = clients[index].key
+        switch response {
+        case .statusChanged(let order):
+            history.record(now, key, .ok, "cancelOrder", "order=\(order.id) now \(order.status.rawValue)")
+            clients[index].cancelled = true
+            clients[index].cancelAnswered = true
+        case .illegalTransition(_, let from, _):
+            // Too late (already processing or fulfilled) or already cancelled by an earlier attempt.
+            history.record(now, key, .fail, "cancelOrder", "illegal from \(from.rawValue)")
+            if from == .failed { clients[index].cancelled = true }
+            clients[index].cancelAnswered = true
+        case .unavailable(let reason):
+            history.record(now, key, .fail, "cancelOrder", reason)
+            guard attempt == clients[index].cancelAttempts else { return }
+            queue.schedule(at: now + latency(50_000...500_000), .clientCancel(client: index))
+        default:
+            history.record(now, key, .fail, "cancelOrder", "unexpected response \(response)")
+            clientViolations.append(Violation(.acknowledgedOrderLost, "\(key): cancelling its acknowledged order got \(response)"))
+            clients[index].cancelAnswered = true
         }
     }
 
@@ -638,7 +710,9 @@ public final class World {
     /// Nil when nothing is pending anywhere; otherwise what is stuck where.
     func quiescence() -> LivenessReport? {
         var report = LivenessReport()
-        for client in clients where !client.answered { report.unansweredClients.append(client.key) }
+        for client in clients where !client.answered || (client.wantsCancel && client.ackedOrder != nil && !client.cancelAnswered) {
+            report.unansweredClients.append(client.key)
+        }
         report.kafkaOutbox = database.kafkaOutbox.pending.map { describe($0) }
         report.serviceBusOutbox = database.serviceBusOutbox.pending.map { describe($0) }
         for p in 0..<kafka.partitionCount where kafka.committed[p] < kafka.partitions[p].count {
@@ -646,7 +720,7 @@ public final class World {
             report.uncommittedPartitions.append("partition \(p): committed \(kafka.committed[p]) of \(kafka.partitions[p].count), owned by \(owner)")
         }
         if serviceBus.backlog > 0 || downstreamInFlight > 0 { report.serviceBusBacklog = serviceBus.backlog + downstreamInFlight }
-        for id in database.orderIDs where database.orders[id]?.status != .fulfilled {
+        for id in database.orderIDs where database.orders[id]?.status.isFinal != true {
             report.unfulfilledOrders.append("\(id) is \(database.orders[id]!.status.rawValue)")
         }
         return report.isEmpty ? nil : report
@@ -687,7 +761,7 @@ public struct LivenessReport: Sendable, Hashable {
         add(serviceBusOutbox, "Service Bus outbox rows unsent")
         add(uncommittedPartitions, "partitions with uncommitted records")
         if serviceBusBacklog > 0 { parts.append("\(serviceBusBacklog) Service Bus messages not yet received downstream") }
-        add(unfulfilledOrders, "orders not Fulfilled")
+        add(unfulfilledOrders, "orders neither Fulfilled nor Failed")
         return parts.joined(separator: " | ")
     }
 }

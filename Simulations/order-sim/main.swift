@@ -17,7 +17,9 @@ struct OrderSim: ParsableCommand {
     @Option(help: "Run this one seed (or the first of --seeds).") var seed: UInt64?
     @Option(help: "Number of consecutive seeds to run.") var seeds: Int = 1
     @Option(help: "Orders (client requests) per seed.") var orders: Int = 100
-    @Option(help: "Fault profile: none, crash, outage, duplicates, all.") var faults: String = "all"
+    @Option(help: "Fault profile: none, crash, outage, duplicates, all, or swarm (each seed draws its faults, rates and shape).") var faults: String = "all"
+    @Option(help: "Run a bug-zoo variant of the pipeline instead of the correct one (see --list-bugs).") var bug: String?
+    @Flag(help: "List the bug-zoo variants and exit.") var listBugs = false
     @Option(help: "API instances.") var apis: Int = 2
     @Option(help: "Kafka outbox relays.") var relays: Int = 2
     @Option(name: .customLong("sb-relays"), help: "Service Bus outbox relays.") var serviceBusRelays: Int = 1
@@ -29,8 +31,11 @@ struct OrderSim: ParsableCommand {
     @Option(help: "Save the (single) seed as a replay file with the verdict it gave, e.g. for fixtures/.") var saveReplay: String?
 
     func validate() throws {
-        guard FaultProfile(rawValue: faults) != nil else {
-            throw ValidationError("--faults must be one of \(FaultProfile.allCases.map(\.rawValue).joined(separator: ", ")); got \"\(faults)\"")
+        guard faults == "swarm" || FaultProfile(rawValue: faults) != nil else {
+            throw ValidationError("--faults must be one of \(FaultProfile.allCases.map(\.rawValue).joined(separator: ", ")), swarm; got \"\(faults)\"")
+        }
+        if let bug, Bug(rawValue: bug) == nil {
+            throw ValidationError("unknown bug \"\(bug)\"; order-sim --list-bugs shows them")
         }
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         guard orders >= 1, orders <= 100_000 else { throw ValidationError("--orders must be in 1...100000") }
@@ -42,10 +47,15 @@ struct OrderSim: ParsableCommand {
     }
 
     func run() throws {
+        if listBugs {
+            for bug in Bug.allCases { print("\(bug.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(bug.summary)") }
+            return
+        }
         if let replay { return try runReplay(replay) }
         var options = SimulationOptions()
         options.orders = orders
-        options.faults = FaultProfile(rawValue: faults)!.kinds
+        options.faults = FaultProfile(rawValue: faults)?.kinds ?? []
+        options.bug = bug.flatMap(Bug.init(rawValue:))
         options.apiInstances = apis
         options.relays = relays
         options.serviceBusRelays = serviceBusRelays
@@ -92,6 +102,13 @@ struct OrderSim: ParsableCommand {
         for n in 0..<count {
             var options = base
             options.seed = first &+ UInt64(n)
+            if faults == "swarm", replay == nil {
+                let seed = options.seed
+                let keep = options
+                options = SimulationOptions.swarm(seed: seed, orders: keep.orders)
+                options.bug = keep.bug
+                options.recordHistory = keep.recordHistory
+            }
             let outcome = Simulation.run(options)
             persisted += outcome.ordersPersisted
             simMicros += outcome.simulatedMicroseconds
@@ -136,7 +153,8 @@ struct OrderSim: ParsableCommand {
         let path = (failuresDir as NSString).appendingPathComponent("order-sim-failure-\(outcome.seed).json")
         let file = ReplayFile(options: options, expectedViolation: first.invariant, note: first.detail)
         if (try? file.write(to: path)) != nil { print("  replay file: \(path)") }
-        print("  replay: order-sim --seed \(outcome.seed) --orders \(options.orders) --faults \(faults) --apis \(options.apiInstances) --relays \(options.relays) --sb-relays \(options.serviceBusRelays) --consumers \(options.consumers) --partitions \(options.partitions) --trace seed-\(outcome.seed).jsonl")
+        let shape = faults == "swarm" ? "" : " --apis \(options.apiInstances) --relays \(options.relays) --sb-relays \(options.serviceBusRelays) --consumers \(options.consumers) --partitions \(options.partitions)"
+        print("  replay: order-sim --seed \(outcome.seed) --orders \(options.orders) --faults \(faults)\(options.bug.map { " --bug \($0.rawValue)" } ?? "")\(shape) --trace seed-\(outcome.seed).jsonl")
         print("      or: order-sim --replay \(path)")
     }
 

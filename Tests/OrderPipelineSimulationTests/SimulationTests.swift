@@ -135,3 +135,25 @@ func options(seed: UInt64, orders: Int = 100, faults: FaultProfile = .all, trace
         #expect(throws: ReplayFile.LoadError.self) { try ReplayFile.load(path: path) }
     }
 }
+
+@Suite struct SwarmAndZoo {
+    @Test func swarmSeedsDrawTheirOwnWorldsAndAllHold() {
+        var shapes: Set<String> = []
+        for seed in UInt64(1)...60 {
+            let options = SimulationOptions.swarm(seed: seed, orders: 40)
+            shapes.insert("\(options.apiInstances)/\(options.relays)/\(options.consumers)/\(options.partitions)/\(options.faults.count)")
+            let outcome = Simulation.run(options)
+            #expect(outcome.violations.isEmpty, "swarm seed \(seed): \(outcome.violations.prefix(3))")
+        }
+        #expect(shapes.count > 20, "swarm seeds should differ in shape and faults")
+        #expect(SimulationOptions.swarm(seed: 9, orders: 40) == SimulationOptions.swarm(seed: 9, orders: 40))
+    }
+
+    @Test(arguments: Bug.allCases)
+    func everyBugHasAFixtureThatCatchesIt(bug: Bug) throws {
+        let path = Fixtures.directory.appendingPathComponent("replay-bug-\(bug.rawValue).json").path
+        let file = try ReplayFile.load(path: path)
+        #expect(file.bug == bug.rawValue)
+        #expect(file.expectedInvariant != nil, "the fixture must record the invariant the bug breaks")
+    }
+}

@@ -1,0 +1,177 @@
+import OrderPipelineCore
+
+/// Variants of the pipeline with the bugs order pipelines really ship. Each is a wrapper around a production
+/// machine or a replaced store recipe, lives only here (the deployable binary cannot reach it), and must be caught
+/// by the checker: `order-sim --bug NAME --seeds 200 --faults swarm` exits 1.
+public enum Bug: String, CaseIterable, Sendable, Codable {
+    case dualWrite = "dual-write"
+    case autoCommit = "auto-commit"
+    case randomMessageID = "random-message-id"
+    case markBeforeAck = "mark-before-ack"
+    case retryCap = "retry-cap"
+    case optimisticInbox = "optimistic-inbox"
+    case idCursor = "id-cursor"
+    case unorderedRelays = "unordered-relays"
+
+    public var summary: String {
+        switch self {
+        case .dualWrite: "the API publishes to Kafka right after the database commit, with no outbox (the seed's first version)"
+        case .autoCommit: "the consumer commits the Kafka offset on receipt, before doing the work"
+        case .randomMessageID: "the Service Bus relay sends every message with a fresh random MessageId"
+        case .markBeforeAck: "the relay marks outbox rows published before the broker acknowledged them"
+        case .retryCap: "outbox rows claimed 3 times are never claimed again, even when the broker was merely down"
+        case .optimisticInbox: "the consumer checks the inbox, does the work, and inserts the inbox row in a later transaction"
+        case .idCursor: "the relay reads rows with id > last seen id, skipping rows that commit after a higher id"
+        case .unorderedRelays: "relays claim with SKIP LOCKED but without head-of-line, so one order's events overtake each other"
+        }
+    }
+
+    /// The store recipes this bug replaces.
+    public var recipeVariants: RecipeVariants {
+        var variants = RecipeVariants()
+        switch self {
+        case .dualWrite: variants.createWithoutOutbox = true
+        case .retryCap: variants.claimAttemptCap = 3
+        case .optimisticInbox: variants.optimisticInbox = true
+        case .idCursor: variants.idCursor = true
+        case .unorderedRelays: variants.claimWithoutHeadOfLine = true
+        case .autoCommit, .randomMessageID, .markBeforeAck: break
+        }
+        return variants
+    }
+
+    /// Wraps a production machine with this bug's behaviour (or returns it unchanged).
+    func wrap(_ machine: any PipelineMachine, role: World.Role, seed: UInt64) -> any PipelineMachine {
+        switch (self, role, machine) {
+        case (.dualWrite, .api, let intake as OrderIntake): DualWriteIntake(inner: intake)
+        case (.autoCommit, .consumer, let consumer as FulfilmentConsumer): AutoCommitConsumer(inner: consumer)
+        case (.randomMessageID, .relay(.serviceBus), let relay as OutboxRelay): RandomMessageIDRelay(inner: relay, random: SplitMix64(seed: seed))
+        case (.markBeforeAck, .relay, let relay as OutboxRelay): MarkBeforeAckRelay(inner: relay)
+        case (.optimisticInbox, .consumer, let consumer as FulfilmentConsumer): OptimisticInboxConsumer(inner: consumer)
+        default: machine
+        }
+    }
+}
+
+/// Tickets the wrappers use for their own effects, far above any the inner machine will reach.
+private let wrapperTickets: UInt64 = 1 << 62
+
+/// dual-write: no outbox row; after the commit the API fires the event at Kafka itself and answers at once.
+struct DualWriteIntake: PipelineMachine {
+    var inner: OrderIntake
+    private var events: [Ticket: PipelineEvent] = [:]
+    private var next = wrapperTickets
+
+    init(inner: OrderIntake) { self.inner = inner }
+
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        if case .published(let ticket, _) = input, ticket.raw >= wrapperTickets { return [] }  // fire and forget
+        var extra: [Effect] = []
+        if case .stored(let ticket, .committed(.orderCreated)) = input, let event = events[ticket] {
+            next += 1
+            extra.append(.publish(Ticket(next), .orders, [OutboxMessage(sequence: 0, event: event, attempts: 1)]))
+        }
+        if case .stored(let ticket, _) = input { events[ticket] = nil }
+        let effects = inner.handle(input, now: now)
+        for case .store(let ticket, .createOrder(let new)) in effects { events[ticket] = new.event }
+        return effects + extra
+    }
+}
+
+/// auto-commit: as soon as records arrive, their offsets are committed; the work comes after.
+struct AutoCommitConsumer: PipelineMachine {
+    var inner: FulfilmentConsumer
+    private var generation: Int64 = -1
+    private var next = wrapperTickets
+
+    init(inner: FulfilmentConsumer) { self.inner = inner }
+
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        switch input {
+        case .offsetsCommitted(let ticket, _) where ticket.raw >= wrapperTickets:
+            return []
+        case .assigned(let generation, _):
+            self.generation = generation
+        case .fetched(_, let records) where !records.isEmpty:
+            var highest: [Int32: Int64] = [:]
+            for record in records { highest[record.partition] = max(highest[record.partition] ?? 0, record.offset + 1) }
+            next += 1
+            let offsets = highest.keys.sorted().map { PartitionOffset(partition: $0, offset: highest[$0]!) }
+            return [.commitOffsets(Ticket(next), offsets, generation: generation)] + inner.handle(input, now: now)
+        default:
+            break
+        }
+        return inner.handle(input, now: now)
+    }
+}
+
+/// random-message-id: every send gets a fresh MessageId, so a re-sent event is a new message downstream.
+struct RandomMessageIDRelay: PipelineMachine {
+    var inner: OutboxRelay
+    var random: SplitMix64
+
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        inner.handle(input, now: now).map { effect in
+            guard case .publish(let ticket, .fulfilment, let rows) = effect else { return effect }
+            return .publish(ticket, .fulfilment, rows.map { row in
+                var row = row
+                row.event.id = EventID(UUID128.random(using: &random))
+                return row
+            })
+        }
+    }
+}
+
+/// mark-before-ack: the rows are marked published first; the publish goes out after the mark committed.
+struct MarkBeforeAckRelay: PipelineMachine {
+    var inner: OutboxRelay
+    private var held: [Ticket: Effect] = [:]
+    private var next = wrapperTickets
+
+    init(inner: OutboxRelay) { self.inner = inner }
+
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        if case .stored(let ticket, _) = input, ticket.raw >= wrapperTickets {
+            guard let publish = held.removeValue(forKey: ticket) else { return [] }
+            return [publish]
+        }
+        return inner.handle(input, now: now).map { effect in
+            guard case .publish(_, _, let rows) = effect else { return effect }
+            next += 1
+            held[Ticket(next)] = effect
+            let c = inner.configuration
+            return .store(Ticket(next), .settleOutbox(OutboxSettlement(outbox: c.outbox, owner: c.owner, now: now, published: rows.map(\.sequence))))
+        }
+    }
+}
+
+/// optimistic-inbox: the fulfilment transaction only checks the inbox (the store variant skips the insert and the
+/// status check); the inbox row is written by a second transaction once the first committed. The second
+/// transaction is expressed with the store's "record an event id" recipe (a non-OrderCreated envelope).
+struct OptimisticInboxConsumer: PipelineMachine {
+    var inner: FulfilmentConsumer
+    private var work: [Ticket: Fulfilment] = [:]
+    private var held: [Ticket: Input] = [:]
+    private var next = wrapperTickets
+
+    init(inner: FulfilmentConsumer) { self.inner = inner }
+
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        if case .stored(let ticket, _) = input, ticket.raw >= wrapperTickets {
+            guard let original = held.removeValue(forKey: ticket) else { return [] }
+            return track(inner.handle(original, now: now))
+        }
+        if case .stored(let ticket, .committed(.fulfilled)) = input, let fulfilment = work.removeValue(forKey: ticket) {
+            next += 1
+            held[Ticket(next)] = input
+            let envelope = EventEnvelope(id: fulfilment.envelope.id, type: .orderFailed, orderID: fulfilment.envelope.orderID)
+            return [.store(Ticket(next), .fulfil(Fulfilment(envelope: envelope, at: now)))]
+        }
+        return track(inner.handle(input, now: now))
+    }
+
+    private mutating func track(_ effects: [Effect]) -> [Effect] {
+        for case .store(let ticket, .fulfil(let fulfilment)) in effects { work[ticket] = fulfilment }
+        return effects
+    }
+}
