@@ -81,7 +81,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
-            resources: [.copy("openapi.json")]
+            exclude: ["openapi.json"]
         ),
         .executableTarget(
             name: "orderpipeline",

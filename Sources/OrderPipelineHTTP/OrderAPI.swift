@@ -171,11 +171,11 @@ public struct OrderAPI: Sendable {
     }
 
     static func openAPI() -> Response {
-        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "json"), let data = try? Data(contentsOf: url) else {
-            return Problem.notFound("the OpenAPI document is not bundled with this build").response()
-        }
-        return json(.ok, Array(data))
+        json(.ok, Array(OpenAPIDocument.json.utf8))
     }
+
+    /// The OpenAPI 3.1 document this build serves (Sources/OrderPipelineHTTP/openapi.json).
+    public static var openAPIDocument: String { OpenAPIDocument.json }
 
     // MARK: helpers
 

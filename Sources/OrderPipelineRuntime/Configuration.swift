@@ -22,12 +22,15 @@ public struct RuntimeConfiguration: Sendable {
     /// The variables, for `--help` and docs. Other subcommands (relay, consume) add theirs next to these.
     public static let environmentHelp = """
         Environment:
-          DATABASE_URL            PostgreSQL URL (required), e.g. postgres://postgres@127.0.0.1:55432/orderpipeline
-          HTTP_HOST               address the API binds (default 127.0.0.1)
-          HTTP_PORT               port the API listens on (default 5125)
-          DB_POOL_SIZE            database connections, one thread each (default 8)
-          DB_STATEMENT_TIMEOUT_MS statement and lock timeout in milliseconds (default 5000)
-          LOG_LEVEL               trace|debug|info|notice|warning|error|critical (default info)
+          DATABASE_URL   PostgreSQL URL (required),
+                         e.g. postgres://postgres@127.0.0.1:55432/orderpipeline
+          HTTP_HOST      address the API binds (default 127.0.0.1)
+          HTTP_PORT      port the API listens on (default 5125)
+          DB_POOL_SIZE   database connections, one thread each (default 8)
+          DB_STATEMENT_TIMEOUT_MS
+                         statement and lock timeout in ms (default 5000)
+          LOG_LEVEL      trace|debug|info|notice|warning|error|critical
+                         (default info)
         """
 
     public struct Problem: Error, CustomStringConvertible {

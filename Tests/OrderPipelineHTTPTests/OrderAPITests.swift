@@ -4,6 +4,8 @@ import Hummingbird
 import HummingbirdTesting
 import OrderPipelineCore
 import OrderPipelineHTTP
+import OrderPipelinePostgres
+import OrderPipelineRuntime
 import Testing
 
 @Suite("HTTP API", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: HTTP API tests are skipped"))
@@ -213,5 +215,44 @@ struct OrderAPITests {
             #expect(try await fixture.orderCount() == accepted)
             #expect(try await fixture.outboxCount() == accepted)
         }
+    }
+}
+
+@Suite("OpenAPI document")
+struct OpenAPIDocumentTests {
+    @Test("the served OpenAPI document is the one in the repository")
+    func openAPIMatchesRepository() throws {
+        let file = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Sources/OrderPipelineHTTP/openapi.json")
+        let text = try String(contentsOf: file, encoding: .utf8)
+        #expect(text == OrderAPI.openAPIDocument, "run scripts/embed-openapi")
+    }
+}
+
+@Suite("HTTP API without a database")
+struct UnavailableDatabaseTests {
+    @Test("a database that cannot be reached answers 503 problem+json (and liveness stays 200)")
+    func databaseDown() async throws {
+        // Port 1 on loopback refuses connections at once.
+        var configuration = PostgresPool.Configuration(url: "postgres://postgres@127.0.0.1:1/none")
+        configuration.size = 1
+        configuration.connection.connectTimeoutSeconds = 1
+        let store = PostgresStore(configuration: configuration, logger: HTTPTestDatabase.logger)
+        let metrics = PipelineMetrics()
+        let api = OrderAPI(shell: IntakeShell(store: store, logger: HTTPTestDatabase.logger, metrics: metrics), reads: store, metrics: metrics)
+        let app = Application(router: api.makeRouter(), logger: HTTPTestDatabase.logger)
+        try await app.test(.router) { client in
+            let post = try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer(string: johnSmith))
+            post.expectProblem(.serviceUnavailable)
+            #expect(post.headers[.retryAfter] == "1")
+            try await client.execute(uri: "/api/orders/00000000-0000-4000-8000-000000000000", method: .get).expectProblem(.serviceUnavailable)
+            try await client.execute(uri: "/api/orders", method: .get).expectProblem(.serviceUnavailable)
+            try await client.execute(uri: "/health/ready", method: .get).expectProblem(.serviceUnavailable)
+            #expect(try await client.execute(uri: "/health/live", method: .get).status == .ok)
+            #expect(try await client.execute(uri: "/metrics", method: .get).status == .ok)
+            // Validation still answers without the database.
+            try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer(string: "{}")).expectProblem(.unprocessableContent)
+        }
+        store.close()
     }
 }
