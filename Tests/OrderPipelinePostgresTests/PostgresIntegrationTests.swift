@@ -73,3 +73,80 @@ struct PostgresIntegrationTests {
         await store.tearDown()
     }
 }
+
+@Suite("PostgreSQL outcomes", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+struct PostgresOutcomeTests {
+    /// Makes every COMMIT that touched order_status_transitions take two seconds (a deferred constraint trigger that
+    /// sleeps), so a test can kill the session while it is committing.
+    static func slowCommits(_ store: PostgresUnderTest) async throws {
+        let result: Result<Int, PostgresError> = await store.store.pool.withConnection { c in
+            Result { () throws(PostgresError) in
+                try c.get().execute(script: """
+                    CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                    BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
+                    CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON order_status_transitions
+                        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+                    """).count
+            }
+        }
+        _ = try result.get()
+    }
+
+    /// Polls pg_stat_activity until the backend sleeps in the deferred trigger, i.e. inside COMMIT.
+    static func waitUntilCommitting(_ pid: Int32, _ store: PostgresUnderTest) async throws {
+        for _ in 0..<200 {
+            let event: String? = await store.store.pool.withConnection { c in
+                try? c.get().query("SELECT wait_event FROM pg_stat_activity WHERE pid = $1::int", [.int(Int(pid))]).string(0, 0)
+            }
+            if event == "PgSleep" { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("the session never reached its COMMIT")
+    }
+
+    @Test("a session killed during COMMIT answers .unknown; re-issuing the command converges")
+    func unknownOutcome() async throws {
+        let store = try await PostgresUnderTest()
+        _ = await store.perform(.createOrder(newOrder(1)))
+        try await Self.slowCommits(store)
+        for command in [StoreCommand.transition(OrderTransition(orderID: orderID(1), to: .processing, at: at(1))), .createOrder(newOrder(2))] {
+            let session = try #require(try await store.openSession() as? PostgresSessionUnderTest)
+            async let outcome = session.perform(command)
+            try await Self.waitUntilCommitting(session.pid, store)
+            await session.kill()
+            #expect(await outcome == .unknown, "\(command)")
+        }
+        // The killed COMMITs did not happen here; doing the same again commits once.
+        #expect(await store.history(of: orderID(1)).map(\.to) == [.pending])
+        guard case .committed(.transitioned) = await store.perform(.transition(OrderTransition(orderID: orderID(1), to: .processing, at: at(1)))) else {
+            Issue.record("re-issued transition did not commit"); return
+        }
+        #expect(await store.perform(.createOrder(newOrder(2))) == .committed(.orderCreated(newOrder(2).order)))
+        #expect(await store.perform(.createOrder(newOrder(2))) == .committed(.orderReplayed(newOrder(2).order)))
+        await store.tearDown()
+    }
+
+    @Test("a lock held longer than the lock timeout answers .failed(.timedOut) and writes nothing")
+    func lockTimeout() async throws {
+        let store = try await PostgresUnderTest()
+        _ = await store.perform(.createOrder(newOrder(1)))
+        let holder = try await store.openSession()
+        guard case .committed(.transitioned) = await holder.performHoldingOpen(.transition(OrderTransition(orderID: orderID(1), to: .processing, at: at(1)))) else {
+            Issue.record("could not hold the order's lock"); return
+        }
+        var settings = store.settings
+        settings.statementTimeout = .milliseconds(300)
+        let impatient = PostgresSession(settings: settings, logger: TestDatabase.logger)
+        let result: StoreResult = await impatient.withConnection { c in
+            switch c {
+            case .success(let c): StoreRecipes.perform(.transition(OrderTransition(orderID: orderID(1), to: .failed, at: at(2))), on: c)
+            case .failure(let error): .failed(.unavailable(error.message))
+            }
+        }
+        #expect(result == .failed(.timedOut))
+        impatient.close()
+        await holder.kill()
+        #expect(await store.history(of: orderID(1)).map(\.to) == [.pending])
+        await store.tearDown()
+    }
+}

@@ -68,7 +68,10 @@ final class PostgresUnderTest: StoreUnderTest {
     func perform(_ command: StoreCommand) async -> StoreResult { await store.perform(command) }
 
     func openSession() async throws -> any SessionUnderTest {
-        PostgresSessionUnderTest(session: PostgresSession(settings: settings, logger: TestDatabase.logger), store: store)
+        let session = PostgresSession(settings: settings, logger: TestDatabase.logger)
+        // The backend pid, read now: `kill()` must not queue behind work the session is busy with.
+        let pid: Result<Int32, PostgresError> = await session.withConnection { c in c.map(\.backendPID) }
+        return PostgresSessionUnderTest(session: session, store: store, pid: try pid.get())
     }
 
     func transitions(of order: OrderID) async throws -> [StatusChange] {
@@ -105,10 +108,12 @@ final class PostgresUnderTest: StoreUnderTest {
 final class PostgresSessionUnderTest: SessionUnderTest {
     let session: PostgresSession
     let store: PostgresStore
+    let pid: Int32
 
-    init(session: PostgresSession, store: PostgresStore) {
+    init(session: PostgresSession, store: PostgresStore, pid: Int32) {
         self.session = session
         self.store = store
+        self.pid = pid
     }
 
     func perform(_ command: StoreCommand) async -> StoreResult {
@@ -131,7 +136,7 @@ final class PostgresSessionUnderTest: SessionUnderTest {
 
     /// `pg_terminate_backend` from another connection: the server ends the session like a crashed client.
     func kill() async {
-        let pid: Int32 = await session.withConnection { connection in (try? connection.get().backendPID) ?? 0 }
+        let pid = self.pid
         let _: Void = await store.pool.withConnection { connection in
             _ = try? connection.get().query("SELECT pg_terminate_backend($1::int, 5000)", [.int(Int(pid))])
         }
