@@ -15,6 +15,8 @@ let package = Package(
         .library(name: "OrderPipelinePostgres", targets: ["OrderPipelinePostgres"]),
         .library(name: "OrderPipelineRuntime", targets: ["OrderPipelineRuntime"]),
         .library(name: "OrderPipelineHTTP", targets: ["OrderPipelineHTTP"]),
+        .library(name: "OrderPipelineKafka", targets: ["OrderPipelineKafka"]),
+        .library(name: "OrderPipelineServiceBus", targets: ["OrderPipelineServiceBus"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -65,6 +67,8 @@ let package = Package(
             dependencies: [
                 "OrderPipelineCore",
                 "OrderPipelinePostgres",
+                "OrderPipelineKafka",
+                "OrderPipelineServiceBus",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -118,6 +122,44 @@ let package = Package(
                 "OrderPipelineSimulation",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
+        ),
+
+        // --- Kafka (librdkafka) and Service Bus / AMQP 1.0 (qpid-proton) adapters --------------------------
+        .systemLibrary(
+            name: "CRdKafka",
+            path: "Sources/CRdKafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+        .target(
+            name: "OrderPipelineKafka",
+            dependencies: [
+                "OrderPipelineCore",
+                "CRdKafka",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .systemLibrary(
+            name: "CQpidProton",
+            path: "Sources/CQpidProton",
+            pkgConfig: "libqpid-proton",
+            providers: [.apt(["libqpid-proton11-dev"])]
+        ),
+        .target(
+            name: "OrderPipelineServiceBus",
+            dependencies: [
+                "OrderPipelineCore",
+                "CQpidProton",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "OrderPipelineKafkaTests",
+            dependencies: ["OrderPipelineCore", "OrderPipelineKafka"]
+        ),
+        .testTarget(
+            name: "OrderPipelineServiceBusTests",
+            dependencies: ["OrderPipelineCore", "OrderPipelineServiceBus"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,82 @@
+import CRdKafka
+
+/// How the adapter reaches Kafka. Defaults suit the local Tansu broker (`scripts/services`) and a real cluster.
+public struct KafkaConfiguration: Sendable, Hashable {
+    /// `KAFKA_BROKERS` — `host:port[,host:port…]`.
+    public var brokers: String
+    /// `KAFKA_TOPIC` — the order events (key = order id).
+    public var topic = "orders"
+    /// `KAFKA_DEAD_LETTER_TOPIC` — poison records, copied as they were.
+    public var deadLetterTopic = "orders.dead-letter"
+    /// `KAFKA_GROUP_ID` — the fulfilment consumers' group.
+    public var groupID = "order-pipeline-consumer"
+    /// `client.id` prefix; the adapter appends the role.
+    public var clientID = "orderpipeline"
+    /// Producer: a message not acknowledged within this time is reported as an unknown outcome.
+    public var messageTimeout: Duration = .seconds(10)
+    public var lingerMilliseconds = 2
+    /// Consumer group timings. Tansu holds a join for about the rebalance timeout: these make it ~3 s instead of 23 s.
+    /// The adapter polls continuously on its own thread (pausing partitions when its buffer is full), so a short
+    /// `max.poll.interval.ms` does not depend on how fast the fulfilment machine works.
+    public var sessionTimeoutMilliseconds = 6_000
+    public var heartbeatIntervalMilliseconds = 1_000
+    public var maxPollIntervalMilliseconds = 7_000
+    /// How long a `.fetch` waits for records before answering with an empty batch.
+    public var fetchWait: Duration = .milliseconds(500)
+    /// Records the consumer thread buffers ahead of the machine before pausing its partitions.
+    public var consumerBuffer = 2_000
+    /// Further librdkafka properties, applied last (e.g. `security.protocol`, `sasl.*`).
+    public var extraProperties: [String: String] = [:]
+
+    public init(brokers: String) {
+        self.brokers = brokers
+    }
+
+    /// The librdkafka version loaded at run time (2.16 from `$RDKAFKA_LIB_DIR` for Tansu; Debian's 2.0.2 cannot talk to it).
+    public static var librdkafkaVersion: String { String(cString: rd_kafka_version_str()) }
+}
+
+/// An adapter error with a code and context (never a C type).
+public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var code: Int32
+    public var message: String
+    public init(code: Int32 = -1, message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { "Kafka error \(code): \(message)" }
+}
+
+/// Owns a `rd_kafka_conf_t` until it is handed to `rd_kafka_new` (which takes ownership on success).
+final class KafkaConf {
+    private(set) var handle: OpaquePointer?
+
+    init() { handle = rd_kafka_conf_new() }
+
+    deinit {
+        if let handle { rd_kafka_conf_destroy(handle) }
+    }
+
+    func set(_ name: String, _ value: String) throws(KafkaError) {
+        var error = [CChar](repeating: 0, count: 512)
+        let result = rd_kafka_conf_set(handle, name, value, &error, error.count)
+        guard result == RD_KAFKA_CONF_OK else {
+            throw KafkaError(message: "\(name): \(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
+        }
+    }
+
+    /// Gives up ownership (after a successful `rd_kafka_new`).
+    func release() -> OpaquePointer? {
+        defer { handle = nil }
+        return handle
+    }
+}
+
+func errorText(_ code: rd_kafka_resp_err_t) -> String { String(cString: rd_kafka_err2str(code)) }
+
+extension Duration {
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000 + attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -1,0 +1,365 @@
+import CRdKafka
+import Foundation
+import Logging
+import OrderPipelineCore
+import Synchronization
+
+/// The relay's Kafka side: performs `.publish(_, .orders, rows)` and `.forwardDeadLetter`.
+///
+/// Idempotent (`enable.idempotence=true`, `acks=all`); key = order id, headers `event-id` and `event-type`. A batch
+/// is handed to librdkafka at once and its delivery reports are awaited concurrently; every report resumes exactly
+/// one slot, and the batch's caller is resumed once, when its last slot is filled. A message timeout is an
+/// `.unknown` outcome (the broker may have written it). A full local queue is back-pressure: the publish waits
+/// and tries again. After `PRODUCER_FENCED`, a fatal error or a timed-out idempotent session, the producer is
+/// recreated for the next batch (an idempotent producer stays broken after a long outage).
+public final class KafkaProducer: Sendable {
+    public let configuration: KafkaConfiguration
+    private let logger: Logger
+    private let session: Mutex<ProducerSession?>
+    private let generation = Atomic<Int>(0)
+
+    public init(configuration: KafkaConfiguration, logger: Logger) throws(KafkaError) {
+        self.configuration = configuration
+        self.logger = logger
+        let first = try ProducerSession(configuration: configuration, number: 1, logger: logger)
+        self.session = Mutex(first)
+        logger.info("Kafka producer ready", metadata: [
+            "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
+            "kafka.librdkafka": "\(KafkaConfiguration.librdkafkaVersion)",
+        ])
+    }
+
+    /// One outcome per message, in order.
+    public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
+        let items = messages.map { message in
+            ProducerSession.Item(
+                key: Array(message.event.orderID.description.utf8),
+                value: message.event.payload,
+                headers: [
+                    ("event-id", Array(message.event.id.description.utf8)),
+                    ("event-type", Array(message.event.type.rawValue.utf8)),
+                ],
+                orderID: message.event.orderID.description
+            )
+        }
+        return await send(items, topic: configuration.topic)
+    }
+
+    /// Copies a poison record as it was (key, value, headers) to the dead-letter topic, with the reason and source.
+    public func forward(_ record: ConsumedRecord, reason: String) async -> PublishOutcome {
+        var headers = record.headers.map { ($0.name, $0.value) }
+        headers.append(("dead-letter-reason", Array(reason.utf8)))
+        headers.append(("dead-letter-source", Array(record.source(topic: configuration.topic).utf8)))
+        let item = ProducerSession.Item(key: record.key, value: record.value, headers: headers, orderID: nil)
+        return await send([item], topic: configuration.deadLetterTopic).first ?? .unknown("no delivery report")
+    }
+
+    /// Flushes what is in flight (up to `timeout`) and destroys the producer. Later publishes fail (retriable).
+    public func shutdown(timeout: Duration = .seconds(10)) async {
+        let current = session.withLock { current -> ProducerSession? in
+            defer { current = nil }
+            return current
+        }
+        await current?.stop(flushTimeout: timeout)
+    }
+
+    private func send(_ items: [ProducerSession.Item], topic: String) async -> [PublishOutcome] {
+        guard !items.isEmpty else { return [] }
+        guard let current = currentSession() else {
+            return items.map { _ in .failed(retriable: true, reason: "producer is shut down") }
+        }
+        return await current.send(items, topic: topic)
+    }
+
+    /// The live session; a broken one is replaced by a new producer (its in-flight reports still resolve its batches).
+    private func currentSession() -> ProducerSession? {
+        let (live, retired): (ProducerSession?, ProducerSession?) = session.withLock { current in
+            guard let existing = current else { return (nil, nil) }
+            guard existing.isBroken else { return (existing, nil) }
+            do {
+                let fresh = try ProducerSession(configuration: configuration, number: existing.number + 1, logger: logger)
+                current = fresh
+                return (fresh, existing)
+            } catch {
+                logger.error("Could not recreate the Kafka producer", metadata: ["kafka.error": "\(error)"])
+                return (existing, nil)
+            }
+        }
+        if let retired {
+            logger.warning("Recreated the Kafka producer after a fenced or timed-out idempotent session", metadata: [
+                "kafka.producer": "\(retired.number + 1)", "kafka.reason": "\(retired.brokenReason ?? "")",
+            ])
+            Task.detached { await retired.stop(flushTimeout: .seconds(1)) }
+        }
+        return live
+    }
+}
+
+/// One librdkafka producer instance with its poll thread and its outstanding deliveries.
+final class ProducerSession: Sendable {
+    struct Item: Sendable {
+        var key: [UInt8]?
+        var value: [UInt8]
+        var headers: [(String, [UInt8])]
+        var orderID: String?
+    }
+
+    private struct Batch {
+        var outcomes: [PublishOutcome?]
+        var remaining: Int
+        var continuation: CheckedContinuation<[PublishOutcome], Never>?
+    }
+
+    private struct Slot {
+        var batch: UInt64
+        var index: Int
+        var orderID: String?
+        var topic: String
+    }
+
+    private struct Pending {
+        var nextToken: UInt64 = 0
+        var nextBatch: UInt64 = 0
+        var slots: [UInt64: Slot] = [:]
+        var batches: [UInt64: Batch] = [:]
+        var brokenReason: String?
+        var stopping = false
+    }
+
+    let number: Int
+    private let handle: ProducerHandle
+    private let pending = Mutex(Pending())
+    private let logger: Logger
+    private let messageTimeout: Duration
+    private let stopped = Mutex<CheckedContinuation<Void, Never>?>(nil)
+    private let threadDone = Atomic<Bool>(false)
+
+    init(configuration: KafkaConfiguration, number: Int, logger: Logger) throws(KafkaError) {
+        self.number = number
+        self.logger = logger
+        self.messageTimeout = configuration.messageTimeout
+        let conf = KafkaConf()
+        try conf.set("bootstrap.servers", configuration.brokers)
+        try conf.set("client.id", "\(configuration.clientID)-producer-\(number)")
+        try conf.set("enable.idempotence", "true")
+        try conf.set("acks", "all")
+        try conf.set("linger.ms", String(configuration.lingerMilliseconds))
+        try conf.set("message.timeout.ms", String(configuration.messageTimeout.milliseconds))
+        for (name, value) in configuration.extraProperties.sorted(by: { $0.key < $1.key }) { try conf.set(name, value) }
+        let box = DeliveryBox()
+        rd_kafka_conf_set_opaque(conf.handle, Unmanaged.passUnretained(box).toOpaque())
+        rd_kafka_conf_set_dr_msg_cb(conf.handle) { _, message, opaque in
+            guard let message, let opaque else { return }
+            let box = Unmanaged<DeliveryBox>.fromOpaque(opaque).takeUnretainedValue()
+            let token = UInt64(UInt(bitPattern: message.pointee._private))
+            box.session?.delivered(token: token, error: message.pointee.err, partition: message.pointee.partition, offset: message.pointee.offset)
+        }
+        var error = [CChar](repeating: 0, count: 512)
+        guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.handle, &error, error.count) else {
+            throw KafkaError(message: String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        _ = conf.release()
+        self.handle = ProducerHandle(rk, box: box)
+        box.session = self
+        let thread = Thread { [self] in self.pollLoop() }
+        thread.name = "kafka-producer-\(number)"
+        thread.start()
+    }
+
+    var isBroken: Bool { pending.withLock { $0.brokenReason != nil } }
+    var brokenReason: String? { pending.withLock { $0.brokenReason } }
+
+    func send(_ items: [Item], topic: String) async -> [PublishOutcome] {
+        let batchID: UInt64? = pending.withLock { state in
+            guard !state.stopping else { return nil }
+            state.nextBatch += 1
+            state.batches[state.nextBatch] = Batch(outcomes: Array(repeating: nil, count: items.count), remaining: items.count)
+            return state.nextBatch
+        }
+        guard let batchID else { return items.map { _ in .failed(retriable: true, reason: "producer is shutting down") } }
+        let clock = ContinuousClock()
+        for (index, item) in items.enumerated() {
+            let token = pending.withLock { state -> UInt64 in
+                state.nextToken += 1
+                state.slots[state.nextToken] = Slot(batch: batchID, index: index, orderID: item.orderID, topic: topic)
+                return state.nextToken
+            }
+            let deadline = clock.now + messageTimeout
+            while true {
+                let code = produce(item, topic: topic, token: token)
+                if code == RD_KAFKA_RESP_ERR_NO_ERROR { break }
+                if code == RD_KAFKA_RESP_ERR__QUEUE_FULL, clock.now < deadline {
+                    // Back-pressure: the poll thread drains delivery reports; try again shortly.
+                    try? await Task.sleep(for: .milliseconds(2))
+                    continue
+                }
+                let outcome = Self.outcome(for: code)
+                if code == RD_KAFKA_RESP_ERR__FATAL || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED || code == RD_KAFKA_RESP_ERR__FENCED {
+                    markBroken(errorText(code))
+                }
+                complete(token: token, outcome: outcome)
+                break
+            }
+        }
+        return await withCheckedContinuation { continuation in
+            let ready: [PublishOutcome]? = pending.withLock { state in
+                guard var batch = state.batches[batchID] else { return nil }
+                if batch.remaining == 0 {
+                    state.batches[batchID] = nil
+                    return batch.outcomes.map { $0 ?? .unknown("no delivery report") }
+                }
+                batch.continuation = continuation
+                state.batches[batchID] = batch
+                return nil
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    private func produce(_ item: Item, topic: String, token: UInt64) -> rd_kafka_resp_err_t {
+        let headers = rd_kafka_headers_new(item.headers.count)
+        for (name, value) in item.headers {
+            _ = value.withUnsafeBytes { bytes in rd_kafka_header_add(headers, name, -1, bytes.baseAddress, bytes.count) }
+        }
+        let opaque = UnsafeMutableRawPointer(bitPattern: UInt(token))
+        let code: rd_kafka_resp_err_t = item.value.withUnsafeBytes { value in
+            if let key = item.key {
+                return key.withUnsafeBytes { keyBytes in
+                    orderpipeline_rdk_produce(handle.rk, topic, keyBytes.baseAddress, keyBytes.count, value.baseAddress, value.count, headers, opaque)
+                }
+            }
+            return orderpipeline_rdk_produce(handle.rk, topic, nil, 0, value.baseAddress, value.count, headers, opaque)
+        }
+        // On success librdkafka owns the headers; on failure they are still ours.
+        if code != RD_KAFKA_RESP_ERR_NO_ERROR { rd_kafka_headers_destroy(headers) }
+        return code
+    }
+
+    /// A delivery report (on the poll thread).
+    fileprivate func delivered(token: UInt64, error: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
+        let outcome: PublishOutcome
+        if error == RD_KAFKA_RESP_ERR_NO_ERROR {
+            outcome = .delivered
+            let slot = pending.withLock { $0.slots[token] }
+            if let slot {
+                if let order = slot.orderID {
+                    logger.info("Order \(order) published to Kafka topic \(slot.topic) at offset \(offset)", metadata: [
+                        "order.id": "\(order)", "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
+                    ])
+                } else {
+                    logger.info("Record forwarded to Kafka topic \(slot.topic) at offset \(offset)", metadata: [
+                        "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
+                    ])
+                }
+            }
+        } else {
+            outcome = Self.outcome(for: error)
+            if error == RD_KAFKA_RESP_ERR_PRODUCER_FENCED || error == RD_KAFKA_RESP_ERR__FENCED
+                || error == RD_KAFKA_RESP_ERR__FATAL || error == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT
+            {
+                // librdkafka 2.16's idempotent producer stays broken after a timeout (every later send is fenced).
+                markBroken(errorText(error))
+            }
+            logger.warning("Kafka delivery failed", metadata: ["kafka.error": "\(errorText(error))", "kafka.code": "\(error.rawValue)"])
+        }
+        complete(token: token, outcome: outcome)
+    }
+
+    /// Fills one slot; resumes the batch's caller when it was the last. A token completes at most once.
+    private func complete(token: UInt64, outcome: PublishOutcome) {
+        let resume: (CheckedContinuation<[PublishOutcome], Never>, [PublishOutcome])? = pending.withLock { state in
+            guard let slot = state.slots.removeValue(forKey: token), var batch = state.batches[slot.batch],
+                batch.outcomes[slot.index] == nil
+            else { return nil }
+            batch.outcomes[slot.index] = outcome
+            batch.remaining -= 1
+            if batch.remaining == 0, let continuation = batch.continuation {
+                state.batches[slot.batch] = nil
+                return (continuation, batch.outcomes.map { $0 ?? .unknown("no delivery report") })
+            }
+            state.batches[slot.batch] = batch
+            return nil
+        }
+        if let (continuation, outcomes) = resume { continuation.resume(returning: outcomes) }
+    }
+
+    private func markBroken(_ reason: String) {
+        pending.withLock { state in
+            if state.brokenReason == nil { state.brokenReason = reason }
+        }
+    }
+
+    static func outcome(for code: rd_kafka_resp_err_t) -> PublishOutcome {
+        switch code {
+        case RD_KAFKA_RESP_ERR_NO_ERROR:
+            return .delivered
+        case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+            return .unknown(errorText(code))
+        case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_INVALID_RECORD, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE,
+            RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+            return .failed(retriable: false, reason: errorText(code))
+        default:
+            return .failed(retriable: true, reason: errorText(code))
+        }
+    }
+
+    private func pollLoop() {
+        while !pending.withLock({ $0.stopping }) {
+            rd_kafka_poll(handle.rk, 100)
+            if rd_kafka_fatal_error(handle.rk, nil, 0) != RD_KAFKA_RESP_ERR_NO_ERROR { markBroken("fatal producer error") }
+        }
+        threadDone.store(true, ordering: .releasing)
+        let continuation = stopped.withLock { $0.take() }
+        continuation?.resume()
+    }
+
+    /// Flush on a dedicated thread (blocking), purge what is left (its reports resolve the waiters), destroy.
+    func stop(flushTimeout: Duration) async {
+        let already = pending.withLock { state -> Bool in
+            defer { state.stopping = true }
+            return state.stopping
+        }
+        guard !already else { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = stopped.withLock { slot -> Bool in
+                if threadDone.load(ordering: .acquiring) { return true }
+                slot = continuation
+                return false
+            }
+            if done { continuation.resume() }
+        }
+        let handle = self.handle
+        let milliseconds = Int32(clamping: flushTimeout.milliseconds)
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let thread = Thread {
+                let flushed = rd_kafka_flush(handle.rk, milliseconds)
+                if flushed != RD_KAFKA_RESP_ERR_NO_ERROR {
+                    rd_kafka_purge(handle.rk, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+                    rd_kafka_poll(handle.rk, 0)
+                }
+                continuation.resume()
+            }
+            thread.name = "kafka-producer-flush"
+            thread.start()
+        }
+        // Anything still unresolved (never expected after purge + poll) is an unknown outcome.
+        let tokens = pending.withLock { Array($0.slots.keys) }
+        for token in tokens { complete(token: token, outcome: .unknown("producer stopped")) }
+    }
+}
+
+/// Lets the C delivery callback find its session (the session owns the box, the box points back weakly).
+final class DeliveryBox: @unchecked Sendable {
+    weak var session: ProducerSession?
+}
+
+/// Owns the `rd_kafka_t` of a producer.
+final class ProducerHandle: @unchecked Sendable {
+    let rk: OpaquePointer
+    let box: DeliveryBox
+    init(_ rk: OpaquePointer, box: DeliveryBox) {
+        self.rk = rk
+        self.box = box
+    }
+    deinit { rd_kafka_destroy(rk) }
+}

@@ -1,0 +1,82 @@
+import Logging
+import OrderPipelineCore
+
+/// The Service Bus relay's broker side: performs `.publish(_, .fulfilment, rows)` over AMQP 1.0.
+///
+/// Each row becomes one message: `message-id` = the event id (the derived MessageId that duplicate detection keys
+/// on), `subject` = the event type, `content-type` = `application/json`, application properties `orderId` and
+/// `eventType`, the event JSON as the body. Outcomes come from the dispositions: accepted → `.delivered`;
+/// rejected → a permanent failure with the condition; released / modified → a retriable failure; no disposition
+/// in time (or the connection lost meanwhile) → `.unknown`. The messages of a batch are sent at once and their
+/// dispositions awaited concurrently.
+public final class ServiceBusSender: Sendable {
+    public let configuration: ServiceBusConfiguration
+    private let engine: AMQPEngine
+    private let logger: Logger
+
+    public init(configuration: ServiceBusConfiguration, logger: Logger) throws(ServiceBusError) {
+        self.configuration = configuration
+        self.logger = logger
+        self.engine = try AMQPEngine(configuration: configuration, address: configuration.queue, role: .sender, logger: logger)
+        logger.info("Service Bus sender started", metadata: [
+            "servicebus.endpoint": "\(configuration.redactedDescription)", "servicebus.queue": "\(configuration.queue)",
+        ])
+    }
+
+    /// The AMQP message for an outbox row.
+    public static func message(for event: PipelineEvent) -> AMQPMessage {
+        AMQPMessage(
+            messageID: event.id.description,
+            subject: event.type.rawValue,
+            contentType: "application/json",
+            applicationProperties: ["orderId": event.orderID.description, "eventType": event.type.rawValue],
+            body: event.payload
+        )
+    }
+
+    /// One outcome per message, in order.
+    public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
+        await withTaskGroup(of: (Int, PublishOutcome).self) { group in
+            for (index, message) in messages.enumerated() {
+                let bytes = Self.message(for: message.event).encoded()
+                group.addTask { (index, await self.engine.send(bytes)) }
+            }
+            var outcomes = [PublishOutcome](repeating: .unknown("not sent"), count: messages.count)
+            for await (index, outcome) in group {
+                outcomes[index] = outcome
+                let event = messages[index].event
+                if outcome == .delivered {
+                    logger.info("Fulfilment event published to Service Bus for order \(event.orderID)", metadata: [
+                        "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.queue": "\(configuration.queue)",
+                    ])
+                } else {
+                    logger.warning("Service Bus send did not succeed", metadata: [
+                        "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.outcome": "\(outcome)",
+                    ])
+                }
+            }
+            return outcomes
+        }
+    }
+
+    /// Sends raw messages (tests, tools).
+    public func send(_ message: AMQPMessage) async -> PublishOutcome {
+        await engine.send(message.encoded())
+    }
+
+    /// Closes the connection; sends still in flight end as unknown outcomes.
+    public func shutdown() async { await engine.shutdown() }
+}
+
+/// Receives messages from a queue and accepts them (tests and the end-to-end check; the pipeline itself only sends).
+public final class ServiceBusReceiver: Sendable {
+    private let engine: AMQPEngine
+
+    public init(configuration: ServiceBusConfiguration, queue: String? = nil, credit: Int32 = 100, logger: Logger, handler: @escaping @Sendable (AMQPMessage) -> Void) throws(ServiceBusError) {
+        self.engine = try AMQPEngine(configuration: configuration, address: queue ?? configuration.queue, role: .receiver(credit: credit, handler: handler), logger: logger)
+    }
+
+    public var isReady: Bool { engine.isReady }
+
+    public func shutdown() async { await engine.shutdown() }
+}

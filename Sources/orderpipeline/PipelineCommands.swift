@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import OrderPipelineCore
+import OrderPipelineHTTP
+import OrderPipelineKafka
+import OrderPipelinePostgres
+import OrderPipelineRuntime
+import OrderPipelineServiceBus
+import ServiceLifecycle
+
+/// The broker roles: `relay` (both outbox relays), `consume` (the fulfilment consumer), `all` (API + both relays +
+/// consumer in one process, for development).
+enum BrokerBootstrap {
+    static func brokers(needsServiceBus: Bool) throws -> BrokerConfiguration {
+        do {
+            return try BrokerConfiguration.fromEnvironment(ProcessInfo.processInfo.environment, needsServiceBus: needsServiceBus)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    static let help = RuntimeConfiguration.environmentHelp + "\n\n" + BrokerConfiguration.environmentHelp
+        + "\n\nlibrdkafka 2.16 must be the one loaded (LD_LIBRARY_PATH=$RDKAFKA_LIB_DIR, set by scripts/services env) to talk to Tansu."
+
+    /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY.
+    static func relayServices(
+        configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: BrokerMetrics
+    ) throws -> (services: [ServiceGroupConfiguration.ServiceConfiguration], listener: PostgresListener) {
+        let listener = PostgresListener(settings: configuration.pool.connection, logger: logger)
+        let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
+        let kafkaRelay = RelayService(
+            outbox: .kafka, owner: brokers.relayID, store: store, publisher: producer, listener: listener, logger: logger, metrics: metrics,
+            onStop: { await producer.shutdown() }
+        )
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: kafkaRelay)]
+        if let serviceBus = brokers.serviceBus {
+            let sender = try ServiceBusSender(configuration: serviceBus, logger: logger)
+            services.append(.init(service: RelayService(
+                outbox: .serviceBus, owner: brokers.relayID, store: store, publisher: sender, listener: listener, logger: logger, metrics: metrics,
+                onStop: { await sender.shutdown() }
+            )))
+        }
+        return (services, listener)
+    }
+
+    static func consumerService(brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: BrokerMetrics) throws -> ConsumerService {
+        let deadLetters = try KafkaProducer(configuration: brokers.kafka, logger: logger)
+        return ConsumerService(configuration: brokers.kafka, store: store, deadLetters: deadLetters, logger: logger, metrics: metrics)
+    }
+}
+
+/// Closes the LISTEN connection at shutdown (after the relays that use it).
+struct ListenerService: Service {
+    let listener: PostgresListener
+    func run() async throws {
+        try? await gracefulShutdown()
+        listener.close()
+    }
+}
+
+struct Relay: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the outbox relays: Kafka outbox → Kafka topic, Service Bus outbox → Service Bus queue.",
+        discussion: BrokerBootstrap.help + "\n\nStops gracefully on SIGTERM or SIGINT."
+    )
+
+    func run() async throws {
+        let configuration = try Bootstrap.configuration()
+        let brokers = try BrokerBootstrap.brokers(needsServiceBus: false)
+        let logger = Bootstrap.logger("orderpipeline.relay", level: configuration.logLevel)
+        let metrics = PipelineMetrics()
+        metrics.bootstrapMetricsSystem()
+        let store = PostgresStore(configuration: configuration.pool, logger: logger)
+        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
+        if brokers.serviceBus == nil { logger.warning("SERVICEBUS_CONNECTION_STRING is not set: only the Kafka outbox is relayed") }
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: ListenerService(listener: listener))] + relays,
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+    }
+}
+
+struct Consume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the fulfilment consumer: Kafka topic → fulfilment transaction (inbox, status, Service Bus outbox).",
+        discussion: BrokerBootstrap.help + "\n\nStops gracefully on SIGTERM or SIGINT."
+    )
+
+    func run() async throws {
+        let configuration = try Bootstrap.configuration()
+        let brokers = try BrokerBootstrap.brokers(needsServiceBus: false)
+        let logger = Bootstrap.logger("orderpipeline.consume", level: configuration.logLevel)
+        let metrics = PipelineMetrics()
+        metrics.bootstrapMetricsSystem()
+        let store = PostgresStore(configuration: configuration.pool, logger: logger)
+        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: consumer)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+    }
+}
+
+struct All: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the whole pipeline in one process (development): API, both relays and the consumer.",
+        discussion: BrokerBootstrap.help + "\n\nStops gracefully on SIGTERM or SIGINT."
+    )
+
+    func run() async throws {
+        let configuration = try Bootstrap.configuration()
+        let brokers = try BrokerBootstrap.brokers(needsServiceBus: true)
+        let logger = Bootstrap.logger("orderpipeline", level: configuration.logLevel)
+        let metrics = PipelineMetrics()
+        metrics.bootstrapMetricsSystem()
+        let brokerMetrics = BrokerMetrics(registry: metrics.registry)
+        let store = PostgresStore(configuration: configuration.pool, logger: logger)
+        let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
+        let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
+        let app = Application(
+            router: api.makeRouter(),
+            configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
+            logger: logger
+        )
+        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: brokerMetrics)
+        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: brokerMetrics)
+        logger.info("Starting the pipeline", metadata: [
+            "http.address": "\(configuration.httpHost):\(configuration.httpPort)", "db.url": "\(configuration.redactedDatabaseURL)",
+            "kafka.brokers": "\(brokers.kafka.brokers)", "kafka.topic": "\(brokers.kafka.topic)",
+            "servicebus.endpoint": "\(brokers.serviceBus?.redactedDescription ?? "-")",
+        ])
+        // Services stop in reverse order: API first, then consumer and relays, then LISTEN and the pool.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: ListenerService(listener: listener))]
+                + relays + [.init(service: consumer), .init(service: app)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+        logger.info("Stopped")
+    }
+}

@@ -1,0 +1,196 @@
+import Foundation
+import Logging
+import OrderPipelineCore
+import OrderPipelineKafka
+import Synchronization
+import Testing
+
+/// Integration tests against a real Kafka-protocol broker (Tansu from `scripts/services`). They run only when
+/// KAFKA_BROKERS is set (CI sets it; `eval "$(scripts/services env)"` does locally, together with the
+/// LD_LIBRARY_PATH that loads librdkafka 2.16).
+enum TestKafka {
+    static var brokers: String? {
+        guard let value = ProcessInfo.processInfo.environment["KAFKA_BROKERS"], !value.isEmpty else { return nil }
+        return value
+    }
+
+    static var isConfigured: Bool { brokers != nil }
+
+    static var configuration: KafkaConfiguration {
+        var configuration = KafkaConfiguration(brokers: brokers ?? "127.0.0.1:59092")
+        let environment = ProcessInfo.processInfo.environment
+        if let topic = environment["KAFKA_TOPIC"], !topic.isEmpty { configuration.topic = topic }
+        if let topic = environment["KAFKA_DEAD_LETTER_TOPIC"], !topic.isEmpty { configuration.deadLetterTopic = topic }
+        configuration.groupID = "test-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        return configuration
+    }
+
+    static let logger: Logger = {
+        var logger = Logger(label: "test.kafka")
+        logger.logLevel = .warning
+        return logger
+    }()
+
+    static func message(sequence: Int64) -> OutboxMessage {
+        var random = SystemRandomNumberGenerator()
+        let order = OrderID(UUID128.random(using: &random))
+        let event = PipelineEvent(type: .orderCreated, orderID: order, at: Instant(microseconds: 1_800_000_000_000_000), status: .pending)
+        return OutboxMessage(sequence: sequence, event: event, attempts: 1)
+    }
+}
+
+/// Collects what a consumer says through its sink.
+final class ConsumerProbe: Sendable {
+    let inputs: AsyncStream<Input>
+    let continuation: AsyncStream<Input>.Continuation
+    private let ticket = Atomic<UInt64>(0)
+
+    init() { (inputs, continuation) = AsyncStream.makeStream(of: Input.self) }
+
+    var sink: @Sendable (Input) -> Void { { [continuation] in continuation.yield($0) } }
+
+    func nextTicket() -> Ticket { Ticket(ticket.add(1, ordering: .relaxed).newValue) }
+}
+
+/// Drives a consumer like the machine would: wait for an assignment, fetch until `until` says stop.
+struct ConsumerDriver {
+    let consumer: KafkaConsumer
+    let probe: ConsumerProbe
+    var generation: Int64 = -1
+    var partitions: [Int32] = []
+    var iterator: AsyncStream<Input>.Iterator
+
+    init(consumer: KafkaConsumer, probe: ConsumerProbe) {
+        self.consumer = consumer
+        self.probe = probe
+        self.iterator = probe.inputs.makeAsyncIterator()
+    }
+
+    mutating func next() async -> Input? { await iterator.next() }
+
+    /// Fetches until `predicate` holds for the records seen so far (or the deadline passes); returns them all.
+    mutating func fetch(until predicate: ([ConsumedRecord]) -> Bool, within seconds: Double = 30) async -> [ConsumedRecord] {
+        let deadline = Date().addingTimeInterval(seconds)
+        var seen: [ConsumedRecord] = []
+        var outstanding: Ticket?
+        while Date() < deadline, !predicate(seen) {
+            if outstanding == nil, !partitions.isEmpty {
+                let ticket = probe.nextTicket()
+                consumer.fetch(ticket, max: 500)
+                outstanding = ticket
+            }
+            guard let input = await next() else { break }
+            switch input {
+            case let .assigned(generation, partitions):
+                self.generation = generation
+                self.partitions = partitions
+            case let .fetched(ticket, records) where ticket == outstanding:
+                outstanding = nil
+                seen += records
+            default:
+                break
+            }
+        }
+        return seen
+    }
+
+    mutating func commit(_ offsets: [PartitionOffset]) async -> CommitOutcome? {
+        let ticket = probe.nextTicket()
+        consumer.commit(ticket, offsets, generation: generation)
+        while let input = await next() {
+            switch input {
+            case let .offsetsCommitted(answered, outcome) where answered == ticket: return outcome
+            case let .assigned(generation, partitions):
+                self.generation = generation
+                self.partitions = partitions
+            default: break
+            }
+        }
+        return nil
+    }
+}
+
+@Suite("Kafka adapter against a real broker", .enabled(if: TestKafka.isConfigured, "KAFKA_BROKERS is not set"), .serialized)
+struct KafkaIntegrationTests {
+    @Test("librdkafka 2.16 is the one loaded (Debian's 2.0.2 cannot talk to Tansu)")
+    func version() {
+        #expect(!KafkaConfiguration.librdkafkaVersion.hasPrefix("2.0."), "LD_LIBRARY_PATH must put $RDKAFKA_LIB_DIR first")
+    }
+
+    @Test("publish a batch: one delivered outcome per message")
+    func publishBatch() async throws {
+        let producer = try KafkaProducer(configuration: TestKafka.configuration, logger: TestKafka.logger)
+        let messages = (1...20).map { TestKafka.message(sequence: Int64($0)) }
+        let outcomes = await producer.publish(messages)
+        #expect(outcomes == Array(repeating: .delivered, count: 20))
+        #expect(await producer.publish([]) == [])
+        await producer.shutdown()
+        // After shutdown nothing is sent, and that is a retriable failure.
+        let after = await producer.publish([TestKafka.message(sequence: 99)])
+        #expect(after.count == 1)
+        if case .failed(retriable: true, _) = after.first {} else { Issue.record("expected a retriable failure, got \(after)") }
+    }
+
+    @Test("produce with key and headers, consume them back, commit, and resume from the committed offset")
+    func produceConsumeCommitResume() async throws {
+        let configuration = TestKafka.configuration
+        let producer = try KafkaProducer(configuration: configuration, logger: TestKafka.logger)
+        let first = TestKafka.message(sequence: 1)
+        #expect(await producer.publish([first]) == [.delivered])
+
+        func isMessage(_ record: ConsumedRecord, _ message: OutboxMessage) -> Bool {
+            record.headers.contains { $0.name == "event-id" && $0.value == Array(message.event.id.description.utf8) }
+        }
+
+        // First consumer: sees the message with its key and headers, commits past it.
+        let probe = ConsumerProbe()
+        let consumer = try KafkaConsumer(configuration: configuration, logger: TestKafka.logger, sink: probe.sink)
+        var driver = ConsumerDriver(consumer: consumer, probe: probe)
+        let seen = await driver.fetch(until: { $0.contains { isMessage($0, first) } })
+        let record = try #require(seen.first { isMessage($0, first) })
+        #expect(record.key == Array(first.event.orderID.description.utf8))
+        #expect(record.value == first.event.payload)
+        #expect(record.headers.first { $0.name == "event-type" }?.value == Array("OrderCreated".utf8))
+        #expect(driver.generation >= 1)
+        #expect(driver.partitions == [0, 1, 2])
+        var next: [Int32: Int64] = [:]
+        for seenRecord in seen { next[seenRecord.partition] = max(next[seenRecord.partition] ?? 0, seenRecord.offset + 1) }
+        let offsets = next.keys.sorted().map { PartitionOffset(partition: $0, offset: next[$0]!) }
+        #expect(await driver.commit(offsets) == .committed)
+
+        // A commit for an older generation changes nothing and says so.
+        let stale = probe.nextTicket()
+        consumer.commit(stale, offsets, generation: driver.generation - 1)
+        var staleOutcome: CommitOutcome?
+        while let input = await driver.next() {
+            if case let .offsetsCommitted(ticket, outcome) = input, ticket == stale { staleOutcome = outcome; break }
+        }
+        #expect(staleOutcome == .rebalanced)
+        await consumer.shutdown()
+
+        // A second message with the same key lands on the same partition, right after the first.
+        let second = OutboxMessage(sequence: 2, event: PipelineEvent(type: .orderFulfilled, orderID: first.event.orderID, at: first.event.occurredAt, status: .fulfilled), attempts: 1)
+        #expect(await producer.publish([second]) == [.delivered])
+        await producer.shutdown()
+
+        // Second consumer in the same group resumes from the committed offsets: the first message never comes again.
+        let probe2 = ConsumerProbe()
+        let consumer2 = try KafkaConsumer(configuration: configuration, logger: TestKafka.logger, sink: probe2.sink)
+        var driver2 = ConsumerDriver(consumer: consumer2, probe: probe2)
+        let resumed = await driver2.fetch(until: { $0.contains { isMessage($0, second) } })
+        await consumer2.shutdown()
+        let secondRecord = try #require(resumed.first { isMessage($0, second) })
+        #expect(secondRecord.partition == record.partition)
+        #expect(!resumed.contains { isMessage($0, first) })
+        let onPartition = resumed.filter { $0.partition == record.partition }.map(\.offset)
+        #expect(onPartition.first == record.offset + 1, "resumed at \(onPartition.first ?? -1), committed \(record.offset + 1)")
+    }
+
+    @Test("forward a poison record to the dead-letter topic")
+    func deadLetter() async throws {
+        let producer = try KafkaProducer(configuration: TestKafka.configuration, logger: TestKafka.logger)
+        let poison = ConsumedRecord(partition: 1, offset: 42, key: Array("k".utf8), headers: [.init(name: "event-id", value: Array("x".utf8))], value: Array("not json".utf8))
+        #expect(await producer.forward(poison, reason: "cannot decode") == .delivered)
+        await producer.shutdown()
+    }
+}
