@@ -161,6 +161,18 @@ let package = Package(
             name: "OrderPipelineServiceBusTests",
             dependencies: ["OrderPipelineCore", "OrderPipelineServiceBus"]
         ),
+        .testTarget(
+            name: "OrderPipelineEndToEndTests",
+            dependencies: [
+                "OrderPipelineCore",
+                "OrderPipelinePostgres",
+                "OrderPipelineRuntime",
+                "OrderPipelineKafka",
+                "OrderPipelineServiceBus",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
