@@ -3,7 +3,7 @@ import OrderPipelineCore
 /// Variants of the pipeline with the bugs order pipelines really ship. Each is a wrapper around a production
 /// machine or a replaced store recipe, lives only here (the deployable binary cannot reach it), and must be caught
 /// by the checker: `order-sim --bug NAME --seeds 200 --faults swarm` exits 1.
-public enum Bug: String, CaseIterable, Sendable, Codable {
+public enum ZooBug: String, CaseIterable, Sendable, Codable {
     case dualWrite = "dual-write"
     case autoCommit = "auto-commit"
     case randomMessageID = "random-message-id"

@@ -1,7 +1,7 @@
 import OrderPipelineCore
 
 /// Every fault the world can inject, each switchable on its own.
-public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable {
+public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable, Codable {
     /// A component crashes just before an effect of its reaches the server (nothing happens).
     case crashBeforeEffect = "crash-before-effect"
     /// A component crashes just after its effect took place (crash-after-commit, after-ack…): the result is lost.
@@ -89,8 +89,10 @@ public struct SimulationOptions: Sendable, Hashable {
     public var recordHistory = false
     /// Virtual-time budget of the liveness phase.
     public var livenessDeadline: Duration = .seconds(300)
-    /// A bug-zoo variant of the pipeline to run instead of the correct one (see `Bug`).
-    public var bug: Bug?
+    /// When set, only these fault chances may strike (see `FaultReference`): how shrinking removes faults.
+    public var faultSchedule: Set<FaultReference>?
+    /// A bug-zoo variant of the pipeline to run instead of the correct one (see `ZooBug`).
+    public var bug: ZooBug?
     /// Store recipes replaced by a broken variant (tests of the checker, the bug zoo); none by default.
     public var recipeVariants = RecipeVariants()
 
@@ -131,4 +133,16 @@ extension SimulationOptions {
         options.cancelShare = [0, 0.1, 0.3][Int(draw.below(3))]
         return options
     }
+}
+
+/// The `index`-th chance a fault kind had in a run (the 3rd crash-after-effect roll, the 1st outage window…).
+public struct FaultReference: Hashable, Sendable, Codable, Comparable, CustomStringConvertible {
+    public var kind: FaultKind
+    public var index: Int
+    public init(kind: FaultKind, index: Int) {
+        self.kind = kind
+        self.index = index
+    }
+    public static func < (lhs: FaultReference, rhs: FaultReference) -> Bool { (lhs.kind, lhs.index) < (rhs.kind, rhs.index) }
+    public var description: String { "\(kind.rawValue)#\(index)" }
 }

@@ -18,6 +18,9 @@ public struct ReplayFile: Codable, Sendable, Hashable {
     /// Fault rates and cancellation share (swarm seeds draw their own); absent in older files means defaults.
     public var rates: FaultRates?
     public var cancelShare: Double?
+    public var invalidRequestShare: Double?
+    /// Only these fault chances may strike (a shrunk schedule); absent: every chance the rates give.
+    public var faultSchedule: [FaultReference]?
     /// The bug-zoo variant that ran, if any.
     public var bug: String?
     /// The invariant this run is expected to break, or nil when it is expected to pass.
@@ -35,6 +38,8 @@ public struct ReplayFile: Codable, Sendable, Hashable {
         partitions = options.partitions
         rates = options.rates
         cancelShare = options.cancelShare
+        invalidRequestShare = options.invalidRequestShare
+        faultSchedule = options.faultSchedule?.sorted()
         bug = options.bug?.rawValue
         self.expectedViolation = expectedViolation?.rawValue
         self.note = note
@@ -84,8 +89,10 @@ public struct ReplayFile: Codable, Sendable, Hashable {
         options.partitions = partitions
         if let rates { options.rates = rates }
         if let cancelShare { options.cancelShare = cancelShare }
+        if let invalidRequestShare { options.invalidRequestShare = invalidRequestShare }
+        if let faultSchedule { options.faultSchedule = Set(faultSchedule) }
         if let bug {
-            guard let variant = Bug(rawValue: bug) else { throw LoadError.unknownBug(bug) }
+            guard let variant = ZooBug(rawValue: bug) else { throw LoadError.unknownBug(bug) }
             options.bug = variant
         }
         return options

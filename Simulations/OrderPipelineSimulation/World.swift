@@ -79,6 +79,9 @@ public final class World {
     public private(set) var clientViolations: [Violation] = []
     public private(set) var poisonSources: [String] = []
     public private(set) var liveness: LivenessReport?
+    /// Every fault chance that struck, in order: the run's fault schedule.
+    public private(set) var schedule: [FaultReference] = []
+    private var faultChances = [Int](repeating: 0, count: FaultKind.allCases.count)
 
     var nodes: [Node] = []
     var clients: [Client] = []
@@ -153,17 +156,25 @@ public final class World {
             queue.schedule(at: arrival, .clientSend(client: i))
         }
 
+        // Scheduled faults are drawn whether or not the schedule allows them, so allowing fewer shifts nothing else.
         for kind in [FaultKind.databaseOutage, .kafkaOutage, .serviceBusOutage] where options.enabled(kind) {
-            outages[kind] = (0..<options.rates.outageWindows).map { _ in
+            for _ in 0..<options.rates.outageWindows {
                 let start = faultRandom.int(in: 0...(safetyEnd - 500_000))
-                return (start, start + faultRandom.int(in: 200_000...2_500_000))
+                let end = start + faultRandom.int(in: 200_000...2_500_000)
+                if permit(kind) { outages[kind, default: []].append((start, end)) }
             }
         }
         if options.enabled(.rebalance) {
-            for _ in 0..<options.rates.rebalances { queue.schedule(at: faultRandom.int(in: 100_000...safetyEnd), .rebalance(fault: true)) }
+            for _ in 0..<options.rates.rebalances {
+                let at = faultRandom.int(in: 100_000...safetyEnd)
+                if permit(.rebalance) { queue.schedule(at: at, .rebalance(fault: true)) }
+            }
         }
         if options.enabled(.poison) {
-            for _ in 0..<options.rates.poisonRecords { queue.schedule(at: faultRandom.int(in: 0...safetyEnd), .poison) }
+            for _ in 0..<options.rates.poisonRecords {
+                let at = faultRandom.int(in: 0...safetyEnd)
+                if permit(.poison) { queue.schedule(at: at, .poison) }
+            }
         }
         queue.schedule(at: safetyEnd, .heal)
     }
@@ -381,7 +392,7 @@ public final class World {
             if isDown(.kafkaOutage) {
                 result = .offsetsCommitted(ticket, .failed("broker unavailable"))
             } else {
-                if faultRandom.chance(inLiveness || !options.enabled(.rebalance) ? 0 : options.rates.rebalanceBeforeCommit) {
+                if roll(.rebalance) {
                     rebalance(asFault: true)
                 }
                 let outcome = kafka.commit(member: index, offsets: offsets, generation: generation)
@@ -675,9 +686,21 @@ public final class World {
         case .sendTimeout: p = rates.sendTimeout
         case .duplicateDelivery: p = rates.duplicateDelivery
         case .duplicateRequest: p = rates.duplicateRequest
-        case .databaseOutage, .kafkaOutage, .serviceBusOutage, .rebalance, .poison: p = 0
+        case .rebalance: p = rates.rebalanceBeforeCommit
+        case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison: p = 0
         }
-        return faultRandom.chance(p)
+        return faultRandom.chance(p) && permit(kind)
+    }
+
+    /// Numbers every chance a fault kind gets; with a fault schedule (shrinking, replay) only the listed chances
+    /// may strike. Every chance that strikes is recorded, so a run's schedule can be replayed or shrunk.
+    private func permit(_ kind: FaultKind) -> Bool {
+        let index = faultChances[kind.index]
+        faultChances[kind.index] += 1
+        let reference = FaultReference(kind: kind, index: index)
+        if let schedule = options.faultSchedule, !schedule.contains(reference) { return false }
+        schedule.append(reference)
+        return true
     }
 
     private func isDown(_ kind: FaultKind) -> Bool {

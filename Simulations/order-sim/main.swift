@@ -20,6 +20,7 @@ struct OrderSim: ParsableCommand {
     @Option(help: "Fault profile: none, crash, outage, duplicates, all, or swarm (each seed draws its faults, rates and shape).") var faults: String = "all"
     @Option(help: "Run a bug-zoo variant of the pipeline instead of the correct one (see --list-bugs).") var bug: String?
     @Flag(help: "List the bug-zoo variants and exit.") var listBugs = false
+    @Flag(help: "Shrink the first failing seed to a minimal replay (fewer orders, components, faults).") var shrink = false
     @Option(help: "API instances.") var apis: Int = 2
     @Option(help: "Kafka outbox relays.") var relays: Int = 2
     @Option(name: .customLong("sb-relays"), help: "Service Bus outbox relays.") var serviceBusRelays: Int = 1
@@ -34,7 +35,7 @@ struct OrderSim: ParsableCommand {
         guard faults == "swarm" || FaultProfile(rawValue: faults) != nil else {
             throw ValidationError("--faults must be one of \(FaultProfile.allCases.map(\.rawValue).joined(separator: ", ")), swarm; got \"\(faults)\"")
         }
-        if let bug, Bug(rawValue: bug) == nil {
+        if let bug, ZooBug(rawValue: bug) == nil {
             throw ValidationError("unknown bug \"\(bug)\"; order-sim --list-bugs shows them")
         }
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
@@ -48,14 +49,14 @@ struct OrderSim: ParsableCommand {
 
     func run() throws {
         if listBugs {
-            for bug in Bug.allCases { print("\(bug.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(bug.summary)") }
+            for bug in ZooBug.allCases { print("\(bug.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(bug.summary)") }
             return
         }
         if let replay { return try runReplay(replay) }
         var options = SimulationOptions()
         options.orders = orders
         options.faults = FaultProfile(rawValue: faults)?.kinds ?? []
-        options.bug = bug.flatMap(Bug.init(rawValue:))
+        options.bug = bug.flatMap(ZooBug.init(rawValue:))
         options.apiInstances = apis
         options.relays = relays
         options.serviceBusRelays = serviceBusRelays
@@ -64,6 +65,7 @@ struct OrderSim: ParsableCommand {
         options.recordHistory = trace != nil
         let first = seed ?? 1
         let report = runSeeds(options, from: first, count: seeds)
+        if shrink, let failure = report.failures.first { shrinkAndReport(failure) }
         if !report.failures.isEmpty { throw ExitCode(1) }
     }
 
@@ -88,6 +90,27 @@ struct OrderSim: ParsableCommand {
 
     struct Report {
         var failures: [SeedOutcome] = []
+        var failingOptions: [SimulationOptions] = []
+    }
+
+    private func shrinkAndReport(_ failure: SeedOutcome) {
+        let invariant = failure.violations[0].invariant
+        var options = failure.options
+        options.recordHistory = false
+        print("shrinking seed \(failure.seed) (\(invariant.rawValue)) …")
+        var shrinker = Shrinker(invariant: invariant)
+        let result = shrinker.shrink(options)
+        let minimal = result.options
+        print("minimal run after \(result.runs) runs: \(minimal.orders) orders, \(minimal.apiInstances) api, \(minimal.relays) relays, \(minimal.serviceBusRelays) sb-relays, \(minimal.consumers) consumers, \(minimal.partitions) partitions, \(result.outcome.schedule.count) faults")
+        print("  \(result.outcome.violations.first.map(String.init(describing:)) ?? "no violation?")")
+        print("schedule:")
+        for entry in result.outcome.history.entries where entry.process == "nemesis" || (entry.type == .invoke && entry.process.hasPrefix("client-")) {
+            print(String(format: "  t=%8.3fs  %@  %@  %@", Double(entry.time) / 1e6, entry.process, entry.function, entry.value))
+        }
+        let path = (failuresDir as NSString).appendingPathComponent("order-sim-shrunk-\(failure.seed).json")
+        let file = ReplayFile(options: minimal, expectedViolation: invariant, note: "shrunk from seed \(failure.seed): \(result.outcome.violations.first?.detail ?? "")")
+        do { try file.write(to: path) } catch { print("error: cannot write \(path): \(error.localizedDescription)") }
+        print("shrunk: events=\(result.events) file=\(path)")
     }
 
     private func runSeeds(_ base: SimulationOptions, from first: UInt64, count: Int) -> Report {

@@ -99,7 +99,7 @@ func options(seed: UInt64, orders: Int = 100, faults: FaultProfile = .all, trace
         broken.livenessDeadline = .seconds(20)
         let outcome = Simulation.run(broken)
         #expect(outcome.violations.first?.invariant == .nothingPending)
-        #expect(outcome.violations.first?.detail.contains("orders not Fulfilled") == true)
+        #expect(outcome.violations.first?.detail.contains("orders neither Fulfilled nor Failed") == true)
     }
 
     @Test func aCleanRunWithoutFaultsPasses() {
@@ -149,11 +149,31 @@ func options(seed: UInt64, orders: Int = 100, faults: FaultProfile = .all, trace
         #expect(SimulationOptions.swarm(seed: 9, orders: 40) == SimulationOptions.swarm(seed: 9, orders: 40))
     }
 
-    @Test(arguments: Bug.allCases)
-    func everyBugHasAFixtureThatCatchesIt(bug: Bug) throws {
+    @Test(arguments: ZooBug.allCases)
+    func everyBugHasAFixtureThatCatchesIt(bug: ZooBug) throws {
         let path = Fixtures.directory.appendingPathComponent("replay-bug-\(bug.rawValue).json").path
         let file = try ReplayFile.load(path: path)
         #expect(file.bug == bug.rawValue)
         #expect(file.expectedInvariant != nil, "the fixture must record the invariant the bug breaks")
+    }
+}
+
+@Suite struct Shrinking {
+    @Test func aZooBugShrinksToAShortReplayWithTheSameVerdict() throws {
+        var failing = SimulationOptions.swarm(seed: 1, orders: 40)
+        failing.bug = .dualWrite
+        let original = Simulation.run(failing)
+        let invariant = try #require(original.violations.first?.invariant)
+        var shrinker = Shrinker(invariant: invariant, budget: 150)
+        let result = shrinker.shrink(failing)
+        #expect(result.outcome.violations.first?.invariant == invariant)
+        #expect(result.events <= 20)
+        #expect(result.options.orders < failing.orders)
+        // The shrunk options replay bit for bit (also through a replay file).
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("shrunk-test.json").path
+        try ReplayFile(options: result.options, expectedViolation: invariant).write(to: path)
+        let replayed = Simulation.run(try ReplayFile.load(path: path).options())
+        #expect(replayed.violations == result.outcome.violations)
+        #expect(replayed.schedule == result.outcome.schedule)
     }
 }
