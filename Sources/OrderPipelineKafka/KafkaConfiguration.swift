@@ -21,6 +21,10 @@ public struct KafkaConfiguration: Sendable, Hashable {
     public var sessionTimeoutMilliseconds = 6_000
     public var heartbeatIntervalMilliseconds = 1_000
     public var maxPollIntervalMilliseconds = 7_000
+    /// `fetch.wait.max.ms`: Tansu answers a fetch only when this expires (not when data arrives), so it bounds
+    /// the consumer's latency there (500, librdkafka's default, gave a create→fulfilled p50 of 186 ms; 5 gave
+    /// 16 ms). A real Kafka broker answers as soon as data arrives; a low value only costs idle fetch requests.
+    public var fetchWaitMaxMilliseconds = 10
     /// How long a `.fetch` waits for records before answering with an empty batch.
     public var fetchWait: Duration = .milliseconds(500)
     /// Records the consumer thread buffers ahead of the machine before pausing its partitions.

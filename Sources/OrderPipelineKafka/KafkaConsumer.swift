@@ -52,6 +52,7 @@ public final class KafkaConsumer: Sendable {
         try conf.set("session.timeout.ms", String(configuration.sessionTimeoutMilliseconds))
         try conf.set("heartbeat.interval.ms", String(configuration.heartbeatIntervalMilliseconds))
         try conf.set("max.poll.interval.ms", String(configuration.maxPollIntervalMilliseconds))
+        try conf.set("fetch.wait.max.ms", String(configuration.fetchWaitMaxMilliseconds))
         for (name, value) in configuration.extraProperties.sorted(by: { $0.key < $1.key }) { try conf.set(name, value) }
         let state = ConsumerThreadState(sink: sink, logger: logger, topic: configuration.topic)
         rd_kafka_conf_set_opaque(conf.handle, Unmanaged.passUnretained(state).toOpaque())

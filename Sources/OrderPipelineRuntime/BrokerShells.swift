@@ -25,6 +25,9 @@ public struct BrokerConfiguration: Sendable {
           KAFKA_DEAD_LETTER_TOPIC
                          poison records (default <KAFKA_TOPIC>.dead-letter)
           KAFKA_GROUP_ID consumer group (default order-pipeline-consumer)
+          KAFKA_PROPERTIES
+                         extra librdkafka properties, name=value,name=value
+                         (e.g. security.protocol=SASL_SSL,sasl.mechanism=PLAIN)
           SERVICEBUS_CONNECTION_STRING
                          amqp://user:pass@host:port, amqps://…, or an Azure
                          Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…
@@ -44,6 +47,14 @@ public struct BrokerConfiguration: Sendable {
         }
         if let topic = environment["KAFKA_DEAD_LETTER_TOPIC"], !topic.isEmpty { kafka.deadLetterTopic = topic }
         if let group = environment["KAFKA_GROUP_ID"], !group.isEmpty { kafka.groupID = group }
+        if let text = environment["KAFKA_PROPERTIES"], !text.isEmpty {
+            for pair in text.split(separator: ",") {
+                guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {
+                    throw .init(description: "KAFKA_PROPERTIES must be name=value pairs separated by commas, not \(pair)")
+                }
+                kafka.extraProperties[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
+            }
+        }
         var serviceBus: ServiceBusConfiguration?
         if let text = environment["SERVICEBUS_CONNECTION_STRING"], !text.isEmpty {
             do {
