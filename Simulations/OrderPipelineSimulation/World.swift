@@ -462,7 +462,7 @@ public final class World {
         if roll(.produceTimeout) {
             var written: [String] = []
             for row in rows where faultRandom.chance(0.5) {
-                kafka.append(row.event, at: instant)
+                appendToKafka(row.event)
                 written.append(row.event.summary)
             }
             fired(.produceTimeout, "\(node.name) produce timed out; written: \(written.count)/\(rows.count)")
@@ -470,10 +470,15 @@ public final class World {
             serveParkedFetches()
             return rows.map { _ in .unknown("delivery report timed out") }
         }
-        for row in rows { kafka.append(row.event, at: instant) }
+        for row in rows { appendToKafka(row.event) }
         history.record(now, node.name, .ok, "publish", rows.map(\.event.summary).joined(separator: " "))
         serveParkedFetches()
         return rows.map { _ in .delivered }
+    }
+
+    private func appendToKafka(_ event: PipelineEvent) {
+        let record = kafka.append(event, at: instant)
+        history.record(now, "kafka-p\(record.partition)", .ok, "append", "offset \(record.offset): \(event.summary)")
     }
 
     private func sendToServiceBus(_ rows: [OutboxMessage], by node: Node) -> [PublishOutcome] {
@@ -489,7 +494,9 @@ public final class World {
                 outcomes.append(.unknown("no disposition in time"))
                 continue
             }
-            if let message = serviceBus.send(row.event, at: instant) {
+            let enqueued = serviceBus.send(row.event, at: instant)
+            history.record(now, "service-bus", .ok, "send", "messageId=\(row.event.id) \(enqueued == nil ? "duplicate dropped" : "enqueued") for \(row.event.orderID)")
+            if let message = enqueued {
                 let copies = roll(.duplicateDelivery) ? 2 : 1
                 if copies == 2 { fired(.duplicateDelivery, "service bus delivers \(message.messageID) twice") }
                 downstreamInFlight += 1

@@ -27,6 +27,7 @@ struct OrderSim: ParsableCommand {
     @Option(help: "Fulfilment consumers in the group.") var consumers: Int = 2
     @Option(help: "Partitions of the orders topic.") var partitions: Int = 3
     @Option(help: "Write the history of the (single) seed as JSON lines to this file.") var trace: String?
+    @Option(help: "Draw the (single) seed as a self-contained HTML timeline in this file.") var timeline: String?
     @Option(help: "Run a replay file (from a failure or fixtures/) and check its expected verdict.") var replay: String?
     @Option(help: "Directory for replay files of failing seeds.") var failuresDir: String = "."
     @Option(help: "Save the (single) seed as a replay file with the verdict it gave, e.g. for fixtures/.") var saveReplay: String?
@@ -44,6 +45,7 @@ struct OrderSim: ParsableCommand {
             guard (1...64).contains(value) else { throw ValidationError("\(name) must be in 1...64; got \(value)") }
         }
         if trace != nil, seeds > 1 { throw ValidationError("--trace records one seed: use it with --seed S and no --seeds") }
+        if timeline != nil, seeds > 1 { throw ValidationError("--timeline draws one seed: use it with --seed S and no --seeds") }
         if saveReplay != nil, seeds > 1 { throw ValidationError("--save-replay records one seed: use it with --seed S and no --seeds") }
     }
 
@@ -62,7 +64,7 @@ struct OrderSim: ParsableCommand {
         options.serviceBusRelays = serviceBusRelays
         options.consumers = consumers
         options.partitions = partitions
-        options.recordHistory = trace != nil
+        options.recordHistory = trace != nil || timeline != nil
         let first = seed ?? 1
         let report = runSeeds(options, from: first, count: seeds)
         if shrink, let failure = report.failures.first { shrinkAndReport(failure) }
@@ -76,7 +78,7 @@ struct OrderSim: ParsableCommand {
             throw ExitCode(2)
         }
         var options = try file.options()
-        options.recordHistory = trace != nil
+        options.recordHistory = trace != nil || timeline != nil
         print("replaying \(path): seed \(file.seed), \(file.orders) orders, expected \(file.expectedViolation ?? "pass")")
         let report = runSeeds(options, from: file.seed, count: 1)
         let got = report.failures.first?.violations.first?.invariant
@@ -114,6 +116,7 @@ struct OrderSim: ParsableCommand {
     }
 
     private func runSeeds(_ base: SimulationOptions, from first: UInt64, count: Int) -> Report {
+        let interactive = isatty(STDOUT_FILENO) != 0
         let clock = ContinuousClock()
         let start = clock.now
         var lastProgress = start
@@ -146,20 +149,36 @@ struct OrderSim: ParsableCommand {
                     print("error: cannot write \(saveReplay): \(error.localizedDescription)")
                 }
             }
+            if let timeline {
+                do {
+                    try Timeline.html(for: outcome).write(toFile: timeline, atomically: true, encoding: .utf8)
+                    print("timeline written to \(timeline)")
+                } catch {
+                    print("error: cannot write \(timeline): \(error.localizedDescription)")
+                }
+            }
             if let trace {
                 try? outcome.history.jsonLines.write(toFile: trace, atomically: true, encoding: .utf8)
                 print("history: \(outcome.history.entries.count) entries written to \(trace)")
             }
             if !outcome.passed {
+                if interactive { print("") }
                 report.failures.append(outcome)
                 announce(outcome, options: options)
             }
-            let elapsed = clock.now - lastProgress
-            if count > 1, elapsed > .seconds(2) || n == count - 1 {
+            let sinceLast = clock.now - lastProgress
+            if count > 1, sinceLast > (interactive ? .milliseconds(200) : .seconds(2)) || n == count - 1 {
                 lastProgress = clock.now
                 let wall = (clock.now - start).seconds
                 let rate = Double(n + 1) / max(wall, 0.001)
-                print(String(format: "progress: %d/%d seeds, %d failures, %.0f seeds/s, eta %.0fs", n + 1, count, report.failures.count, rate, Double(count - n - 1) / max(rate, 0.001)))
+                let line = String(format: "progress: %d/%d seeds, %d failures, %.0f seeds/s, eta %.0fs", n + 1, count, report.failures.count, rate, Double(count - n - 1) / max(rate, 0.001))
+                if interactive {
+                    // One live line on a terminal; a plain line per period when piped or logged.
+                    // stdout on a terminal is line-buffered, so earlier lines are out already.
+                    FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + line + (n == count - 1 ? "\n" : "")).utf8))
+                } else {
+                    print(line)
+                }
             }
         }
         let wall = (clock.now - start).seconds
@@ -190,7 +209,7 @@ struct OrderSim: ParsableCommand {
         }
         print("recovery paths run:")
         for (name, count) in recoveries.rows {
-            print("  \(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))")
+            print("  \(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))\(count == 0 ? "  <- never ran" : "")")
         }
     }
 }

@@ -177,3 +177,21 @@ func options(seed: UInt64, orders: Int = 100, faults: FaultProfile = .all, trace
         #expect(replayed.schedule == result.outcome.schedule)
     }
 }
+
+@Suite struct TimelinePage {
+    @Test func aTimelineHasEveryLaneAndPinsTheViolation() throws {
+        var failing = SimulationOptions.swarm(seed: 1, orders: 10)
+        failing.bug = .randomMessageID
+        failing.recordHistory = true
+        let outcome = Simulation.run(failing)
+        let violation = try #require(outcome.violations.first)
+        let html = Timeline.html(for: outcome)
+        for lane in ["clients", "api-1", "relay-1", "consumer-1", "sb-relay-1", "database", "kafka-p0", "service-bus", "downstream", "nemesis"] {
+            #expect(html.contains(">\(lane)</text>"), "lane \(lane)")
+        }
+        #expect(html.contains(violation.invariant.rawValue))
+        #expect(html.contains("Events that led to it"))
+        // Self-contained: no scripts, styles or images fetched from anywhere.
+        #expect(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("@import"))
+    }
+}
