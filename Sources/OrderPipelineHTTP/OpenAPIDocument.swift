@@ -6,7 +6,7 @@ enum OpenAPIDocument {
   "info": {
     "title": "OrderPipeline API",
     "version": "1.0.0",
-    "description": "Orders are accepted in one PostgreSQL transaction together with their outbox row; fulfilment happens asynchronously (Kafka \u2192 consumer \u2192 Service Bus). Errors are RFC 9457 problem details (application/problem+json)."
+    "description": "Orders are accepted in one PostgreSQL transaction together with their outbox row; fulfilment happens asynchronously (Kafka \u2192 consumer \u2192 Service Bus). Errors are RFC 9457 problem details (application/problem+json). Methods a path does not list answer 405 with an Allow header."
   },
   "servers": [
     {
@@ -136,7 +136,8 @@ enum OpenAPIDocument {
             "required": false,
             "description": "The `nextCursor` of the previous page (opaque).",
             "schema": {
-              "type": "string"
+              "type": "string",
+              "minLength": 1
             }
           }
         ],
@@ -455,7 +456,8 @@ enum OpenAPIDocument {
             "type": "string",
             "minLength": 1,
             "maxLength": 200,
-            "description": "Not blank, no control characters."
+            "description": "Not blank, no control characters (U+0000\u2013U+001F, U+007F); length counted in characters (grapheme clusters).",
+            "pattern": "^[^\\u0000-\\u001F\\u007F]*[^\\s\\u0000-\\u001F\\u007F][^\\u0000-\\u001F\\u007F]*$"
           },
           "customerEmail": {
             "type": "string",
@@ -483,7 +485,9 @@ enum OpenAPIDocument {
           "productName": {
             "type": "string",
             "minLength": 1,
-            "maxLength": 200
+            "maxLength": 200,
+            "pattern": "^[^\\u0000-\\u001F\\u007F]*[^\\s\\u0000-\\u001F\\u007F][^\\u0000-\\u001F\\u007F]*$",
+            "description": "Not blank, no control characters; length counted in characters."
           },
           "quantity": {
             "type": "integer",
@@ -594,12 +598,19 @@ enum OpenAPIDocument {
         "properties": {
           "status": {
             "type": "string",
-            "description": "Pending, Processing, Fulfilled or Failed (any letter case)."
+            "enum": [
+              "Pending",
+              "Processing",
+              "Fulfilled",
+              "Failed"
+            ],
+            "description": "The status to move to (canonical name, as returned in `status`)."
           },
           "reason": {
             "type": "string",
             "maxLength": 500,
-            "description": "Stored as the failure reason when the status becomes Failed."
+            "description": "No control characters except tab and newline. Stored as the failure reason when the status becomes Failed.",
+            "pattern": "^[^\\u0000-\\u0008\\u000B-\\u001F]*$"
           }
         }
       },

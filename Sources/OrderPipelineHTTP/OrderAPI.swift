@@ -226,7 +226,7 @@ public struct OrderAPI: Sendable {
         var errors: [FieldError] = []
         var status: OrderStatus?
         if let text = wire.status {
-            status = OrderStatus(name: text)
+            status = OrderStatus(rawValue: text)
             if status == nil {
                 errors.append(FieldError(field: "status", message: "must be one of \(OrderStatus.allCases.map(\.rawValue).joined(separator: ", "))"))
             }

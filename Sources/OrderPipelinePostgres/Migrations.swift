@@ -10,7 +10,7 @@ public struct Migration: Sendable, Hashable {
 /// The schema, as an ordered list of migrations, and the code that applies them.
 ///
 /// `apply` is idempotent: each migration runs in its own transaction together with its row in
-/// `schema_migrations`, under an advisory lock so that two `migrate` runs at once do not race.
+/// `schema_migrations`, under an advisory lock (per schema) so that two `migrate` runs at once do not race.
 public enum Migrations {
     public static let all: [Migration] = [
         Migration(version: 1, name: "orders, outboxes, inbox, idempotency keys, dead letters", sql: """
@@ -142,8 +142,8 @@ public enum Migrations {
         for migration in all.sorted(by: { $0.version < $1.version }) {
             try connection.execute(constant: "BEGIN")
             do {
-                // Serialises concurrent `migrate` runs; released at the end of the transaction.
-                try connection.query("SELECT pg_advisory_xact_lock($1::bigint)", [.int(0x6F72_6465_72)])
+                // Serialises concurrent `migrate` runs on the same schema; released at the end of the transaction.
+                try connection.query("SELECT pg_advisory_xact_lock($1::int, hashtext(current_schema()))", [.int(0x6F72_6465)])
                 let done = try connection.query("SELECT 1 FROM schema_migrations WHERE version = $1::int", [.int(migration.version)])
                 if done.count == 0 {
                     try connection.execute(script: migration.sql)

@@ -15,7 +15,7 @@ struct OrderPipelineCommand: AsyncParsableCommand {
         commandName: "orderpipeline",
         abstract: "Event-driven order pipeline: HTTP API, outbox relays and fulfilment consumer.",
         discussion: RuntimeConfiguration.environmentHelp,
-        subcommands: [Serve.self, Migrate.self, Relay.self, Consume.self, All.self]
+        subcommands: [Serve.self, Migrate.self]
     )
 }
 
@@ -86,6 +86,8 @@ struct Migrate: AsyncParsableCommand {
         let logger = Bootstrap.logger("orderpipeline.migrate", level: configuration.logLevel)
         var settings = configuration.pool.connection
         settings.applicationName = "orderpipeline-migrate"
+        // DDL on a large table, or waiting for another migrator, may take longer than a request may.
+        settings.statementTimeout = .seconds(600)
         let session = PostgresSession(settings: settings, logger: logger, name: "pg-migrate")
         defer { session.close() }
         let result: Result<[Int], PostgresError> = await session.withConnection { connection in

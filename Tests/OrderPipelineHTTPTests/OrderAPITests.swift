@@ -105,6 +105,9 @@ struct OrderAPITests {
                 // 404 unknown order, unknown route; 400 id that is not a UUID
                 try await client.execute(uri: "/api/orders/00000000-0000-4000-8000-000000000000", method: .get).expectProblem(.notFound)
                 try await client.execute(uri: "/api/nothing", method: .get).expectProblem(.notFound)
+                let wrongMethod = try await client.execute(uri: "/api/orders", method: .delete)
+                wrongMethod.expectProblem(.methodNotAllowed)
+                #expect(wrongMethod.headers[.allow] == "GET, POST")
                 try await client.execute(uri: "/api/orders/not-a-uuid", method: .get).expectProblem(.badRequest)
                 try await client.execute(uri: "/api/orders/not-a-uuid/status", method: .patch, headers: .json, body: ByteBuffer(string: #"{"status":"Failed"}"#)).expectProblem(.badRequest)
                 try await client.execute(uri: "/api/orders/00000000-0000-4000-8000-000000000000/status", method: .patch, headers: .json,
@@ -124,6 +127,7 @@ struct OrderAPITests {
                 let uri = "/api/orders/\(id)/status"
                 try await client.execute(uri: uri, method: .patch, headers: .json, body: ByteBuffer(string: #"{"status":"Fulfilled"}"#)).expectProblem(.conflict)
                 try await client.execute(uri: uri, method: .patch, headers: .json, body: ByteBuffer(string: #"{"status":"Shipped"}"#)).expectProblem(.unprocessableContent)
+                try await client.execute(uri: uri, method: .patch, headers: .json, body: ByteBuffer(string: #"{"status":"processing"}"#)).expectProblem(.unprocessableContent)
                 try await client.execute(uri: uri, method: .patch, headers: .json, body: ByteBuffer(string: #"{"reason":"x"}"#)).expectProblem(.unprocessableContent)
                 try await client.execute(uri: uri, method: .patch, headers: .json, body: ByteBuffer(string: #"{"status":7}"#)).expectProblem(.unprocessableContent)
                 try await client.execute(uri: uri, method: .patch, headers: .json, body: ByteBuffer(string: "nope")).expectProblem(.badRequest)
