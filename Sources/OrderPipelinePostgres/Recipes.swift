@@ -138,22 +138,21 @@ public enum StoreRecipes {
     }
 
     static func fulfil(_ f: Fulfilment, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
-        transaction(c, mode) { () throws(PostgresError) -> Outcome in
+        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             let envelope = f.envelope
-            let id = envelope.orderID.description
-            let at = f.at.description
-            let inserted = try c.execute(SQL.inbox, [.text(envelope.id.description), .text(envelope.type.rawValue), .text(id), .text(at)])
-            guard inserted.affected == 1 else { return .rollback(.duplicate) }
-            guard envelope.type == .orderCreated else { return .commit(.recorded) }
-            let locked = try c.execute(SQL.lockStatus, [.text(id)])
-            guard let statusText = locked.string(0, 0) else { return .commit(.orderMissing) }
+            let event = f.fulfilmentEvent
+            let rows = try c.execute(SQL.fulfil, [
+                .text(envelope.id.description), .text(envelope.type.rawValue), .text(envelope.orderID.description),
+                .text(f.at.description), .text(event.id.description), .bytes(event.payload),
+            ])
+            guard rows.int(0, 0) == 1 else { return .duplicate }
+            guard envelope.type == .orderCreated else { return .recorded }
+            guard let statusText = rows.string(0, 1) else { return .orderMissing }
             guard let status = OrderStatus(rawValue: statusText) else {
                 throw PostgresError(code: .protocolViolation, message: "unknown status \(statusText)")
             }
-            guard status == .pending else { return .commit(.skipped(status)) }
-            try c.execute(SQL.fulfilOrder, [.text(id), .text(at)])
-            try append(f.fulfilmentEvent, to: .serviceBus, c)
-            return .commit(.fulfilled)
+            guard status == .pending, rows.int(0, 2) == 1 else { return .skipped(status) }
+            return .fulfilled
         }
     }
 

@@ -174,24 +174,32 @@ enum SQL {
     static let releaseServiceBus = release(.serviceBus)
 
     // MARK: fulfil
-    // $1 event id, $2 type, $3 order id, $4 at
-    static let inbox = PreparedStatement("op_inbox", """
-        INSERT INTO consumer_inbox (event_id, event_type, order_id, received_at)
-        VALUES ($1::uuid, $2::text, $3::uuid, $4::timestamptz) ON CONFLICT (event_id) DO NOTHING
-        """)
-
-    static let lockStatus = PreparedStatement("op_lock_status", "SELECT status FROM orders WHERE id = $1::uuid FOR UPDATE")
-
-    // $1 id, $2 at: Pending → Processing → Fulfilled in one update, both transitions recorded.
-    static let fulfilOrder = PreparedStatement("op_fulfil_order", """
-        WITH u AS (
-            UPDATE orders SET status = 'Fulfilled', processed_at = $2::timestamptz
-            WHERE id = $1::uuid AND status = 'Pending' RETURNING id
+    /// The whole consumer transaction as one statement (one round trip, one commit): the inbox insert first;
+    /// everything else is conditional on it having inserted, so a redelivery writes nothing.
+    /// $1 event id, $2 event type, $3 order id, $4 at, $5 fulfilment event id, $6 fulfilment payload.
+    static let fulfil = PreparedStatement("op_fulfil", """
+        WITH ins AS (
+            INSERT INTO consumer_inbox (event_id, event_type, order_id, received_at)
+            VALUES ($1::uuid, $2::text, $3::uuid, $4::timestamptz) ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+        ), target AS (
+            SELECT o.id, o.status FROM orders o
+            WHERE o.id = $3::uuid AND $2::text = 'OrderCreated' AND EXISTS (SELECT 1 FROM ins)
+            FOR UPDATE
+        ), upd AS (
+            UPDATE orders o SET status = 'Fulfilled', processed_at = $4::timestamptz
+            FROM target t WHERE o.id = t.id AND t.status = 'Pending'
+            RETURNING o.id
+        ), tr AS (
+            INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
+            SELECT upd.id, v.from_status, v.to_status, $4::timestamptz
+            FROM upd, (VALUES (1, 'Pending', 'Processing'), (2, 'Processing', 'Fulfilled')) AS v(n, from_status, to_status)
+            ORDER BY v.n
+        ), sb AS (
+            INSERT INTO service_bus_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
+            SELECT $5::uuid, upd.id, 'OrderFulfilled', $4::timestamptz, $6::bytea, $4::timestamptz FROM upd
         )
-        INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
-        SELECT u.id, v.from_status, v.to_status, $2::timestamptz
-        FROM u, (VALUES (1, 'Pending', 'Processing'), (2, 'Processing', 'Fulfilled')) AS v(n, from_status, to_status)
-        ORDER BY v.n
+        SELECT (SELECT count(*) FROM ins), (SELECT status FROM target), (SELECT count(*) FROM upd)
         """)
 
     // MARK: dead letters
