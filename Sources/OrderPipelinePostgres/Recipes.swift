@@ -75,11 +75,13 @@ public enum StoreRecipes {
             guard from.canMove(to: t.to) else { return .rollback(.illegalTransition(from: from)) }
             let id = t.orderID.description
             let at = t.at.description
-            try c.execute(SQL.updateStatus, [.text(id), .text(t.to.rawValue), .text(at), .optional(t.reason)])
+            // A failed order always says why (as the simulator's model does).
+            let failureReason = t.to == .failed ? (t.reason ?? "failed by request") : nil
+            try c.execute(SQL.updateStatus, [.text(id), .text(t.to.rawValue), .text(at), .optional(failureReason)])
             try c.execute(SQL.recordTransition, [.text(id), .text(from.rawValue), .text(t.to.rawValue), .text(at), .optional(t.reason)])
             order.status = t.to
-            if t.to == .processing { order.processedAt = t.at }
-            if t.to == .failed { order.failureReason = t.reason }
+            if t.to == .processing || t.to == .fulfilled, order.processedAt == nil { order.processedAt = t.at }
+            if t.to == .failed { order.failureReason = failureReason }
             if let type = EventType(announcing: t.to) {
                 let event = PipelineEvent(type: type, order: order, at: t.at, includeOrder: false)
                 try append(event, to: .kafka, c)

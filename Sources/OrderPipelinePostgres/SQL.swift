@@ -86,7 +86,7 @@ enum SQL {
     // $1 id, $2 status, $3 at, $4 reason
     static let updateStatus = PreparedStatement("op_update_status", """
         UPDATE orders SET status = $2::text,
-            processed_at = CASE WHEN $2::text = 'Processing' THEN $3::timestamptz ELSE processed_at END,
+            processed_at = CASE WHEN $2::text IN ('Processing', 'Fulfilled') THEN coalesce(processed_at, $3::timestamptz) ELSE processed_at END,
             failure_reason = CASE WHEN $2::text = 'Failed' THEN $4::text ELSE failure_reason END
         WHERE id = $1::uuid
         """)
@@ -155,7 +155,7 @@ enum SQL {
                 RETURNING o.sequence, o.payload, r.reason
             ), dl AS (
                 INSERT INTO dead_letters (source, reason, payload, at)
-                SELECT '\(t)/' || rej.sequence, rej.reason, rej.payload, $2::timestamptz FROM rej
+                SELECT '\(kind.rawValue)-outbox/' || rej.sequence, rej.reason, rej.payload, $2::timestamptz FROM rej
                 ON CONFLICT (source) DO NOTHING
             )
             SELECT (SELECT count(*) FROM pub) + (SELECT count(*) FROM ret) + (SELECT count(*) FROM rej)

@@ -202,6 +202,8 @@ struct StoreContractTests {
             let a = await store.perform(claim(owner: "relay-a", now: at(1), lease: 30)).claimed
             #expect(a.count == 1)
             #expect(await store.perform(claim(owner: "relay-b", now: at(20))).claimed.isEmpty)
+            // Not even its own owner takes a row again while the lease holds (the recipe: "claim absent or expired").
+            #expect(await store.perform(claim(owner: "relay-a", now: at(20))).claimed.isEmpty)
             let b = await store.perform(claim(owner: "relay-b", now: at(31))).claimed
             #expect(b.map(\.sequence) == a.map(\.sequence))
             #expect(b.first?.attempts == 2)
@@ -243,7 +245,7 @@ struct StoreContractTests {
                                           rejections: [.init(sequence: head[0].sequence, reason: "message too large")])
             #expect(await store.perform(.settleOutbox(reject)) == .committed(.settled(rows: 1)))
             #expect(await store.perform(claim(owner: "relay-a", now: at(3))).claimed.map(\.event.type) == [.orderFailed])
-            #expect(await store.deadLetters().count == 1)
+            #expect(await store.deadLetters() == ["kafka-outbox/\(head[0].sequence)"])
         }
     }
 
@@ -317,6 +319,13 @@ struct StoreContractTests {
             _ = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", now: at(5), published: kafka.map(\.sequence))))
             #expect(await store.perform(claim(now: at(6))).claimed.map(\.event.type) == [.orderFulfilled])
             #expect(await store.perform(claim(.serviceBus, now: at(6))).claimed.map(\.event.id) == [EventID.derived(order: x.order.id, type: .orderFulfilled)])
+            // Failed without a reason still says why.
+            let z = newOrder(3)
+            _ = await store.perform(.createOrder(z))
+            guard case .committed(.transitioned(let unexplained)) = await store.perform(.transition(OrderTransition(orderID: z.order.id, to: .failed, at: at(7)))) else {
+                Issue.record("Pending → Failed refused"); return
+            }
+            #expect(unexplained.failureReason == "failed by request")
         }
     }
 
