@@ -51,7 +51,7 @@ struct OrderSim: ParsableCommand {
 
     func run() throws {
         if listBugs {
-            for bug in ZooBug.allCases { print("\(bug.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(bug.summary)") }
+            for bug in ZooBug.allCases { say("\(bug.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(bug.summary)") }
             return
         }
         if let replay { return try runReplay(replay) }
@@ -79,14 +79,14 @@ struct OrderSim: ParsableCommand {
         }
         var options = try file.options()
         options.recordHistory = trace != nil || timeline != nil
-        print("replaying \(path): seed \(file.seed), \(file.orders) orders, expected \(file.expectedViolation ?? "pass")")
+        say("replaying \(path): seed \(file.seed), \(file.orders) orders, expected \(file.expectedViolation ?? "pass")")
         let report = runSeeds(options, from: file.seed, count: 1)
         let got = report.failures.first?.violations.first?.invariant
         if got != file.expectedInvariant {
-            print("replay verdict differs: expected \(file.expectedViolation ?? "pass"), got \(got?.rawValue ?? "pass")")
+            say("replay verdict differs: expected \(file.expectedViolation ?? "pass"), got \(got?.rawValue ?? "pass")")
             throw ExitCode(1)
         }
-        print("replay reproduced: \(got?.rawValue ?? "pass")")
+        say("replay reproduced: \(got?.rawValue ?? "pass")")
         if got != nil { throw ExitCode(1) }
     }
 
@@ -99,20 +99,20 @@ struct OrderSim: ParsableCommand {
         let invariant = failure.violations[0].invariant
         var options = failure.options
         options.recordHistory = false
-        print("shrinking seed \(failure.seed) (\(invariant.rawValue)) …")
+        say("shrinking seed \(failure.seed) (\(invariant.rawValue)) …")
         var shrinker = Shrinker(invariant: invariant)
         let result = shrinker.shrink(options)
         let minimal = result.options
-        print("minimal run after \(result.runs) runs: \(minimal.orders) orders, \(minimal.apiInstances) api, \(minimal.relays) relays, \(minimal.serviceBusRelays) sb-relays, \(minimal.consumers) consumers, \(minimal.partitions) partitions, \(result.outcome.schedule.count) faults")
-        print("  \(result.outcome.violations.first.map(String.init(describing:)) ?? "no violation?")")
-        print("schedule:")
+        say("minimal run after \(result.runs) runs: \(minimal.orders) orders, \(minimal.apiInstances) api, \(minimal.relays) relays, \(minimal.serviceBusRelays) sb-relays, \(minimal.consumers) consumers, \(minimal.partitions) partitions, \(result.outcome.schedule.count) faults")
+        say("  \(result.outcome.violations.first.map(String.init(describing:)) ?? "no violation?")")
+        say("schedule:")
         for entry in result.outcome.history.entries where entry.process == "nemesis" || (entry.type == .invoke && entry.process.hasPrefix("client-")) {
-            print(String(format: "  t=%8.3fs  %@  %@  %@", Double(entry.time) / 1e6, entry.process, entry.function, entry.value))
+            say(String(format: "  t=%8.3fs  %@  %@  %@", Double(entry.time) / 1e6, entry.process, entry.function, entry.value))
         }
         let path = (failuresDir as NSString).appendingPathComponent("order-sim-shrunk-\(failure.seed).json")
         let file = ReplayFile(options: minimal, expectedViolation: invariant, note: "shrunk from seed \(failure.seed): \(result.outcome.violations.first?.detail ?? "")")
-        do { try file.write(to: path) } catch { print("error: cannot write \(path): \(error.localizedDescription)") }
-        print("shrunk: events=\(result.events) file=\(path)")
+        do { try file.write(to: path) } catch { say("error: cannot write \(path): \(error.localizedDescription)") }
+        say("shrunk: events=\(result.events) file=\(path)")
     }
 
     private func runSeeds(_ base: SimulationOptions, from first: UInt64, count: Int) -> Report {
@@ -144,25 +144,25 @@ struct OrderSim: ParsableCommand {
                 let file = ReplayFile(options: options, expectedViolation: outcome.violations.first?.invariant)
                 do {
                     try file.write(to: saveReplay)
-                    print("replay file written to \(saveReplay) (expected verdict: \(file.expectedViolation ?? "pass"))")
+                    say("replay file written to \(saveReplay) (expected verdict: \(file.expectedViolation ?? "pass"))")
                 } catch {
-                    print("error: cannot write \(saveReplay): \(error.localizedDescription)")
+                    say("error: cannot write \(saveReplay): \(error.localizedDescription)")
                 }
             }
             if let timeline {
                 do {
                     try Timeline.html(for: outcome).write(toFile: timeline, atomically: true, encoding: .utf8)
-                    print("timeline written to \(timeline)")
+                    say("timeline written to \(timeline)")
                 } catch {
-                    print("error: cannot write \(timeline): \(error.localizedDescription)")
+                    say("error: cannot write \(timeline): \(error.localizedDescription)")
                 }
             }
             if let trace {
                 try? outcome.history.jsonLines.write(toFile: trace, atomically: true, encoding: .utf8)
-                print("history: \(outcome.history.entries.count) entries written to \(trace)")
+                say("history: \(outcome.history.entries.count) entries written to \(trace)")
             }
             if !outcome.passed {
-                if interactive { print("") }
+                if interactive { say() }
                 report.failures.append(outcome)
                 announce(outcome, options: options)
             }
@@ -177,41 +177,46 @@ struct OrderSim: ParsableCommand {
                     // stdout on a terminal is line-buffered, so earlier lines are out already.
                     FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + line + (n == count - 1 ? "\n" : "")).utf8))
                 } else {
-                    print(line)
+                    say(line)
                 }
             }
         }
         let wall = (clock.now - start).seconds
         printCoverage(base, fired: fired, recoveries: recoveries)
-        print(String(format: "seeds=%d orders=%d failures=%d sim_seconds=%.1f wall_seconds=%.2f", count, persisted, report.failures.count, Double(simMicros) / 1e6, wall))
+        say(String(format: "seeds=%d orders=%d failures=%d sim_seconds=%.1f wall_seconds=%.2f", count, persisted, report.failures.count, Double(simMicros) / 1e6, wall))
         return report
     }
 
     private func announce(_ outcome: SeedOutcome, options: SimulationOptions) {
         let first = outcome.violations[0]
-        print("FAILED seed \(outcome.seed): invariant \(first.invariant.rawValue) violated")
-        for violation in outcome.violations.prefix(5) { print("  - \(violation)") }
-        if outcome.violations.count > 5 { print("  … \(outcome.violations.count - 5) more") }
+        say("FAILED seed \(outcome.seed): invariant \(first.invariant.rawValue) violated")
+        for violation in outcome.violations.prefix(5) { say("  - \(violation)") }
+        if outcome.violations.count > 5 { say("  … \(outcome.violations.count - 5) more") }
         let path = (failuresDir as NSString).appendingPathComponent("order-sim-failure-\(outcome.seed).json")
         let file = ReplayFile(options: options, expectedViolation: first.invariant, note: first.detail)
-        if (try? file.write(to: path)) != nil { print("  replay file: \(path)") }
+        if (try? file.write(to: path)) != nil { say("  replay file: \(path)") }
         let shape = faults == "swarm" ? "" : " --apis \(options.apiInstances) --relays \(options.relays) --sb-relays \(options.serviceBusRelays) --consumers \(options.consumers) --partitions \(options.partitions)"
-        print("  replay: order-sim --seed \(outcome.seed) --orders \(options.orders) --faults \(faults)\(options.bug.map { " --bug \($0.rawValue)" } ?? "")\(shape) --trace seed-\(outcome.seed).jsonl")
-        print("      or: order-sim --replay \(path)")
+        say("  replay: order-sim --seed \(outcome.seed) --orders \(options.orders) --faults \(faults)\(options.bug.map { " --bug \($0.rawValue)" } ?? "")\(shape) --trace seed-\(outcome.seed).jsonl")
+        say("      or: order-sim --replay \(path)")
     }
 
     private func printCoverage(_ options: SimulationOptions, fired: [Int], recoveries: RecoveryCounts) {
-        print("faults fired:")
+        say("faults fired:")
         for kind in FaultKind.allCases {
             let count = fired[kind.index]
             let flag = options.enabled(kind) ? (count == 0 ? "  <- enabled but never fired" : "") : "  (off)"
-            print("  \(kind.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))\(flag)")
+            say("  \(kind.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))\(flag)")
         }
-        print("recovery paths run:")
+        say("recovery paths run:")
         for (name, count) in recoveries.rows {
-            print("  \(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))\(count == 0 ? "  <- never ran" : "")")
+            say("  \(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))\(count == 0 ? "  <- never ran" : "")")
         }
     }
+}
+
+/// Writes a line to stdout at once (unbuffered), so progress lines appear as they happen even when piped.
+func say(_ line: String = "") {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
 extension Duration {
