@@ -204,7 +204,8 @@ struct OrderSim: ParsableCommand {
         say("faults fired:")
         for kind in FaultKind.allCases {
             let count = fired[kind.index]
-            let flag = options.enabled(kind) ? (count == 0 ? "  <- enabled but never fired" : "") : "  (off)"
+            let enabled = faults == "swarm" || options.enabled(kind)  // swarm seeds draw every kind now and then
+            let flag = enabled ? (count == 0 ? "  <- enabled but never fired" : "") : "  (off)"
             say("  \(kind.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)) \(String(count).leftPadded(8))\(flag)")
         }
         say("recovery paths run:")
