@@ -11,6 +11,11 @@ public struct AMQPMessage: Hashable, Sendable {
     public var contentType: String?
     public var applicationProperties: [String: String]
     public var body: [UInt8]
+    /// An AMQP value section holding a string instead of a data section (CBS requests carry the token so).
+    public var bodyText: String?
+    public var correlationID: String?
+    public var replyTo: String?
+    public var to: String?
 
     public init(messageID: String?, subject: String?, contentType: String?, applicationProperties: [String: String] = [:], body: [UInt8]) {
         self.messageID = messageID
@@ -29,6 +34,11 @@ public struct AMQPMessage: Hashable, Sendable {
         }
         if let subject { pn_message_set_subject(message, subject) }
         if let contentType { pn_message_set_content_type(message, contentType) }
+        if let replyTo { pn_message_set_reply_to(message, replyTo) }
+        if let to { pn_message_set_address(message, to) }
+        if let correlationID {
+            correlationID.withCString { pointer in _ = pn_data_put_string(pn_message_correlation_id(message), pn_bytes(strlen(pointer), pointer)) }
+        }
         if !applicationProperties.isEmpty {
             let properties = pn_message_properties(message)
             pn_data_put_map(properties)
@@ -39,8 +49,12 @@ public struct AMQPMessage: Hashable, Sendable {
             }
             pn_data_exit(properties)
         }
-        body.withUnsafeBytes { bytes in
-            _ = pn_data_put_binary(pn_message_body(message), pn_bytes(bytes.count, bytes.baseAddress?.assumingMemoryBound(to: CChar.self)))
+        if let bodyText {
+            bodyText.withCString { pointer in _ = pn_data_put_string(pn_message_body(message), pn_bytes(strlen(pointer), pointer)) }
+        } else {
+            body.withUnsafeBytes { bytes in
+                _ = pn_data_put_binary(pn_message_body(message), pn_bytes(bytes.count, bytes.baseAddress?.assumingMemoryBound(to: CChar.self)))
+            }
         }
         var capacity = 512 + body.count * 2
         while true {
@@ -65,6 +79,10 @@ public struct AMQPMessage: Hashable, Sendable {
         var result = AMQPMessage(messageID: nil, subject: nil, contentType: nil, body: [])
         let id = pn_message_get_id(message)
         if id.type == PN_STRING || id.type == PN_SYMBOL { result.messageID = string(id.u.as_bytes) }
+        let correlation = pn_message_get_correlation_id(message)
+        if correlation.type == PN_STRING || correlation.type == PN_SYMBOL { result.correlationID = string(correlation.u.as_bytes) }
+        result.replyTo = pn_message_get_reply_to(message).map { String(cString: $0) }
+        result.to = pn_message_get_address(message).map { String(cString: $0) }
         result.subject = pn_message_get_subject(message).map { String(cString: $0) }
         result.contentType = pn_message_get_content_type(message).map { String(cString: $0) }
         if let properties = pn_message_properties(message) {
@@ -74,7 +92,14 @@ public struct AMQPMessage: Hashable, Sendable {
                 while pn_data_next(properties) {
                     let key = pn_data_type(properties) == PN_STRING ? string(pn_data_get_string(properties)) : nil
                     guard pn_data_next(properties) else { break }
-                    if let key, pn_data_type(properties) == PN_STRING { result.applicationProperties[key] = string(pn_data_get_string(properties)) }
+                    guard let key else { continue }
+                    switch pn_data_type(properties) {
+                    case PN_STRING: result.applicationProperties[key] = string(pn_data_get_string(properties))
+                    case PN_INT: result.applicationProperties[key] = String(pn_data_get_int(properties))
+                    case PN_LONG: result.applicationProperties[key] = String(pn_data_get_long(properties))
+                    case PN_UINT: result.applicationProperties[key] = String(pn_data_get_uint(properties))
+                    default: break
+                    }
                 }
                 pn_data_exit(properties)
             }
@@ -84,7 +109,9 @@ public struct AMQPMessage: Hashable, Sendable {
             if pn_data_next(body) {
                 switch pn_data_type(body) {
                 case PN_BINARY: result.body = bytesOf(pn_data_get_binary(body))
-                case PN_STRING: result.body = bytesOf(pn_data_get_string(body))
+                case PN_STRING:
+                    result.body = bytesOf(pn_data_get_string(body))
+                    result.bodyText = string(pn_data_get_string(body))
                 default: break
                 }
             }
@@ -139,11 +166,19 @@ final class AMQPEngine: @unchecked Sendable {
     private var link: OpaquePointer?
     private var nextAttempt = ContinuousClock.now
     private let containerID: String
+    // CBS (Azure): a sender to `$cbs` and a receiver of its replies; the main link opens once the token is accepted.
+    private var session: OpaquePointer?
+    private var cbsSender: OpaquePointer?
+    private var cbsReceiver: OpaquePointer?
+    private var cbsNeedsToken = false
+    private var cbsPendingID: String?
+    private var cbsRefreshAt: ContinuousClock.Instant?
+    private var cbsCounter = 0
+    private var usesCBS: Bool { if case .sharedAccessKey = configuration.authentication { true } else { false } }
+    /// The SAS token's lifetime; it is renewed after three quarters of it.
+    static let tokenLifetime: Int64 = 3_600
 
     init(configuration: ServiceBusConfiguration, address: String, role: Role, logger: Logger) throws(ServiceBusError) {
-        if case .sharedAccessKey = configuration.authentication {
-            throw ServiceBusError(code: .unsupported, message: "Azure connection strings need the CBS put-token exchange, which is not implemented yet; use an amqp:// URL")
-        }
         self.configuration = configuration
         self.address = address
         self.role = role
@@ -247,29 +282,39 @@ final class AMQPEngine: @unchecked Sendable {
             pn_connection_open(connection)
             let session = pn_session(connection)
             pn_session_open(session)
-            let name = "\(containerID)-\(address)"
-            switch role {
-            case .sender:
-                let link = pn_sender(session, name)
-                pn_terminus_set_address(pn_link_target(link), address)
-                pn_link_set_snd_settle_mode(link, PN_SND_UNSETTLED)
-                pn_link_open(link)
-                self.link = link
-            case .receiver:
-                let link = pn_receiver(session, name)
-                pn_terminus_set_address(pn_link_source(link), address)
-                pn_link_open(link)
-                self.link = link
+            self.session = session
+            if usesCBS {
+                let sender = pn_sender(session, "\(containerID)-cbs-sender")
+                pn_terminus_set_address(pn_link_target(sender), "$cbs")
+                pn_link_open(sender)
+                let receiver = pn_receiver(session, "\(containerID)-cbs-receiver")
+                pn_terminus_set_address(pn_link_source(receiver), "$cbs")
+                pn_terminus_set_address(pn_link_target(receiver), cbsReplyTo)
+                pn_link_open(receiver)
+                pn_link_flow(receiver, 10)
+                cbsSender = sender
+                cbsReceiver = receiver
+                cbsNeedsToken = true
+            } else {
+                attachMain()
             }
         case PN_LINK_REMOTE_OPEN:
+            guard let opened = pn_event_link(event), opened == link else {
+                putToken()
+                break
+            }
             state.withLock { $0.ready = true; $0.lastError = nil }
             if case .receiver(let credit, _) = role, let link { pn_link_flow(link, credit) }
             logger.debug("AMQP link open", metadata: ["amqp.address": "\(address)", "amqp.host": "\(configuration.host):\(configuration.port)"])
             sendQueued()
         case PN_LINK_FLOW:
-            sendQueued()
+            if let flowing = pn_event_link(event), flowing == cbsSender { putToken() } else { sendQueued() }
         case PN_DELIVERY:
             guard let delivery = pn_event_delivery(event) else { break }
+            if let owner = pn_delivery_link(delivery), owner == cbsSender || owner == cbsReceiver {
+                cbsDelivery(delivery, on: owner)
+                break
+            }
             switch role {
             case .sender: settled(delivery)
             case .receiver(_, let handler): received(delivery, handler)
@@ -279,7 +324,9 @@ final class AMQPEngine: @unchecked Sendable {
                 type == PN_LINK_REMOTE_CLOSE ? pn_link_remote_condition(pn_event_link(event))
                 : type == PN_SESSION_REMOTE_CLOSE ? pn_session_remote_condition(pn_event_session(event))
                 : pn_connection_remote_condition(pn_event_connection(event))
-            if state.withLock({ $0.stopping }) {
+            let closedByUs = connection.map { pn_connection_state($0) & PN_LOCAL_CLOSED != 0 } ?? false
+            if state.withLock({ $0.stopping }) || closedByUs {
+                // Our own close (shutdown, refused token) coming back: keep the reason we closed for.
                 logger.debug("AMQP connection closed", metadata: ["amqp.address": "\(address)"])
             } else {
                 note(condition, "peer closed")
@@ -290,6 +337,11 @@ final class AMQPEngine: @unchecked Sendable {
         case PN_TRANSPORT_CLOSED:
             connection = nil
             link = nil
+            session = nil
+            cbsSender = nil
+            cbsReceiver = nil
+            cbsPendingID = nil
+            cbsRefreshAt = nil
             let (inflight, stopping, error) = state.withLock { state in
                 state.ready = false
                 defer { state.inflight = [:] }
@@ -322,6 +374,11 @@ final class AMQPEngine: @unchecked Sendable {
                 // RabbitMQ 3.10 does not echo a closing detach: close the connection, not the link.
                 if let connection { pn_connection_close(connection) }
             } else {
+                if let refresh = cbsRefreshAt, ContinuousClock.now >= refresh {
+                    cbsRefreshAt = nil
+                    cbsNeedsToken = true
+                    putToken()
+                }
                 sendQueued()
             }
         case PN_PROACTOR_INACTIVE:
@@ -330,6 +387,86 @@ final class AMQPEngine: @unchecked Sendable {
             break
         }
         return false
+    }
+
+    private var cbsReplyTo: String { "\(containerID)-cbs-reply" }
+
+    /// The audience of the token: the entity this link uses.
+    var audience: String { "sb://\(configuration.host)/\(address)" }
+
+    private func attachMain() {
+        guard let session, link == nil else { return }
+        let name = "\(containerID)-\(address)"
+        switch role {
+        case .sender:
+            let link = pn_sender(session, name)
+            pn_terminus_set_address(pn_link_target(link), address)
+            pn_link_set_snd_settle_mode(link, PN_SND_UNSETTLED)
+            pn_link_open(link)
+            self.link = link
+        case .receiver:
+            let link = pn_receiver(session, name)
+            pn_terminus_set_address(pn_link_source(link), address)
+            pn_link_open(link)
+            self.link = link
+        }
+    }
+
+    /// Sends the CBS put-token request when one is due and the `$cbs` link has credit.
+    private func putToken() {
+        guard cbsNeedsToken, let sender = cbsSender, pn_link_credit(sender) > 0,
+            case .sharedAccessKey(let keyName, let key) = configuration.authentication
+        else { return }
+        cbsNeedsToken = false
+        cbsCounter += 1
+        let id = "\(containerID)-put-token-\(cbsCounter)"
+        cbsPendingID = id
+        let expiry = Int64(Date().timeIntervalSince1970) + Self.tokenLifetime
+        var request = AMQPMessage(messageID: id, subject: nil, contentType: nil, applicationProperties: [
+            "operation": "put-token", "type": "servicebus.windows.net:sastoken", "name": audience,
+        ], body: [])
+        request.bodyText = SharedAccessSignature.token(resource: audience, keyName: keyName, key: key, expiry: expiry)
+        request.replyTo = cbsReplyTo
+        request.to = "$cbs"
+        let bytes = request.encoded()
+        var tag = UInt64(cbsCounter).bigEndian
+        _ = withUnsafeBytes(of: &tag) { raw in pn_delivery(sender, pn_dtag(raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)) }
+        _ = bytes.withUnsafeBytes { raw in pn_link_send(sender, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count) }
+        pn_link_advance(sender)
+        logger.debug("CBS put-token sent", metadata: ["amqp.audience": "\(audience)"])
+    }
+
+    /// The `$cbs` links: settle our request's disposition; read the reply and act on its status code.
+    private func cbsDelivery(_ delivery: OpaquePointer, on owner: OpaquePointer) {
+        if owner == cbsSender {
+            if pn_delivery_updated(delivery) { pn_delivery_settle(delivery) }
+            return
+        }
+        guard pn_delivery_readable(delivery), !pn_delivery_partial(delivery) else { return }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { raw in pn_link_recv(owner, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count) }
+            if count <= 0 { break }
+            bytes += chunk.prefix(count)
+        }
+        pn_link_advance(owner)
+        pn_delivery_update(delivery, UInt64(PN_ACCEPTED))
+        pn_delivery_settle(delivery)
+        pn_link_flow(owner, 1)
+        guard let reply = AMQPMessage.decode(bytes), let pending = cbsPendingID, reply.correlationID == pending else { return }
+        cbsPendingID = nil
+        let status = reply.applicationProperties["status-code"].flatMap { Int($0) } ?? 0
+        if status == 200 || status == 202 {
+            cbsRefreshAt = .now + .seconds(Self.tokenLifetime * 3 / 4)
+            logger.debug("CBS token accepted", metadata: ["amqp.audience": "\(audience)", "amqp.status": "\(status)"])
+            attachMain()
+        } else {
+            let description = reply.applicationProperties["status-description"] ?? ""
+            state.withLock { $0.lastError = "CBS put-token refused: \(status) \(description)" }
+            logger.error("CBS put-token refused", metadata: ["amqp.audience": "\(audience)", "amqp.status": "\(status)", "amqp.description": "\(description)"])
+            if let connection { pn_connection_close(connection) }
+        }
     }
 
     private func note(_ condition: OpaquePointer?, _ fallback: String) {

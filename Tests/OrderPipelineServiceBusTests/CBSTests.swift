@@ -1,0 +1,114 @@
+import Foundation
+import Logging
+import OrderPipelineCore
+import OrderPipelineServiceBus
+import Testing
+
+@Suite("SAS tokens")
+struct SharedAccessSignatureTests {
+    @Test("token layout, percent-encoding and a signature that depends on resource, expiry and key")
+    func token() {
+        let token = SharedAccessSignature.token(resource: "sb://ns1.servicebus.windows.net/orders q", keyName: "Root Key", key: "k3y", expiry: 1_800_000_000)
+        #expect(token.hasPrefix("SharedAccessSignature sr=sb%3A%2F%2Fns1.servicebus.windows.net%2Forders%20q&sig="))
+        #expect(token.hasSuffix("&se=1800000000&skn=Root%20Key"))
+        let other = SharedAccessSignature.token(resource: "sb://ns1.servicebus.windows.net/orders q", keyName: "Root Key", key: "k3y", expiry: 1_800_000_001)
+        #expect(token != other)
+        #expect(SharedAccessSignature.percentEncoded("a+b/c=") == "a%2Bb%2Fc%3D")
+    }
+}
+
+/// The CBS exchange against a scripted AMQP 1.0 peer (no local broker speaks `$cbs`): the peer runs under the
+/// Python of `scripts/services` (python-qpid-proton), which `scripts/services env` exports as SERVICES_PYTHON.
+@Suite("CBS put-token against a scripted AMQP peer", .enabled(if: CBSPeer.python != nil, "SERVICES_PYTHON is not set"), .serialized)
+struct CBSTests {
+    @Test("put-token with a valid SAS token, then the queue link opens and the send is accepted")
+    func putTokenThenSend() async throws {
+        let peer = try CBSPeer(status: 202)
+        defer { peer.stop() }
+        var configuration = try ServiceBusConfiguration.parse("Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=s3cret+key=;UseDevelopmentEmulator=true")
+        configuration.queue = "order-fulfilment"
+        configuration.sendTimeout = .seconds(5)
+        let sender = try ServiceBusSender(configuration: configuration, logger: CBSPeer.logger)
+        let event = PipelineEvent(type: .orderFulfilled, orderID: OrderID(UUID128(high: 1, low: 2)), at: Instant(microseconds: 0), status: .fulfilled)
+        let outcomes = await sender.publish([OutboxMessage(sequence: 1, event: event, attempts: 1)])
+        await sender.shutdown()
+        #expect(outcomes == [.delivered])
+        let lines = peer.records()
+        let put = try #require(lines.first { $0["event"] as? String == "put-token" })
+        #expect(put["operation"] as? String == "put-token")
+        #expect(put["type"] as? String == "servicebus.windows.net:sastoken")
+        #expect(put["name"] as? String == "sb://127.0.0.1/order-fulfilment")
+        #expect(put["resource"] as? String == "sb://127.0.0.1/order-fulfilment")
+        #expect(put["skn"] as? String == "RootManageSharedAccessKey")
+        #expect(put["signature_ok"] as? Bool == true)
+        let expiry = try #require(put["expiry"] as? Int)
+        #expect(abs(expiry - Int(Date().timeIntervalSince1970) - 3_600) < 120)
+        // The queue link is attached only after the token was accepted.
+        let putIndex = try #require(lines.firstIndex { $0["event"] as? String == "put-token" })
+        let attachIndex = try #require(lines.firstIndex { $0["event"] as? String == "attach" && $0["target"] as? String == "order-fulfilment" })
+        #expect(putIndex < attachIndex)
+        let message = try #require(lines.first { $0["event"] as? String == "message" })
+        #expect(message["message_id"] as? String == event.id.description)
+        #expect(message["subject"] as? String == "OrderFulfilled")
+    }
+
+    @Test("a refused token: no queue link, the send fails (retriable) with the CBS status")
+    func refused() async throws {
+        let peer = try CBSPeer(status: 401)
+        defer { peer.stop() }
+        var configuration = try ServiceBusConfiguration.parse("Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=wrong;UseDevelopmentEmulator=true")
+        configuration.sendTimeout = .seconds(2)
+        let sender = try ServiceBusSender(configuration: configuration, logger: CBSPeer.logger)
+        let outcome = await sender.send(AMQPMessage(messageID: "m1", subject: nil, contentType: nil, body: [1]))
+        await sender.shutdown()
+        guard case .failed(retriable: true, let reason) = outcome else {
+            Issue.record("expected a retriable failure, got \(outcome)")
+            return
+        }
+        #expect(reason.contains("401"))
+        #expect(!peer.records().contains { $0["event"] as? String == "message" })
+    }
+}
+
+final class CBSPeer: @unchecked Sendable {
+    static var python: String? {
+        guard let python = ProcessInfo.processInfo.environment["SERVICES_PYTHON"], !python.isEmpty else { return nil }
+        return python
+    }
+
+    static let logger: Logger = {
+        var logger = Logger(label: "test.cbs")
+        logger.logLevel = .warning
+        return logger
+    }()
+
+    let port: Int
+    let process = Process()
+    let output: URL
+
+    init(status: Int) throws {
+        port = Int.random(in: 41_000...48_000)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cbs-peer-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        output = directory.appendingPathComponent("out.jsonl")
+        let ready = directory.appendingPathComponent("ready")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Peers/cbs_peer.py")
+        process.executableURL = URL(fileURLWithPath: Self.python!)
+        process.arguments = ["-B", script.path, String(port), "s3cret+key=", output.path, ready.path, String(status)]
+        try process.run()
+        let deadline = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning { usleep(20_000) }
+        usleep(100_000)
+    }
+
+    func records() -> [[String: Any]] {
+        guard let text = try? String(contentsOf: output, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    func stop() {
+        // The proton reactor does not stop on SIGTERM.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
