@@ -23,6 +23,7 @@ public final class KafkaConsumer: Sendable {
     private let shared: Mutex<Shared>
     private let commits = CommandQueue<Commit>()
     private let threadsDone = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+    private let lagByPartition = Mutex<[Int32: Int64]>([:])
 
     private struct Shared {
         var generation: Int64 = 0
@@ -118,6 +119,10 @@ public final class KafkaConsumer: Sendable {
 
     var currentGeneration: Int64 { shared.withLock { $0.generation } }
 
+    /// Records behind the partitions' high watermarks, per assigned partition (from librdkafka's cached
+    /// watermarks, refreshed about once a second by the poll thread).
+    public var lag: [Int32: Int64] { lagByPartition.withLock { $0 } }
+
     fileprivate func newGeneration() -> Int64 {
         shared.withLock { state in
             state.generation += 1
@@ -141,7 +146,12 @@ public final class KafkaConsumer: Sendable {
         let state = handle.state
         let rk = handle.rk
         var paused = false
+        var lagMeasured = ContinuousClock.now
         while true {
+            if ContinuousClock.now - lagMeasured > .seconds(1) {
+                lagMeasured = .now
+                measureLag(rk)
+            }
             let (stopping, fetch) = shared.withLock { ($0.stopping, $0.fetch) }
             if stopping { break }
             if let fetch {
@@ -171,6 +181,23 @@ public final class KafkaConsumer: Sendable {
         state.closing = true
         rd_kafka_consumer_close(rk)
         threadFinished()
+    }
+
+    private func measureLag(_ rk: OpaquePointer) {
+        var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+        guard rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment else { return }
+        defer { rd_kafka_topic_partition_list_destroy(assignment) }
+        rd_kafka_position(rk, assignment)
+        var lag: [Int32: Int64] = [:]
+        for index in 0..<Int(assignment.pointee.cnt) {
+            let element = assignment.pointee.elems[index]
+            var low: Int64 = 0
+            var high: Int64 = 0
+            guard rd_kafka_get_watermark_offsets(rk, element.topic, element.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else { continue }
+            let position = element.offset >= 0 ? element.offset : low
+            lag[element.partition] = max(0, high - position)
+        }
+        lagByPartition.withLock { $0 = lag }
     }
 
     private func answer(_ ticket: Ticket, _ records: [ConsumedRecord], _ state: ConsumerThreadState) {

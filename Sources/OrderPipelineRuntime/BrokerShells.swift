@@ -90,8 +90,14 @@ public final class BrokerMetrics: Sendable {
     let fulfilled: Prometheus.Counter
     let duplicates: Prometheus.Counter
     let poison: Prometheus.Counter
+    let registry: PrometheusCollectorRegistry
+
+    func setLag(partition: Int32, _ lag: Int64) {
+        registry.makeGauge(name: "orderpipeline_consumer_lag", labels: [("partition", String(partition))], help: "Records behind the high watermark").set(Double(lag))
+    }
 
     public init(registry: PrometheusCollectorRegistry) {
+        self.registry = registry
         var published: [OutboxKind: Prometheus.Counter] = [:]
         var retried: [OutboxKind: Prometheus.Counter] = [:]
         var deadLettered: [OutboxKind: Prometheus.Counter] = [:]
@@ -264,6 +270,15 @@ public struct ConsumerService: Service {
         var machineConfiguration = FulfilmentConsumer.Configuration()
         machineConfiguration.topic = configuration.topic
         var machine = FulfilmentConsumer(configuration: machineConfiguration, seed: UInt64.random(in: 0...UInt64.max))
+        let lagReporter = metrics.map { metrics in
+            Task {
+                while !Task.isCancelled {
+                    for (partition, lag) in consumer.lag { metrics.setLag(partition: partition, lag) }
+                    try? await Task.sleep(for: .seconds(2))
+                }
+            }
+        }
+        defer { lagReporter?.cancel() }
         await loop.run(&machine) { effect in
             switch effect {
             case let .store(ticket, command):
