@@ -2,15 +2,22 @@ import OrderPipelineCore
 
 /// The simulator's agenda: a binary min-heap ordered by (time, sequence). The sequence number makes ties
 /// deterministic: two events at the same instant run in the order they were scheduled.
+///
+/// The heap holds only small keys; payloads (large enums) sit in a slot array and are moved, never copied, so
+/// sifting costs no reference counting.
 struct EventQueue<Payload> {
-    private struct Entry {
+    private struct Key {
         var time: Int64
         var sequence: UInt64
-        var payload: Payload
-        func precedes(_ other: Entry) -> Bool { time != other.time ? time < other.time : sequence < other.sequence }
+        var slot: Int32
+        @inline(__always) func precedes(_ other: Key) -> Bool {
+            time != other.time ? time < other.time : sequence < other.sequence
+        }
     }
 
-    private var heap: [Entry] = []
+    private var heap: [Key] = []
+    private var slots: [Payload?] = []
+    private var freeSlots: [Int32] = []
     private var nextSequence: UInt64 = 0
 
     var isEmpty: Bool { heap.isEmpty }
@@ -18,31 +25,44 @@ struct EventQueue<Payload> {
 
     mutating func schedule(at time: Int64, _ payload: Payload) {
         nextSequence += 1
-        heap.append(Entry(time: time, sequence: nextSequence, payload: payload))
+        let slot: Int32
+        if let free = freeSlots.popLast() {
+            slot = free
+            slots[Int(free)] = payload
+        } else {
+            slot = Int32(slots.count)
+            slots.append(payload)
+        }
+        heap.append(Key(time: time, sequence: nextSequence, slot: slot))
         var child = heap.count - 1
+        let key = heap[child]
         while child > 0 {
             let parent = (child - 1) / 2
-            guard heap[child].precedes(heap[parent]) else { break }
-            heap.swapAt(child, parent)
+            guard key.precedes(heap[parent]) else { break }
+            heap[child] = heap[parent]
             child = parent
         }
+        heap[child] = key
     }
 
     mutating func pop() -> (time: Int64, payload: Payload)? {
-        guard !heap.isEmpty else { return nil }
-        heap.swapAt(0, heap.count - 1)
-        let top = heap.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < heap.count, heap[left].precedes(heap[smallest]) { smallest = left }
-            if right < heap.count, heap[right].precedes(heap[smallest]) { smallest = right }
-            if smallest == parent { break }
-            heap.swapAt(parent, smallest)
-            parent = smallest
+        guard let top = heap.first else { return nil }
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            var parent = 0
+            while true {
+                let left = 2 * parent + 1
+                guard left < heap.count else { break }
+                let right = left + 1
+                let smaller = right < heap.count && heap[right].precedes(heap[left]) ? right : left
+                guard heap[smaller].precedes(last) else { break }
+                heap[parent] = heap[smaller]
+                parent = smaller
+            }
+            heap[parent] = last
         }
-        return (top.time, top.payload)
+        let payload = slots[Int(top.slot)].take()!
+        freeSlots.append(top.slot)
+        return (top.time, payload)
     }
 }

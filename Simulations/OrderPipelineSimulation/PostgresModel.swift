@@ -65,7 +65,7 @@ public final class PostgresModel {
                 guard claimed.count < claim.limit, let i = position[sequence] else { break }
                 let row = stored[i]
                 guard row.nextAttemptAt <= claim.now else { continue }
-                guard row.claimedBy == nil || row.claimedBy == claim.owner || row.claimedUntil <= claim.now else { continue }
+                guard row.claimedBy == nil || row.claimedUntil <= claim.now else { continue }
                 if !variants.claimWithoutHeadOfLine, unsettled[row.event.orderID]?.first != sequence { continue }
                 if let cap = variants.claimAttemptCap, row.attempts >= cap { continue }
                 stored[i].claimedBy = claim.owner
