@@ -104,7 +104,7 @@ let package = Package(
         ),
         .testTarget(
             name: "OrderPipelinePostgresTests",
-            dependencies: ["OrderPipelineCore", "OrderPipelinePostgres"]
+            dependencies: ["OrderPipelineCore", "OrderPipelinePostgres", "OrderPipelineSimulation"]
         ),
         .testTarget(
             name: "OrderPipelineHTTPTests",
