@@ -121,8 +121,9 @@ public struct OrderRequest: Hashable, Sendable {
                 errors.append(FieldError(field: field, message: "is required"))
                 return ""
             }
-            if text.allSatisfy(\.isWhitespace) { errors.append(FieldError(field: field, message: "must not be blank")) }
-            if text.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
+            // Scalar and byte views first: grapheme work only where it can change the answer.
+            if text.unicodeScalars.allSatisfy(\.properties.isWhitespace) { errors.append(FieldError(field: field, message: "must not be blank")) }
+            if text.utf8.count > max, text.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
             if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
                 errors.append(FieldError(field: field, message: "must not contain control characters"))
             }
