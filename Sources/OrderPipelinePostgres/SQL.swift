@@ -156,7 +156,9 @@ enum SQL {
             ), dl AS (
                 INSERT INTO dead_letters (source, reason, payload, at)
                 SELECT '\(kind.rawValue)-outbox/' || rej.sequence, rej.reason, rej.payload, $2::timestamptz FROM rej
-                ON CONFLICT (source) DO NOTHING
+                -- A row dead-lettered again after `orderpipeline outbox replay` is listed again.
+                ON CONFLICT (source) DO UPDATE SET reason = EXCLUDED.reason, payload = EXCLUDED.payload, at = EXCLUDED.at, replayed_at = NULL
+                WHERE dead_letters.replayed_at IS NOT NULL
             )
             SELECT (SELECT count(*) FROM pub) + (SELECT count(*) FROM ret) + (SELECT count(*) FROM rej)
             """)

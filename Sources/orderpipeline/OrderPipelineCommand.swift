@@ -15,7 +15,7 @@ struct OrderPipelineCommand: AsyncParsableCommand {
         commandName: "orderpipeline",
         abstract: "Event-driven order pipeline: HTTP API, outbox relays and fulfilment consumer.",
         discussion: RuntimeConfiguration.environmentHelp,
-        subcommands: [Serve.self, Migrate.self, Relay.self, Consume.self, All.self]
+        subcommands: [Serve.self, Migrate.self, Relay.self, Consume.self, All.self, Outbox.self]
     )
 }
 
