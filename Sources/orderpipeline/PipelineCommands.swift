@@ -21,7 +21,7 @@ enum BrokerBootstrap {
         }
     }
 
-    static let help = RuntimeConfiguration.environmentHelp + "\n\n" + BrokerConfiguration.environmentHelp
+    static let help = RuntimeConfiguration.environmentHelp + "\n\n" + BrokerConfiguration.environmentHelp + "\n\n" + MetricsEndpoint.help
         + "\n\nlibrdkafka 2.16 must be the one loaded (LD_LIBRARY_PATH=$RDKAFKA_LIB_DIR, set by scripts/services env) to talk to Tansu."
 
     /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY.
@@ -75,8 +75,11 @@ struct Relay: AsyncParsableCommand {
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
         let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
         if brokers.serviceBus == nil { logger.warning("SERVICEBUS_CONNECTION_STRING is not set: only the Kafka outbox is relayed") }
+        let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
+        // The metrics endpoint stops first, the pool last.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: ListenerService(listener: listener))] + relays,
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: ListenerService(listener: listener))] + relays
+                + (endpoint.map { [$0] } ?? []),
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
@@ -98,8 +101,9 @@ struct Consume: AsyncParsableCommand {
         metrics.bootstrapMetricsSystem()
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
         let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
+        let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: consumer)],
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: consumer)] + (endpoint.map { [$0] } ?? []),
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

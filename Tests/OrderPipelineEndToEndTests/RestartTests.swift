@@ -8,6 +8,9 @@ import ServiceLifecycle
 import Synchronization
 import Testing
 
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -171,6 +174,19 @@ final class PipelineProcess: @unchecked Sendable {
     func tail(_ lines: Int = 40) -> String { output.split(separator: "\n").suffix(lines).joined(separator: "\n") }
 }
 
+/// GET http://127.0.0.1:<port><path>, polled until it answers 200 or the deadline passes.
+func httpGet(port: Int, path: String, upTo seconds: TimeInterval = 10) async -> String? {
+    let url = URL(string: "http://127.0.0.1:\(port)\(path)")!
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if let (data, response) = try? await URLSession.shared.data(from: url), (response as? HTTPURLResponse)?.statusCode == 200 {
+            return String(decoding: data, as: UTF8.self)
+        }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+    return nil
+}
+
 struct Failure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
@@ -322,8 +338,15 @@ struct RestartTests {
     @Test("kill -9 the consumer mid-stream and restart it")
     func consumerKilled() async throws {
         let run = try await Run.make()
-        let relay = PipelineProcess(role: "relay", environment: run.environment, name: run.name)
-        let consumer = PipelineProcess(role: "consume", environment: run.environment, name: run.name)
+        // Both serve /metrics (METRICS_PORT), checked at the end.
+        let relayPort = Int.random(in: 21_000..<25_000)
+        let consumerPort = relayPort + 4_000
+        var relayEnvironment = run.environment
+        relayEnvironment["METRICS_PORT"] = "\(relayPort)"
+        var consumerEnvironment = run.environment
+        consumerEnvironment["METRICS_PORT"] = "\(consumerPort)"
+        let relay = PipelineProcess(role: "relay", environment: relayEnvironment, name: run.name)
+        let consumer = PipelineProcess(role: "consume", environment: consumerEnvironment, name: run.name)
         defer { relay.stop(); consumer.stop() }
         try relay.start()
         try consumer.start()
@@ -350,6 +373,15 @@ struct RestartTests {
 
         try await run.verify(orders: ids, processes: [relay, consumer])
         #expect(consumer.starts == 2)
+
+        // The standalone roles' /metrics: the relay counted its publishes (both outboxes, pending 0 now), the
+        // restarted consumer its fulfilments since the restart.
+        let relayMetrics = await httpGet(port: relayPort, path: "/metrics") ?? ""
+        #expect(relayMetrics.contains(#"orderpipeline_outbox_published_total{outbox="kafka"}"#), "relay /metrics:\n\(relayMetrics.prefix(2000))")
+        #expect(relayMetrics.contains(#"orderpipeline_outbox_pending{outbox="service-bus"} 0"#), "relay /metrics:\n\(relayMetrics.prefix(2000))")
+        let consumerMetrics = await httpGet(port: consumerPort, path: "/metrics") ?? ""
+        #expect(consumerMetrics.contains("orderpipeline_orders_fulfilled_total"), "consumer /metrics:\n\(consumerMetrics.prefix(2000))")
+        #expect(await httpGet(port: consumerPort, path: "/health/live") != nil)
         let inbox = try await run.database.int("SELECT count(*) FROM consumer_inbox")
         print("consumer killed after \(fulfilledAtKill) of \(ids.count) orders were fulfilled (\(before) created); inbox rows: \(inbox)")
         relay.stop()
