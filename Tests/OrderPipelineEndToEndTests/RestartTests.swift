@@ -187,6 +187,39 @@ func httpGet(port: Int, path: String, upTo seconds: TimeInterval = 10) async -> 
     return nil
 }
 
+/// The whole test run shares PostgreSQL's connections (100 by default) and the PostgreSQL suites alone reach ~96
+/// while their tests run in parallel, so the restart tests wait, once per test process, until those are done: sessions
+/// named `test_…` (PostgresUnderTest names its sessions after its schema) were seen and are gone, with at most 30
+/// client sessions in all, for 3 polls in a row (1 s apart) — or none was seen within 20 s (a filtered run). At
+/// most 180 s, then go on. Each poll is a connection of its own, closed at once.
+enum ConnectionGate {
+    static let once = Task {
+        guard let url = ProcessInfo.processInfo.environment["DATABASE_URL"], !url.isEmpty else { return }
+        let start = Date()
+        var seen = false
+        var calm = 0
+        while Date() < start.addingTimeInterval(180) {
+            let connection = PostgresConnection(settings: .init(url: url))
+            var tests: Int64 = -1
+            var total: Int64 = 100
+            if (try? connection.connect()) != nil, let rows = try? connection.query("""
+                SELECT count(*) FILTER (WHERE application_name LIKE 'test\\_%'), count(*)
+                FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                """) {
+                tests = rows.int(0, 0) ?? -1
+                total = rows.int(0, 1) ?? 100
+            }
+            connection.close()
+            if tests > 0 { seen = true }
+            calm = tests == 0 && total <= 30 ? calm + 1 : 0
+            if calm >= 3, seen || Date() > start.addingTimeInterval(20) { return }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    static func wait() async { await once.value }
+}
+
 struct Failure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
@@ -259,6 +292,7 @@ struct RestartTests {
 
         static func make() async throws -> Run {
             let base = Restart.environment
+            await ConnectionGate.wait()
             let database = try await TestDatabase(adminURL: base["DATABASE_URL"]!)
             let name = Restart.randomName("restart-")
             var environment = base
@@ -267,12 +301,13 @@ struct RestartTests {
             environment["SERVICEBUS_QUEUE"] = name
             environment["RELAY_ID"] = name
             environment["LOG_LEVEL"] = "info"
-            environment["DB_POOL_SIZE"] = "4"
+            // Few connections: the whole test run shares PostgreSQL's 100 (this run holds about 9).
+            environment["DB_POOL_SIZE"] = "2"
             let migrate = PipelineProcess(role: "migrate", environment: environment, name: name)
             let status = try migrate.runToCompletion(timeout: 60)
             guard status == 0 else { throw Failure("migrate exited with \(status):\n\(migrate.tail())") }
             var pool = PostgresPool.Configuration(url: database.url)
-            pool.size = 2
+            pool.size = 1
             var serviceBus = try BrokerConfiguration.fromEnvironment(base, needsServiceBus: true).serviceBus!
             serviceBus.queue = name
             return Run(
