@@ -41,6 +41,7 @@ public struct RecoveryCounts: Sendable, Hashable {
     public var poisonDeadLettered = 0
     public var offsetCommitsFenced = 0
     public var duplicatesDroppedByServiceBus = 0
+    public var deadLetterCopiesSkipped = 0
 
     public init() {}
 
@@ -53,6 +54,7 @@ public struct RecoveryCounts: Sendable, Hashable {
         case .publishRetry: publishRetries += 1
         case .leaseLost(_, let rows): leasesLost += rows
         case .poison: poisonDeadLettered += 1
+        case .deadLetterCopySkipped: deadLetterCopiesSkipped += 1
         default: break
         }
     }
@@ -68,6 +70,7 @@ public struct RecoveryCounts: Sendable, Hashable {
             ("poison record dead-lettered", poisonDeadLettered),
             ("offset commit fenced by a rebalance", offsetCommitsFenced),
             ("duplicate dropped by Service Bus", duplicatesDroppedByServiceBus),
+            ("dead-letter topic copy skipped (table row kept)", deadLetterCopiesSkipped),
         ]
     }
 
@@ -82,6 +85,7 @@ public struct RecoveryCounts: Sendable, Hashable {
         sum.poisonDeadLettered += rhs.poisonDeadLettered
         sum.offsetCommitsFenced += rhs.offsetCommitsFenced
         sum.duplicatesDroppedByServiceBus += rhs.duplicatesDroppedByServiceBus
+        sum.deadLetterCopiesSkipped += rhs.deadLetterCopiesSkipped
         return sum
     }
 }

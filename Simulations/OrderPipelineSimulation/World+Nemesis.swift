@@ -60,7 +60,8 @@ extension World {
         case .duplicateDelivery: p = rates.duplicateDelivery
         case .duplicateRequest: p = rates.duplicateRequest
         case .rebalance: p = rates.rebalanceBeforeCommit
-        case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison: p = 0
+        case .storeFailure: p = rates.storeFailure
+        case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison, .clockSkew, .deadLetterTopicDown, .partialPartition: p = 0
         }
         return faultRandom.chance(p) && permit(kind)
     }
@@ -129,5 +130,47 @@ extension World {
         }
         if let error = row.lastError { text += ", last error: \(error)" }
         return text + ")"
+    }
+
+    /// The faults of a hostile world (docs/SIMULATION.md): skewed clocks, one relay cut from its broker, a
+    /// dead-letter topic that cannot take records. Drawn whether or not the schedule allows them, so allowing fewer
+    /// shifts nothing else.
+    func drawHostileFaults() {
+        let rates = options.rates
+        if options.enabled(.clockSkew) {
+            for index in nodes.indices where faultRandom.chance(rates.clockSkewedNodes) {
+                let offset = faultRandom.int(in: 1_000_000...60_000_000) * (faultRandom.chance(0.5) ? 1 : -1)
+                if permit(.clockSkew) {
+                    nodes[index].clockOffset = offset
+                    fired(.clockSkew, "\(nodes[index].name)'s clock is \(offset / 1_000_000) s off")
+                }
+            }
+            for _ in 0..<rates.clockSteps {
+                let at = faultRandom.int(in: 0...safetyEnd)
+                let index = Int(faultRandom.below(UInt64(nodes.count)))
+                let delta = faultRandom.int(in: 1_000_000...30_000_000) * (faultRandom.chance(0.5) ? 1 : -1)
+                if permit(.clockSkew) { queue.schedule(at: at, .clockStep(node: index, delta: delta)) }
+            }
+        }
+        if options.enabled(.partialPartition) {
+            let relays = nodes.indices.filter { if case .relay = nodes[$0].role { true } else { false } }
+            for window in 0..<rates.partialPartitions {
+                let node = relays[Int(faultRandom.below(UInt64(relays.count)))]
+                let start = faultRandom.int(in: 0...(safetyEnd - 500_000))
+                let end = start + faultRandom.int(in: 1_000_000...10_000_000)
+                // The first window outlives the heal when another relay of the same outbox can drain without it.
+                let peers = relays.filter { nodes[$0].role == nodes[node].role }.count
+                let lasting = window == 0 && peers > 1 && faultRandom.chance(0.5)
+                if permit(.partialPartition) { partitions.append((node, start, lasting ? nil : end)) }
+            }
+        }
+        if options.enabled(.deadLetterTopicDown), faultRandom.chance(0.5), permit(.deadLetterTopicDown) {
+            deadLetterTopicDown = true
+        }
+    }
+
+    /// Whether `index` is cut from its broker now (partial partitions last into the liveness phase when open-ended).
+    func isPartitioned(_ index: Int) -> Bool {
+        partitions.contains { $0.node == index && $0.start <= now && (inLiveness ? $0.end == nil : now < ($0.end ?? .max)) }
     }
 }

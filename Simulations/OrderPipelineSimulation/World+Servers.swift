@@ -78,7 +78,10 @@ extension World {
         case let .publish(ticket, channel, rows):
             result = .published(ticket, channel == .fulfilment ? sendToServiceBus(rows, by: node) : produce(rows, by: node))
         case let .forwardDeadLetter(ticket, record, _):
-            if isDown(.kafkaOutage) {
+            if deadLetterTopicDown {
+                fired(.deadLetterTopicDown, "\(node.name) cannot forward \(record.source(topic: "orders"))")
+                result = .published(ticket, [.failed(retriable: true, reason: "unknown topic or partition")])
+            } else if isDown(.kafkaOutage) {
                 result = .published(ticket, [.failed(retriable: true, reason: "broker unavailable")])
             } else {
                 kafka.appendDeadLetter(record)
@@ -136,6 +139,12 @@ extension World {
             history.record(now, node.name, .fail, command.name, "database unavailable")
             return .failed(.unavailable("connection refused"))
         }
+        if roll(.storeFailure) {
+            let failure: StoreFailure = [.conflict("could not serialize access"), .timedOut, .unavailable("server closed the connection unexpectedly")][Int(faultRandom.below(3))]
+            fired(.storeFailure, "\(node.name) \(command.name): \(failure)")
+            history.record(now, node.name, .fail, command.name, "\(failure)")
+            return .failed(failure)
+        }
         if roll(.commitUnknown) {
             let happened = faultRandom.chance(0.5)
             fired(.commitUnknown, "\(node.name) \(command.name) \(happened ? "committed" : "rolled back")")
@@ -149,6 +158,7 @@ extension World {
     }
 
     func commit(_ command: StoreCommand, _ reservation: PostgresModel.Reservation, by node: Node) -> StoreReply {
+        database.now = instant  // the database keeps true time; only the nodes' clocks are skewed
         let (storeReply, notify) = database.perform(command, reserved: reservation)
         if let kind = notify {
             // NOTIFY: every relay of that outbox that is listening wakes up.
@@ -160,6 +170,10 @@ extension World {
     }
 
     func produce(_ rows: [OutboxMessage], by node: Node) -> [PublishOutcome] {
+        if isPartitioned(nodes.firstIndex { $0 === node }!) {
+            fired(.partialPartition, "\(node.name) cannot reach Kafka")
+            return rows.map { _ in .unknown("message timed out: broker unreachable") }
+        }
         if isDown(.kafkaOutage) {
             fired(.kafkaOutage, "\(node.name) produce refused")
             history.record(now, node.name, .fail, "publish", "broker unavailable")
@@ -188,6 +202,10 @@ extension World {
     }
 
     func sendToServiceBus(_ rows: [OutboxMessage], by node: Node) -> [PublishOutcome] {
+        if isPartitioned(nodes.firstIndex { $0 === node }!) {
+            fired(.partialPartition, "\(node.name) cannot reach Service Bus")
+            return rows.map { _ in .failed(retriable: true, reason: "connection refused") }
+        }
         if isDown(.serviceBusOutage) {
             fired(.serviceBusOutage, "\(node.name) send refused")
             history.record(now, node.name, .fail, "publish", "service bus unavailable")

@@ -65,6 +65,8 @@ public final class World {
         case rebalance(fault: Bool)
         case downstream(copies: Int)
         case poison
+        /// A node's clock jumps by `delta` microseconds (either direction).
+        case clockStep(node: Int, delta: Int64)
         case heal
         case check
     }
@@ -96,6 +98,11 @@ public final class World {
     var idRandom: SplitMix64
     var parkedFetch: [Int: (incarnation: Int, ticket: Ticket)] = [:]
     var outages: [FaultKind: [(start: Int64, end: Int64)]] = [:]
+    /// Windows in which one relay cannot reach its broker (`partial-partition`); `end` nil: the partition outlives
+    /// the heal (a sick host), so the other relays must drain the outbox without it.
+    var partitions: [(node: Int, start: Int64, end: Int64?)] = []
+    /// `dead-letter-topic-down`: a configuration fault, so it lasts through the liveness phase.
+    var deadLetterTopicDown = false
     var inLiveness = false
     var finished = false
     var downstreamInFlight = 0
@@ -179,6 +186,7 @@ public final class World {
                 if permit(.poison) { queue.schedule(at: at, .poison) }
             }
         }
+        drawHostileFaults()
         queue.schedule(at: safetyEnd, .heal)
     }
 
@@ -307,6 +315,10 @@ public final class World {
             poisonSources.append(ConsumedRecord(partition: Int32(partition), offset: Int64(kafka.partitions[partition].count - 1), key: nil, headers: [], value: []).source(topic: "orders"))
             fired(.poison, "foreign record on partition \(partition)")
             serveParkedFetches()
+
+        case let .clockStep(index, delta):
+            nodes[index].clockOffset += delta
+            fired(.clockSkew, "\(nodes[index].name)'s clock steps \(delta / 1_000_000) s (now \(nodes[index].clockOffset / 1_000_000) s off)")
 
         case .heal:
             heal()

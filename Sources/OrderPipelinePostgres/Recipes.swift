@@ -98,7 +98,7 @@ public enum StoreRecipes {
         singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             guard claim.limit > 0 else { return .claimed([]) }
             let rows = try c.execute(claim.outbox == .kafka ? SQL.claimKafka : SQL.claimServiceBus, [
-                .text(claim.owner), .text(claim.now.description), .text(claim.leaseUntil.description), .int(claim.limit),
+                .text(claim.owner), .int(claim.lease.microseconds), .int(claim.limit),
             ])
             var messages: [OutboxMessage] = []
             messages.reserveCapacity(rows.count)
@@ -123,8 +123,8 @@ public enum StoreRecipes {
             guard !s.isEmpty else { return .settled(rows: 0) }
             func ints(_ values: [Int64]) -> PostgresValue { .text("{" + values.map(String.init).joined(separator: ",") + "}") }
             let rows = try c.execute(s.outbox == .kafka ? SQL.settleKafka : SQL.settleServiceBus, [
-                .text(s.owner), .text(s.now.description), ints(s.published),
-                ints(s.retries.map(\.sequence)), .text(SQL.arrayLiteral(s.retries.map(\.notBefore.description))),
+                .text(s.owner), ints(s.published),
+                ints(s.retries.map(\.sequence)), ints(s.retries.map(\.delay.microseconds)),
                 .text(SQL.arrayLiteral(s.retries.map(\.error))),
                 ints(s.rejections.map(\.sequence)), .text(SQL.arrayLiteral(s.rejections.map(\.reason))),
             ])

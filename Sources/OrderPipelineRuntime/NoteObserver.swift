@@ -19,6 +19,7 @@ public struct NoteObserver: Sendable {
     let fulfilled: Counter
     let duplicates: Counter
     let poison: Counter
+    let deadLetterCopiesSkipped: Counter
     let storeRetries: Counter
     let unknownOutcomes: Counter
     let unexpected: Counter
@@ -41,6 +42,7 @@ public struct NoteObserver: Sendable {
         fulfilled = Counter(label: "orderpipeline_orders_fulfilled_total", factory: factory)
         duplicates = Counter(label: "orderpipeline_consumer_duplicates_total", factory: factory)
         poison = Counter(label: "orderpipeline_consumer_poison_total", factory: factory)
+        deadLetterCopiesSkipped = Counter(label: "orderpipeline_dead_letter_topic_copies_skipped_total", factory: factory)
         storeRetries = Counter(label: "orderpipeline_store_retries_total", factory: factory)
         unknownOutcomes = Counter(label: "orderpipeline_store_unknown_outcomes_total", factory: factory)
         unexpected = Counter(label: "orderpipeline_unexpected_total", factory: factory)
@@ -79,6 +81,11 @@ public struct NoteObserver: Sendable {
         case let .poison(record, reason):
             poison.increment()
             logger.error("Poison record sent to the dead letters", metadata: [
+                "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)", "error": "\(reason)",
+            ])
+        case let .deadLetterCopySkipped(record, reason):
+            deadLetterCopiesSkipped.increment()
+            logger.error("Dead-letter topic refused a poison record; it is kept in the dead-letters table only", metadata: [
                 "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)", "error": "\(reason)",
             ])
         case let .storeRetry(step):

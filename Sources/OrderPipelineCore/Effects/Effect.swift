@@ -149,6 +149,8 @@ public enum Note: Hashable, Sendable {
     case redeliveryDeduplicated(EventID)
     case skipped(OrderID, OrderStatus)
     case poison(ConsumedRecord, reason: String)
+    /// A poison record is in the dead-letters table but its copy to the dead-letter topic failed every attempt.
+    case deadLetterCopySkipped(ConsumedRecord, reason: String)
     case storeRetry(String)
     case unknownOutcome(String)
     case offsetsFenced
