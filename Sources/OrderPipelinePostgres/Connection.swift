@@ -125,6 +125,9 @@ public final class PostgresConnection {
         }
         // Nonblocking: a send never blocks past the deadline either.
         PQsetnonblocking(connection, 1)
+        // Notices (a terminated session's FATAL message read while idle among them) are not printed to stderr;
+        // the pool logs what matters.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
     }
 
@@ -139,8 +142,11 @@ public final class PostgresConnection {
     /// is found before anything is sent on it. False when it is broken (it is closed then).
     func isUsable() -> Bool {
         guard let handle, PQstatus(handle) == CONNECTION_OK else { return false }
-        var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
-        if poll(&descriptor, 1, 0) > 0 {
+        // A terminated session sends its FATAL message, then end of file: read until nothing is left, so the end of
+        // file is seen too (libpq takes an unsolicited error while idle for a notice and stays "OK").
+        for _ in 0..<8 {
+            var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, 0) > 0 else { break }
             if PQconsumeInput(handle) == 0 || PQstatus(handle) != CONNECTION_OK {
                 close()
                 return false

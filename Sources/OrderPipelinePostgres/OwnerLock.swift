@@ -71,6 +71,9 @@ public final class OwnerLock: Sendable {
         return try result.get()
     }
 
+    /// The server process of the session holding the lock (diagnostics, tests).
+    public var backendPID: Int32 { holder.load(ordering: .relaxed) }
+
     /// Ends the session, which releases the lock.
     public func release() { session.close() }
 }

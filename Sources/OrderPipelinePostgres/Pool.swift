@@ -140,7 +140,9 @@ final class ConnectionWorker: @unchecked Sendable {
         var lastError = PostgresError(code: .unavailable, message: "not connected yet")
 
         func ensureConnected() -> Bool {
+            let wasConnected = connection.isConnected
             if connection.isUsable() { return true }
+            if wasConnected { logger.info("PostgreSQL connection found closed before use; reconnecting", metadata: ["db.worker": "\(name)"]) }
             guard ContinuousClock.now >= retryAt else { return false }
             do {
                 try connection.connect()
