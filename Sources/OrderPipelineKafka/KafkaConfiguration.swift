@@ -46,7 +46,7 @@ extension KafkaConfiguration {
     /// The librdkafka properties the promise depends on (aliases included), and why; `KAFKA_PROPERTIES` may not
     /// set them.
     public static let protectedProperties: [String: String] = {
-        let acks = "the relay marks a row published only once every in-sync replica has it (acks=all)"
+        let acks = "the relay marks a row published only once every in-sync replica has it (acks all)"
         let commit = "offsets are committed by the consumer only after the fulfilment transaction"
         let assignment = "the consumer is written for eager rebalancing with the range assignor"
         return [

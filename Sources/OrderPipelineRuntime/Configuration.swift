@@ -101,14 +101,16 @@ public struct RuntimeConfiguration: Sendable {
 /// in libpq (space-separated, quoted values), URL query (`&`), Azure (`;`) and property list (`,`) forms.
 public enum Redaction {
     static let secretKeys = [
-        "password", "sharedaccesskey", "sharedaccesssignature", "accountkey", "sasl.password", "ssl.key.password",
-        "sasl.oauthbearer.client.secret", "sslpassword",
+        "password", "sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "sslpassword", "sig",
     ]
+    /// Azure connection-string fields: their values (a SAS token has spaces and `&`) end only at `;`.
+    static let azureSecretKeys = ["sharedaccesskey", "sharedaccesssignature", "accountkey"]
     static let separators: Set<Character> = [" ", "&", ";", ",", "?", "\t", "\n"]
 
     public static func redact(_ text: String) -> String {
         var out = redactUserInfo(text)
-        for key in secretKeys { out = redactField(key, in: out) }
+        for key in azureSecretKeys { out = redactField(key, in: out, endingAt: [";"]) }
+        for key in secretKeys { out = redactField(key, in: out, endingAt: separators) }
         return out
     }
 
@@ -129,13 +131,14 @@ public enum Redaction {
     }
 
     /// `key=value` → `key=***` (case-insensitive key, at the start or after a separator; a quoted value up to its quote).
-    static func redactField(_ key: String, in text: String) -> String {
+    static func redactField(_ key: String, in text: String, endingAt terminators: Set<Character>) -> String {
         var text = text
         var searchFrom = text.startIndex
         while let found = text.range(of: key + "=", options: .caseInsensitive, range: searchFrom..<text.endIndex) {
             searchFrom = found.upperBound
             if found.lowerBound != text.startIndex, !separators.contains(text[text.index(before: found.lowerBound)]) { continue }
-            var end = text[found.upperBound...].firstIndex(where: { separators.contains($0) }) ?? text.endIndex
+            if text[found.upperBound...].hasPrefix("***") { continue }
+            var end = text[found.upperBound...].firstIndex(where: { terminators.contains($0) }) ?? text.endIndex
             if text[found.upperBound...].first == "'" {
                 // libpq quoting: up to the closing quote not escaped by a backslash.
                 var index = text.index(after: found.upperBound)
