@@ -55,6 +55,9 @@ public final class OwnerLock: Sendable {
         let result: Result<Bool, PostgresError> = await session.withConnection { [self] connection in
             Result { () throws(PostgresError) -> Bool in
                 let c = try connection.get()
+                // A frozen server must not hang the check (nor the shutdown that waits for it).
+                c.deadline = .now + .seconds(5)
+                defer { c.deadline = nil }
                 if c.backendPID == holder.load(ordering: .relaxed) {
                     // Same session as when it was taken: the lock is still ours if the session still answers.
                     try c.query("SELECT 1")

@@ -152,8 +152,8 @@ struct FrozenDatabaseTests {
             sampler.cancel()
             for (status, elapsed, text) in answers {
                 #expect(status == .serviceUnavailable, "\(text)")
-                // One deadline (1 s) and scheduling slack; never a hang.
-                #expect(elapsed < .milliseconds(1_800), "answered after \(elapsed): \(text)")
+                // One deadline (1 s) and scheduling slack on a loaded machine; never a hang.
+                #expect(elapsed < .milliseconds(2_500), "answered after \(elapsed): \(text)")
                 #expect(!text.contains("127.0.0.1"))
             }
             #expect(deepest.value <= 4)

@@ -74,7 +74,8 @@ struct AdmissionTests {
         let start = ContinuousClock.now
         let refused = await outcome(pool, "SELECT 3")
         #expect(refused == .unavailable)
-        #expect(ContinuousClock.now - start < .milliseconds(100))
+        // At once (bounds here and below leave room for a loaded 2-core CI machine).
+        #expect(ContinuousClock.now - start < .milliseconds(500))
         #expect(pool.statistics.rejectedQueueFull == 1)
         gate.open()
         await busy
@@ -103,7 +104,7 @@ struct AdmissionTests {
         guard case .failed = full else { Issue.record("queue full: \(full)"); return }
         let late = await expired
         guard case .failed = late else { Issue.record("deadline: \(late)"); return }
-        #expect(ContinuousClock.now - start < .milliseconds(800))
+        #expect(ContinuousClock.now - start < .milliseconds(1_400))
         #expect(small.pool.statistics.rejectedQueueFull == 1 && small.pool.statistics.rejectedDeadline == 1)
         gate.open()
         await busy
@@ -124,10 +125,10 @@ struct AdmissionTests {
         let waited = ContinuousClock.now - start
         // The waiting job never ran: refused, nothing sent, at (not long after) its deadline.
         #expect(waiting == .unavailable)
-        #expect(waited >= .milliseconds(550) && waited < .milliseconds(1_200), "\(waited)")
+        #expect(waited >= .milliseconds(550) && waited < .milliseconds(1_600), "\(waited)")
         // The running one was sent: lost, not refused (a write would be `.unknown`).
         #expect(await stuck == .connectionLost)
-        #expect(ContinuousClock.now - start < .milliseconds(1_500))
+        #expect(ContinuousClock.now - start < .milliseconds(2_000))
         #expect(pool.statistics.noAnswer == 1)
         // Then the pool works again (after the short cooldown) on a new connection.
         var again = await outcome(pool, "SELECT 1")
