@@ -217,10 +217,13 @@ final class DeadlineReaper: @unchecked Sendable {
         while !stopped.load(ordering: .acquiring) {
             let now = ContinuousClock.now
             for queue in queues {
-                for job in queue.overdue(at: now) {
+                let overdue = queue.overdue(at: now)
+                for job in overdue {
                     metrics?.rejected(.deadline)
                     job.body(.failure(PostgresError(code: .unavailable, message: "the database did not take the request before its deadline")))
                 }
+                // The first queue is the pool's main queue, whose depth the gauge shows.
+                if !overdue.isEmpty, queue === queues.first { metrics?.depth(queue.depth) }
             }
             // A job queued later has a later deadline: sleep until the earliest one (or one timeout).
             let next = queues.compactMap(\.nextDeadline).min() ?? now + timeout
@@ -300,7 +303,8 @@ public final class PostgresPool: Sendable {
                                    enqueued: now, deadline: now + configuration.requestTimeout)
             switch queue.push(job) {
             case .queued:
-                metrics.depth(queue.depth)
+                // The gauge is the main queue's (the control queue holds a probe or two at most).
+                if queue === self.queue { metrics.depth(queue.depth) }
             case .full:
                 metrics.rejected(.queueFull)
                 job.body(.failure(PostgresError(code: .unavailable, message: "the database queue is full (\(queue.limit ?? 0) requests waiting)")))
