@@ -62,6 +62,7 @@ let package = Package(
                 "OrderPipelineCore",
                 "CLibPQ",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(

@@ -635,6 +635,10 @@ enum OpenAPIDocument {
           "detail": {
             "type": "string"
           },
+          "requestId": {
+            "type": "string",
+            "description": "On 503: the id under which the server logged what went wrong (never sent to the client)."
+          },
           "errors": {
             "type": "array",
             "items": {

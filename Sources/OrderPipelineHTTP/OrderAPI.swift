@@ -50,7 +50,7 @@ public struct OrderAPI: Sendable {
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: ProblemMiddleware())
         router.post("/api/orders") { request, context in try await self.create(request, context) }
-        router.get("/api/orders") { request, _ in try await self.list(request) }
+        router.get("/api/orders") { request, context in try await self.list(request, context) }
         router.get("/api/orders/:id") { _, context in try await self.show(context) }
         router.patch("/api/orders/:id/status") { request, context in try await self.changeStatus(request, context) }
         router.get("/health/live") { _, _ in Self.json(.ok, Array(#"{"status":"live"}"#.utf8)) }
@@ -77,7 +77,7 @@ public struct OrderAPI: Sendable {
             headers[.contentType] = "application/json"
             return Response(status: .created, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: order.json)))
         case let other:
-            return Self.problem(for: other).response(headers: Self.retryAfter(other))
+            return Self.answer(other, context)
         }
     }
 
@@ -89,11 +89,11 @@ public struct OrderAPI: Sendable {
             guard let order = try await reads.order(id) else { return Problem.notFound("no order with id \(id)").response() }
             return Self.json(.ok, order.json)
         } catch {
-            return Problem.unavailable("the database is unavailable").response(headers: [.retryAfter: "1"])
+            return Self.databaseUnavailable("\(error)", context)
         }
     }
 
-    func list(_ request: Request) async throws -> Response {
+    func list(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         var limit = limits.defaultPageSize
         if let text = query["limit"] {
@@ -120,7 +120,7 @@ public struct OrderAPI: Sendable {
             }
             return Self.json(.ok, json.bytes)
         } catch {
-            return Problem.unavailable("the database is unavailable").response(headers: [.retryAfter: "1"])
+            return Self.databaseUnavailable("\(error)", context)
         }
     }
 
@@ -138,7 +138,7 @@ public struct OrderAPI: Sendable {
         case .statusChanged(let order):
             return Self.json(.ok, order.json)
         case let other:
-            return Self.problem(for: other).response(headers: Self.retryAfter(other))
+            return Self.answer(other, context)
         }
     }
 
@@ -204,14 +204,21 @@ public struct OrderAPI: Sendable {
         case .idempotencyKeyReused: .idempotencyKeyReused
         case .notFound(let id): .notFound("no order with id \(id)")
         case .illegalTransition(let id, let from, let to): .illegalTransition(id, from: from, to: to)
-        case .unavailable(let detail): .unavailable(detail)
+        case .unavailable: .unavailable("database unavailable")
         case .created, .replayed, .statusChanged: Problem(.internalServerError, detail: "unexpected success")
         }
     }
 
-    static func retryAfter(_ response: IntakeResponse) -> HTTPFields {
-        if case .unavailable = response { return [.retryAfter: "1"] }
-        return [:]
+    /// A problem for an answer of the intake machine; "unavailable" is logged with its reason and sent without it.
+    static func answer(_ response: IntakeResponse, _ context: BasicRequestContext) -> Response {
+        if case .unavailable(let reason) = response { return databaseUnavailable(reason, context) }
+        return problem(for: response).response()
+    }
+
+    /// 503 with `Retry-After`, a request id and nothing else; the reason goes to the log under that id.
+    static func databaseUnavailable(_ reason: String, _ context: BasicRequestContext) -> Response {
+        context.logger.warning("Database unavailable; answered 503", metadata: ["db.error": "\(reason)"])
+        return Problem.databaseUnavailable(requestID: context.id).response(headers: [.retryAfter: Problem.retryAfterSeconds])
     }
 
     static func json(_ status: HTTPResponse.Status, _ bytes: [UInt8]) -> Response {
@@ -224,13 +231,17 @@ public struct OrderAPI: Sendable {
             .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 
+    /// Creation times a cursor may carry: 0001-01-01 to 9999-12-31 (µs since 1970). Outside, PostgreSQL's
+    /// timestamp arithmetic would fail: a made-up cursor is a bad request, not a database failure.
+    static let cursorTimes: ClosedRange<Int64> = -62_135_596_800_000_000 ... 253_402_300_799_999_999
+
     static func decodeCursor(_ text: String) -> OrderCursor? {
         guard text.count <= 128 else { return nil }
         var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         while base64.count % 4 != 0 { base64 += "=" }
         guard let data = Data(base64Encoded: base64), let plain = String(data: data, encoding: .utf8) else { return nil }
         let parts = plain.split(separator: ".", maxSplits: 1)
-        guard parts.count == 2, let micros = Int64(parts[0]), let id = OrderID(parts[1]) else { return nil }
+        guard parts.count == 2, let micros = Int64(parts[0]), cursorTimes.contains(micros), let id = OrderID(parts[1]) else { return nil }
         return OrderCursor(createdAt: Instant(microseconds: micros), id: id)
     }
 }

@@ -1,5 +1,8 @@
-import Logging
-import OrderPipelineCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import OrderPipelineKafka
 import OrderPipelineServiceBus
 
@@ -10,8 +13,9 @@ public struct BrokerConfiguration: Sendable {
     public var kafka: KafkaConfiguration
     /// `SERVICEBUS_CONNECTION_STRING` and `SERVICEBUS_QUEUE` (default order-fulfilment).
     public var serviceBus: ServiceBusConfiguration?
-    /// `RELAY_ID` — this process's relay identity (lease owner), stable across restarts; default `relay-<host>`.
-    /// Every relay process needs its own.
+    /// `RELAY_ID` — this process's relay identity (lease owner), stable across restarts; default
+    /// `<gethostname()>-<role>` (not `$HOSTNAME`, which systemd and non-interactive shells do not export). Every
+    /// relay process needs its own: a second live process with the same one is refused at start (`OwnerLock`).
     public var relayID: String
 
     public static let environmentHelp = """
@@ -23,16 +27,25 @@ public struct BrokerConfiguration: Sendable {
           KAFKA_GROUP_ID consumer group (default order-pipeline-consumer)
           KAFKA_PROPERTIES
                          extra librdkafka properties, name=value,name=value
-                         (e.g. security.protocol=SASL_SSL,sasl.mechanism=PLAIN)
+                         (e.g. security.protocol=SASL_SSL,sasl.mechanism=PLAIN);
+                         acks, enable.idempotence, enable.auto.commit,
+                         enable.auto.offset.store, auto.offset.reset,
+                         partition.assignment.strategy, isolation.level, … are
+                         refused (the promise depends on them)
           SERVICEBUS_CONNECTION_STRING
                          amqp://user:pass@host:port, amqps://…, or an Azure
                          Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…
           SERVICEBUS_QUEUE
                          fulfilment queue (default order-fulfilment)
-          RELAY_ID       lease owner of this relay process (default relay-<host>)
+          RELAY_ID       lease owner of this relay process (default <hostname>-relay,
+                         <hostname>-all); unique per live process: a second
+                         process with the same RELAY_ID refuses to start
         """
 
-    public static func fromEnvironment(_ environment: [String: String], needsServiceBus: Bool) throws(RuntimeConfiguration.Problem) -> BrokerConfiguration {
+    /// `role` names the subcommand (relay, all) in the default `RELAY_ID`.
+    public static func fromEnvironment(
+        _ environment: [String: String], needsServiceBus: Bool, role: String = "relay"
+    ) throws(RuntimeConfiguration.Problem) -> BrokerConfiguration {
         guard let brokers = environment["KAFKA_BROKERS"], !brokers.isEmpty else {
             throw .init(description: "KAFKA_BROKERS is not set (e.g. 127.0.0.1:59092; `eval \"$(scripts/services up)\"` sets it)")
         }
@@ -44,11 +57,10 @@ public struct BrokerConfiguration: Sendable {
         if let topic = environment["KAFKA_DEAD_LETTER_TOPIC"], !topic.isEmpty { kafka.deadLetterTopic = topic }
         if let group = environment["KAFKA_GROUP_ID"], !group.isEmpty { kafka.groupID = group }
         if let text = environment["KAFKA_PROPERTIES"], !text.isEmpty {
-            for pair in text.split(separator: ",") {
-                guard let equals = pair.firstIndex(of: "="), equals != pair.startIndex else {
-                    throw .init(description: "KAFKA_PROPERTIES must be name=value pairs separated by commas, not \(pair)")
-                }
-                kafka.extraProperties[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
+            do {
+                kafka.extraProperties = try KafkaConfiguration.parseProperties(text)
+            } catch {
+                throw .init(description: error.message)
             }
         }
         var serviceBus: ServiceBusConfiguration?
@@ -63,8 +75,15 @@ public struct BrokerConfiguration: Sendable {
         } else if needsServiceBus {
             throw .init(description: "SERVICEBUS_CONNECTION_STRING is not set (e.g. amqp://guest:guest@127.0.0.1:55672)")
         }
-        let host = environment["HOSTNAME"].flatMap { $0.isEmpty ? nil : $0 } ?? "local"
-        let relayID = environment["RELAY_ID"].flatMap { $0.isEmpty ? nil : $0 } ?? "relay-\(host)"
+        let relayID = environment["RELAY_ID"].flatMap { $0.isEmpty ? nil : $0 } ?? "\(hostName())-\(role)"
         return BrokerConfiguration(kafka: kafka, serviceBus: serviceBus, relayID: relayID)
+    }
+
+    /// This machine's name from `gethostname()`.
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "localhost" : name
     }
 }
