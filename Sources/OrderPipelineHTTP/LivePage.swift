@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import Metrics
 import OrderPipelineCore
 import OrderPipelinePostgres
 import OrderPipelineRuntime
@@ -224,7 +225,10 @@ extension HTTPField.Name {
 /// One poller shared by every live stream: it runs only while a stream is open, reads one snapshot per interval
 /// and hands the newest to each stream (a slow client skips snapshots; it never queues them). `current()` serves
 /// one-off reads from the same snapshot when it is fresh, so no request rate makes more than one query at a time.
+/// `/metrics` shows it: `orderpipeline_ui_snapshots_total` (reads) stands still while `orderpipeline_ui_streams` is 0.
 actor SnapshotHub {
+    private let readCounter = Counter(label: "orderpipeline_ui_snapshots_total")
+    private let streamGauge = Gauge(label: "orderpipeline_ui_streams")
     let maxStreams: Int
     let interval: Duration
     let fetch: @Sendable () async -> [UInt8]
@@ -251,12 +255,14 @@ actor SnapshotHub {
         let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self, bufferingPolicy: .bufferingNewest(1))
         nextID += 1
         streams[nextID] = continuation
+        streamGauge.record(streams.count)
         if poller == nil { poller = Task { await self.poll() } }
         return (nextID, stream)
     }
 
     func unsubscribe(_ id: Int) {
         streams.removeValue(forKey: id)?.finish()
+        streamGauge.record(streams.count)
         if streams.isEmpty {
             poller?.cancel()
             poller = nil
@@ -272,6 +278,7 @@ actor SnapshotHub {
         let bytes = await task.value
         inFlight = nil
         reads += 1
+        readCounter.increment()
         cached = (.now, bytes)
         return bytes
     }

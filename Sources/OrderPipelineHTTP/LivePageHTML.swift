@@ -58,7 +58,8 @@ enum LivePageHTML {
       .stage h3 { grid-row: span 3; white-space: normal; font-size: 13px; color: var(--ink); }
       .grid { grid-template-columns: 1fr; }
       #latest thead { display: none; } #latest tr { display: grid; grid-template-columns: 1fr 1fr; border-bottom: 1px solid var(--line); padding: 4px 0; }
-      #latest td { border: 0; padding: 2px 4px; white-space: normal; } #latest td.hop::before { content: attr(data-label) " "; color: var(--dim); font-size: 11px; }
+      #latest td { border: 0; padding: 2px 4px; white-space: normal; }
+      #dead td { white-space: normal; word-break: break-word; } #latest td.hop::before { content: attr(data-label) " "; color: var(--dim); font-size: 11px; }
     }
     </style>
     </head>
@@ -114,7 +115,8 @@ enum LivePageHTML {
         stage("API", sum(m.created), "/min", ["orders created"]),
         outboxStage("Kafka outbox", ob["kafka"]),
         stage("Kafka", sum(m.published), "/min", ["published · " + m.awaitingConsumer + " awaiting consumer", chips], lagTotal > 100 || m.awaitingConsumer > 100 ? "warn" : ""),
-        stage("Consumer", sum(m.fulfilled), "/min", ["fulfilled · p50 " + ms(m.latency.p50) + " · p99 " + ms(m.latency.p99)]),
+        stage("Consumer", sum(m.fulfilled), "/min", ["fulfilled · p50 " + ms(m.latency.p50) + " · p99 " + ms(m.latency.p99),
+          poison(s) + " poison record(s) dead-lettered"], poison(s) ? "bad" : ""),
         outboxStage("Service Bus outbox", ob["service-bus"]),
         stage("Service Bus", sum(m.sent), "/min", ["fulfilment messages sent"]),
       ];
@@ -124,6 +126,8 @@ enum LivePageHTML {
       renderSummary(s, lagTotal);
       $("windowNote").textContent = m.capped ? "(counts: last 60 s, capped: at least)" : "(counts: last 60 s)";
     }
+    // Waiting dead letters that are not outbox rows: records the consumer could not decode.
+    const poison = (s) => Math.max(0, s.deadLetterCount - sum(s.outboxes.map((o) => o.deadLettered)));
     function renderSummary(s, lagTotal) {
       const m = s.minute, bad = [], warn = [];
       for (const o of s.outboxes) {
@@ -133,7 +137,7 @@ enum LivePageHTML {
         else if (o.pending && o.oldestAgeSeconds > 5) warn.push(`${name}: ${o.pending} waiting, oldest ${age(o.oldestAgeSeconds)}`);
         if (o.retrying) warn.push(`${name}: ${o.retrying} retrying`);
       }
-      if (s.deadLetterCount && !bad.length) bad.push(`${s.deadLetterCount} dead letter(s) waiting`);
+      if (poison(s)) bad.push(`${poison(s)} poison record(s) dead-lettered by the consumer (see Dead letters)`);
       if (lagTotal > 100) warn.push(`consumer lag ${lagTotal}`);
       const waiting = sum(s.outboxes.map((o) => o.pending)) + m.awaitingConsumer;
       const text = bad.length || warn.length ? [...bad, ...warn].join(" · ")

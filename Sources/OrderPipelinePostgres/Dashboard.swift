@@ -6,7 +6,7 @@ import OrderPipelineCore
 /// snapshot costs the same however large the tables grow.
 public enum Dashboard {
     /// The per-second series and the latency read at most this many of the newest rows of each table.
-    public static let windowCap = 10_000
+    public static let windowCap = 5_000
     public static let latestLimit = 12
     public static let deadLetterLimit = 10
 
@@ -220,6 +220,7 @@ public enum Dashboard {
         /// whose bucket is NULL, the whole minute), orders waiting for the consumer, and the largest window read.
         /// Each window is the newest rows of an index (orders by created_at, outboxes by sequence), capped at $1.
         /// Orders created more than 10 minutes ago are not in the latency (a backlog that old shows as outbox age).
+        /// `date_part` (float8), not `extract` (numeric): 5 times cheaper over 10,000 rows.
         static let minute = PreparedStatement("op_dash_minute", """
             WITH o AS (
                 SELECT id, status, created_at, processed_at FROM orders
@@ -229,17 +230,17 @@ public enum Dashboard {
             ), s AS (
                 SELECT published_at FROM service_bus_outbox ORDER BY sequence DESC LIMIT $1::int
             ), f AS (
-                SELECT floor(extract(epoch from now() - processed_at) / 10)::int8 AS b,
-                       extract(epoch from processed_at - created_at)::float8 * 1000 AS ms
+                SELECT floor(date_part('epoch', now() - processed_at) / 10)::int8 AS b,
+                       date_part('epoch', processed_at - created_at) * 1000 AS ms
                 FROM o WHERE status = 'Fulfilled' AND processed_at > now() - interval '60 seconds'
             )
-            SELECT 'created', floor(extract(epoch from now() - created_at))::int8, count(*), NULL::float8, NULL::float8
+            SELECT 'created', floor(date_part('epoch', now() - created_at))::int8, count(*), NULL::float8, NULL::float8
                 FROM o WHERE created_at > now() - interval '60 seconds' GROUP BY 2
-            UNION ALL SELECT 'fulfilled', floor(extract(epoch from now() - processed_at))::int8, count(*), NULL, NULL
+            UNION ALL SELECT 'fulfilled', floor(date_part('epoch', now() - processed_at))::int8, count(*), NULL, NULL
                 FROM o WHERE status = 'Fulfilled' AND processed_at > now() - interval '60 seconds' GROUP BY 2
-            UNION ALL SELECT 'published', floor(extract(epoch from now() - published_at))::int8, count(*), NULL, NULL
+            UNION ALL SELECT 'published', floor(date_part('epoch', now() - published_at))::int8, count(*), NULL, NULL
                 FROM k WHERE published_at > now() - interval '60 seconds' GROUP BY 2
-            UNION ALL SELECT 'sent', floor(extract(epoch from now() - published_at))::int8, count(*), NULL, NULL
+            UNION ALL SELECT 'sent', floor(date_part('epoch', now() - published_at))::int8, count(*), NULL, NULL
                 FROM s WHERE published_at > now() - interval '60 seconds' GROUP BY 2
             UNION ALL SELECT 'awaiting', 0, count(*), NULL, NULL
                 FROM k JOIN o ON o.id = k.order_id

@@ -14,7 +14,7 @@ struct OrderPipelineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "orderpipeline",
         abstract: "Event-driven order pipeline: HTTP API, outbox relays and fulfilment consumer.",
-        discussion: RuntimeConfiguration.environmentHelp,
+        discussion: RuntimeConfiguration.environmentHelp + "\n\n" + LivePage.Configuration.environmentHelp,
         subcommands: [Serve.self, Migrate.self, Relay.self, Consume.self, All.self, Outbox.self]
     )
 }

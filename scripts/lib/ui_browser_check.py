@@ -87,7 +87,9 @@ class Browser:
     def screenshot(self, path, width, mobile):
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=mobile)
         time.sleep(0.3)  # let the layout settle at the new width
+        # The whole page on a desktop; a phone's first screens (the stages, the charts, find an order).
         height = int(self.evaluate("document.documentElement.scrollHeight"))
+        height = min(height, 1700) if mobile else height
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=mobile)
         data = self.call("Page.captureScreenshot", format="png")["data"]
         with open(path, "wb") as f:
@@ -187,7 +189,7 @@ def main():
         findings["ordersCreated"] = len(ids)
         if args.screenshots:
             os.makedirs(args.screenshots, exist_ok=True)
-            browser.navigate(base + "/ui")
+            browser.navigate(f"{base}/ui?order={watched}")
             wait_for(lambda: int(browser.evaluate("document.body.dataset.events || 0")) >= 2, 15, "no events for the screenshot")
             browser.screenshot(os.path.join(args.screenshots, "live-desktop.png"), 1280, False)
             browser.screenshot(os.path.join(args.screenshots, "live-phone.png"), 390, True)
