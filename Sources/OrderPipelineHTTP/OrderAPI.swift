@@ -27,7 +27,6 @@ public struct OrderAPI: Sendable {
         public var maxBodyBytes = 64 * 1024
         public var defaultPageSize = 20
         public var maxPageSize = 100
-        public var maxReasonLength = 500
         public init() {}
     }
 
@@ -135,12 +134,7 @@ public struct OrderAPI: Sendable {
         case .success(let bytes): body = bytes
         case .failure(let problem): return problem.response()
         }
-        let change: (OrderStatus, String?)
-        switch parseStatusChange(body) {
-        case .success(let value): change = value
-        case .failure(let problem): return problem.response()
-        }
-        switch await shell.changeStatus(id, to: change.0, reason: change.1) {
+        switch await shell.changeStatus(id, body: body) {
         case .statusChanged(let order):
             return Self.json(.ok, order.json)
         case let other:
@@ -201,46 +195,6 @@ public struct OrderAPI: Sendable {
             return .unsupportedMediaType(value)
         }
         return nil
-    }
-
-    private struct StatusChangeWire: Decodable {
-        var status: String?
-        var reason: String?
-    }
-
-    func parseStatusChange(_ body: [UInt8]) -> Result<(OrderStatus, String?), Problem> {
-        guard (try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed])) != nil else {
-            return .failure(.malformed("the body is not valid JSON"))
-        }
-        guard (try? JSONSerialization.jsonObject(with: Data(body))) is [String: Any] else {
-            return .failure(.malformed("the body must be a JSON object"))
-        }
-        let wire: StatusChangeWire
-        do {
-            wire = try JSONDecoder().decode(StatusChangeWire.self, from: Data(body))
-        } catch DecodingError.typeMismatch(_, let context) {
-            return .failure(.validation([FieldError(field: context.codingPath.first?.stringValue ?? "body", message: "must be a string")]))
-        } catch {
-            return .failure(.malformed("the body is not valid JSON"))
-        }
-        var errors: [FieldError] = []
-        var status: OrderStatus?
-        if let text = wire.status {
-            status = OrderStatus(rawValue: text)
-            if status == nil {
-                errors.append(FieldError(field: "status", message: "must be one of \(OrderStatus.allCases.map(\.rawValue).joined(separator: ", "))"))
-            }
-        } else {
-            errors.append(FieldError(field: "status", message: "is required"))
-        }
-        if let reason = wire.reason {
-            if reason.count > limits.maxReasonLength { errors.append(FieldError(field: "reason", message: "must be at most \(limits.maxReasonLength) characters")) }
-            if reason.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\n" && $0 != "\t" }) {
-                errors.append(FieldError(field: "reason", message: "must not contain control characters"))
-            }
-        }
-        guard errors.isEmpty, let status else { return .failure(.validation(errors)) }
-        return .success((status, wire.reason))
     }
 
     static func problem(for response: IntakeResponse) -> Problem {

@@ -27,7 +27,7 @@ enum BrokerBootstrap {
 
     /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY.
     static func relayServices(
-        configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: BrokerMetrics
+        configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics
     ) throws -> (services: [ServiceGroupConfiguration.ServiceConfiguration], listener: PostgresListener) {
         let listener = PostgresListener(settings: configuration.pool.connection, logger: logger)
         let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
@@ -46,7 +46,7 @@ enum BrokerBootstrap {
         return (services, listener)
     }
 
-    static func consumerService(brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: BrokerMetrics) throws -> ConsumerService {
+    static func consumerService(brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics) throws -> ConsumerService {
         let deadLetters = try KafkaProducer(configuration: brokers.kafka, logger: logger)
         return ConsumerService(configuration: brokers.kafka, store: store, deadLetters: deadLetters, logger: logger, metrics: metrics)
     }
@@ -74,7 +74,7 @@ struct Relay: AsyncParsableCommand {
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
-        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
+        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: metrics)
         if brokers.serviceBus == nil { logger.warning("SERVICEBUS_CONNECTION_STRING is not set: only the Kafka outbox is relayed") }
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         // The metrics endpoint stops first, the pool last.
@@ -101,7 +101,7 @@ struct Consume: AsyncParsableCommand {
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
-        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
+        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: metrics)
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: consumer)] + (endpoint.map { [$0] } ?? []),
@@ -124,7 +124,6 @@ struct All: AsyncParsableCommand {
         let logger = Bootstrap.logger("orderpipeline", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
-        let brokerMetrics = BrokerMetrics(registry: metrics.registry)
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
         let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
@@ -136,8 +135,8 @@ struct All: AsyncParsableCommand {
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )
-        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: brokerMetrics)
-        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: brokerMetrics)
+        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: metrics)
+        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: metrics)
         logger.info("Starting the pipeline", metadata: [
             "http.address": "\(configuration.httpHost):\(configuration.httpPort)", "db.url": "\(configuration.redactedDatabaseURL)",
             "kafka.brokers": "\(brokers.kafka.brokers)", "kafka.topic": "\(brokers.kafka.topic)",

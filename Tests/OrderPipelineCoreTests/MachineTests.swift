@@ -79,10 +79,23 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         #expect(try answer(.committed(.orderReplayed(sampleOrder())), for: create) == .replayed(sampleOrder()))
         #expect(try answer(.committed(.idempotencyKeyReused), for: create) == .idempotencyKeyReused)
         #expect(try answer(.failed(.timedOut), for: create) == .unavailable("the database did not answer in time"))
-        let change = Input.changeStatus(2, orderA, to: .fulfilled, reason: nil)
+        let change = Input.changeStatus(2, orderA, body: Array(#"{"status":"Fulfilled"}"#.utf8))
         #expect(try answer(.committed(.orderNotFound), for: change) == .notFound(orderA))
         #expect(try answer(.committed(.illegalTransition(from: .pending)), for: change) == .illegalTransition(orderA, from: .pending, to: .fulfilled))
         #expect(try answer(.committed(.transitioned(sampleOrder(status: .failed))), for: change) == .statusChanged(sampleOrder(status: .failed)))
+    }
+
+    @Test func statusChangeBodiesAreParsedByTheMachine() {
+        var intake = OrderIntake()
+        func answer(_ body: String) -> [Effect] { intake.handle(.changeStatus(3, orderA, body: Array(body.utf8)), now: t0) }
+        #expect(answer("not json") == [.respond(3, .rejected(.malformed("the body is not valid JSON")))])
+        #expect(answer("[1]") == [.respond(3, .rejected(.malformed("the body must be a JSON object")))])
+        #expect(answer(#"{"status":7}"#) == [.respond(3, .rejected(.invalid([FieldError(field: "status", message: "must be a string")])))])
+        #expect(answer(#"{"status":"Shipped"}"#).count == 1)
+        #expect(answer("{}") == [.respond(3, .rejected(.invalid([FieldError(field: "status", message: "is required")])))])
+        let store = answer(#"{"status":"Failed","reason":"changed my mind"}"#)
+        guard case .store(_, .transition(let t))? = store.first else { Issue.record("no transition: \(store)"); return }
+        #expect(t.to == .failed && t.reason == "changed my mind" && t.orderID == orderA)
     }
 
     @Test func resultsForUnknownTicketsAreIgnored() {

@@ -85,6 +85,7 @@ extension Note {
         case .storeRetry(let what): "retrying after a failure: \(what)"
         case .unknownOutcome(let what): "outcome unknown, re-issuing: \(what)"
         case .offsetsFenced: "offset commit fenced by a rebalance"
+        case .unexpected(let what): "unexpected: \(what)"
         }
     }
 }

@@ -123,9 +123,11 @@ public struct OutboxRelay: Sendable {
             let lost: [Effect] = rows < expected ? [.note(.leaseLost(configuration.outbox, rows: expected - rows))] : []
             // More rows may be waiting: claim again at once rather than waiting for the poll.
             return lost + perform(.claim, now: now)
-        default:
-            // `.release` answered, or (never expected) a reply that does not fit: start over from a claim.
+        case (.release, .released):
             return perform(.claim, now: now)
+        default:
+            // Never expected: a reply that does not fit the step. Start over from a claim, and say so.
+            return [.note(.unexpected("\(step.name) answered \(reply.summary)"))] + perform(.claim, now: now)
         }
     }
 
