@@ -184,7 +184,7 @@ enum LivePageHTML {
     }
     function orderRow(j) {
       const tr = h("tr", { "data-order-id": j.orderId, "data-status": j.status, "data-stage": j.stage },
-        h("td", {}, h("a", { href: "?order=" + j.orderId, class: "id", title: j.orderId }, j.orderId.slice(0, 8))),
+        h("td", {}, h("a", { href: "?order=" + j.orderId, class: "id", title: j.orderId + (j.traceId ? "\ntrace " + j.traceId : "") }, j.orderId.slice(0, 8))),
         h("td", {}, h("span", { class: "badge " + j.status }, j.status)));
       for (const [key, name] of HOPS) {
         const at = j[key];
@@ -231,6 +231,7 @@ enum LivePageHTML {
       const rows = [j.kafka && ["Kafka outbox row", j.kafka], j.serviceBus && ["Service Bus outbox row", j.serviceBus]].filter(Boolean);
       box.replaceChildren(h("div", { "data-order-id": j.orderId, "data-status": j.status, "data-stage": j.stage, style: "margin-top:10px" },
         h("span", { class: "id" }, j.orderId), " ", h("span", { class: "badge " + j.status }, j.status), " ", h("span", { class: "note" }, j.stage),
+        j.traceId ? h("div", { class: "note" }, "trace ", h("code", { "data-trace-id": j.traceId }, j.traceId)) : null,
         j.failureReason ? h("div", { class: "note" }, "failure: " + j.failureReason) : null,
         h("ol", { class: "journey" }, ...HOPS.map(([key, name]) => h("li", { class: j[key] ? "done" : "", "data-hop": name, "data-at": j[key] },
           h("b", {}, name), j[key] ? clock(j[key]) + (name === "created" ? "" : " (" + since(j[key], j.createdAt) + ")") : "not yet"))),

@@ -88,6 +88,7 @@ enum LiveJSON {
             instant("fulfilledAt", j.fulfilledAt, &json)
             instant("sentAt", j.sentAt, &json)
             json.field("stage", stage(j))
+            json.field("traceId", j.traceID)
             row("kafka", j.kafkaRow, &json)
             row("serviceBus", j.serviceBusRow, &json)
         }

@@ -60,6 +60,9 @@ public enum Dashboard {
         public var sentAt: Instant?
         public var kafkaRow: OutboxRow?
         public var serviceBusRow: OutboxRow?
+
+        /// The order's W3C trace id (from its outbox rows).
+        public var traceID: String? { (kafkaRow?.traceParent ?? serviceBusRow?.traceParent)?.traceID }
     }
 
     /// The state of one outbox row of an order.
@@ -73,6 +76,7 @@ public enum Dashboard {
         public var nextAttemptAt: Instant?
         /// The waiting dead letter of this row (the id `orderpipeline outbox replay` takes).
         public var deadLetterID: Int64?
+        public var traceParent: TraceParent?
     }
 
     // MARK: reads
@@ -152,7 +156,7 @@ public enum Dashboard {
             OutboxRow(
                 sequence: rows.int(row, 1) ?? 0, attempts: Int(rows.int(row, 3) ?? 0), lastError: rows.string(row, 4),
                 publishedAt: instant(rows, row, 2), deadLetteredAt: instant(rows, row, 5), claimedBy: rows.string(row, 6),
-                nextAttemptAt: instant(rows, row, 7), deadLetterID: rows.int(row, 8))
+                nextAttemptAt: instant(rows, row, 7), deadLetterID: rows.int(row, 8), traceParent: rows.string(row, 9).flatMap { TraceParent($0) })
         }
         let kafka = try c.execute(Statements.outboxRows(.kafka), [created])
         each(kafka) { journey, row in
@@ -201,7 +205,7 @@ public enum Dashboard {
         static func outboxRows(_ kind: OutboxKind) -> PreparedStatement {
             PreparedStatement("op_dash_rows_\(SQL.name(kind))", """
                 SELECT o.order_id, o.sequence, \(SQL.micros("o.published_at")), o.attempts, o.last_error,
-                       \(SQL.micros("o.dead_lettered_at")), o.claimed_by, \(SQL.micros("o.next_attempt_at")), d.id
+                       \(SQL.micros("o.dead_lettered_at")), o.claimed_by, \(SQL.micros("o.next_attempt_at")), d.id, o.traceparent
                 FROM \(SQL.table(kind)) o
                 LEFT JOIN dead_letters d ON d.source = '\(kind.rawValue)-outbox/' || o.sequence AND d.replayed_at IS NULL
                 WHERE o.event_id = ANY($1::uuid[])
