@@ -34,12 +34,25 @@ struct TraceParentTests {
         #expect(TraceParent(fresh.description) == fresh && fresh.flags == "01")
     }
 
-    @Test("the consumer continues a record's trace in its fulfilment (and records without one stay without)")
+    @Test("the consumer continues a record's trace in its fulfilment; a record without one gives none")
     func consumerCarriesTrace() throws {
         let order = OrderID(UUID128(high: 3, low: 4))
         let event = PipelineEvent(type: .orderCreated, orderID: order, at: Instant(microseconds: 1), status: .pending)
-        let traced = ConsumedRecord(partition: 0, offset: 0, key: nil, headers: [.init(name: "traceparent", value: Array("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".utf8))], value: event.payload)
-        #expect(traced.traceParent?.traceID == "4bf92f3577b34da6a3ce929d0e0e4736")
-        #expect(ConsumedRecord(partition: 0, offset: 1, key: nil, headers: [], value: event.payload).traceParent == nil)
+        let header = ConsumedRecord.Header(name: "traceparent", value: Array("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".utf8))
+        for (headers, expected) in [([header], "4bf92f3577b34da6a3ce929d0e0e4736"), ([], nil)] as [([ConsumedRecord.Header], String?)] {
+            var consumer = FulfilmentConsumer(seed: 1)
+            let fetch = try #require(consumer.handle(.assigned(generation: 1, partitions: [0]), now: Instant(microseconds: 2)).compactMap { effect -> Ticket? in
+                if case .fetch(let ticket, _) = effect { return ticket } else { return nil }
+            }.first)
+            let record = ConsumedRecord(partition: 0, offset: 0, key: nil, headers: headers, value: event.payload)
+            let fulfilment = try #require(consumer.handle(.fetched(fetch, [record]), now: Instant(microseconds: 3)).compactMap { effect -> Fulfilment? in
+                if case .store(_, .fulfil(let fulfilment)) = effect { return fulfilment } else { return nil }
+            }.first)
+            #expect(fulfilment.traceParent?.traceID == expected)
+            if expected != nil {
+                #expect(fulfilment.traceParent?.parentID != "00f067aa0ba902b7", "the consumer's own span")
+                #expect(fulfilment.traceParent == record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid))
+            }
+        }
     }
 }
