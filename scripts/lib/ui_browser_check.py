@@ -37,6 +37,7 @@ class Browser:
 
         args = [binary, "--headless", "--remote-debugging-pipe", "--no-first-run", "--no-default-browser-check",
                 "--disable-gpu", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
+                "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
                 f"--user-data-dir={self.profile}", "about:blank"]
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
