@@ -155,8 +155,8 @@ enum LivePageHTML {
       const W = 540, H = 120, series = ["created", "published", "fulfilled", "sent"];
       const max = Math.max(1, ...series.flatMap((k) => m[k]));
       const root = svg("svg", { viewBox: `0 0 ${W} ${H + 14}`, role: "img", "aria-label": "orders per second" });
-      root.append(svg("line", { x1: 0, y1: H, x2: W, y2: H, stroke: "#dfe3ea" }), svg("text", { x: 2, y: 10, "font-size": 10, fill: "#5d6678" }, max + "/s"),
-        svg("text", { x: 2, y: H + 12, "font-size": 10, fill: "#5d6678" }, "−60 s"), svg("text", { x: W - 24, y: H + 12, "font-size": 10, fill: "#5d6678" }, "now"));
+      root.append(svg("line", { x1: 0, y1: H, x2: W, y2: H, stroke: "#dfe3ea" }), svg("text", { x: 2, y: 10, "font-size": 12, fill: "#5d6678" }, max + "/s"),
+        svg("text", { x: 2, y: H + 12, "font-size": 12, fill: "#5d6678" }, "−60 s"), svg("text", { x: W - 24, y: H + 12, "font-size": 12, fill: "#5d6678" }, "now"));
       for (const k of series) {
         const pts = m[k].slice().reverse().map((v, i) => `${(i * W / 59).toFixed(1)},${(H - v * (H - 14) / max).toFixed(1)}`).join(" ");
         // Orders in: a filled area; what each later stage let through: lines on top of it.
@@ -176,9 +176,9 @@ enum LivePageHTML {
           root.append(svg("rect", { x: x0, y: H - x.p99 * (H - 12) / max, width: bw - 12, height: x.p99 * (H - 12) / max, fill: "#d7e6fb" }),
             svg("rect", { x: x0, y: H - x.p50 * (H - 12) / max, width: bw - 12, height: Math.max(1, x.p50 * (H - 12) / max), fill: "var(--created)" }));
         }
-        root.append(svg("text", { x: x0, y: H + 12, "font-size": 10, fill: "#5d6678" }, i === 5 ? "now" : `−${(6 - i) * 10} s`));
+        root.append(svg("text", { x: x0, y: H + 12, "font-size": 12, fill: "#5d6678" }, i === 5 ? "now" : `−${(6 - i) * 10} s`));
       });
-      root.append(svg("text", { x: W - 2, y: 10, "font-size": 10, fill: "#5d6678", "text-anchor": "end" }, "max p99 " + ms(max)));
+      root.append(svg("text", { x: W - 2, y: 10, "font-size": 12, fill: "#5d6678", "text-anchor": "end" }, "max p99 " + ms(max)));
       $("latency").replaceChildren(h("div", { class: "big" }, ms(m.latency.p50), h("small", {}, "p50"), " ", ms(m.latency.p99), h("small", {}, "p99 · " + m.latency.count + " orders")), root,
         h("div", { class: "legend" }, h("span", {}, h("b", { style: "background:var(--created)" }), "p50"), h("span", {}, h("b", { style: "background:#d7e6fb" }), "p99")));
     }
