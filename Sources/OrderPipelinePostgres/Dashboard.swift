@@ -224,7 +224,7 @@ public enum Dashboard {
         /// whose bucket is NULL, the whole minute), orders waiting for the consumer, and the largest window read.
         /// Each window is the newest rows of an index (orders by created_at, outboxes by sequence), capped at $1.
         /// Orders created more than 10 minutes ago are not in the latency (a backlog that old shows as outbox age).
-        /// `date_part` (float8), not `extract` (numeric): 5 times cheaper over 10,000 rows.
+        /// `date_part` (float8), not `extract` (numeric): about half the time over 10,000 rows (101 → 44–60 ms, measured).
         static let minute = PreparedStatement("op_dash_minute", """
             WITH o AS (
                 SELECT id, status, created_at, processed_at FROM orders
