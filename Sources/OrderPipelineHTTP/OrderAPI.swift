@@ -70,7 +70,8 @@ public struct OrderAPI: Sendable {
         case .failure(let problem): return problem.response()
         }
         let key = request.headers[.idempotencyKey]
-        switch await shell.createOrder(body: body, idempotencyKey: key) {
+        let answer = await TraceContext.$current.withValue(Self.trace(request)) { await shell.createOrder(body: body, idempotencyKey: key) }
+        switch answer {
         case .created(let order), .replayed(let order):
             var headers = HTTPFields()
             headers[.location] = "/api/orders/\(order.id)"
@@ -134,7 +135,7 @@ public struct OrderAPI: Sendable {
         case .success(let bytes): body = bytes
         case .failure(let problem): return problem.response()
         }
-        switch await shell.changeStatus(id, body: body) {
+        switch await TraceContext.$current.withValue(Self.trace(request), operation: { await shell.changeStatus(id, body: body) }) {
         case .statusChanged(let order):
             return Self.json(.ok, order.json)
         case let other:
@@ -172,6 +173,13 @@ public struct OrderAPI: Sendable {
     public static var openAPIDocument: String { OpenAPIDocument.json }
 
     // MARK: helpers
+
+    /// The caller's W3C trace continued by this request's span, or a new trace. It goes with the outbox rows the
+    /// request writes (`TraceContext`), and from there to Kafka and Service Bus.
+    static func trace(_ request: Request) -> TraceParent {
+        var random = SystemRandomNumberGenerator()
+        return request.headers[.traceparent].flatMap { TraceParent($0) }?.child(using: &random) ?? .newTrace(using: &random)
+    }
 
     func collect(_ request: Request) async -> Result<[UInt8], Problem> {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limits.maxBodyBytes {
@@ -248,4 +256,5 @@ public struct OrderAPI: Sendable {
 
 extension HTTPField.Name {
     static let idempotencyKey = Self("Idempotency-Key")!
+    static let traceparent = Self("traceparent")!
 }

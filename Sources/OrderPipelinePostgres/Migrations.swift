@@ -93,6 +93,11 @@ public enum Migrations {
         CREATE TRIGGER service_bus_outbox_notify AFTER INSERT ON service_bus_outbox
             REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION orderpipeline_notify_outbox('service-bus');
         """),
+        // Nullable columns: no table rewrite; rows written before carry no trace.
+        Migration(version: 2, name: "W3C traceparent of each outbox row", sql: """
+        ALTER TABLE kafka_outbox ADD COLUMN traceparent text;
+        ALTER TABLE service_bus_outbox ADD COLUMN traceparent text;
+        """),
     ]
 
     /// Both outboxes have the same shape.

@@ -14,11 +14,13 @@ public final class PostgresStore: Sendable {
         self.init(pool: PostgresPool(configuration: configuration, logger: logger))
     }
 
-    /// Performs one store command as one transaction.
+    /// Performs one store command as one transaction. The caller's `TraceContext.current` goes with the outbox rows
+    /// it inserts.
     public func perform(_ command: StoreCommand) async -> StoreResult {
-        await pool.withConnection { connection in
+        let trace = TraceContext.current
+        return await pool.withConnection { connection in
             switch connection {
-            case .success(let connection): StoreRecipes.perform(command, on: connection)
+            case .success(let connection): StoreRecipes.perform(command, on: connection, trace: trace)
             case .failure(let error): .failed(StoreRecipes.failure(error))
             }
         }

@@ -20,7 +20,7 @@ enum SQL {
 
     // MARK: createOrder — one statement, one implicit transaction, one round trip.
     // $1 key, $2 fingerprint, $3 order id, $4 name, $5 email, $6 total, $7 created_at, $8 items json,
-    // $9 event id, $10 event type, $11 payload (bytea, binary).
+    // $9 event id, $10 event type, $11 payload (bytea, binary), $12 traceparent.
     static let createOrder = PreparedStatement("op_create_order", """
         WITH k AS (
             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)
@@ -39,8 +39,8 @@ enum SQL {
             INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
             SELECT o.id, NULL, 'Pending', $7::timestamptz FROM o
         ), x AS (
-            INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
-            SELECT $9::uuid, o.id, $10::text, $7::timestamptz, $11::bytea, now() FROM o
+            INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
+            SELECT $9::uuid, o.id, $10::text, $7::timestamptz, $11::bytea, now(), $12::text FROM o
         )
         SELECT count(*) FROM k
         """)
@@ -97,11 +97,11 @@ enum SQL {
         VALUES ($1::uuid, $2::text, $3::text, $4::timestamptz, $5::text)
         """)
 
-    // $1 event id, $2 order id, $3 type, $4 occurred_at, $5 payload
+    // $1 event id, $2 order id, $3 type, $4 occurred_at, $5 payload, $6 traceparent
     static func appendOutbox(_ kind: OutboxKind) -> PreparedStatement {
         PreparedStatement("op_append_\(name(kind))", """
-            INSERT INTO \(table(kind)) (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
-            VALUES ($1::uuid, $2::uuid, $3::text, $4::timestamptz, $5::bytea, now())
+            INSERT INTO \(table(kind)) (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
+            VALUES ($1::uuid, $2::uuid, $3::text, $4::timestamptz, $5::bytea, now(), $6::text)
             """)
     }
     static let appendKafka = appendOutbox(.kafka)
@@ -127,7 +127,7 @@ enum SQL {
             )
             UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
             FROM candidates c WHERE o.sequence = c.sequence
-            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")), o.payload, o.attempts
+            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")), o.payload, o.attempts, o.traceparent
             """)
     }
     static let claimKafka = claim(.kafka)
@@ -180,7 +180,7 @@ enum SQL {
     // MARK: fulfil
     /// The whole consumer transaction as one statement (one round trip, one commit): the inbox insert first;
     /// everything else is conditional on it having inserted, so a redelivery writes nothing.
-    /// $1 event id, $2 event type, $3 order id, $4 at, $5 fulfilment event id, $6 fulfilment payload.
+    /// $1 event id, $2 event type, $3 order id, $4 at, $5 fulfilment event id, $6 fulfilment payload, $7 traceparent.
     static let fulfil = PreparedStatement("op_fulfil", """
         WITH ins AS (
             INSERT INTO consumer_inbox (event_id, event_type, order_id, received_at)
@@ -200,8 +200,8 @@ enum SQL {
             FROM upd, (VALUES (1, 'Pending', 'Processing'), (2, 'Processing', 'Fulfilled')) AS v(n, from_status, to_status)
             ORDER BY v.n
         ), sb AS (
-            INSERT INTO service_bus_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
-            SELECT $5::uuid, upd.id, 'OrderFulfilled', $4::timestamptz, $6::bytea, now() FROM upd
+            INSERT INTO service_bus_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
+            SELECT $5::uuid, upd.id, 'OrderFulfilled', $4::timestamptz, $6::bytea, now(), $7::text FROM upd
         )
         SELECT (SELECT count(*) FROM ins), (SELECT status FROM target), (SELECT count(*) FROM upd)
         """)

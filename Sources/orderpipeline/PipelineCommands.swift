@@ -22,6 +22,7 @@ enum BrokerBootstrap {
     }
 
     static let help = RuntimeConfiguration.environmentHelp + "\n\n" + BrokerConfiguration.environmentHelp + "\n\n" + MetricsEndpoint.help
+        + "\n\n" + LivePage.Configuration.environmentHelp
         + "\n\nlibrdkafka 2.16 must be the one loaded (LD_LIBRARY_PATH=$RDKAFKA_LIB_DIR, set by scripts/services env) to talk to Tansu."
 
     /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY. First takes the lock
@@ -165,8 +166,11 @@ struct All: AsyncParsableCommand {
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
         let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
+        let router = api.makeRouter()
+        // The consumer of this process keeps its per-partition lag in the metrics registry.
+        try Bootstrap.livePage(store: store, consumerLag: { LivePage.consumerLag(prometheus: metrics.render()) }).register(on: router)
         let app = Application(
-            router: api.makeRouter(),
+            router: router,
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )

@@ -148,6 +148,8 @@ public struct Fulfilment: Hashable, Sendable {
     public var at: Instant
     /// Written to the Service Bus outbox when this transaction fulfils the order.
     public var fulfilmentEvent: PipelineEvent
+    /// The consumed record's trace, continued by the consumer's span; stored with the Service Bus outbox row.
+    public var traceParent: TraceParent? = nil
 
     public init(envelope: EventEnvelope, at: Instant) {
         self.envelope = envelope

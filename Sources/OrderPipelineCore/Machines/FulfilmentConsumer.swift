@@ -135,7 +135,9 @@ public struct FulfilmentConsumer: Sendable {
             guard partitions.contains(record.partition) else { return next(now: now) }
             switch EventEnvelope.decode(record.value) {
             case .success(let envelope):
-                return [.note(.consumed(record))] + perform(.store(record, .fulfil(Fulfilment(envelope: envelope, at: now))), now: now)
+                var fulfilment = Fulfilment(envelope: envelope, at: now)
+                fulfilment.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+                return [.note(.consumed(record))] + perform(.store(record, .fulfil(fulfilment)), now: now)
             case .failure(let error):
                 let reason = error.description
                 let letter = DeadLetter(source: record.source(topic: configuration.topic), reason: reason, payload: record.value, at: now)
