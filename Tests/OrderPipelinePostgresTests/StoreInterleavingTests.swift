@@ -1,0 +1,152 @@
+import Foundation
+import OrderPipelineCore
+import OrderPipelinePostgres
+import OrderPipelineSimulation
+import Synchronization
+import Testing
+
+/// Interleavings over several connections: after a random prefix, a group of 2–3 steps runs at once, each on its
+/// own connection. Every member but the last runs its transaction up to COMMIT and holds it open (with its
+/// locks); the last then runs until it finishes or waits on a lock (seen in `pg_stat_activity`, no sleeping);
+/// then the held transactions commit in order and the last one completes. The outcome (the group's replies and
+/// the final state) must be one of the model's serial orders of the group.
+@Suite("Store interleavings", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+struct StoreInterleavingTests {
+    /// A tenth of the sequences, in two parallel shards.
+    static let shards = 2
+
+    @Test("concurrent groups end as one of their serial orders", arguments: 0..<shards)
+    func concurrentGroups(shard: Int) async throws {
+        try await DifferentialDatabase.with { database in
+            let peers = try await Peers(database)
+            defer { peers.close() }
+            for index in stride(from: shard, to: max(1, Differential.sequences / 10), by: Self.shards) {
+                let seed = Differential.firstSeed + UInt64(index)
+                var generator = StoreCommandGenerator(seed: seed)
+                let prefix = (0..<Differential.length(seed: seed)).map { _ in generator.next() }
+                let group = generator.concurrentGroup()
+                if let report = try await peers.check(prefix: prefix, group: group, seed: seed) {
+                    Issue.record(Comment(rawValue: report))
+                    return
+                }
+            }
+        }
+    }
+}
+
+/// Extra sessions on a differential database, one per member of a concurrent group.
+final class Peers: Sendable {
+    let database: DifferentialDatabase
+    let sessions: [PostgresSession]
+    let pids: [Int32]
+
+    init(_ database: DifferentialDatabase) async throws {
+        self.database = database
+        sessions = (0..<3).map { PostgresSession(settings: database.settings, logger: TestDatabase.logger, name: "pg-peer-\($0)") }
+        var pids: [Int32] = []
+        for session in sessions {
+            let pid: Result<Int32, PostgresError> = await session.withConnection { c in c.map(\.backendPID) }
+            pids.append(try pid.get())
+        }
+        self.pids = pids
+    }
+
+    func close() { sessions.forEach { $0.close() } }
+
+    /// The model's outcome for every serial order of the group (replies in the group's own order).
+    static func serialOutcomes(prefix: [Step], group: [Step]) -> [Outcome] {
+        permutations(Array(group.indices)).map { order in
+            let model = PostgresModel()
+            var outcome = Differential.runModel(prefix, model: model)
+            var replies = [StoreResult](repeating: .unknown, count: group.count)
+            for index in order { replies[index] = .committed(model.perform(group[index].command).reply) }
+            outcome.replies += replies
+            outcome.snapshot = StoreSnapshot(model)
+            return outcome
+        }
+    }
+
+    static func permutations(_ values: [Int]) -> [[Int]] {
+        guard values.count > 1 else { return [values] }
+        return values.indices.flatMap { index in
+            var rest = values
+            let head = rest.remove(at: index)
+            return permutations(rest).map { [head] + $0 }
+        }
+    }
+
+    /// Runs the prefix on the main session, then the group as described on `StoreInterleavingTests`.
+    func run(prefix: [Step], group: [Step]) async throws -> Outcome {
+        var outcome = try await database.run(prefix)
+        var replies: [StoreResult] = []
+        for (index, step) in group.dropLast().enumerated() {
+            replies.append(await sessions[index].withConnection { c in
+                switch c {
+                case .success(let c): StoreRecipes.perform(step.command, on: c, mode: .holdOpen)
+                case .failure(let error): .failed(.unavailable(error.message))
+                }
+            })
+        }
+        let last = group.count - 1
+        let finished = Flag()
+        async let lastReply = sessions[last].withConnection { [command = group[last].command] c -> StoreResult in
+            defer { finished.set() }
+            switch c {
+            case .success(let c): return StoreRecipes.perform(command, on: c)
+            case .failure(let error): return .failed(.unavailable(error.message))
+            }
+        }
+        try await waitUntilFinishedOrBlocked(pid: pids[last], finished: finished)
+        for index in 0..<last {
+            let committed = await sessions[index].withConnection { c in
+                (try? c.get()).map { StoreRecipes.finish(on: $0, commit: true) } ?? .unknown
+            }
+            if case .failed = committed { replies[index] = committed }
+        }
+        replies.append(await lastReply)
+        outcome.replies += replies
+        outcome.snapshot = try await database.snapshot()
+        return outcome
+    }
+
+    /// Polls the server until the session has finished its step or waits on a lock (a held member's).
+    private func waitUntilFinishedOrBlocked(pid: Int32, finished: Flag) async throws {
+        let started = ContinuousClock.now
+        while !finished.isSet {
+            let waiting: Result<Bool, PostgresError> = await database.session.withConnection { c in
+                Result { () throws(PostgresError) in
+                    try c.get().query("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1::int", [.int(Int(pid))]).string(0, 0) == "t"
+                }
+            }
+            if try waiting.get() { return }
+            if ContinuousClock.now - started > .seconds(10) { throw PostgresError(code: .protocolViolation, message: "a concurrent step neither finished nor waited") }
+        }
+    }
+
+    /// The differences between PostgreSQL's outcome and the nearest serial outcome of the model (empty: allowed).
+    func differences(prefix: [Step], group: [Step]) async throws -> [String] {
+        let actual = try await run(prefix: prefix, group: group)
+        let steps = prefix + group
+        let candidates = Self.serialOutcomes(prefix: prefix, group: group).map { $0.differences(from: actual, steps: steps) }
+        return candidates.contains(where: \.isEmpty) ? [] : candidates.min { $0.count < $1.count } ?? []
+    }
+
+    func check(prefix: [Step], group: [Step], seed: UInt64) async throws -> String? {
+        let found = try await differences(prefix: prefix, group: group)
+        guard !found.isEmpty else { return nil }
+        let shrunk = await Differential.shrink(prefix) { candidate in
+            (try? await self.differences(prefix: candidate, group: group).isEmpty == false) ?? false
+        }
+        return "Concurrent group (members on their own connections, all but the last held open until the last runs):\n"
+            + Step.source(group) + "\nmatches no serial order of the model after the prefix below.\n"
+            + Differential.report(seed: seed, original: prefix.count, shrunk: shrunk,
+                                  differences: try await differences(prefix: shrunk, group: group))
+    }
+}
+
+/// Set once, from the thread that runs a session's job.
+final class Flag: Sendable {
+    private let value = Mutex(false)
+    func set() { value.withLock { $0 = true } }
+    var isSet: Bool { value.withLock { $0 } }
+}
