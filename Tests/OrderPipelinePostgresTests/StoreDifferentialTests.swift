@@ -23,6 +23,30 @@ struct StoreDifferentialTests {
         }
     }
 
+    /// Shrunk sequences pinned as regression tests: paste a reported sequence here.
+    static let regressions: [[Step]] = [
+        // `fulfil` moves only a Pending order (caught with the Pending guard of SQL.fulfil removed).
+        [
+            .create(order: 4, key: "key-4", body: 4, at: 29716070),
+            .transition(order: 4, to: .processing, at: 41931290, reason: nil),
+            .fulfil(order: 4, type: .orderCreated, at: 54447023),
+        ],
+        // A retry by an owner that holds no claim on the row changes nothing (caught with the owner fence of the
+        // retry part of SQL.settle removed).
+        [
+            .create(order: 4, key: "key-3", body: 2, at: 17367981),
+            .settle(.kafka, owner: "relay-2", now: 17640561, published: [], retries: [.init(1, notBefore: 23117518, "NULL")], rejections: []),
+        ],
+    ]
+
+    @Test("pinned sequences: the model and PostgreSQL agree", arguments: regressions)
+    func regression(_ steps: [Step]) async throws {
+        try await DifferentialDatabase.with { database in
+            let differences = try await database.differences(steps)
+            #expect(differences.isEmpty, Comment(rawValue: Differential.report(seed: nil, original: steps.count, shrunk: steps, differences: differences)))
+        }
+    }
+
     @Test("the generator is deterministic and covers every command and reply")
     func generatorCoverage() {
         #expect(StoreCommandGenerator.sequence(seed: 7, count: 50) == StoreCommandGenerator.sequence(seed: 7, count: 50))

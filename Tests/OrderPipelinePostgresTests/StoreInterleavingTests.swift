@@ -20,7 +20,8 @@ struct StoreInterleavingTests {
         try await DifferentialDatabase.with { database in
             let peers = try await Peers(database)
             defer { peers.close() }
-            for index in stride(from: shard, to: max(1, Differential.sequences / 10), by: Self.shards) {
+            let indices = Array(stride(from: shard, to: max(1, Differential.sequences / 10), by: Self.shards))
+            for index in indices {
                 let seed = Differential.firstSeed + UInt64(index)
                 var generator = StoreCommandGenerator(seed: seed)
                 let prefix = (0..<Differential.length(seed: seed)).map { _ in generator.next() }
@@ -30,6 +31,8 @@ struct StoreInterleavingTests {
                     return
                 }
             }
+            // The groups really overlapped: in some (about a third), the last member waited on a held member's lock.
+            if indices.count >= 20 { #expect(peers.blocked.value > 0, "\(peers.blocked.value) of \(indices.count) groups waited on a lock") }
         }
     }
 }
@@ -39,6 +42,8 @@ final class Peers: Sendable {
     let database: DifferentialDatabase
     let sessions: [PostgresSession]
     let pids: [Int32]
+    /// How many groups' last member waited on a lock (the runs' evidence that the groups overlapped).
+    let blocked = Counter()
 
     init(_ database: DifferentialDatabase) async throws {
         self.database = database
@@ -96,7 +101,7 @@ final class Peers: Sendable {
             case .failure(let error): return .failed(.unavailable(error.message))
             }
         }
-        try await waitUntilFinishedOrBlocked(pid: pids[last], finished: finished)
+        if try await waitUntilFinishedOrBlocked(pid: pids[last], finished: finished) { blocked.add() }
         for index in 0..<last {
             let committed = await sessions[index].withConnection { c in
                 (try? c.get()).map { StoreRecipes.finish(on: $0, commit: true) } ?? .unknown
@@ -109,8 +114,9 @@ final class Peers: Sendable {
         return outcome
     }
 
-    /// Polls the server until the session has finished its step or waits on a lock (a held member's).
-    private func waitUntilFinishedOrBlocked(pid: Int32, finished: Flag) async throws {
+    /// Polls the server until the session has finished its step or waits on a lock (a held member's); true if
+    /// it waited.
+    private func waitUntilFinishedOrBlocked(pid: Int32, finished: Flag) async throws -> Bool {
         let started = ContinuousClock.now
         while !finished.isSet {
             let waiting: Result<Bool, PostgresError> = await database.session.withConnection { c in
@@ -118,9 +124,10 @@ final class Peers: Sendable {
                     try c.get().query("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1::int", [.int(Int(pid))]).string(0, 0) == "t"
                 }
             }
-            if try waiting.get() { return }
+            if try waiting.get() { return true }
             if ContinuousClock.now - started > .seconds(10) { throw PostgresError(code: .protocolViolation, message: "a concurrent step neither finished nor waited") }
         }
+        return false
     }
 
     /// The differences between PostgreSQL's outcome and the nearest serial outcome of the model (empty: allowed).
@@ -140,13 +147,19 @@ final class Peers: Sendable {
         return "Concurrent group (members on their own connections, all but the last held open until the last runs):\n"
             + Step.source(group) + "\nmatches no serial order of the model after the prefix below.\n"
             + Differential.report(seed: seed, original: prefix.count, shrunk: shrunk,
-                                  differences: try await differences(prefix: shrunk, group: group))
+                                  differences: try await differences(prefix: shrunk, group: group), suite: "StoreInterleavingTests")
     }
 }
 
 /// Set once, from the thread that runs a session's job.
 final class Flag: Sendable {
-    private let value = Mutex(false)
-    func set() { value.withLock { $0 = true } }
-    var isSet: Bool { value.withLock { $0 } }
+    private let state = Mutex(false)
+    func set() { state.withLock { $0 = true } }
+    var isSet: Bool { state.withLock { $0 } }
+}
+
+final class Counter: Sendable {
+    private let state = Mutex(0)
+    func add() { state.withLock { $0 += 1 } }
+    var value: Int { state.withLock { $0 } }
 }

@@ -24,7 +24,7 @@ struct StoreSnapshot: Hashable, Sendable {
         var order: OrderID
     }
 
-    struct OutboxRow: Hashable, Sendable {
+    struct OutboxRow: Hashable, Sendable, CustomStringConvertible {
         var sequence: Int64
         var event: PipelineEvent
         var attempts: Int
@@ -45,13 +45,20 @@ struct StoreSnapshot: Hashable, Sendable {
             self.publishedAt = publishedAt
             self.deadLetteredAt = deadLetteredAt
         }
+
+        var description: String {
+            "#\(sequence) \(event.type.rawValue) of \(event.orderID) at \(event.occurredAt) id \(event.id) payload \(printable(event.payload)); "
+                + "attempts \(attempts), due \(due), claim \(claim ?? "none"), last error \(lastError.map { String(reflecting: $0) } ?? "nil"), "
+                + "published \(publishedAt.map(\.description) ?? "nil"), dead-lettered \(deadLetteredAt.map(\.description) ?? "nil")"
+        }
     }
 
-    struct Letter: Hashable, Sendable {
+    struct Letter: Hashable, Sendable, CustomStringConvertible {
         var source: String
         var reason: String
         var payload: [UInt8]
         var at: Instant
+        var description: String { "\(source): \(String(reflecting: reason)) at \(at), payload \(printable(payload))" }
     }
 
     var orders: [Order] = []
@@ -94,6 +101,13 @@ struct StoreSnapshot: Hashable, Sendable {
         compare("dead letters", deadLetters, other.deadLetters)
         return lines
     }
+}
+
+/// Short payloads as text (or hex), long ones by length and digest: enough to see whether two differ.
+func printable(_ bytes: [UInt8]) -> String {
+    if bytes.count > 24 { return "\(bytes.count) bytes, SHA-1 \(SHA1.hash(bytes).hexString.prefix(12))" }
+    if let text = String(validating: bytes, as: UTF8.self) { return String(reflecting: text) }
+    return "0x" + bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
 }
 
 extension StoreSnapshot {
