@@ -35,6 +35,45 @@ struct StoreInterleavingTests {
             if indices.count >= 20 { #expect(peers.blocked.value > 0, "\(peers.blocked.value) of \(indices.count) groups waited on a lock") }
         }
     }
+
+    struct Pinned: Sendable, CustomTestStringConvertible {
+        var prefix: [Step]
+        var group: [Step]
+        var testDescription: String { "\(group.count) concurrent after \(prefix.count) steps" }
+    }
+
+    /// Reported groups pinned as regression tests: the shrunk prefix and the group.
+    static let regressions: [Pinned] = [
+        // The same event delivered twice at once to a Processing order: skipped, then a duplicate.
+        Pinned(prefix: [
+            .create(order: 1, key: "key-1", body: 3, at: 2233982),
+            .transition(order: 1, to: .processing, at: 9733677, reason: nil),
+        ], group: [
+            .fulfil(order: 1, type: .orderCreated, at: 27576905),
+            .fulfil(order: 1, type: .orderCreated, at: 27576905),
+        ]),
+        // Three claimers at once share the heads of three orders without overlap.
+        Pinned(prefix: [
+            .create(order: 1, key: "key-1", body: 0, at: 1_000_000),
+            .transition(order: 1, to: .failed, at: 1_500_000, reason: "out of stock"),
+            .create(order: 2, key: "key-2", body: 1, at: 2_000_000),
+            .create(order: 3, key: "key-3", body: 2, at: 3_000_000),
+        ], group: [
+            .claim(.kafka, owner: "relay-1", limit: 1, now: 4_000_000, lease: 5_000_000),
+            .claim(.kafka, owner: "relay-2", limit: 1, now: 4_000_000, lease: 5_000_000),
+            .claim(.kafka, owner: "relay-3", limit: 3, now: 4_000_000, lease: 5_000_000),
+        ]),
+    ]
+
+    @Test("pinned groups end as one of their serial orders", arguments: regressions)
+    func regression(_ pinned: Pinned) async throws {
+        try await DifferentialDatabase.with { database in
+            let peers = try await Peers(database)
+            defer { peers.close() }
+            let differences = try await peers.differences(prefix: pinned.prefix, group: pinned.group)
+            #expect(differences.isEmpty, Comment(rawValue: differences.joined(separator: "\n")))
+        }
+    }
 }
 
 /// Extra sessions on a differential database, one per member of a concurrent group.
@@ -147,7 +186,8 @@ final class Peers: Sendable {
         return "Concurrent group (members on their own connections, all but the last held open until the last runs):\n"
             + Step.source(group) + "\nmatches no serial order of the model after the prefix below.\n"
             + Differential.report(seed: seed, original: prefix.count, shrunk: shrunk,
-                                  differences: try await differences(prefix: shrunk, group: group), suite: "StoreInterleavingTests")
+                                  differences: try await differences(prefix: shrunk, group: group), suite: "StoreInterleavingTests",
+                                  pasteInto: "`StoreInterleavingTests.regressions` as the prefix, with the group above")
     }
 }
 
