@@ -112,7 +112,9 @@ struct StoreCommandGenerator {
 
     private mutating func claim() -> Step {
         let limit = random.chance(0.05) ? 0 : Int(1 + random.below(4))
-        return .claim(outbox(), owner: owner(), limit: limit, now: clock, lease: Int64(500_000 + random.below(20_000_000)))
+        // Short leases (often overtaken) and long ones (usually settled by their owner).
+        let lease = random.chance(0.5) ? 200_000 + random.below(3_000_000) : 3_000_000 + random.below(17_000_000)
+        return .claim(outbox(), owner: owner(), limit: limit, now: clock, lease: Int64(lease))
     }
 
     private mutating func settle() -> Step { settle(outbox(), owner: owner()) }
@@ -122,7 +124,8 @@ struct StoreCommandGenerator {
         // What the owner holds now, sometimes with rows it lost (stale) or that do not exist.
         var sequences = table.rows.filter { $0.claimedBy == owner && !$0.isSettled }.map(\.sequence)
         let past = claimed[owner, default: []].filter { $0.0 == outbox && !sequences.contains($0.1) }.map(\.1)
-        if random.chance(0.3), let stale = pick(past) { sequences.append(stale) }
+        let takenOver = past.filter { table.row($0)?.claimedBy.map { $0 != owner } ?? false }
+        if random.chance(0.6), let stale = pick(takenOver.isEmpty ? past : takenOver) { sequences.append(stale) }
         if random.chance(0.05) { sequences.append(Int64(table.rows.count) + 1 + Int64(random.below(3))) }
         var published: [Int64] = []
         var retries: [Step.Retry] = []

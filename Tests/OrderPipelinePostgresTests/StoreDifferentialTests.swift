@@ -1,4 +1,5 @@
 import OrderPipelineCore
+import OrderPipelineSimulation
 import Testing
 
 /// Random differential testing of the store: the same seeded sequences of store commands run against the
@@ -47,15 +48,22 @@ struct StoreDifferentialTests {
         }
     }
 
-    @Test("the generator is deterministic and covers every command and reply")
+    @Test("the generator is deterministic and covers every command, every reply and stale owners")
     func generatorCoverage() {
         #expect(StoreCommandGenerator.sequence(seed: 7, count: 50) == StoreCommandGenerator.sequence(seed: 7, count: 50))
         var replies: Set<String> = []
+        var staleSettlements = 0
         for seed in UInt64(0)..<200 {
-            let steps = StoreCommandGenerator.sequence(seed: seed, count: Differential.length(seed: seed))
-            for reply in Differential.runModel(steps).replies {
-                guard case .committed(let reply) = reply else { continue }
-                replies.insert(String(String(describing: reply).prefix { $0 != "(" }))
+            let model = PostgresModel()
+            for step in StoreCommandGenerator.sequence(seed: seed, count: Differential.length(seed: seed)) {
+                // A settlement naming a row that another owner has claimed since.
+                if case .settle(let outbox, let owner, _, let published, let retries, let rejections) = step,
+                   (published + retries.map(\.sequence) + rejections.map(\.sequence)).contains(where: { sequence in
+                       model.outbox(outbox).row(sequence).map { $0.claimedBy != nil && $0.claimedBy != owner } ?? false
+                   }) {
+                    staleSettlements += 1
+                }
+                replies.insert(String(String(describing: model.perform(step.command).reply).prefix { $0 != "(" }))
             }
         }
         let expected: Set<String> = [
@@ -63,5 +71,6 @@ struct StoreDifferentialTests {
             "claimed", "settled", "released", "fulfilled", "duplicate", "skipped", "recorded", "orderMissing", "deadLettered",
         ]
         #expect(replies == expected)
+        #expect(staleSettlements > 10, "\(staleSettlements) settlements by a stale owner")
     }
 }

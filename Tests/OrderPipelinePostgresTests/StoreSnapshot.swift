@@ -139,7 +139,7 @@ extension StoreSnapshot {
             else { throw malformed("order") }
             orders.append(order)
         }
-        let moves = try c.query("SELECT order_id, from_status, to_status, \(micros("at")) FROM order_status_transitions ORDER BY id")
+        let moves = try c.query("SELECT order_id, from_status, to_status, \(Self.micros("at")) FROM order_status_transitions ORDER BY id")
         for row in 0..<moves.count {
             guard let id = moves.string(row, 0).flatMap({ OrderID($0) }), let to = moves.string(row, 2).flatMap({ OrderStatus(rawValue: $0) }),
                   let at = instant(moves, row, 3)
@@ -154,8 +154,8 @@ extension StoreSnapshot {
         }
         func outbox(_ table: String) throws(PostgresError) -> [OutboxRow] {
             let rows = try c.query("""
-                SELECT sequence, event_id, event_type, order_id, \(micros("occurred_at")), payload, attempts, \(micros("next_attempt_at")),
-                       claimed_by, \(micros("claimed_until")), last_error, \(micros("published_at")), \(micros("dead_lettered_at"))
+                SELECT sequence, event_id, event_type, order_id, \(Self.micros("occurred_at")), payload, attempts, \(Self.micros("next_attempt_at")),
+                       claimed_by, \(Self.micros("claimed_until")), last_error, \(Self.micros("published_at")), \(Self.micros("dead_lettered_at"))
                 FROM \(table)
                 """)
             var out: [OutboxRow] = []
@@ -178,7 +178,7 @@ extension StoreSnapshot {
         serviceBus = try outbox("service_bus_outbox")
         let inboxRows = try c.query("SELECT event_id FROM consumer_inbox")
         inbox = (0..<inboxRows.count).compactMap { inboxRows.string($0, 0).flatMap { EventID($0) } }
-        let letters = try c.query("SELECT source, reason, payload, \(micros("at")) FROM dead_letters")
+        let letters = try c.query("SELECT source, reason, payload, \(Self.micros("at")) FROM dead_letters")
         for row in 0..<letters.count {
             guard let source = letters.string(row, 0), let reason = letters.string(row, 1), let payload = letters.bytes(row, 2),
                   let at = instant(letters, row, 3)
@@ -201,6 +201,6 @@ extension StoreSnapshot {
             """)
     }
 
+    /// Microseconds since the epoch, exactly (`extract` answers numeric).
     private static func micros(_ column: String) -> String { "(extract(epoch from \(column)) * 1000000)::int8" }
-    private func micros(_ column: String) -> String { Self.micros(column) }
 }
