@@ -12,6 +12,8 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
     case optimisticInbox = "optimistic-inbox"
     case idCursor = "id-cursor"
     case unorderedRelays = "unordered-relays"
+    case haltingDeadLetters = "halting-dead-letters"
+    case claimWhileCutOff = "claim-while-cut-off"
 
     public var summary: String {
         switch self {
@@ -23,6 +25,8 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .optimisticInbox: "the consumer checks the inbox, does the work, and inserts the inbox row in a later transaction"
         case .idCursor: "the relay reads rows with id > last seen id, skipping rows that commit after a higher id"
         case .unorderedRelays: "relays claim with SKIP LOCKED but without head-of-line, so one order's events overtake each other"
+        case .haltingDeadLetters: "the consumer retries a poison record's copy to the dead-letter topic forever, halting its partitions"
+        case .claimWhileCutOff: "a relay that cannot reach its broker keeps claiming rows and failing them, starving healthy relays"
         }
     }
 
@@ -35,7 +39,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .optimisticInbox: variants.optimisticInbox = true
         case .idCursor: variants.idCursor = true
         case .unorderedRelays: variants.claimWithoutHeadOfLine = true
-        case .autoCommit, .randomMessageID, .markBeforeAck: break
+        case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff: break
         }
         return variants
     }
@@ -48,9 +52,20 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case (.randomMessageID, .relay(.serviceBus), let relay as OutboxRelay): RandomMessageIDRelay(inner: relay, random: SplitMix64(seed: seed))
         case (.markBeforeAck, .relay, let relay as OutboxRelay): MarkBeforeAckRelay(inner: relay)
         case (.optimisticInbox, .consumer, let consumer as FulfilmentConsumer): OptimisticInboxConsumer(inner: consumer)
+        case (.haltingDeadLetters, .consumer, let consumer as FulfilmentConsumer):
+            FulfilmentConsumer(configuration: with(consumer.configuration) { $0.deadLetterForwardAttempts = .max }, seed: seed)
+        case (.claimWhileCutOff, .relay, let relay as OutboxRelay):
+            OutboxRelay(configuration: with(relay.configuration) { $0.backOffWhileBrokerUnreachable = false }, seed: seed)
         default: machine
         }
     }
+}
+
+/// A copy of `value` with `change` applied (a production setting turned into its bug).
+private func with<T>(_ value: T, _ change: (inout T) -> Void) -> T {
+    var copy = value
+    change(&copy)
+    return copy
 }
 
 /// Tickets the wrappers use for their own effects, far above any the inner machine will reach.
@@ -140,7 +155,7 @@ struct MarkBeforeAckRelay: PipelineMachine {
             next += 1
             held[Ticket(next)] = effect
             let c = inner.configuration
-            return .store(Ticket(next), .settleOutbox(OutboxSettlement(outbox: c.outbox, owner: c.owner, now: now, published: rows.map(\.sequence))))
+            return .store(Ticket(next), .settleOutbox(OutboxSettlement(outbox: c.outbox, owner: c.owner, published: rows.map(\.sequence))))
         }
     }
 }

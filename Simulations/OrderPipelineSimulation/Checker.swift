@@ -11,6 +11,7 @@ public enum Invariant: String, Sendable, CaseIterable, Hashable {
     case kafkaOrder = "order-events-in-order"
     case deadLettersOnlyPoison = "dead-letters-only-poison"
     case nothingPending = "nothing-pending-after-liveness"
+    case noUnexpectedBranch = "no-unexpected-branch"
 }
 
 public struct Violation: Sendable, Hashable, CustomStringConvertible {

@@ -25,6 +25,16 @@ public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable, Cod
     case rebalance
     /// A foreign producer writes an undecodable record to the orders topic.
     case poison
+    /// A node's wall clock is off (NTP broken, a VM resumed): fixed offsets and sudden steps, both directions.
+    case clockSkew = "clock-skew"
+    /// One transaction fails outside any outage: serialization failure, deadlock, statement timeout, a stale
+    /// pooled connection after a server restart. Nothing was written.
+    case storeFailure = "store-failure"
+    /// The dead-letter topic cannot take records (missing with auto-create off, an ACL, too large with the
+    /// extra headers) — for the whole run: a configuration fault the heal does not repair.
+    case deadLetterTopicDown = "dead-letter-topic-down"
+    /// One relay reaches PostgreSQL but not its broker for a window, while the other nodes are healthy.
+    case partialPartition = "partial-partition"
 
     public static func < (lhs: FaultKind, rhs: FaultKind) -> Bool { lhs.index < rhs.index }
     public var index: Int { FaultKind.allCases.firstIndex(of: self)! }
@@ -32,7 +42,7 @@ public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable, Cod
 
 /// The named fault profiles of `order-sim --faults`.
 public enum FaultProfile: String, CaseIterable, Sendable {
-    case none, crash, outage, duplicates, all
+    case none, crash, outage, duplicates, hostile, all
 
     public var kinds: [FaultKind] {
         switch self {
@@ -40,6 +50,8 @@ public enum FaultProfile: String, CaseIterable, Sendable {
         case .crash: [.crashBeforeEffect, .crashAfterEffect, .relayPause]
         case .outage: [.databaseOutage, .kafkaOutage, .serviceBusOutage, .commitUnknown, .produceTimeout, .sendTimeout]
         case .duplicates: [.duplicateDelivery, .duplicateRequest, .rebalance, .poison]
+        // Poison too: a dead-letter topic that is down matters only when there is something to dead-letter.
+        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .poison]
         case .all: FaultKind.allCases
         }
     }
@@ -66,7 +78,38 @@ public struct FaultRates: Sendable, Hashable, Codable {
     public var rebalanceBeforeCommit = 0.02
     /// Poison records during the safety phase.
     public var poisonRecords = 2
+    /// Per node: the chance its clock runs off true time (by up to a minute either way) for the whole run.
+    public var clockSkewedNodes = 0.3
+    /// Clock steps (a node's clock jumps by up to 30 s either way) during the safety phase.
+    public var clockSteps = 2
+    /// Per store transaction, outside outage windows.
+    public var storeFailure = 0.01
+    /// Windows during the safety phase in which one relay cannot reach its broker.
+    public var partialPartitions = 2
     public init() {}
+
+    /// Replay files written before a rate existed leave it out: it takes its default.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = FaultRates()
+        func rate<T: Decodable>(_ key: CodingKeys, _ fallback: T) throws -> T { try c.decodeIfPresent(T.self, forKey: key) ?? fallback }
+        crashBeforeEffect = try rate(.crashBeforeEffect, d.crashBeforeEffect)
+        crashAfterEffect = try rate(.crashAfterEffect, d.crashAfterEffect)
+        relayPause = try rate(.relayPause, d.relayPause)
+        outageWindows = try rate(.outageWindows, d.outageWindows)
+        commitUnknown = try rate(.commitUnknown, d.commitUnknown)
+        produceTimeout = try rate(.produceTimeout, d.produceTimeout)
+        sendTimeout = try rate(.sendTimeout, d.sendTimeout)
+        duplicateDelivery = try rate(.duplicateDelivery, d.duplicateDelivery)
+        duplicateRequest = try rate(.duplicateRequest, d.duplicateRequest)
+        rebalances = try rate(.rebalances, d.rebalances)
+        rebalanceBeforeCommit = try rate(.rebalanceBeforeCommit, d.rebalanceBeforeCommit)
+        poisonRecords = try rate(.poisonRecords, d.poisonRecords)
+        clockSkewedNodes = try rate(.clockSkewedNodes, d.clockSkewedNodes)
+        clockSteps = try rate(.clockSteps, d.clockSteps)
+        storeFailure = try rate(.storeFailure, d.storeFailure)
+        partialPartitions = try rate(.partialPartitions, d.partialPartitions)
+    }
 }
 
 /// The shape and workload of one simulated run.
@@ -87,8 +130,12 @@ public struct SimulationOptions: Sendable, Hashable {
     public var cancelShare = 0.1
     /// Record the history (needed for `--trace`; off for speed otherwise).
     public var recordHistory = false
-    /// Virtual-time budget of the liveness phase.
-    public var livenessDeadline: Duration = .seconds(300)
+    /// The bounded-recovery invariant: after the heal, everything is quiescent within this much virtual time, or
+    /// the seed fails — a bug that only stalls fails too. Derived from the pipeline's own timings: a row whose
+    /// retry was scheduled just before the heal waits at most one capped backoff (10 s) and may fail once more in
+    /// flight (another 10 s); a crashed relay's claims expire with its lease (2 s); the fallback poll (0.5 s); a
+    /// consumer-group rebalance after a restart and a client's retry (about 2.5 s). 25 s, rounded up to 30 s.
+    public var livenessDeadline: Duration = .seconds(30)
     /// When set, only these fault chances may strike (see `FaultReference`): how shrinking removes faults.
     public var faultSchedule: Set<FaultReference>?
     /// A bug-zoo variant of the pipeline to run instead of the correct one (see `ZooBug`).
@@ -124,6 +171,10 @@ extension SimulationOptions {
         rates.rebalances = Int(draw.int(in: 1...6))
         rates.rebalanceBeforeCommit = scale(rates.rebalanceBeforeCommit)
         rates.poisonRecords = Int(draw.int(in: 1...4))
+        rates.clockSkewedNodes = [0.2, 0.5, 1][Int(draw.below(3))]
+        rates.clockSteps = Int(draw.int(in: 0...4))
+        rates.storeFailure = scale(rates.storeFailure)
+        rates.partialPartitions = Int(draw.int(in: 1...3))
         options.rates = rates
         options.apiInstances = Int(draw.int(in: 1...3))
         options.relays = Int(draw.int(in: 1...4))

@@ -41,10 +41,10 @@ public final class PostgresModel {
             return lastReserved
         }
 
-        mutating func insert(_ event: PipelineEvent, sequence reserved: Int64?) {
+        mutating func insert(_ event: PipelineEvent, sequence reserved: Int64?, at now: Instant) {
             let sequence = reserved ?? reserve()
             position[sequence] = stored.count
-            stored.append(OutboxRow(sequence: sequence, event: event))
+            stored.append(OutboxRow(sequence: sequence, event: event, nextAttemptAt: now))
             unsettledSequences.insert(sequence, at: unsettledSequences.insertionPoint(of: sequence))
             var queue = unsettled[event.orderID, default: []]
             queue.insert(sequence, at: queue.insertionPoint(of: sequence))
@@ -58,18 +58,18 @@ public final class PostgresModel {
 
         public var pending: [OutboxRow] { unsettledSequences.compactMap { row($0) } }
 
-        mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants) -> [OutboxMessage] {
+        mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants, at now: Instant) -> [OutboxMessage] {
             var claimed: [OutboxMessage] = []
             let cursor = variants.idCursor ? cursors[claim.owner, default: 0] : .min
             for sequence in unsettledSequences where sequence > cursor {
                 guard claimed.count < claim.limit, let i = position[sequence] else { break }
                 let row = stored[i]
-                guard row.nextAttemptAt <= claim.now else { continue }
-                guard row.claimedBy == nil || row.claimedUntil <= claim.now else { continue }
+                guard row.nextAttemptAt <= now else { continue }
+                guard row.claimedBy == nil || row.claimedUntil <= now else { continue }
                 if !variants.claimWithoutHeadOfLine, unsettled[row.event.orderID]?.first != sequence { continue }
                 if let cap = variants.claimAttemptCap, row.attempts >= cap { continue }
                 stored[i].claimedBy = claim.owner
-                stored[i].claimedUntil = claim.leaseUntil
+                stored[i].claimedUntil = now + claim.lease
                 stored[i].attempts += 1
                 claimed.append(OutboxMessage(sequence: sequence, event: row.event, attempts: stored[i].attempts))
             }
@@ -78,7 +78,7 @@ public final class PostgresModel {
         }
 
         /// Applies the fenced settlement; answers how many rows changed.
-        mutating func settle(_ settlement: OutboxSettlement) -> (rows: Int, deadLettered: [OutboxRow]) {
+        mutating func settle(_ settlement: OutboxSettlement, at now: Instant) -> (rows: Int, deadLettered: [OutboxRow]) {
             var changed = 0
             var letters: [OutboxRow] = []
             func owned(_ sequence: Int64) -> Int? {
@@ -87,21 +87,21 @@ public final class PostgresModel {
             }
             for sequence in settlement.published {
                 guard let i = owned(sequence) else { continue }
-                stored[i].publishedAt = settlement.now
+                stored[i].publishedAt = now
                 stored[i].claimedBy = nil
                 settled(i)
                 changed += 1
             }
             for retry in settlement.retries {
                 guard let i = owned(retry.sequence) else { continue }
-                stored[i].nextAttemptAt = retry.notBefore
+                stored[i].nextAttemptAt = now + retry.delay
                 stored[i].lastError = retry.error
                 stored[i].claimedBy = nil
                 changed += 1
             }
             for rejection in settlement.rejections {
                 guard let i = owned(rejection.sequence) else { continue }
-                stored[i].deadLetteredAt = settlement.now
+                stored[i].deadLetteredAt = now
                 stored[i].lastError = rejection.reason
                 stored[i].claimedBy = nil
                 settled(i)
@@ -152,6 +152,10 @@ public final class PostgresModel {
     public var kafkaOutbox = OutboxTable()
     public var serviceBusOutbox = OutboxTable()
 
+    /// The database's clock (`now()`): due times and leases are stamped and compared by it alone, never by the
+    /// clients' clocks. The world sets it to true time before each transaction; tests set it as they need.
+    public var now = Instant(microseconds: 0)
+
     /// Which recipes a bug-zoo variant replaces; the correct store uses none.
     public var recipeVariants = RecipeVariants()
 
@@ -197,7 +201,7 @@ public final class PostgresModel {
             transitions.append(Transition(orderID: new.order.id, from: nil, to: new.order.status, at: new.order.createdAt))
             idempotencyKeys[new.idempotencyKey] = (new.fingerprint, new.order.id)
             if recipeVariants.createWithoutOutbox { return (.orderCreated(new.order), nil) }
-            kafkaOutbox.insert(new.event, sequence: reserved.kafka)
+            kafkaOutbox.insert(new.event, sequence: reserved.kafka, at: now)
             return (.orderCreated(new.order), .kafka)
 
         case .transition(let change):
@@ -211,22 +215,22 @@ public final class PostgresModel {
             transitions.append(Transition(orderID: order.id, from: from, to: change.to, at: change.at))
             var notify: OutboxKind?
             if let type = EventType(announcing: change.to) {
-                kafkaOutbox.insert(PipelineEvent(type: type, order: order, at: change.at, includeOrder: false), sequence: reserved.kafka)
+                kafkaOutbox.insert(PipelineEvent(type: type, order: order, at: change.at, includeOrder: false), sequence: reserved.kafka, at: now)
                 notify = .kafka
             }
             if change.to == .fulfilled {
-                serviceBusOutbox.insert(PipelineEvent(type: .orderFulfilled, orderID: order.id, at: change.at, status: .fulfilled), sequence: reserved.serviceBus)
+                serviceBusOutbox.insert(PipelineEvent(type: .orderFulfilled, orderID: order.id, at: change.at, status: .fulfilled), sequence: reserved.serviceBus, at: now)
             }
             return (.transitioned(order), notify)
 
         case .claimOutbox(let claim):
-            let rows = claim.outbox == .kafka ? kafkaOutbox.claim(claim, variants: recipeVariants) : serviceBusOutbox.claim(claim, variants: recipeVariants)
+            let rows = claim.outbox == .kafka ? kafkaOutbox.claim(claim, variants: recipeVariants, at: now) : serviceBusOutbox.claim(claim, variants: recipeVariants, at: now)
             return (.claimed(rows), nil)
 
         case .settleOutbox(let settlement):
-            let result = settlement.outbox == .kafka ? kafkaOutbox.settle(settlement) : serviceBusOutbox.settle(settlement)
+            let result = settlement.outbox == .kafka ? kafkaOutbox.settle(settlement, at: now) : serviceBusOutbox.settle(settlement, at: now)
             for row in result.deadLettered {
-                record(DeadLetter(source: "\(settlement.outbox.rawValue)-outbox/\(row.sequence)", reason: row.lastError ?? "", payload: row.event.payload, at: settlement.now))
+                record(DeadLetter(source: "\(settlement.outbox.rawValue)-outbox/\(row.sequence)", reason: row.lastError ?? "", payload: row.event.payload, at: now))
             }
             return (.settled(rows: result.rows), nil)
 
@@ -250,7 +254,7 @@ public final class PostgresModel {
             order.status = .fulfilled
             transitions.append(Transition(orderID: order.id, from: .processing, to: .fulfilled, at: fulfilment.at))
             orders[order.id] = order
-            serviceBusOutbox.insert(fulfilment.fulfilmentEvent, sequence: reserved.serviceBus)
+            serviceBusOutbox.insert(fulfilment.fulfilmentEvent, sequence: reserved.serviceBus, at: now)
             return (.fulfilled, .serviceBus)
 
         case .deadLetter(let letter):

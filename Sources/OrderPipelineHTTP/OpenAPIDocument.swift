@@ -30,6 +30,16 @@ enum OpenAPIDocument {
               "maxLength": 255,
               "pattern": "^[!-~]+$"
             }
+          },
+          {
+            "name": "traceparent",
+            "in": "header",
+            "required": false,
+            "description": "W3C Trace Context. A valid value's trace continues through the Kafka record header and the Service Bus message's traceparent/Diagnostic-Id application properties (docs/TRACING.md); missing or invalid: a new trace.",
+            "schema": {
+              "type": "string",
+              "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
+            }
           }
         ],
         "requestBody": {
@@ -249,6 +259,16 @@ enum OpenAPIDocument {
             "schema": {
               "type": "string",
               "format": "uuid"
+            }
+          },
+          {
+            "name": "traceparent",
+            "in": "header",
+            "required": false,
+            "description": "W3C Trace Context. A valid value's trace continues through the Kafka record header and the Service Bus message's traceparent/Diagnostic-Id application properties (docs/TRACING.md); missing or invalid: a new trace.",
+            "schema": {
+              "type": "string",
+              "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
             }
           }
         ],
@@ -634,6 +654,10 @@ enum OpenAPIDocument {
           },
           "detail": {
             "type": "string"
+          },
+          "requestId": {
+            "type": "string",
+            "description": "On 503: the id under which the server logged what went wrong (never sent to the client)."
           },
           "errors": {
             "type": "array",

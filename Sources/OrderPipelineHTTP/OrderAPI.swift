@@ -27,7 +27,6 @@ public struct OrderAPI: Sendable {
         public var maxBodyBytes = 64 * 1024
         public var defaultPageSize = 20
         public var maxPageSize = 100
-        public var maxReasonLength = 500
         public init() {}
     }
 
@@ -51,7 +50,7 @@ public struct OrderAPI: Sendable {
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: ProblemMiddleware())
         router.post("/api/orders") { request, context in try await self.create(request, context) }
-        router.get("/api/orders") { request, _ in try await self.list(request) }
+        router.get("/api/orders") { request, context in try await self.list(request, context) }
         router.get("/api/orders/:id") { _, context in try await self.show(context) }
         router.patch("/api/orders/:id/status") { request, context in try await self.changeStatus(request, context) }
         router.get("/health/live") { _, _ in Self.json(.ok, Array(#"{"status":"live"}"#.utf8)) }
@@ -71,14 +70,15 @@ public struct OrderAPI: Sendable {
         case .failure(let problem): return problem.response()
         }
         let key = request.headers[.idempotencyKey]
-        switch await shell.createOrder(body: body, idempotencyKey: key) {
+        let answer = await TraceContext.$current.withValue(Self.trace(request)) { await shell.createOrder(body: body, idempotencyKey: key) }
+        switch answer {
         case .created(let order), .replayed(let order):
             var headers = HTTPFields()
             headers[.location] = "/api/orders/\(order.id)"
             headers[.contentType] = "application/json"
             return Response(status: .created, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: order.json)))
         case let other:
-            return Self.problem(for: other).response(headers: Self.retryAfter(other))
+            return Self.answer(other, context)
         }
     }
 
@@ -90,11 +90,11 @@ public struct OrderAPI: Sendable {
             guard let order = try await reads.order(id) else { return Problem.notFound("no order with id \(id)").response() }
             return Self.json(.ok, order.json)
         } catch {
-            return Problem.unavailable("the database is unavailable").response(headers: [.retryAfter: "1"])
+            return Self.databaseUnavailable("\(error)", context)
         }
     }
 
-    func list(_ request: Request) async throws -> Response {
+    func list(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         var limit = limits.defaultPageSize
         if let text = query["limit"] {
@@ -121,7 +121,7 @@ public struct OrderAPI: Sendable {
             }
             return Self.json(.ok, json.bytes)
         } catch {
-            return Problem.unavailable("the database is unavailable").response(headers: [.retryAfter: "1"])
+            return Self.databaseUnavailable("\(error)", context)
         }
     }
 
@@ -135,16 +135,11 @@ public struct OrderAPI: Sendable {
         case .success(let bytes): body = bytes
         case .failure(let problem): return problem.response()
         }
-        let change: (OrderStatus, String?)
-        switch parseStatusChange(body) {
-        case .success(let value): change = value
-        case .failure(let problem): return problem.response()
-        }
-        switch await shell.changeStatus(id, to: change.0, reason: change.1) {
+        switch await TraceContext.$current.withValue(Self.trace(request), operation: { await shell.changeStatus(id, body: body) }) {
         case .statusChanged(let order):
             return Self.json(.ok, order.json)
         case let other:
-            return Self.problem(for: other).response(headers: Self.retryAfter(other))
+            return Self.answer(other, context)
         }
     }
 
@@ -179,6 +174,13 @@ public struct OrderAPI: Sendable {
 
     // MARK: helpers
 
+    /// The caller's W3C trace continued by this request's span, or a new trace. It goes with the outbox rows the
+    /// request writes (`TraceContext`), and from there to Kafka and Service Bus.
+    static func trace(_ request: Request) -> TraceParent {
+        var random = SystemRandomNumberGenerator()
+        return request.headers[.traceparent].flatMap { TraceParent($0) }?.child(using: &random) ?? .newTrace(using: &random)
+    }
+
     func collect(_ request: Request) async -> Result<[UInt8], Problem> {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limits.maxBodyBytes {
             return .failure(.tooLarge(limit: limits.maxBodyBytes))
@@ -203,46 +205,6 @@ public struct OrderAPI: Sendable {
         return nil
     }
 
-    private struct StatusChangeWire: Decodable {
-        var status: String?
-        var reason: String?
-    }
-
-    func parseStatusChange(_ body: [UInt8]) -> Result<(OrderStatus, String?), Problem> {
-        guard (try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed])) != nil else {
-            return .failure(.malformed("the body is not valid JSON"))
-        }
-        guard (try? JSONSerialization.jsonObject(with: Data(body))) is [String: Any] else {
-            return .failure(.malformed("the body must be a JSON object"))
-        }
-        let wire: StatusChangeWire
-        do {
-            wire = try JSONDecoder().decode(StatusChangeWire.self, from: Data(body))
-        } catch DecodingError.typeMismatch(_, let context) {
-            return .failure(.validation([FieldError(field: context.codingPath.first?.stringValue ?? "body", message: "must be a string")]))
-        } catch {
-            return .failure(.malformed("the body is not valid JSON"))
-        }
-        var errors: [FieldError] = []
-        var status: OrderStatus?
-        if let text = wire.status {
-            status = OrderStatus(rawValue: text)
-            if status == nil {
-                errors.append(FieldError(field: "status", message: "must be one of \(OrderStatus.allCases.map(\.rawValue).joined(separator: ", "))"))
-            }
-        } else {
-            errors.append(FieldError(field: "status", message: "is required"))
-        }
-        if let reason = wire.reason {
-            if reason.count > limits.maxReasonLength { errors.append(FieldError(field: "reason", message: "must be at most \(limits.maxReasonLength) characters")) }
-            if reason.unicodeScalars.contains(where: { $0.value < 0x20 && $0 != "\n" && $0 != "\t" }) {
-                errors.append(FieldError(field: "reason", message: "must not contain control characters"))
-            }
-        }
-        guard errors.isEmpty, let status else { return .failure(.validation(errors)) }
-        return .success((status, wire.reason))
-    }
-
     static func problem(for response: IntakeResponse) -> Problem {
         switch response {
         case .rejected(.malformed(let detail)): .malformed(detail)
@@ -250,14 +212,21 @@ public struct OrderAPI: Sendable {
         case .idempotencyKeyReused: .idempotencyKeyReused
         case .notFound(let id): .notFound("no order with id \(id)")
         case .illegalTransition(let id, let from, let to): .illegalTransition(id, from: from, to: to)
-        case .unavailable(let detail): .unavailable(detail)
+        case .unavailable: .unavailable("database unavailable")
         case .created, .replayed, .statusChanged: Problem(.internalServerError, detail: "unexpected success")
         }
     }
 
-    static func retryAfter(_ response: IntakeResponse) -> HTTPFields {
-        if case .unavailable = response { return [.retryAfter: "1"] }
-        return [:]
+    /// A problem for an answer of the intake machine; "unavailable" is logged with its reason and sent without it.
+    static func answer(_ response: IntakeResponse, _ context: BasicRequestContext) -> Response {
+        if case .unavailable(let reason) = response { return databaseUnavailable(reason, context) }
+        return problem(for: response).response()
+    }
+
+    /// 503 with `Retry-After`, a request id and nothing else; the reason goes to the log under that id.
+    static func databaseUnavailable(_ reason: String, _ context: BasicRequestContext) -> Response {
+        context.logger.warning("Database unavailable; answered 503", metadata: ["db.error": "\(reason)"])
+        return Problem.databaseUnavailable(requestID: context.id).response(headers: [.retryAfter: Problem.retryAfterSeconds])
     }
 
     static func json(_ status: HTTPResponse.Status, _ bytes: [UInt8]) -> Response {
@@ -270,17 +239,22 @@ public struct OrderAPI: Sendable {
             .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
     }
 
+    /// Creation times a cursor may carry: 0001-01-01 to 9999-12-31 (µs since 1970). Outside, PostgreSQL's
+    /// timestamp arithmetic would fail: a made-up cursor is a bad request, not a database failure.
+    static let cursorTimes: ClosedRange<Int64> = -62_135_596_800_000_000 ... 253_402_300_799_999_999
+
     static func decodeCursor(_ text: String) -> OrderCursor? {
         guard text.count <= 128 else { return nil }
         var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
         while base64.count % 4 != 0 { base64 += "=" }
         guard let data = Data(base64Encoded: base64), let plain = String(data: data, encoding: .utf8) else { return nil }
         let parts = plain.split(separator: ".", maxSplits: 1)
-        guard parts.count == 2, let micros = Int64(parts[0]), let id = OrderID(parts[1]) else { return nil }
+        guard parts.count == 2, let micros = Int64(parts[0]), cursorTimes.contains(micros), let id = OrderID(parts[1]) else { return nil }
         return OrderCursor(createdAt: Instant(microseconds: micros), id: id)
     }
 }
 
 extension HTTPField.Name {
     static let idempotencyKey = Self("Idempotency-Key")!
+    static let traceparent = Self("traceparent")!
 }

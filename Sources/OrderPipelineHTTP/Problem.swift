@@ -10,13 +10,17 @@ public struct Problem: Error, Sendable, Hashable {
     public var title: String
     public var detail: String?
     public var errors: [FieldError]
+    /// The id of the request in the server's log (an extension member, `requestId`), where the details are.
+    public var requestID: String?
 
-    public init(_ status: HTTPResponse.Status, type: String = "about:blank", title: String? = nil, detail: String? = nil, errors: [FieldError] = []) {
+    public init(_ status: HTTPResponse.Status, type: String = "about:blank", title: String? = nil, detail: String? = nil, errors: [FieldError] = [],
+                requestID: String? = nil) {
         self.status = status
         self.type = type
         self.title = title ?? status.reasonPhrase
         self.detail = detail
         self.errors = errors
+        self.requestID = requestID
     }
 
     public static let mediaType = "application/problem+json"
@@ -28,6 +32,7 @@ public struct Problem: Error, Sendable, Hashable {
             json.field("title", title)
             json.field("status", Int(status.code))
             if let detail { json.field("detail", detail) }
+            if let requestID { json.field("requestId", requestID) }
             if !errors.isEmpty {
                 json.key("errors")
                 json.array { json in
@@ -85,6 +90,16 @@ public struct Problem: Error, Sendable, Hashable {
     public static func unavailable(_ detail: String) -> Problem {
         Problem(.serviceUnavailable, type: "urn:orderpipeline:problem:unavailable", title: "Service unavailable", detail: detail)
     }
+
+    /// The database failed, is overloaded or did not answer in time. What went wrong (libpq's text: host names,
+    /// addresses, user names) is logged under the request id and never sent; the client learns only to retry.
+    public static func databaseUnavailable(requestID: String) -> Problem {
+        Problem(.serviceUnavailable, type: "urn:orderpipeline:problem:unavailable", title: "Service unavailable",
+                detail: "database unavailable", requestID: requestID)
+    }
+
+    /// Seconds a client should wait before retrying a 503.
+    public static let retryAfterSeconds = "1"
 }
 
 /// Turns every error that escapes a handler (unknown route, wrong method, a bug) into problem+json.

@@ -1,4 +1,5 @@
 import CRdKafka
+import Foundation
 
 /// How the adapter reaches Kafka. Defaults suit the local Tansu broker (`scripts/services`) and a real cluster.
 public struct KafkaConfiguration: Sendable, Hashable {
@@ -29,7 +30,8 @@ public struct KafkaConfiguration: Sendable, Hashable {
     public var fetchWait: Duration = .milliseconds(500)
     /// Records the consumer thread buffers ahead of the machine before pausing its partitions.
     public var consumerBuffer = 2_000
-    /// Further librdkafka properties, applied last (e.g. `security.protocol`, `sasl.*`).
+    /// Further librdkafka properties, applied last (e.g. `security.protocol`, `sasl.*`); never one of
+    /// `protectedProperties` (`parseProperties` refuses them).
     public var extraProperties: [String: String] = [:]
 
     public init(brokers: String) {
@@ -38,6 +40,45 @@ public struct KafkaConfiguration: Sendable, Hashable {
 
     /// The librdkafka version loaded at run time (2.16 from `$RDKAFKA_LIB_DIR` for Tansu; Debian's 2.0.2 cannot talk to it).
     public static var librdkafkaVersion: String { String(cString: rd_kafka_version_str()) }
+}
+
+extension KafkaConfiguration {
+    /// The librdkafka properties the promise depends on (aliases included), and why; `KAFKA_PROPERTIES` may not
+    /// set them.
+    public static let protectedProperties: [String: String] = {
+        let acks = "the relay marks a row published only once every in-sync replica has it (acks all)"
+        let commit = "offsets are committed by the consumer only after the fulfilment transaction"
+        let assignment = "the consumer is written for eager rebalancing with the range assignor"
+        return [
+            "acks": acks, "request.required.acks": acks,
+            "enable.idempotence": "producer retries must neither duplicate nor reorder an order's events",
+            "enable.auto.commit": commit, "auto.commit.enable": commit, "enable.auto.offset.store": commit,
+            "auto.offset.reset": "a new consumer group must start from the earliest record, or orders are skipped",
+            "partition.assignment.strategy": assignment, "group.protocol": assignment, "group.remote.assignor": assignment,
+            "isolation.level": "the consumer reads with librdkafka's default isolation",
+            "transactional.id": "the producer is idempotent, not transactional",
+            "group.id": "set KAFKA_GROUP_ID instead",
+            "bootstrap.servers": "set KAFKA_BROKERS instead", "metadata.broker.list": "set KAFKA_BROKERS instead",
+        ]
+    }()
+
+    /// `name=value,name=value` (`KAFKA_PROPERTIES`). A malformed pair is named by its position only and a refused
+    /// property by its name only: values may be secrets (`sasl.password`).
+    public static func parseProperties(_ text: String) throws(KafkaError) -> [String: String] {
+        var properties: [String: String] = [:]
+        for (index, pair) in text.split(separator: ",", omittingEmptySubsequences: false).enumerated() {
+            let trimmed = pair.trimmingCharacters(in: .whitespaces)
+            guard let equals = trimmed.firstIndex(of: "="), equals != trimmed.startIndex else {
+                throw KafkaError(message: "KAFKA_PROPERTIES must be name=value pairs separated by commas; pair \(index + 1) is not")
+            }
+            let name = trimmed[..<equals].trimmingCharacters(in: .whitespaces)
+            if let reason = protectedProperties[name.lowercased()] {
+                throw KafkaError(message: "KAFKA_PROPERTIES may not set \(name): \(reason)")
+            }
+            properties[name] = String(trimmed[trimmed.index(after: equals)...])
+        }
+        return properties
+    }
 }
 
 /// An adapter error with a code and context (never a C type).

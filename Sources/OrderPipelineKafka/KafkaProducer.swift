@@ -6,8 +6,8 @@ import Synchronization
 
 /// The relay's Kafka side: performs `.publish(_, .orders, rows)` and `.forwardDeadLetter`.
 ///
-/// Idempotent (`enable.idempotence=true`, `acks=all`); key = order id, headers `event-id` and `event-type`. A batch
-/// is handed to librdkafka at once and its delivery reports are awaited concurrently; every report resumes exactly
+/// Idempotent (`enable.idempotence=true`, `acks=all`); key = order id, headers `event-id`, `event-type` and (when
+/// the row has a trace) `traceparent`. A batch is handed to librdkafka at once and its delivery reports are awaited concurrently; every report resumes exactly
 /// one slot, and the batch's caller is resumed once, when its last slot is filled. A message timeout is an
 /// `.unknown` outcome (the broker may have written it). A full local queue is back-pressure: the publish waits
 /// and tries again. After `PRODUCER_FENCED`, a fatal error or a timed-out idempotent session, the producer is
@@ -38,7 +38,7 @@ public final class KafkaProducer: Sendable {
                 headers: [
                     ("event-id", Array(message.event.id.description.utf8)),
                     ("event-type", Array(message.event.type.rawValue.utf8)),
-                ],
+                ] + (message.event.traceParent.map { [("traceparent", Array($0.description.utf8))] } ?? []),
                 orderID: message.event.orderID.description
             )
         }

@@ -4,8 +4,12 @@ import Foundation
 /// An error from PostgreSQL or libpq, with the SQLSTATE when the server sent one.
 public struct PostgresError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Code: String, Hashable, Sendable {
-        /// Could not connect, or the connection broke (the server is down, restarted or killed the session).
+        /// The connection broke, or the server did not answer in time, after a statement was sent: a write may or
+        /// may not have happened.
         case connectionLost
+        /// Nothing was sent: no connection (the server is down or unreachable), a connection found broken before
+        /// use, a full queue, or a request that waited past its deadline. Always safe to retry.
+        case unavailable
         /// The server answered with an error (see `sqlState`).
         case server
         /// A reply that does not have the expected shape (a bug, or a schema that is not migrated).
@@ -43,51 +47,6 @@ public enum PostgresValue: Sendable, Hashable {
     public static func optional(_ text: String?) -> PostgresValue { text.map { .text($0) } ?? .null }
 }
 
-/// A query result; owns the `PGresult` and clears it when released. Values are read in text format.
-public final class PostgresRows {
-    private let handle: OpaquePointer
-
-    init(_ handle: OpaquePointer) { self.handle = handle }
-    deinit { PQclear(handle) }
-
-    public var count: Int { Int(PQntuples(handle)) }
-    public var columns: Int { Int(PQnfields(handle)) }
-    /// Rows changed by an INSERT/UPDATE/DELETE.
-    public var affected: Int { Int(String(cString: PQcmdTuples(handle))) ?? 0 }
-
-    public func isNull(_ row: Int, _ column: Int) -> Bool { PQgetisnull(handle, Int32(row), Int32(column)) == 1 }
-
-    public func string(_ row: Int, _ column: Int) -> String? {
-        guard row < count, column < columns, !isNull(row, column) else { return nil }
-        return String(cString: PQgetvalue(handle, Int32(row), Int32(column)))
-    }
-
-    public func int(_ row: Int, _ column: Int) -> Int64? { string(row, column).flatMap { Int64($0) } }
-
-    /// A `bytea` column read in text format (`\x` hex escape).
-    public func bytes(_ row: Int, _ column: Int) -> [UInt8]? {
-        guard let text = string(row, column) else { return nil }
-        let utf8 = Array(text.utf8)
-        guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x") else { return Array(text.utf8) }
-        var out: [UInt8] = []
-        out.reserveCapacity((utf8.count - 2) / 2)
-        var index = 2
-        func nibble(_ c: UInt8) -> UInt8 {
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
-            default: 0
-            }
-        }
-        while index + 1 < utf8.count {
-            out.append(nibble(utf8[index]) << 4 | nibble(utf8[index + 1]))
-            index += 2
-        }
-        return out
-    }
-}
-
 /// One libpq connection. Not thread-safe: it is owned by one thread (a `PostgresPool` worker or a listener) and
 /// every call on it blocks that thread. The `PGconn` is freed in `deinit`.
 public final class PostgresConnection {
@@ -99,6 +58,13 @@ public final class PostgresConnection {
         public var applicationName = "orderpipeline"
         /// A schema to use instead of `public` (tests isolate themselves in a schema each). Must be an identifier.
         public var schema: String?
+        /// TCP keepalives of an idle connection: the first probe after this long, then one every
+        /// `keepalivesIntervalSeconds`; `keepalivesCount` unanswered probes break the connection (about 25 s).
+        public var keepalivesIdleSeconds = 10
+        public var keepalivesIntervalSeconds = 5
+        public var keepalivesCount = 3
+        /// Sent data unacknowledged for this long breaks the connection (`tcp_user_timeout`).
+        public var tcpUserTimeout: Duration = .seconds(10)
 
         public init(url: String) { self.url = url }
     }
@@ -106,6 +72,11 @@ public final class PostgresConnection {
     private var handle: OpaquePointer?
     private var prepared: Set<String> = []
     public let settings: Settings
+    /// When set, no call waits for the server beyond it: a call that would is abandoned, the connection closed
+    /// and `.connectionLost` thrown (a frozen or black-holed server never answers, and TCP alone cannot tell).
+    var deadline: ContinuousClock.Instant?
+    /// Whether the last call was abandoned at the deadline (the pool then stops feeding work to the server).
+    private(set) var missedDeadline = false
 
     public init(settings: Settings) {
         self.settings = settings
@@ -123,28 +94,40 @@ public final class PostgresConnection {
     /// The server process id of this session (for `pg_terminate_backend` in tests and diagnostics).
     public var backendPID: Int32 { handle.map { PQbackendPID($0) } ?? 0 }
 
-    /// Connects (or reconnects), then sets the session's timeouts. Prepared statements are re-prepared lazily.
+    /// Connects (or reconnects) within `connectTimeoutSeconds` and the deadline, whichever comes first.
+    /// Prepared statements are re-prepared lazily.
     public func connect() throws(PostgresError) {
         close()
-        let keys = ["dbname", "connect_timeout", "application_name", "options"]
-        let timeoutMS = max(1, settings.statementTimeout.milliseconds)
-        let values = [
-            settings.url, String(settings.connectTimeoutSeconds), settings.applicationName,
-            "-c statement_timeout=\(timeoutMS) -c idle_in_transaction_session_timeout=\(max(timeoutMS * 4, 10_000)) -c lock_timeout=\(timeoutMS) -c client_min_messages=warning"
-                + (settings.schema.map { " -c search_path=\($0)" } ?? ""),
-        ]
-        let connection = withCStrings(keys) { keyPointers in
-            withCStrings(values) { valuePointers in
+        missedDeadline = false
+        let parameters = try ConnectionParameters(settings)
+        let timeout = Duration.seconds(max(1, settings.connectTimeoutSeconds))
+        let start = ContinuousClock.now
+        let limit = min(start + timeout, deadline ?? start + timeout)
+        let connection = withCStrings(parameters.keys) { keyPointers in
+            withCStrings(parameters.values) { valuePointers in
                 // expand_dbname = 1: the `dbname` value may be a URL or a connection string.
-                PQconnectdbParams(keyPointers, valuePointers, 1)
+                PQconnectStartParams(keyPointers, valuePointers, 1)
             }
         }
-        guard let connection else { throw PostgresError(code: .connectionLost, message: "out of memory") }
-        guard PQstatus(connection) == CONNECTION_OK else {
+        guard let connection else { throw PostgresError(code: .unavailable, message: "out of memory") }
+        var polling = PGRES_POLLING_WRITING
+        while PQstatus(connection) != CONNECTION_BAD, polling != PGRES_POLLING_OK, polling != PGRES_POLLING_FAILED {
+            guard Self.wait(PQsocket(connection), polling == PGRES_POLLING_READING ? POLLIN : POLLOUT, until: limit) else {
+                PQfinish(connection)
+                throw PostgresError(code: .unavailable, message: "no connection to PostgreSQL within \((limit - start).milliseconds) ms")
+            }
+            polling = PQconnectPoll(connection)
+        }
+        guard polling == PGRES_POLLING_OK, PQstatus(connection) == CONNECTION_OK else {
             let message = Self.trimmed(PQerrorMessage(connection))
             PQfinish(connection)
-            throw PostgresError(code: .connectionLost, message: message)
+            throw PostgresError(code: .unavailable, message: message)
         }
+        // Nonblocking: a send never blocks past the deadline either.
+        PQsetnonblocking(connection, 1)
+        // Notices (a terminated session's FATAL message read while idle among them) are not printed to stderr;
+        // the pool logs what matters.
+        PQsetNoticeProcessor(connection, { _, _ in }, nil)
         handle = connection
     }
 
@@ -152,6 +135,25 @@ public final class PostgresConnection {
         if let handle { PQfinish(handle) }
         handle = nil
         prepared = []
+    }
+
+    /// Before handing an idle connection to new work: whatever arrived while it sat idle (a server shutdown's
+    /// FATAL message, end of file after `pg_terminate_backend` or a restart) is read now, so a dead connection
+    /// is found before anything is sent on it. False when it is broken (it is closed then).
+    func isUsable() -> Bool {
+        guard let handle, PQstatus(handle) == CONNECTION_OK else { return false }
+        // A terminated session sends its FATAL message, then end of file: read until nothing is left, so the end of
+        // file is seen too (libpq takes an unsolicited error while idle for a notice and stays "OK").
+        for _ in 0..<8 {
+            var descriptor = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, 0) > 0 else { break }
+            if PQconsumeInput(handle) == 0 || PQstatus(handle) != CONNECTION_OK {
+                close()
+                return false
+            }
+            while let notify = PQnotifies(handle) { PQfreemem(notify) }
+        }
+        return true
     }
 
     /// Simple-protocol execution of constant SQL (migrations, BEGIN/COMMIT). Never pass user data here.
@@ -163,32 +165,36 @@ public final class PostgresConnection {
     /// Runs a constant SQL script (several statements allowed); used by migrations only.
     @discardableResult
     public func execute(script sql: String) throws(PostgresError) -> PostgresRows {
-        guard let handle else { throw PostgresError(code: .connectionLost, message: "not connected") }
-        return try check(PQexec(handle, sql))
+        try run { handle in PQsendQuery(handle, sql) }
     }
 
     /// A parameterised statement (extended protocol, unnamed).
     @discardableResult
     public func query(_ sql: String, _ parameters: [PostgresValue] = []) throws(PostgresError) -> PostgresRows {
-        guard let handle else { throw PostgresError(code: .connectionLost, message: "not connected") }
-        let result = withParameters(parameters) { count, values, lengths, formats in
-            PQexecParams(handle, sql, count, nil, values, lengths, formats, 0)
+        try run { handle in
+            withParameters(parameters) { count, values, lengths, formats in
+                PQsendQueryParams(handle, sql, count, nil, values, lengths, formats, 0)
+            }
         }
-        return try check(result)
     }
 
     /// A named prepared statement: prepared on this connection on first use, then executed by name.
     @discardableResult
     public func execute(_ statement: PreparedStatement, _ parameters: [PostgresValue] = []) throws(PostgresError) -> PostgresRows {
-        guard let handle else { throw PostgresError(code: .connectionLost, message: "not connected") }
         if !prepared.contains(statement.name) {
-            _ = try check(PQprepare(handle, statement.name, statement.sql, 0, nil))
+            do {
+                _ = try run { handle in PQsendPrepare(handle, statement.name, statement.sql, 0, nil) }
+            } catch where error.code == .connectionLost {
+                // Lost while preparing: the statement itself was never sent.
+                throw PostgresError(code: .unavailable, sqlState: error.sqlState, message: error.message)
+            }
             prepared.insert(statement.name)
         }
-        let result = withParameters(parameters) { count, values, lengths, formats in
-            PQexecPrepared(handle, statement.name, count, values, lengths, formats, 0)
+        return try run { handle in
+            withParameters(parameters) { count, values, lengths, formats in
+                PQsendQueryPrepared(handle, statement.name, count, values, lengths, formats, 0)
+            }
         }
-        return try check(result)
     }
 
     // MARK: LISTEN support
@@ -211,6 +217,81 @@ public final class PostgresConnection {
     }
 
     // MARK: helpers
+
+    /// Sends one query with `send`, then waits (up to the deadline) for all of its results: the first error
+    /// result if there is one, else the last result.
+    private func run(_ send: (OpaquePointer) -> Int32) throws(PostgresError) -> PostgresRows {
+        missedDeadline = false
+        guard let handle else { throw PostgresError(code: .unavailable, message: "not connected") }
+        guard send(handle) == 1 else {
+            // libpq did not queue it (the connection is already broken): nothing reached the server.
+            let message = Self.trimmed(PQerrorMessage(handle))
+            close()
+            throw PostgresError(code: .unavailable, message: message)
+        }
+        while true {
+            let flushed = PQflush(handle)
+            if flushed == 0 { break }
+            guard flushed > 0 else { throw lost(handle) }
+            guard Self.wait(PQsocket(handle), POLLIN | POLLOUT, until: deadline) else { throw abandon() }
+            guard PQconsumeInput(handle) == 1 else { throw lost(handle) }
+        }
+        var kept: OpaquePointer?
+        while true {
+            while PQisBusy(handle) == 1 {
+                guard Self.wait(PQsocket(handle), POLLIN, until: deadline) else {
+                    if let kept { PQclear(kept) }
+                    throw abandon()
+                }
+                // On failure the connection is marked broken and PQgetResult reports it.
+                if PQconsumeInput(handle) == 0 { break }
+            }
+            guard let result = PQgetResult(handle) else { break }
+            if let previous = kept, Self.isError(previous) {
+                PQclear(result)
+            } else {
+                if let kept { PQclear(kept) }
+                kept = result
+            }
+            if PQstatus(handle) != CONNECTION_OK { break }
+        }
+        return try check(kept)
+    }
+
+    private static func isError(_ result: OpaquePointer) -> Bool {
+        let status = PQresultStatus(result)
+        return status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK && status != PGRES_EMPTY_QUERY
+    }
+
+    private func lost(_ handle: OpaquePointer) -> PostgresError {
+        let message = Self.trimmed(PQerrorMessage(handle))
+        close()
+        return PostgresError(code: .connectionLost, message: message)
+    }
+
+    /// The server did not answer before the deadline: the session's state is unknown, so it is closed (the
+    /// server rolls back an open transaction when it notices).
+    private func abandon() -> PostgresError {
+        missedDeadline = true
+        close()
+        return PostgresError(code: .connectionLost, message: "PostgreSQL did not answer before the request deadline")
+    }
+
+    /// Waits until the socket is ready for `events`; false when the deadline passes first.
+    private static func wait(_ socket: Int32, _ events: Int32, until deadline: ContinuousClock.Instant?) -> Bool {
+        while true {
+            var timeout: Int32 = -1
+            if let deadline {
+                let remaining = deadline - .now
+                guard remaining > .zero else { return false }
+                timeout = Int32(clamping: remaining.milliseconds + 1)
+            }
+            var descriptor = pollfd(fd: socket, events: Int16(events), revents: 0)
+            let ready = poll(&descriptor, 1, timeout)
+            // Ready, or a socket error that libpq will report.
+            if ready > 0 || (ready < 0 && errno != EINTR) { return true }
+        }
+    }
 
     private func check(_ result: OpaquePointer?) throws(PostgresError) -> PostgresRows {
         guard let handle else { throw PostgresError(code: .connectionLost, message: "not connected") }

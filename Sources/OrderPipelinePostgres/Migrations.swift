@@ -93,6 +93,11 @@ public enum Migrations {
         CREATE TRIGGER service_bus_outbox_notify AFTER INSERT ON service_bus_outbox
             REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION orderpipeline_notify_outbox('service-bus');
         """),
+        // Nullable columns: no table rewrite; rows written before carry no trace.
+        Migration(version: 2, name: "W3C traceparent of each outbox row", sql: """
+        ALTER TABLE kafka_outbox ADD COLUMN traceparent text;
+        ALTER TABLE service_bus_outbox ADD COLUMN traceparent text;
+        """),
     ]
 
     /// Both outboxes have the same shape.
@@ -131,37 +136,48 @@ public enum Migrations {
 
     /// Applies every migration not yet recorded; returns the versions applied now (empty when up to date).
     public static func apply(on connection: PostgresConnection, logger: Logger) throws(PostgresError) -> [Int] {
-        try connection.execute(constant: """
-            CREATE TABLE IF NOT EXISTS schema_migrations (
-                version    int PRIMARY KEY,
-                name       text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )
-            """)
+        // Even `CREATE TABLE IF NOT EXISTS` fails when two sessions run it at once: create it under the lock too.
+        try locked(connection) { () throws(PostgresError) in
+            try connection.execute(constant: """
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version    int PRIMARY KEY,
+                    name       text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                )
+                """)
+        }
         var applied: [Int] = []
         for migration in all.sorted(by: { $0.version < $1.version }) {
-            try connection.execute(constant: "BEGIN")
-            do {
-                // Serialises concurrent `migrate` runs on the same schema; released at the end of the transaction.
-                try connection.query("SELECT pg_advisory_xact_lock($1::int, hashtext(current_schema()))", [.int(0x6F72_6465)])
+            let done = try locked(connection) { () throws(PostgresError) -> Bool in
                 let done = try connection.query("SELECT 1 FROM schema_migrations WHERE version = $1::int", [.int(migration.version)])
-                if done.count == 0 {
-                    try connection.execute(script: migration.sql)
-                    try connection.query(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1::int, $2::text)",
-                        [.int(migration.version), .text(migration.name)])
-                    applied.append(migration.version)
-                }
-                try connection.execute(constant: "COMMIT")
-                if done.count == 0 {
-                    logger.info("Applied migration", metadata: ["db.migration.version": "\(migration.version)", "db.migration.name": "\(migration.name)"])
-                }
-            } catch {
-                _ = try? connection.execute(constant: "ROLLBACK")
-                throw error
+                guard done.count == 0 else { return true }
+                try connection.execute(script: migration.sql)
+                try connection.query(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1::int, $2::text)",
+                    [.int(migration.version), .text(migration.name)])
+                return false
+            }
+            if !done {
+                applied.append(migration.version)
+                logger.info("Applied migration", metadata: ["db.migration.version": "\(migration.version)", "db.migration.name": "\(migration.name)"])
             }
         }
         return applied
+    }
+
+    /// One transaction holding the migration lock of the current schema: concurrent `migrate` runs take turns.
+    private static func locked<T>(_ connection: PostgresConnection, _ body: () throws(PostgresError) -> T) throws(PostgresError) -> T {
+        try connection.execute(constant: "BEGIN")
+        do {
+            // Released at the end of the transaction.
+            try connection.query("SELECT pg_advisory_xact_lock($1::int, hashtext(current_schema()))", [.int(0x6F72_6465)])
+            let value = try body()
+            try connection.execute(constant: "COMMIT")
+            return value
+        } catch {
+            _ = try? connection.execute(constant: "ROLLBACK")
+            throw error
+        }
     }
 
     /// The highest applied version, or nil when the database has never been migrated.

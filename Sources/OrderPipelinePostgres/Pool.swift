@@ -1,32 +1,66 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// A unit of work for a connection's thread. It is called exactly once: with the connection, or with the reason
-/// there is none (the database is unreachable, or the pool is closed).
+/// there is none (the database is unreachable, the queue is full, the deadline passed, or the pool is closed).
 typealias ConnectionJob = @Sendable (Result<PostgresConnection, PostgresError>) -> Void
 
-/// A blocking FIFO of jobs shared by the threads of a pool.
+/// A bounded FIFO of jobs shared by the threads of a pool. Whoever takes a job out (a worker, or the reaper when
+/// its deadline has passed) is the one who calls it.
 final class JobQueue: @unchecked Sendable {
+    struct Job {
+        var body: ConnectionJob
+        var enqueued: ContinuousClock.Instant
+        var deadline: ContinuousClock.Instant?
+    }
+
+    enum Admission { case queued, full, closed }
+
     private let condition = NSCondition()
-    private var jobs: [ConnectionJob] = []
+    private var jobs: [Job] = []
     private var head = 0
     private var closed = false
+    /// Jobs that may wait at once; nil: unbounded.
+    let limit: Int?
 
-    /// Queues a job; false when the queue is closed (the caller then fails the job itself).
-    func push(_ job: @escaping ConnectionJob) -> Bool {
+    init(limit: Int? = nil) { self.limit = limit }
+
+    func push(_ job: Job) -> Admission {
         condition.lock()
         defer { condition.unlock() }
-        guard !closed else { return false }
+        guard !closed else { return .closed }
+        if let limit, jobs.count - head >= limit { return .full }
         jobs.append(job)
         condition.signal()
-        return true
+        return .queued
     }
 
     /// The next job; blocks while empty; nil once closed and drained.
-    func pop() -> ConnectionJob? {
+    func pop() -> Job? {
         condition.lock()
         defer { condition.unlock() }
         while head == jobs.count && !closed { condition.wait() }
+        return takeHead()
+    }
+
+    /// Takes out the jobs at the head whose deadline has passed (one timeout per queue: the head is the oldest).
+    func overdue(at now: ContinuousClock.Instant) -> [Job] {
+        condition.lock()
+        defer { condition.unlock() }
+        var out: [Job] = []
+        while head < jobs.count, let deadline = jobs[head].deadline, deadline <= now, let job = takeHead() { out.append(job) }
+        return out
+    }
+
+    /// The deadline of the oldest waiting job.
+    var nextDeadline: ContinuousClock.Instant? {
+        condition.lock()
+        defer { condition.unlock() }
+        return head < jobs.count ? jobs[head].deadline : nil
+    }
+
+    private func takeHead() -> Job? {
         guard head < jobs.count else { return nil }
         let job = jobs[head]
         head += 1
@@ -51,21 +85,42 @@ final class JobQueue: @unchecked Sendable {
     }
 }
 
+/// Shared by a pool's workers: after PostgreSQL failed to answer before a deadline, work is refused at once
+/// (nothing sent) for a while instead of being fed to a server that is frozen or unreachable; then it is tried again.
+final class StallGuard: Sendable {
+    private let until = Mutex<ContinuousClock.Instant?>(nil)
+    let cooldown: Duration
+
+    init(cooldown: Duration) { self.cooldown = cooldown }
+
+    func stalled() { until.withLock { $0 = .now + cooldown } }
+
+    var isStalled: Bool { until.withLock { $0.map { ContinuousClock.now < $0 } ?? false } }
+}
+
 /// One dedicated thread that owns one connection and runs jobs from a queue. Blocking libpq calls happen only here,
 /// never on Swift's cooperative pool. A broken connection is re-established before the next job, with backoff
-/// between failed attempts (jobs that arrive while backing off fail fast with `.connectionLost`).
+/// between failed attempts (jobs that arrive while backing off fail fast with `.unavailable`); an idle connection
+/// is checked before each job, so one that died meanwhile (a restart) is replaced before anything is sent on it.
 final class ConnectionWorker: @unchecked Sendable {
     private let settings: PostgresConnection.Settings
     private let queue: JobQueue
     private let logger: Logger
     private let name: String
+    private let connectEagerly: Bool
+    private let stall: StallGuard?
+    private let metrics: PoolMetrics?
     private let finished = DispatchSemaphore(value: 0)
 
-    init(name: String, settings: PostgresConnection.Settings, queue: JobQueue, logger: Logger) {
+    init(name: String, settings: PostgresConnection.Settings, queue: JobQueue, logger: Logger, connectEagerly: Bool = true,
+         stall: StallGuard? = nil, metrics: PoolMetrics? = nil) {
         self.name = name
         self.settings = settings
         self.queue = queue
         self.logger = logger
+        self.connectEagerly = connectEagerly
+        self.stall = stall
+        self.metrics = metrics
     }
 
     func start() {
@@ -82,10 +137,12 @@ final class ConnectionWorker: @unchecked Sendable {
         let connection = PostgresConnection(settings: settings)
         var failures = 0
         var retryAt = ContinuousClock.now
-        var lastError = PostgresError(code: .connectionLost, message: "not connected yet")
+        var lastError = PostgresError(code: .unavailable, message: "not connected yet")
 
         func ensureConnected() -> Bool {
-            if connection.isConnected { return true }
+            let wasConnected = connection.isConnected
+            if connection.isUsable() { return true }
+            if wasConnected { logger.info("PostgreSQL connection found closed before use; reconnecting", metadata: ["db.worker": "\(name)"]) }
             guard ContinuousClock.now >= retryAt else { return false }
             do {
                 try connection.connect()
@@ -105,47 +162,154 @@ final class ConnectionWorker: @unchecked Sendable {
             }
         }
 
-        _ = ensureConnected()
+        if connectEagerly { _ = ensureConnected() }
         while let job = queue.pop() {
-            if ensureConnected() {
-                job(.success(connection))
-            } else {
-                job(.failure(lastError))
+            let now = ContinuousClock.now
+            metrics?.waited(now - job.enqueued, depth: queue.depth)
+            if let deadline = job.deadline, now >= deadline {
+                metrics?.rejected(.deadline)
+                job.body(.failure(PostgresError(code: .unavailable, message: "the database did not take the request before its deadline")))
+                continue
             }
+            if let stall, stall.isStalled {
+                metrics?.rejected(.stalled)
+                job.body(.failure(PostgresError(code: .unavailable, message: "PostgreSQL is not answering (a recent request got no answer before its deadline)")))
+                continue
+            }
+            connection.deadline = job.deadline
+            if ensureConnected() {
+                job.body(.success(connection))
+            } else {
+                job.body(.failure(lastError))
+            }
+            if connection.missedDeadline {
+                metrics?.noAnswer()
+                stall?.stalled()
+                logger.warning("PostgreSQL did not answer before the request deadline; connection closed", metadata: ["db.worker": "\(name)"])
+            }
+            connection.deadline = nil
         }
         connection.close()
         finished.signal()
     }
 }
 
-/// A fixed set of connections, each on its own thread, sharing one queue of work.
+/// Answers the jobs whose deadline passed while they waited (every worker may be stuck on a server that does not
+/// answer), at their deadline.
+final class DeadlineReaper: @unchecked Sendable {
+    private let queues: [JobQueue]
+    private let timeout: Duration
+    private let metrics: PoolMetrics?
+    private let wakeUp = DispatchSemaphore(value: 0)
+    private let stopped = Atomic<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(queues: [JobQueue], timeout: Duration, metrics: PoolMetrics?) {
+        self.queues = queues
+        self.timeout = timeout
+        self.metrics = metrics
+        let thread = Thread { [self] in self.run() }
+        thread.name = "pg-deadlines"
+        thread.start()
+    }
+
+    private func run() {
+        while !stopped.load(ordering: .acquiring) {
+            let now = ContinuousClock.now
+            for queue in queues {
+                let overdue = queue.overdue(at: now)
+                for job in overdue {
+                    metrics?.rejected(.deadline)
+                    job.body(.failure(PostgresError(code: .unavailable, message: "the database did not take the request before its deadline")))
+                }
+                // The first queue is the pool's main queue, whose depth the gauge shows.
+                if !overdue.isEmpty, queue === queues.first { metrics?.depth(queue.depth) }
+            }
+            // A job queued later has a later deadline: sleep until the earliest one (or one timeout).
+            let next = queues.compactMap(\.nextDeadline).min() ?? now + timeout
+            let wait = max(next - .now, .milliseconds(1))
+            _ = wakeUp.wait(timeout: .now() + .nanoseconds(Int(min(wait, .seconds(60)).milliseconds * 1_000_000)))
+        }
+        finished.signal()
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .releasing)
+        wakeUp.signal()
+        finished.wait()
+    }
+}
+
+/// A fixed set of connections, each on its own thread, sharing one bounded queue of work; and one more connection
+/// with a small queue of its own for health checks and metrics, so that they never wait behind the work.
+///
+/// Admission: a job is refused at once (`.unavailable`, nothing sent) when `queueLimit` jobs already wait, when it
+/// waited past its deadline (`requestTimeout` after it was queued), or for a short while after PostgreSQL failed to
+/// answer a job before its deadline. A job that runs gets what is left of its deadline for every call it makes.
 public final class PostgresPool: Sendable {
     public struct Configuration: Sendable, Hashable {
         public var connection: PostgresConnection.Settings
         public var size = 8
+        /// Jobs that may wait for a connection (`DB_QUEUE_LIMIT`); further ones are refused at once.
+        public var queueLimit = 256
+        /// From queueing to the last answer from the server, for each job (`DB_REQUEST_TIMEOUT_MS`).
+        public var requestTimeout: Duration = .seconds(3)
+        /// The `pool` label of its metrics.
+        public var name = "main"
 
         public init(url: String) { self.connection = .init(url: url) }
     }
 
     public let configuration: Configuration
-    private let queue = JobQueue()
+    private let queue: JobQueue
+    private let controlQueue = JobQueue(limit: 8)
     private let workers: [ConnectionWorker]
+    private let reaper: DeadlineReaper
+    private let metrics: PoolMetrics
 
     public init(configuration: Configuration, logger: Logger) {
         self.configuration = configuration
-        let queue = self.queue
-        self.workers = (0..<max(1, configuration.size)).map {
-            ConnectionWorker(name: "pg-\($0)", settings: configuration.connection, queue: queue, logger: logger)
+        let queue = JobQueue(limit: max(1, configuration.queueLimit))
+        let metrics = PoolMetrics(pool: configuration.name)
+        let stall = StallGuard(cooldown: min(configuration.requestTimeout, .seconds(1)))
+        self.queue = queue
+        self.metrics = metrics
+        var workers = (0..<max(1, configuration.size)).map {
+            ConnectionWorker(name: "pg-\($0)", settings: configuration.connection, queue: queue, logger: logger, stall: stall, metrics: metrics)
         }
+        workers.append(ConnectionWorker(name: "pg-control", settings: configuration.connection, queue: controlQueue, logger: logger,
+                                        connectEagerly: false, stall: stall))
+        self.workers = workers
+        self.reaper = DeadlineReaper(queues: [queue, controlQueue], timeout: configuration.requestTimeout, metrics: metrics)
         for worker in workers { worker.start() }
     }
 
     /// Runs `body` on one of the pool's threads with its connection and returns its value to the caller.
     public func withConnection<T: Sendable>(_ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
-        await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
-            let job: ConnectionJob = { connection in continuation.resume(returning: body(connection)) }
-            if !queue.push(job) {
-                job(.failure(PostgresError(code: .connectionLost, message: "the connection pool is closed")))
+        await submit(to: queue, body)
+    }
+
+    /// Like `withConnection`, on the pool's separate control connection: for health checks and metrics, which must
+    /// answer even while every other connection is busy or the queue is full.
+    public func withControlConnection<T: Sendable>(_ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
+        await submit(to: controlQueue, body)
+    }
+
+    private func submit<T: Sendable>(to queue: JobQueue, _ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
+        let metrics = self.metrics
+        return await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            let now = ContinuousClock.now
+            let job = JobQueue.Job(body: { connection in continuation.resume(returning: body(connection)) },
+                                   enqueued: now, deadline: now + configuration.requestTimeout)
+            switch queue.push(job) {
+            case .queued:
+                // The gauge is the main queue's (the control queue holds a probe or two at most).
+                if queue === self.queue { metrics.depth(queue.depth) }
+            case .full:
+                metrics.rejected(.queueFull)
+                job.body(.failure(PostgresError(code: .unavailable, message: "the database queue is full (\(queue.limit ?? 0) requests waiting)")))
+            case .closed:
+                job.body(.failure(PostgresError(code: .unavailable, message: "the connection pool is closed")))
             }
         }
     }
@@ -153,14 +317,20 @@ public final class PostgresPool: Sendable {
     /// Jobs waiting for a connection.
     public var queueDepth: Int { queue.depth }
 
+    /// What admission refused so far (also exported as metrics).
+    public var statistics: PoolMetrics.Statistics { metrics.statistics }
+
     /// Stops taking work, lets queued work finish, closes every connection. Blocks until done.
     public func close() {
         queue.close()
+        controlQueue.close()
         for worker in workers { worker.join() }
+        reaper.stop()
     }
 }
 
-/// One connection on its own thread, for work that must stay on one session (tests, LISTEN, migrations).
+/// One connection on its own thread, for work that must stay on one session (tests, LISTEN, migrations, locks).
+/// No queue limit and no deadline: its callers wait for the server as long as the statement timeout allows.
 public final class PostgresSession: Sendable {
     private let queue = JobQueue()
     private let worker: ConnectionWorker
@@ -172,9 +342,9 @@ public final class PostgresSession: Sendable {
 
     public func withConnection<T: Sendable>(_ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
         await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
-            let job: ConnectionJob = { connection in continuation.resume(returning: body(connection)) }
-            if !queue.push(job) {
-                job(.failure(PostgresError(code: .connectionLost, message: "the session is closed")))
+            let job = JobQueue.Job(body: { connection in continuation.resume(returning: body(connection)) }, enqueued: .now, deadline: nil)
+            if queue.push(job) != .queued {
+                job.body(.failure(PostgresError(code: .unavailable, message: "the session is closed")))
             }
         }
     }

@@ -14,12 +14,14 @@ public final class PostgresStore: Sendable {
         self.init(pool: PostgresPool(configuration: configuration, logger: logger))
     }
 
-    /// Performs one store command as one transaction.
+    /// Performs one store command as one transaction. The caller's `TraceContext.current` goes with the outbox rows
+    /// it inserts.
     public func perform(_ command: StoreCommand) async -> StoreResult {
-        await pool.withConnection { connection in
+        let trace = TraceContext.current
+        return await pool.withConnection { connection in
             switch connection {
-            case .success(let connection): StoreRecipes.perform(command, on: connection)
-            case .failure(let error): .failed(.unavailable(error.message))
+            case .success(let connection): StoreRecipes.perform(command, on: connection, trace: trace)
+            case .failure(let error): .failed(StoreRecipes.failure(error))
             }
         }
     }
@@ -35,19 +37,21 @@ public final class PostgresStore: Sendable {
         }
     }
 
+    /// On the control connection (metrics scrapes never wait behind the work).
     public func pending(_ kind: OutboxKind) async throws(PostgresError) -> (count: Int, oldestAgeSeconds: Double) {
-        try await run { c throws(PostgresError) in try StoreRecipes.pending(kind, c) }
+        try await run(control: true) { c throws(PostgresError) in try StoreRecipes.pending(kind, c) }
     }
 
-    /// The applied schema version (nil: never migrated). Also proves the database answers.
+    /// The applied schema version (nil: never migrated). Also proves the database answers. On the control
+    /// connection: readiness is answered within the deadline even when the queue is full.
     public func schemaVersion() async throws(PostgresError) -> Int? {
-        try await run { c throws(PostgresError) in try Migrations.currentVersion(on: c) }
+        try await run(control: true) { c throws(PostgresError) in try Migrations.currentVersion(on: c) }
     }
 
     public func close() { pool.close() }
 
-    private func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws(PostgresError) -> T) async throws(PostgresError) -> T {
-        let result: Result<T, PostgresError> = await pool.withConnection { connection in
+    private func run<T: Sendable>(control: Bool = false, _ body: @escaping @Sendable (PostgresConnection) throws(PostgresError) -> T) async throws(PostgresError) -> T {
+        let job: @Sendable (Result<PostgresConnection, PostgresError>) -> Result<T, PostgresError> = { connection in
             switch connection {
             case .success(let c):
                 do throws(PostgresError) { return .success(try body(c)) } catch { return .failure(error) }
@@ -55,6 +59,7 @@ public final class PostgresStore: Sendable {
                 return .failure(error)
             }
         }
+        let result = control ? await pool.withControlConnection(job) : await pool.withConnection(job)
         return try result.get()
     }
 }

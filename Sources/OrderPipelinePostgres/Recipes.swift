@@ -10,10 +10,12 @@ public enum TransactionMode: Sendable, Hashable {
 /// The store recipes of `StoreCommand` (see `Effects/Store.swift` in the core) over one libpq connection.
 /// Every function blocks its (dedicated) thread.
 public enum StoreRecipes {
-    public static func perform(_ command: StoreCommand, on connection: PostgresConnection, mode: TransactionMode = .commit) -> StoreResult {
+    /// `trace`: the request's trace (`TraceContext.current` of the caller), written with the outbox rows that
+    /// `createOrder` and `transition` insert.
+    public static func perform(_ command: StoreCommand, on connection: PostgresConnection, mode: TransactionMode = .commit, trace: TraceParent? = nil) -> StoreResult {
         switch command {
-        case .createOrder(let new): createOrder(new, connection, mode)
-        case .transition(let change): transition(change, connection, mode)
+        case .createOrder(let new): createOrder(new, connection, mode, trace)
+        case .transition(let change): transition(change, connection, mode, trace)
         case .claimOutbox(let request): claim(request, connection, mode)
         case .settleOutbox(let settlement): settle(settlement, connection, mode)
         case .releaseClaims(let outbox, let owner): release(outbox, owner, connection, mode)
@@ -34,7 +36,7 @@ public enum StoreRecipes {
 
     // MARK: recipes
 
-    static func createOrder(_ new: NewOrder, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+    static func createOrder(_ new: NewOrder, _ c: PostgresConnection, _ mode: TransactionMode, _ trace: TraceParent?) -> StoreResult {
         let order = new.order
         var items = JSONWriter()
         items.array { json in
@@ -51,6 +53,7 @@ public enum StoreRecipes {
             .text(order.customerName), .text(order.customerEmail), .text(order.totalAmount.description),
             .text(order.createdAt.description), .text(items.string),
             .text(new.event.id.description), .text(new.event.type.rawValue), .bytes(new.event.payload),
+            .optional((new.event.traceParent ?? trace)?.description),
         ]
         return singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             let inserted = try c.execute(SQL.createOrder, parameters)
@@ -68,7 +71,7 @@ public enum StoreRecipes {
         }
     }
 
-    static func transition(_ t: OrderTransition, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+    static func transition(_ t: OrderTransition, _ c: PostgresConnection, _ mode: TransactionMode, _ trace: TraceParent?) -> StoreResult {
         transaction(c, mode) { () throws(PostgresError) -> Outcome in
             guard var order = try loadOrder(t.orderID, c, forUpdate: true) else { return .rollback(.orderNotFound) }
             let from = order.status
@@ -83,11 +86,13 @@ public enum StoreRecipes {
             if t.to == .processing || t.to == .fulfilled, order.processedAt == nil { order.processedAt = t.at }
             if t.to == .failed { order.failureReason = failureReason }
             if let type = EventType(announcing: t.to) {
-                let event = PipelineEvent(type: type, order: order, at: t.at, includeOrder: false)
+                var event = PipelineEvent(type: type, order: order, at: t.at, includeOrder: false)
+                event.traceParent = trace
                 try append(event, to: .kafka, c)
             }
             if t.to == .fulfilled {
-                let event = PipelineEvent(type: .orderFulfilled, orderID: t.orderID, at: t.at, status: .fulfilled)
+                var event = PipelineEvent(type: .orderFulfilled, orderID: t.orderID, at: t.at, status: .fulfilled)
+                event.traceParent = trace
                 try append(event, to: .serviceBus, c)
             }
             return .commit(.transitioned(order))
@@ -98,7 +103,7 @@ public enum StoreRecipes {
         singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             guard claim.limit > 0 else { return .claimed([]) }
             let rows = try c.execute(claim.outbox == .kafka ? SQL.claimKafka : SQL.claimServiceBus, [
-                .text(claim.owner), .text(claim.now.description), .text(claim.leaseUntil.description), .int(claim.limit),
+                .text(claim.owner), .int(claim.lease.microseconds), .int(claim.limit),
             ])
             var messages: [OutboxMessage] = []
             messages.reserveCapacity(rows.count)
@@ -111,6 +116,7 @@ public enum StoreRecipes {
                 var event = PipelineEvent(type: type, orderID: orderID, at: Instant(microseconds: occurred), status: .pending)
                 event.id = eventID
                 event.payload = payload
+                event.traceParent = rows.string(row, 7).flatMap { TraceParent($0) }
                 messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
             }
             messages.sort { $0.sequence < $1.sequence }
@@ -123,8 +129,8 @@ public enum StoreRecipes {
             guard !s.isEmpty else { return .settled(rows: 0) }
             func ints(_ values: [Int64]) -> PostgresValue { .text("{" + values.map(String.init).joined(separator: ",") + "}") }
             let rows = try c.execute(s.outbox == .kafka ? SQL.settleKafka : SQL.settleServiceBus, [
-                .text(s.owner), .text(s.now.description), ints(s.published),
-                ints(s.retries.map(\.sequence)), .text(SQL.arrayLiteral(s.retries.map(\.notBefore.description))),
+                .text(s.owner), ints(s.published),
+                ints(s.retries.map(\.sequence)), ints(s.retries.map(\.delay.microseconds)),
                 .text(SQL.arrayLiteral(s.retries.map(\.error))),
                 ints(s.rejections.map(\.sequence)), .text(SQL.arrayLiteral(s.rejections.map(\.reason))),
             ])
@@ -145,7 +151,7 @@ public enum StoreRecipes {
             let event = f.fulfilmentEvent
             let rows = try c.execute(SQL.fulfil, [
                 .text(envelope.id.description), .text(envelope.type.rawValue), .text(envelope.orderID.description),
-                .text(f.at.description), .text(event.id.description), .bytes(event.payload),
+                .text(f.at.description), .text(event.id.description), .bytes(event.payload), .optional(f.traceParent?.description),
             ])
             guard rows.int(0, 0) == 1 else { return .duplicate }
             guard envelope.type == .orderCreated else { return .recorded }
@@ -234,7 +240,7 @@ public enum StoreRecipes {
     static func append(_ event: PipelineEvent, to kind: OutboxKind, _ c: PostgresConnection) throws(PostgresError) {
         try c.execute(kind == .kafka ? SQL.appendKafka : SQL.appendServiceBus, [
             .text(event.id.description), .text(event.orderID.description), .text(event.type.rawValue),
-            .text(event.occurredAt.description), .bytes(event.payload),
+            .text(event.occurredAt.description), .bytes(event.payload), .optional(event.traceParent?.description),
         ])
     }
 

@@ -20,7 +20,7 @@ enum SQL {
 
     // MARK: createOrder — one statement, one implicit transaction, one round trip.
     // $1 key, $2 fingerprint, $3 order id, $4 name, $5 email, $6 total, $7 created_at, $8 items json,
-    // $9 event id, $10 event type, $11 payload (bytea, binary).
+    // $9 event id, $10 event type, $11 payload (bytea, binary), $12 traceparent.
     static let createOrder = PreparedStatement("op_create_order", """
         WITH k AS (
             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)
@@ -39,8 +39,8 @@ enum SQL {
             INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
             SELECT o.id, NULL, 'Pending', $7::timestamptz FROM o
         ), x AS (
-            INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
-            SELECT $9::uuid, o.id, $10::text, $7::timestamptz, $11::bytea, $7::timestamptz FROM o
+            INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
+            SELECT $9::uuid, o.id, $10::text, $7::timestamptz, $11::bytea, now(), $12::text FROM o
         )
         SELECT count(*) FROM k
         """)
@@ -97,65 +97,67 @@ enum SQL {
         VALUES ($1::uuid, $2::text, $3::text, $4::timestamptz, $5::text)
         """)
 
-    // $1 event id, $2 order id, $3 type, $4 occurred_at, $5 payload
+    // $1 event id, $2 order id, $3 type, $4 occurred_at, $5 payload, $6 traceparent
     static func appendOutbox(_ kind: OutboxKind) -> PreparedStatement {
         PreparedStatement("op_append_\(name(kind))", """
-            INSERT INTO \(table(kind)) (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
-            VALUES ($1::uuid, $2::uuid, $3::text, $4::timestamptz, $5::bytea, $4::timestamptz)
+            INSERT INTO \(table(kind)) (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
+            VALUES ($1::uuid, $2::uuid, $3::text, $4::timestamptz, $5::bytea, now(), $6::text)
             """)
     }
     static let appendKafka = appendOutbox(.kafka)
     static let appendServiceBus = appendOutbox(.serviceBus)
 
     // MARK: claim — head of line per order, leases, SKIP LOCKED.
-    // $1 owner, $2 now, $3 lease until, $4 limit
+    // $1 owner, $2 lease (microseconds), $3 limit. Every time is the database's own clock.
     static func claim(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
         return PreparedStatement("op_claim_\(name(kind))", """
             WITH candidates AS (
                 SELECT o.sequence FROM \(t) o
                 WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
-                  AND o.next_attempt_at <= $2::timestamptz
-                  AND (o.claimed_until IS NULL OR o.claimed_until <= $2::timestamptz)
+                  AND o.next_attempt_at <= now()
+                  AND (o.claimed_until IS NULL OR o.claimed_until <= now())
                   AND NOT EXISTS (
                       SELECT 1 FROM \(t) p
                       WHERE p.order_id = o.order_id AND p.sequence < o.sequence
                         AND p.published_at IS NULL AND p.dead_lettered_at IS NULL)
                 ORDER BY o.sequence
-                LIMIT $4::int
+                LIMIT $3::int
                 FOR UPDATE OF o SKIP LOCKED
             )
-            UPDATE \(t) o SET claimed_by = $1::text, claimed_until = $3::timestamptz, attempts = o.attempts + 1
+            UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
             FROM candidates c WHERE o.sequence = c.sequence
-            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")), o.payload, o.attempts
+            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")), o.payload, o.attempts, o.traceparent
             """)
     }
     static let claimKafka = claim(.kafka)
     static let claimServiceBus = claim(.serviceBus)
 
     // MARK: settle — fenced by owner.
-    // $1 owner, $2 now, $3 published int8[], $4 retry seqs, $5 retry times, $6 retry errors, $7 rejected seqs, $8 reasons
+    // $1 owner, $2 published int8[], $3 retry seqs, $4 retry delays (microseconds), $5 retry errors, $6 rejected seqs,
+    // $7 reasons. Every time is the database's own clock.
     static func settle(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
         let fence = "o.claimed_by = $1::text AND o.published_at IS NULL AND o.dead_lettered_at IS NULL"
         return PreparedStatement("op_settle_\(name(kind))", """
             WITH pub AS (
-                UPDATE \(t) o SET published_at = $2::timestamptz, claimed_by = NULL, claimed_until = NULL
-                WHERE o.sequence = ANY($3::int8[]) AND \(fence)
+                UPDATE \(t) o SET published_at = now(), claimed_by = NULL, claimed_until = NULL
+                WHERE o.sequence = ANY($2::int8[]) AND \(fence)
                 RETURNING 1
             ), ret AS (
-                UPDATE \(t) o SET next_attempt_at = r.not_before, last_error = r.error, claimed_by = NULL, claimed_until = NULL
-                FROM unnest($4::int8[], $5::timestamptz[], $6::text[]) AS r(seq, not_before, error)
+                UPDATE \(t) o SET next_attempt_at = now() + r.delay * interval '1 microsecond', last_error = r.error,
+                    claimed_by = NULL, claimed_until = NULL
+                FROM unnest($3::int8[], $4::int8[], $5::text[]) AS r(seq, delay, error)
                 WHERE o.sequence = r.seq AND \(fence)
                 RETURNING 1
             ), rej AS (
-                UPDATE \(t) o SET dead_lettered_at = $2::timestamptz, last_error = r.reason, claimed_by = NULL, claimed_until = NULL
-                FROM unnest($7::int8[], $8::text[]) AS r(seq, reason)
+                UPDATE \(t) o SET dead_lettered_at = now(), last_error = r.reason, claimed_by = NULL, claimed_until = NULL
+                FROM unnest($6::int8[], $7::text[]) AS r(seq, reason)
                 WHERE o.sequence = r.seq AND \(fence)
                 RETURNING o.sequence, o.payload, r.reason
             ), dl AS (
                 INSERT INTO dead_letters (source, reason, payload, at)
-                SELECT '\(kind.rawValue)-outbox/' || rej.sequence, rej.reason, rej.payload, $2::timestamptz FROM rej
+                SELECT '\(kind.rawValue)-outbox/' || rej.sequence, rej.reason, rej.payload, now() FROM rej
                 -- A row dead-lettered again after `orderpipeline outbox replay` is listed again.
                 ON CONFLICT (source) DO UPDATE SET reason = EXCLUDED.reason, payload = EXCLUDED.payload, at = EXCLUDED.at, replayed_at = NULL
                 WHERE dead_letters.replayed_at IS NOT NULL
@@ -178,7 +180,7 @@ enum SQL {
     // MARK: fulfil
     /// The whole consumer transaction as one statement (one round trip, one commit): the inbox insert first;
     /// everything else is conditional on it having inserted, so a redelivery writes nothing.
-    /// $1 event id, $2 event type, $3 order id, $4 at, $5 fulfilment event id, $6 fulfilment payload.
+    /// $1 event id, $2 event type, $3 order id, $4 at, $5 fulfilment event id, $6 fulfilment payload, $7 traceparent.
     static let fulfil = PreparedStatement("op_fulfil", """
         WITH ins AS (
             INSERT INTO consumer_inbox (event_id, event_type, order_id, received_at)
@@ -198,8 +200,8 @@ enum SQL {
             FROM upd, (VALUES (1, 'Pending', 'Processing'), (2, 'Processing', 'Fulfilled')) AS v(n, from_status, to_status)
             ORDER BY v.n
         ), sb AS (
-            INSERT INTO service_bus_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
-            SELECT $5::uuid, upd.id, 'OrderFulfilled', $4::timestamptz, $6::bytea, $4::timestamptz FROM upd
+            INSERT INTO service_bus_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
+            SELECT $5::uuid, upd.id, 'OrderFulfilled', $4::timestamptz, $6::bytea, now(), $7::text FROM upd
         )
         SELECT (SELECT count(*) FROM ins), (SELECT status FROM target), (SELECT count(*) FROM upd)
         """)

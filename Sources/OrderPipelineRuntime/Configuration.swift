@@ -12,6 +12,11 @@ public struct RuntimeConfiguration: Sendable {
     public var poolSize = 8
     /// `DB_STATEMENT_TIMEOUT_MS` — statement and lock timeout of every session.
     public var statementTimeout: Duration = .seconds(5)
+    /// `DB_QUEUE_LIMIT` — requests that may wait for a connection; more are refused at once (HTTP 503).
+    public var queueLimit = 256
+    /// `DB_REQUEST_TIMEOUT_MS` — deadline of each database request, waiting for a connection included; a
+    /// request past it is answered at once (HTTP 503) and a statement PostgreSQL does not answer by then is abandoned.
+    public var requestTimeout: Duration = .seconds(3)
     /// `LOG_LEVEL` — trace, debug, info, notice, warning, error, critical.
     public var logLevel: Logger.Level = .info
 
@@ -29,6 +34,11 @@ public struct RuntimeConfiguration: Sendable {
           DB_POOL_SIZE   database connections, one thread each (default 8)
           DB_STATEMENT_TIMEOUT_MS
                          statement and lock timeout in ms (default 5000)
+          DB_QUEUE_LIMIT requests that may wait for a connection; more get
+                         503 at once (default 256)
+          DB_REQUEST_TIMEOUT_MS
+                         deadline of a database request in ms, queueing
+                         included; then 503 (default 3000)
           LOG_LEVEL      trace|debug|info|notice|warning|error|critical
                          (default info)
         """
@@ -55,6 +65,14 @@ public struct RuntimeConfiguration: Sendable {
             guard let ms = Int64(text), ms > 0 else { throw Problem(description: "DB_STATEMENT_TIMEOUT_MS must be a positive number") }
             configuration.statementTimeout = .milliseconds(ms)
         }
+        if let text = environment["DB_QUEUE_LIMIT"] {
+            guard let limit = Int(text), (1...100_000).contains(limit) else { throw Problem(description: "DB_QUEUE_LIMIT must be 1…100000, not \(text)") }
+            configuration.queueLimit = limit
+        }
+        if let text = environment["DB_REQUEST_TIMEOUT_MS"] {
+            guard let ms = Int64(text), (1...600_000).contains(ms) else { throw Problem(description: "DB_REQUEST_TIMEOUT_MS must be 1…600000") }
+            configuration.requestTimeout = .milliseconds(ms)
+        }
         if let text = environment["LOG_LEVEL"] {
             guard let level = Logger.Level(rawValue: text.lowercased()) else { throw Problem(description: "LOG_LEVEL \(text) is not a level") }
             configuration.logLevel = level
@@ -66,24 +84,73 @@ public struct RuntimeConfiguration: Sendable {
         var pool = PostgresPool.Configuration(url: databaseURL)
         pool.size = poolSize
         pool.connection.statementTimeout = statementTimeout
+        pool.queueLimit = queueLimit
+        pool.requestTimeout = requestTimeout
         return pool
     }
 
     /// The database URL with any password replaced, for logs.
     public var redactedDatabaseURL: String { Self.redact(databaseURL) }
 
-    public static func redact(_ url: String) -> String {
-        // postgres://user:secret@host/db → postgres://user:***@host/db; key=value strings: password=***.
-        var text = url
-        if let scheme = text.range(of: "://"), let at = text[scheme.upperBound...].firstIndex(of: "@") {
-            let credentials = text[scheme.upperBound..<at]
-            if let colon = credentials.firstIndex(of: ":") {
-                text.replaceSubrange(text.index(after: colon)..<at, with: "***")
-            }
+    public static func redact(_ url: String) -> String { Redaction.redact(url) }
+}
+
+/// Removes secrets from connection strings before they are logged: the password of every `scheme://user:password@`
+/// URL (postgres, amqp, amqps, …) and the value of every secret key=value field — libpq's `password=`, Azure's
+/// `SharedAccessKey=`, `SharedAccessSignature=` and `AccountKey=`, librdkafka's `sasl.password=` and the like —
+/// in libpq (space-separated, quoted values), URL query (`&`), Azure (`;`) and property list (`,`) forms.
+public enum Redaction {
+    static let secretKeys = [
+        "password", "sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "sslpassword", "sig",
+    ]
+    /// Azure connection-string fields: their values (a SAS token has spaces and `&`) end only at `;`.
+    static let azureSecretKeys = ["sharedaccesskey", "sharedaccesssignature", "accountkey"]
+    static let separators: Set<Character> = [" ", "&", ";", ",", "?", "\t", "\n"]
+
+    public static func redact(_ text: String) -> String {
+        var out = redactUserInfo(text)
+        for key in azureSecretKeys { out = redactField(key, in: out, endingAt: [";"]) }
+        for key in secretKeys { out = redactField(key, in: out, endingAt: separators) }
+        return out
+    }
+
+    /// `scheme://user:secret@host` → `scheme://user:***@host`, for every URL in the text.
+    static func redactUserInfo(_ text: String) -> String {
+        var text = text
+        var searchFrom = text.startIndex
+        while let scheme = text.range(of: "://", range: searchFrom..<text.endIndex) {
+            let authorityEnd = text[scheme.upperBound...].firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" || separators.contains($0) }) ?? text.endIndex
+            searchFrom = scheme.upperBound
+            guard let at = text[scheme.upperBound..<authorityEnd].lastIndex(of: "@"),
+                  let colon = text[scheme.upperBound..<at].firstIndex(of: ":") else { continue }
+            let resume = text.distance(from: text.startIndex, to: colon) + 4
+            text.replaceSubrange(text.index(after: colon)..<at, with: "***")
+            searchFrom = text.index(text.startIndex, offsetBy: resume)
         }
-        if let range = text.range(of: "password=") {
-            let end = text[range.upperBound...].firstIndex(where: { $0 == " " || $0 == "&" }) ?? text.endIndex
-            text.replaceSubrange(range.upperBound..<end, with: "***")
+        return text
+    }
+
+    /// `key=value` → `key=***` (case-insensitive key, at the start or after a separator; a quoted value up to its quote).
+    static func redactField(_ key: String, in text: String, endingAt terminators: Set<Character>) -> String {
+        var text = text
+        var searchFrom = text.startIndex
+        while let found = text.range(of: key + "=", options: .caseInsensitive, range: searchFrom..<text.endIndex) {
+            searchFrom = found.upperBound
+            if found.lowerBound != text.startIndex, !separators.contains(text[text.index(before: found.lowerBound)]) { continue }
+            if text[found.upperBound...].hasPrefix("***") { continue }
+            var end = text[found.upperBound...].firstIndex(where: { terminators.contains($0) }) ?? text.endIndex
+            if text[found.upperBound...].first == "'" {
+                // libpq quoting: up to the closing quote not escaped by a backslash.
+                var index = text.index(after: found.upperBound)
+                while index < text.endIndex, text[index] != "'" {
+                    if text[index] == "\\" { index = text.index(after: index) }
+                    if index < text.endIndex { index = text.index(after: index) }
+                }
+                end = index < text.endIndex ? text.index(after: index) : index
+            }
+            let resume = text.distance(from: text.startIndex, to: found.upperBound) + 3
+            text.replaceSubrange(found.upperBound..<end, with: "***")
+            searchFrom = text.index(text.startIndex, offsetBy: resume)
         }
         return text
     }

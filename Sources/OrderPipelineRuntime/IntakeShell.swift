@@ -1,56 +1,35 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Logging
 import OrderPipelineCore
-import OrderPipelinePostgres
 import Synchronization
 
-/// Anything that performs store commands: the PostgreSQL adapter in production, fakes in tests.
-public protocol StorePerforming: Sendable {
-    func perform(_ command: StoreCommand) async -> StoreResult
-}
-
-extension PostgresStore: StorePerforming {}
-
-/// The wall clock as the machines see it: microseconds since the Unix epoch.
-public enum WallClock {
-    public static func now() -> Instant {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
-        return Instant(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1_000)
-    }
-}
-
-/// The production shell of `OrderIntake`: feeds it requests with a fresh order id and the wall clock, performs
-/// its `.store` effects on the store, feeds the results back and returns its `.respond`. The machine makes every
-/// decision (validation, idempotency, retry of unknown outcomes); the shell only does I/O.
+/// The production shell of `OrderIntake`: one `MachineRunner` serves every request. A request's input goes in
+/// with a fresh order id and the wall clock; the store effects it causes are performed by the request's own task
+/// and their results fed back, until the machine answers. The machine makes every decision (validation,
+/// idempotency, retry of unknown outcomes); the shell only does I/O.
 ///
-/// One machine serves every request: it is guarded by a mutex and only touched between awaits, so requests run
-/// concurrently while each request's effects are performed in order.
+/// The runner is guarded by a mutex and only touched between awaits, so requests run concurrently while each
+/// request's effects are performed in order.
 public final class IntakeShell: Sendable {
-    private let machine: Mutex<OrderIntake>
+    private let runner: Mutex<MachineRunner<OrderIntake>>
     private let nextRequest = Atomic<UInt64>(0)
     private let store: any StorePerforming
-    private let logger: Logger
-    private let metrics: PipelineMetrics?
+    private let observer: NoteObserver
     private let clock: @Sendable () -> Instant
 
     public init(
         store: any StorePerforming, configuration: OrderIntake.Configuration = .init(), logger: Logger,
-        metrics: PipelineMetrics? = nil, clock: @escaping @Sendable () -> Instant = WallClock.now
+        metrics: PipelineMetrics = PipelineMetrics(), clock: @escaping @Sendable () -> Instant = WallClock.now
     ) {
-        self.machine = Mutex(OrderIntake(configuration: configuration))
         self.store = store
-        self.logger = logger
-        self.metrics = metrics
+        self.observer = NoteObserver(logger: logger, metrics: metrics)
         self.clock = clock
-        _ = machine.withLock { $0.handle(.start, now: clock()) }
+        var runner = MachineRunner(OrderIntake(configuration: configuration))
+        var performers = RequestPerformers(observer: observer)
+        runner.handle(.start, now: clock(), performers: &performers)
+        self.runner = Mutex(runner)
     }
 
-    /// `POST /api/orders`.
+    /// `POST /api/orders`: the raw body, as the client sent it.
     public func createOrder(body: [UInt8], idempotencyKey: String?) async -> IntakeResponse {
         let request = nextRequest.add(1, ordering: .relaxed).newValue
         var random = SystemRandomNumberGenerator()
@@ -58,50 +37,34 @@ public final class IntakeShell: Sendable {
         return await drive(request, .createOrder(request, body: body, idempotencyKey: idempotencyKey, newOrderID: id))
     }
 
-    /// `PATCH /api/orders/{id}/status`.
-    public func changeStatus(_ id: OrderID, to status: OrderStatus, reason: String?) async -> IntakeResponse {
+    /// `PATCH /api/orders/{id}/status`: the raw body, as the client sent it.
+    public func changeStatus(_ id: OrderID, body: [UInt8]) async -> IntakeResponse {
         let request = nextRequest.add(1, ordering: .relaxed).newValue
-        return await drive(request, .changeStatus(request, id, to: status, reason: reason))
+        return await drive(request, .changeStatus(request, id, body: body))
     }
 
     private func drive(_ request: RequestID, _ input: Input) async -> IntakeResponse {
-        var effects = machine.withLock { $0.handle(input, now: clock()) }
-        var response: IntakeResponse?
-        var index = 0
-        while index < effects.count {
-            let effect = effects[index]
-            index += 1
-            switch effect {
-            case let .store(ticket, command):
-                let result = await store.perform(command)
-                effects += machine.withLock { $0.handle(.stored(ticket, result), now: clock()) }
-            case let .respond(id, answer) where id == request:
-                response = answer
-            case .note(let note):
-                observe(note)
-            case .respond, .publish, .forwardDeadLetter, .fetch, .commitOffsets, .setTimer, .cancelTimer:
-                // The intake machine never asks for these; nothing to do.
-                break
-            }
+        var performers = RequestPerformers(observer: observer)
+        runner.withLock { $0.handle(input, now: clock(), performers: &performers) }
+        while true {
+            if let answer = performers.responses.first(where: { $0.request == request }) { return answer.response }
+            guard !performers.stores.isEmpty else { break }
+            let (ticket, command) = performers.stores.removeFirst()
+            let result = await store.perform(command)
+            runner.withLock { $0.handle(.stored(ticket, result), now: clock(), performers: &performers) }
         }
-        return response ?? .unavailable("the request was not answered")
+        observer.observe(.unexpected("request \(request) was not answered"))
+        return .unavailable("the request was not answered")
     }
+}
 
-    private func observe(_ note: Note) {
-        switch note {
-        case .orderAccepted(let id, let replayed):
-            if replayed {
-                logger.info("Order \(id) replayed for a retried request", metadata: ["order.id": "\(id)"])
-                metrics?.ordersReplayed.increment()
-            } else {
-                logger.info("Order \(id) created and outbox message queued", metadata: ["order.id": "\(id)"])
-                metrics?.ordersCreated.increment()
-            }
-        case .unknownOutcome(let what):
-            logger.warning("Transaction outcome unknown; retrying with the same idempotency key", metadata: ["store.command": "\(what)"])
-            metrics?.unknownOutcomes.increment()
-        default:
-            logger.debug("note", metadata: ["note": "\(note)"])
-        }
-    }
+/// A request's performers: its store effects are performed by the request's task, its answer returned.
+struct RequestPerformers: EffectPerformers {
+    let observer: NoteObserver
+    var stores: [(Ticket, StoreCommand)] = []
+    var responses: [(request: RequestID, response: IntakeResponse)] = []
+
+    mutating func store(_ command: StoreCommand, ticket: Ticket) { stores.append((ticket, command)) }
+    mutating func respond(_ response: IntakeResponse, to request: RequestID) { responses.append((request, response)) }
+    mutating func observe(_ note: Note) { observer.observe(note) }
 }

@@ -7,17 +7,14 @@ import Prometheus
 /// histograms) land in it too.
 public final class PipelineMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
-    public let ordersCreated: Prometheus.Counter
-    public let ordersReplayed: Prometheus.Counter
-    public let unknownOutcomes: Prometheus.Counter
+    /// swift-metrics' view of the registry: the pipeline's own counters are made through it (`NoteObserver`).
+    public let factory: PrometheusMetricsFactory
     private let pending: [OutboxKind: Prometheus.Gauge]
     private let oldest: [OutboxKind: Prometheus.Gauge]
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
-        ordersCreated = registry.makeCounter(name: "orderpipeline_orders_created_total", help: "Orders accepted (201)")
-        ordersReplayed = registry.makeCounter(name: "orderpipeline_orders_replayed_total", help: "Retried creates answered with the stored order")
-        unknownOutcomes = registry.makeCounter(name: "orderpipeline_store_unknown_outcomes_total", help: "Transactions whose COMMIT outcome was unknown")
+        factory = PrometheusMetricsFactory(registry: registry)
         var pending: [OutboxKind: Prometheus.Gauge] = [:]
         var oldest: [OutboxKind: Prometheus.Gauge] = [:]
         for kind in OutboxKind.allCases {
@@ -38,6 +35,6 @@ public final class PipelineMetrics: Sendable {
 
     /// Routes swift-metrics (used by Hummingbird and other libraries) into this registry. Once per process.
     public func bootstrapMetricsSystem() {
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        MetricsSystem.bootstrap(factory)
     }
 }

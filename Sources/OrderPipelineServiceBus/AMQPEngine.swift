@@ -161,6 +161,8 @@ final class AMQPEngine: @unchecked Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     private let proactor: OpaquePointer
+    /// The TLS settings of every connection (amqps), made once: without them the engine does not exist.
+    private let tlsDomain: OpaquePointer?
     // Thread-confined (proactor thread):
     private var connection: OpaquePointer?
     private var link: OpaquePointer?
@@ -183,7 +185,12 @@ final class AMQPEngine: @unchecked Sendable {
         self.address = address
         self.role = role
         self.logger = logger
-        guard let proactor = pn_proactor() else { throw ServiceBusError(code: .connection, message: "pn_proactor failed") }
+        try configuration.checkTransportSecurity()
+        tlsDomain = configuration.useTLS ? try Self.makeTLSDomain() : nil
+        guard let proactor = pn_proactor() else {
+            if let tlsDomain { pn_ssl_domain_free(tlsDomain) }
+            throw ServiceBusError(code: .connection, message: "pn_proactor failed")
+        }
         self.proactor = proactor
         self.containerID = "orderpipeline-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         let thread = Thread { [self] in self.run() }
@@ -191,7 +198,22 @@ final class AMQPEngine: @unchecked Sendable {
         thread.start()
     }
 
-    deinit { pn_proactor_free(proactor) }
+    deinit {
+        pn_proactor_free(proactor)
+        if let tlsDomain { pn_ssl_domain_free(tlsDomain) }
+    }
+
+    /// A client TLS domain that verifies the server's certificate and name. Fails closed: no domain, no amqps.
+    private static func makeTLSDomain() throws(ServiceBusError) -> OpaquePointer {
+        guard pn_ssl_present(), let domain = pn_ssl_domain(PN_SSL_MODE_CLIENT) else {
+            throw ServiceBusError(code: .unsupported, message: "TLS is not available in this qpid-proton build; amqps refuses to connect in plaintext")
+        }
+        guard pn_ssl_domain_set_peer_authentication(domain, PN_SSL_VERIFY_PEER_NAME, nil) == 0 else {
+            pn_ssl_domain_free(domain)
+            throw ServiceBusError(code: .unsupported, message: "TLS peer verification could not be set up; amqps refuses to connect")
+        }
+        return domain
+    }
 
     // MARK: - Called from any thread
 
@@ -259,13 +281,19 @@ final class AMQPEngine: @unchecked Sendable {
         case .anonymous, .sharedAccessKey:
             pn_sasl_allowed_mechs(sasl, "ANONYMOUS")
         }
-        pn_sasl_set_allow_insecure_mechs(sasl, true)
-        if configuration.useTLS, let domain = pn_ssl_domain(PN_SSL_MODE_CLIENT) {
-            pn_ssl_domain_set_peer_authentication(domain, PN_SSL_VERIFY_PEER_NAME, nil)
+        // PLAIN sends the password as it is: only inside TLS, or to a broker on this machine (checked at init).
+        pn_sasl_set_allow_insecure_mechs(sasl, !configuration.useTLS && configuration.isLoopback)
+        if let tlsDomain {
             let ssl = pn_ssl(transport)
-            pn_ssl_init(ssl, domain, nil)
-            pn_ssl_set_peer_hostname(ssl, configuration.host)
-            pn_ssl_domain_free(domain)
+            guard let ssl, pn_ssl_init(ssl, tlsDomain, nil) == 0, pn_ssl_set_peer_hostname(ssl, configuration.host) == 0 else {
+                // Never fall back to plaintext: no connection, try again later.
+                pn_transport_free(transport)
+                pn_connection_free(connection)
+                state.withLock { $0.lastError = "TLS setup failed" }
+                logger.error("AMQP TLS setup failed; not connecting", metadata: ["amqp.host": "\(configuration.host):\(configuration.port)"])
+                nextAttempt = .now + configuration.reconnectDelay
+                return
+            }
         }
         var addr = [CChar](repeating: 0, count: 512)
         pn_proactor_addr(&addr, addr.count, configuration.host, String(configuration.port))

@@ -49,10 +49,27 @@ public struct ServiceBusConfiguration: Sendable, Hashable {
         }
     }
 
+    /// A broker on this machine (where credentials in clear text never cross a network).
+    public var isLoopback: Bool {
+        let host = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// The rule for credentials on the wire: SASL PLAIN (a password) without TLS only to a broker on this machine
+    /// (the local RabbitMQ of the tests); anywhere else it needs `amqps://`. TLS itself fails closed (see
+    /// `AMQPEngine`): an `amqps` connection that cannot set up TLS is not made.
+    public func checkTransportSecurity() throws(ServiceBusError) {
+        if case .plain = authentication, !useTLS, !isLoopback {
+            throw ServiceBusError(code: .configuration, message: "amqp:// with a user and password sends the password in clear text; use amqps:// for \(host) (plain amqp:// is allowed only to localhost)")
+        }
+    }
+
     public static func parse(_ text: String) throws(ServiceBusError) -> ServiceBusConfiguration {
         let trimmed = text.trimmingWhitespace
         if trimmed.lowercased().hasPrefix("amqp://") || trimmed.lowercased().hasPrefix("amqps://") {
-            return try parseURL(trimmed)
+            let configuration = try parseURL(trimmed)
+            try configuration.checkTransportSecurity()
+            return configuration
         }
         if trimmed.range(of: "Endpoint=", options: .caseInsensitive) != nil {
             return try parseAzure(trimmed)

@@ -5,7 +5,8 @@ import OrderPipelineCore
 ///
 /// Each row becomes one message: `message-id` = the event id (the derived MessageId that duplicate detection keys
 /// on), `subject` = the event type, `content-type` = `application/json`, application properties `orderId` and
-/// `eventType`, the event JSON as the body. Outcomes come from the dispositions: accepted → `.delivered`;
+/// `eventType` (and, when the row has a trace, `traceparent` and `Diagnostic-Id`, both the W3C value, as Azure SDKs
+/// send them), the event JSON as the body. Outcomes come from the dispositions: accepted → `.delivered`;
 /// rejected → a permanent failure with the condition; released / modified → a retriable failure; no disposition
 /// in time (or the connection lost meanwhile) → `.unknown`. The messages of a batch are sent at once and their
 /// dispositions awaited concurrently.
@@ -25,11 +26,16 @@ public final class ServiceBusSender: Sendable {
 
     /// The AMQP message for an outbox row.
     public static func message(for event: PipelineEvent) -> AMQPMessage {
-        AMQPMessage(
+        var properties = ["orderId": event.orderID.description, "eventType": event.type.rawValue]
+        if let trace = event.traceParent {
+            properties["traceparent"] = trace.description
+            properties["Diagnostic-Id"] = trace.description
+        }
+        return AMQPMessage(
             messageID: event.id.description,
             subject: event.type.rawValue,
             contentType: "application/json",
-            applicationProperties: ["orderId": event.orderID.description, "eventType": event.type.rawValue],
+            applicationProperties: properties,
             body: event.payload
         )
     }

@@ -14,7 +14,7 @@ struct OrderPipelineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "orderpipeline",
         abstract: "Event-driven order pipeline: HTTP API, outbox relays and fulfilment consumer.",
-        discussion: RuntimeConfiguration.environmentHelp,
+        discussion: RuntimeConfiguration.environmentHelp + "\n\n" + LivePage.Configuration.environmentHelp,
         subcommands: [Serve.self, Migrate.self, Relay.self, Consume.self, All.self, Outbox.self]
     )
 }
@@ -24,6 +24,15 @@ enum Bootstrap {
     static func configuration() throws -> RuntimeConfiguration {
         do {
             return try RuntimeConfiguration.fromEnvironment(ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    /// The live page `/ui` (UI_ENABLED, UI_REPLAY_TOKEN, UI_MAX_STREAMS); `consumerLag` when the consumer runs here.
+    static func livePage(store: PostgresStore, consumerLag: (@Sendable () -> [Int32: Int64])? = nil) throws -> LivePage {
+        do {
+            return LivePage(configuration: try LivePage.Configuration.fromEnvironment(ProcessInfo.processInfo.environment), store: store, consumerLag: consumerLag)
         } catch {
             throw ValidationError(error.description)
         }
@@ -43,8 +52,8 @@ enum Bootstrap {
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve the HTTP API (POST/GET/PATCH /api/orders, /health/*, /metrics, /openapi.json).",
-        discussion: RuntimeConfiguration.environmentHelp + "\n\nStops gracefully on SIGTERM or SIGINT."
+        abstract: "Serve the HTTP API (POST/GET/PATCH /api/orders, /health/*, /metrics, /openapi.json) and the live page /ui.",
+        discussion: RuntimeConfiguration.environmentHelp + "\n\n" + LivePage.Configuration.environmentHelp + "\n\nStops gracefully on SIGTERM or SIGINT."
     )
 
     func run() async throws {
@@ -55,8 +64,10 @@ struct Serve: AsyncParsableCommand {
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
         let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
+        let router = api.makeRouter()
+        try Bootstrap.livePage(store: store).register(on: router)
         let app = Application(
-            router: api.makeRouter(),
+            router: router,
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )

@@ -13,28 +13,44 @@ import ServiceLifecycle
 /// The broker roles: `relay` (both outbox relays), `consume` (the fulfilment consumer), `all` (API + both relays +
 /// consumer in one process, for development).
 enum BrokerBootstrap {
-    static func brokers(needsServiceBus: Bool) throws -> BrokerConfiguration {
+    static func brokers(needsServiceBus: Bool, role: String) throws -> BrokerConfiguration {
         do {
-            return try BrokerConfiguration.fromEnvironment(ProcessInfo.processInfo.environment, needsServiceBus: needsServiceBus)
+            return try BrokerConfiguration.fromEnvironment(ProcessInfo.processInfo.environment, needsServiceBus: needsServiceBus, role: role)
         } catch {
             throw ValidationError(error.description)
         }
     }
 
     static let help = RuntimeConfiguration.environmentHelp + "\n\n" + BrokerConfiguration.environmentHelp + "\n\n" + MetricsEndpoint.help
+        + "\n\n" + LivePage.Configuration.environmentHelp
         + "\n\nlibrdkafka 2.16 must be the one loaded (LD_LIBRARY_PATH=$RDKAFKA_LIB_DIR, set by scripts/services env) to talk to Tansu."
 
-    /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY.
+    /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY. First takes the lock
+    /// of `RELAY_ID` (refused: another live process uses it), which a service then watches.
     static func relayServices(
-        configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: BrokerMetrics
-    ) throws -> (services: [ServiceGroupConfiguration.ServiceConfiguration], listener: PostgresListener) {
+        configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics
+    ) async throws -> (services: [ServiceGroupConfiguration.ServiceConfiguration], listener: PostgresListener) {
+        let lock: OwnerLock
+        do {
+            lock = try await OwnerLock.acquire(owner: brokers.relayID, settings: configuration.pool.connection, logger: logger)
+        } catch let refusal as OwnerLock.Refusal {
+            throw ValidationError(refusal.description)
+        } catch {
+            throw ValidationError("could not take the lock of RELAY_ID \(brokers.relayID): \(error)")
+        }
+        logger.info("Relay owner", metadata: ["relay.id": "\(brokers.relayID)"])
+        if let serviceBus = brokers.serviceBus, case .sharedAccessKey = serviceBus.authentication {
+            logger.warning("Exactly-once delivery to Service Bus relies on duplicate detection: make sure it is enabled on the queue", metadata: [
+                "servicebus.queue": "\(serviceBus.queue)",
+            ])
+        }
         let listener = PostgresListener(settings: configuration.pool.connection, logger: logger)
         let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
         let kafkaRelay = RelayService(
             outbox: .kafka, owner: brokers.relayID, store: store, publisher: producer, listener: listener, logger: logger, metrics: metrics,
             onStop: { await producer.shutdown() }
         )
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: kafkaRelay)]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: OwnerLockService(lock: lock, logger: logger)), .init(service: kafkaRelay)]
         if let serviceBus = brokers.serviceBus {
             let sender = try ServiceBusSender(configuration: serviceBus, logger: logger)
             services.append(.init(service: RelayService(
@@ -45,9 +61,33 @@ enum BrokerBootstrap {
         return (services, listener)
     }
 
-    static func consumerService(brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: BrokerMetrics) throws -> ConsumerService {
+    static func consumerService(brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics) throws -> ConsumerService {
         let deadLetters = try KafkaProducer(configuration: brokers.kafka, logger: logger)
         return ConsumerService(configuration: brokers.kafka, store: store, deadLetters: deadLetters, logger: logger, metrics: metrics)
+    }
+}
+
+/// Holds the `RELAY_ID` lock while the relays run: checks it every few seconds (taking it again after a database
+/// restart) and stops the process if another process has taken it meanwhile; releases it at shutdown.
+struct OwnerLockService: Service {
+    let lock: OwnerLock
+    let logger: Logger
+
+    func run() async throws {
+        defer { lock.release() }
+        while !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(5)) }
+            guard !Task.isShuttingDownGracefully else { break }
+            do {
+                if try await !lock.verify() {
+                    logger.critical("Another process took the lock of RELAY_ID \(lock.owner) while this one's database session was down; stopping")
+                    throw OwnerLock.Refusal(owner: lock.owner)
+                }
+            } catch let error as PostgresError {
+                // The database is down: nobody else can take the lock meanwhile without us noticing afterwards.
+                logger.debug("RELAY_ID lock not checked", metadata: ["db.error": "\(error.message)"])
+            }
+        }
     }
 }
 
@@ -68,12 +108,12 @@ struct Relay: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try Bootstrap.configuration()
-        let brokers = try BrokerBootstrap.brokers(needsServiceBus: false)
+        let brokers = try BrokerBootstrap.brokers(needsServiceBus: false, role: "relay")
         let logger = Bootstrap.logger("orderpipeline.relay", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
-        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
+        let (relays, listener) = try await BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: metrics)
         if brokers.serviceBus == nil { logger.warning("SERVICEBUS_CONNECTION_STRING is not set: only the Kafka outbox is relayed") }
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         // The metrics endpoint stops first, the pool last.
@@ -95,12 +135,12 @@ struct Consume: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try Bootstrap.configuration()
-        let brokers = try BrokerBootstrap.brokers(needsServiceBus: false)
+        let brokers = try BrokerBootstrap.brokers(needsServiceBus: false, role: "consume")
         let logger = Bootstrap.logger("orderpipeline.consume", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
-        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: BrokerMetrics(registry: metrics.registry))
+        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: metrics)
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: consumer)] + (endpoint.map { [$0] } ?? []),
@@ -119,21 +159,23 @@ struct All: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try Bootstrap.configuration()
-        let brokers = try BrokerBootstrap.brokers(needsServiceBus: true)
+        let brokers = try BrokerBootstrap.brokers(needsServiceBus: true, role: "all")
         let logger = Bootstrap.logger("orderpipeline", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
-        let brokerMetrics = BrokerMetrics(registry: metrics.registry)
         let store = PostgresStore(configuration: configuration.pool, logger: logger)
         let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
+        let router = api.makeRouter()
+        // The consumer of this process keeps its per-partition lag in the metrics registry.
+        try Bootstrap.livePage(store: store, consumerLag: { LivePage.consumerLag(prometheus: metrics.render()) }).register(on: router)
         let app = Application(
-            router: api.makeRouter(),
+            router: router,
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )
-        let (relays, listener) = try BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: brokerMetrics)
-        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: brokerMetrics)
+        let (relays, listener) = try await BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: metrics)
+        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: metrics)
         logger.info("Starting the pipeline", metadata: [
             "http.address": "\(configuration.httpHost):\(configuration.httpPort)", "db.url": "\(configuration.redactedDatabaseURL)",
             "kafka.brokers": "\(brokers.kafka.brokers)", "kafka.topic": "\(brokers.kafka.topic)",

@@ -79,10 +79,23 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         #expect(try answer(.committed(.orderReplayed(sampleOrder())), for: create) == .replayed(sampleOrder()))
         #expect(try answer(.committed(.idempotencyKeyReused), for: create) == .idempotencyKeyReused)
         #expect(try answer(.failed(.timedOut), for: create) == .unavailable("the database did not answer in time"))
-        let change = Input.changeStatus(2, orderA, to: .fulfilled, reason: nil)
+        let change = Input.changeStatus(2, orderA, body: Array(#"{"status":"Fulfilled"}"#.utf8))
         #expect(try answer(.committed(.orderNotFound), for: change) == .notFound(orderA))
         #expect(try answer(.committed(.illegalTransition(from: .pending)), for: change) == .illegalTransition(orderA, from: .pending, to: .fulfilled))
         #expect(try answer(.committed(.transitioned(sampleOrder(status: .failed))), for: change) == .statusChanged(sampleOrder(status: .failed)))
+    }
+
+    @Test func statusChangeBodiesAreParsedByTheMachine() {
+        var intake = OrderIntake()
+        func answer(_ body: String) -> [Effect] { intake.handle(.changeStatus(3, orderA, body: Array(body.utf8)), now: t0) }
+        #expect(answer("not json") == [.respond(3, .rejected(.malformed("the body is not valid JSON")))])
+        #expect(answer("[1]") == [.respond(3, .rejected(.malformed("the body must be a JSON object")))])
+        #expect(answer(#"{"status":7}"#) == [.respond(3, .rejected(.invalid([FieldError(field: "status", message: "must be a string")])))])
+        #expect(answer(#"{"status":"Shipped"}"#).count == 1)
+        #expect(answer("{}") == [.respond(3, .rejected(.invalid([FieldError(field: "status", message: "is required")])))])
+        let store = answer(#"{"status":"Failed","reason":"changed my mind"}"#)
+        guard case .store(_, .transition(let t))? = store.first else { Issue.record("no transition: \(store)"); return }
+        #expect(t.to == .failed && t.reason == "changed my mind" && t.orderID == orderA)
     }
 
     @Test func resultsForUnknownTicketsAreIgnored() {
@@ -103,7 +116,7 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         #expect(command == .releaseClaims(outbox: .kafka, owner: "relay-1"))
         let (claim, claimCommand) = try #require(stores(relay.handle(.stored(release, .committed(.released(rows: 0))), now: t0)).first)
         guard case .claimOutbox(let c) = claimCommand else { Issue.record("expected a claim"); return claim }
-        #expect(c.owner == "relay-1" && c.leaseUntil == t0 + relay.configuration.lease && c.limit == relay.configuration.batchSize)
+        #expect(c.owner == "relay-1" && c.lease == relay.configuration.lease && c.limit == relay.configuration.batchSize)
         return claim
     }
 
@@ -133,7 +146,7 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         guard case .settleOutbox(let s) = command else { Issue.record("expected a settlement"); return }
         #expect(s.published == [1])
         #expect(s.retries.map(\.sequence) == [2])
-        #expect(s.retries[0].notBefore > later)
+        #expect(s.retries[0].delay > .zero)
         #expect(s.rejections == [.init(sequence: 3, reason: "too large")])
     }
 
@@ -146,8 +159,10 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
             let (settleTicket, command) = try #require(stores(relay.handle(.published(ticket, [.failed(retriable: true, reason: "down")]), now: t0)).first)
             guard case .settleOutbox(let s) = command else { Issue.record("expected a settlement"); return }
             #expect(s.rejections.isEmpty && s.retries.count == 1, "attempt \(attempt)")
-            #expect(s.retries[0].notBefore <= t0 + .seconds(10), "backoff is capped")
-            claim = try #require(stores(relay.handle(.stored(settleTicket, .committed(.settled(rows: 1))), now: t0)).first).0
+            #expect(s.retries[0].delay <= .seconds(10), "backoff is capped")
+            // Nothing got through: the relay backs off before its next claim (the broker may be unreachable).
+            #expect(stores(relay.handle(.stored(settleTicket, .committed(.settled(rows: 1))), now: t0)).isEmpty)
+            claim = try #require(stores(relay.handle(.timer(.retry), now: t0)).first).0
         }
     }
 
@@ -170,6 +185,31 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         #expect(relay.handle(.timer(.poll), now: at).isEmpty, "the poll timer does not interrupt a backoff")
         let retried = stores(relay.handle(.timer(.retry), now: at))
         guard case .claimOutbox? = retried.first?.1 else { Issue.record("expected the claim again"); return }
+    }
+
+    @Test func aRelayCutFromItsBrokerBacksOffBeforeClaimingAgain() throws {
+        var relay = relay()
+        var claim = try started(&relay)
+        var now = t0
+        for round in 1...3 {
+            guard case .publish(let ticket, _, _)? = relay.handle(.stored(claim, .committed(.claimed([row(1)]))), now: now).first else {
+                Issue.record("round \(round): expected a publish"); return
+            }
+            let (settle, _) = try #require(stores(relay.handle(.published(ticket, [.unknown("broker unreachable")]), now: now)).first)
+            let after = relay.handle(.stored(settle, .committed(.settled(rows: 1))), now: now)
+            #expect(stores(after).isEmpty, "round \(round): no claim while nothing gets through")
+            guard case .setTimer(.retry, let at)? = after.last else { Issue.record("round \(round): expected a backoff"); return }
+            #expect(at > now)
+            #expect(relay.handle(.wake, now: now).isEmpty, "a NOTIFY does not cut the backoff short")
+            now = at
+            claim = try #require(stores(relay.handle(.timer(.retry), now: at)).first).0
+        }
+        // One delivery ends the backoff: the next claim follows at once.
+        guard case .publish(let ticket, _, _)? = relay.handle(.stored(claim, .committed(.claimed([row(1)]))), now: now).first else { return }
+        let (settle, _) = try #require(stores(relay.handle(.published(ticket, [.delivered]), now: now)).first)
+        guard case .claimOutbox? = stores(relay.handle(.stored(settle, .committed(.settled(rows: 1))), now: now)).first?.1 else {
+            Issue.record("expected an immediate claim after a delivery"); return
+        }
     }
 
     @Test func lateAndForeignResultsAreIgnored() throws {
@@ -245,6 +285,26 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         guard case .setTimer(.retry, let at)? = failed.last else { Issue.record("expected a retry"); return }
         guard case .forwardDeadLetter(let again, _, _)? = consumer.handle(.timer(.retry), now: at).first else { Issue.record("expected a second forward"); return }
         #expect(commit(consumer.handle(.published(again, [.delivered]), now: at))?.1 == [PartitionOffset(partition: 2, offset: 10)])
+    }
+
+    @Test func aDeadLetterTopicThatRefusesEveryCopyNeverHaltsThePartition() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [2]), now: t0)))
+        let poison = ConsumedRecord(partition: 2, offset: 9, key: nil, headers: [], value: Array("garbage".utf8))
+        let (ticket, _) = try #require(stores(consumer.handle(.fetched(fetch, [poison]), now: t0)).first)
+        var effects = consumer.handle(.stored(ticket, .committed(.deadLettered)), now: t0)
+        var now = t0
+        for attempt in 1...consumer.configuration.deadLetterForwardAttempts {
+            guard case .forwardDeadLetter(let forward, _, _)? = effects.first else { Issue.record("attempt \(attempt): expected a forward"); return }
+            effects = consumer.handle(.published(forward, [.failed(retriable: true, reason: "unknown topic")]), now: now)
+            if case .setTimer(.retry, let at)? = effects.last {
+                now = at
+                effects = consumer.handle(.timer(.retry), now: at)
+            }
+        }
+        #expect(effects.contains(.note(.deadLetterCopySkipped(poison, reason: #"failed(retriable: true, reason: "unknown topic")"#))))
+        #expect(commit(effects)?.1 == [PartitionOffset(partition: 2, offset: 10)], "the table row is kept; the partition moves on")
     }
 
     @Test func anUnknownOutcomeRetriesTheSameTransaction() throws {

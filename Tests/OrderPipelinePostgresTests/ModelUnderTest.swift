@@ -19,6 +19,8 @@ actor ModelUnderTest: StoreUnderTest {
 
     func deadLetterSources() async throws -> [String] { model.deadLetters.map(\.source).sorted() }
 
+    func advanceClock(by seconds: Double) async throws { model.now = model.now + .microseconds(Int64(seconds * 1_000_000)) }
+
     func tearDown() async {}
 }
 

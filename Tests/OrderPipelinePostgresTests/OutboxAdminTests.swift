@@ -114,7 +114,7 @@ struct OutboxAdminTests {
         let x = newOrder(1)
         _ = await f.store.perform(.createOrder(x))
         let head = await f.store.perform(claim(owner: "relay-a")).claimed
-        let reject = OutboxSettlement(outbox: .kafka, owner: "relay-a", now: at(2), rejections: [.init(sequence: head[0].sequence, reason: "message too large")])
+        let reject = OutboxSettlement(outbox: .kafka, owner: "relay-a", rejections: [.init(sequence: head[0].sequence, reason: "message too large")])
         #expect(await f.store.perform(.settleOutbox(reject)) == .committed(.settled(rows: 1)))
 
         #expect(try await f.status(.kafka).pending == 0)
@@ -136,12 +136,11 @@ struct OutboxAdminTests {
         #expect(try await f.count("SELECT count(*) FROM kafka_outbox WHERE attempts = 0 AND dead_lettered_at IS NULL AND claimed_by IS NULL") == 1)
 
         // Claimable again (due now), with the same bytes; rejected again → listed again, replayable again.
-        let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000) + 1_000_000)
-        let again = await f.store.perform(claim(owner: "relay-b", now: now)).claimed
+        let again = await f.store.perform(claim(owner: "relay-b")).claimed
         #expect(again.map(\.sequence) == [head[0].sequence])
         #expect(again.first?.event.payload == x.event.payload)
         #expect(again.first?.attempts == 1)
-        let reject2 = OutboxSettlement(outbox: .kafka, owner: "relay-b", now: now, rejections: [.init(sequence: head[0].sequence, reason: "still too large")])
+        let reject2 = OutboxSettlement(outbox: .kafka, owner: "relay-b", rejections: [.init(sequence: head[0].sequence, reason: "still too large")])
         #expect(await f.store.perform(.settleOutbox(reject2)) == .committed(.settled(rows: 1)))
         let relisted = try await f.letters()
         #expect(relisted.map(\.id) == [id])
@@ -155,10 +154,10 @@ struct OutboxAdminTests {
         let f = try await Fixture()
         _ = await f.store.perform(.createOrder(newOrder(1)))
         _ = await f.store.perform(.fulfil(created(1)))
-        let rows = await f.store.perform(claim(.serviceBus, owner: "relay-a", now: at(3))).claimed
+        let rows = await f.store.perform(claim(.serviceBus, owner: "relay-a")).claimed
         guard rows.count == 1 else { Issue.record("nothing claimed"); await f.close(); return }
         #expect(rows.map(\.event.type) == [.orderFulfilled])
-        let reject = OutboxSettlement(outbox: .serviceBus, owner: "relay-a", now: at(4), rejections: [.init(sequence: rows[0].sequence, reason: "amqp:not-allowed")])
+        let reject = OutboxSettlement(outbox: .serviceBus, owner: "relay-a", rejections: [.init(sequence: rows[0].sequence, reason: "amqp:not-allowed")])
         #expect(await f.store.perform(.settleOutbox(reject)) == .committed(.settled(rows: 1)))
         #expect(try await f.status(.serviceBus).deadLettered == 1)
         let id = try await f.letters()[0].id
@@ -188,8 +187,7 @@ struct OutboxAdminTests {
         #expect(event == lost.id)
         guard case .alreadyReplayed = try await f.replay(letters[1].id) else { Issue.record("replayed twice"); return }
         #expect(try await f.count("SELECT count(*) FROM kafka_outbox") == 2)
-        let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000) + 1_000_000)
-        let claimed = await f.store.perform(claim(owner: "relay-a", now: now)).claimed
+        let claimed = await f.store.perform(claim(owner: "relay-a")).claimed
         let reinserted = claimed.first { $0.sequence == sequence }
         #expect(reinserted?.event.payload == lost.payload)
         #expect(reinserted?.event.orderID == lost.orderID)

@@ -99,6 +99,20 @@ final class PostgresUnderTest: StoreUnderTest {
         return try result.get()
     }
 
+    func advanceClock(by seconds: Double) async throws {
+        let result: Result<Void, PostgresError> = await store.pool.withConnection { connection in
+            Result { () throws(PostgresError) in
+                for table in ["kafka_outbox", "service_bus_outbox"] {
+                    _ = try connection.get().query("""
+                        UPDATE \(table) SET next_attempt_at = next_attempt_at - $1::float8 * interval '1 second',
+                            claimed_until = claimed_until - $1::float8 * interval '1 second'
+                        """, [.text(String(seconds))])
+                }
+            }
+        }
+        try result.get()
+    }
+
     func tearDown() async {
         store.close()
         await drop()

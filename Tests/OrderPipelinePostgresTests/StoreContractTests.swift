@@ -53,8 +53,9 @@ func newOrder(_ n: UInt64, key: String? = nil, name: String = "John Smith", crea
     return NewOrder(order: order, event: event, idempotencyKey: key ?? "order:\(order.id)", fingerprint: request.fingerprint)
 }
 
-func claim(_ outbox: OutboxKind = .kafka, owner: String = "relay-1", limit: Int = 100, now: Instant = at(1), lease: Double = 30) -> StoreCommand {
-    .claimOutbox(OutboxClaim(outbox: outbox, owner: owner, limit: limit, now: now, leaseUntil: Instant(microseconds: now.microseconds + Int64(lease * 1_000_000))))
+/// A claim; leases and due times are the database's clock (`StoreUnderTest.advanceClock` moves it).
+func claim(_ outbox: OutboxKind = .kafka, owner: String = "relay-1", limit: Int = 100, lease: Double = 30) -> StoreCommand {
+    .claimOutbox(OutboxClaim(outbox: outbox, owner: owner, limit: limit, lease: .microseconds(Int64(lease * 1_000_000))))
 }
 
 func created(_ n: UInt64) -> Fulfilment {
@@ -112,7 +113,7 @@ struct StoreContractTests {
             let lost = newOrder(2)
             #expect(await session.performHoldingOpen(.createOrder(lost)) == .committed(.orderCreated(lost.order)))
             await session.kill()
-            #expect(await store.perform(claim(owner: "relay-2", now: at(2))).claimed.isEmpty)
+            #expect(await store.perform(claim(owner: "relay-2")).claimed.isEmpty)
             #expect(await store.history(of: lost.order.id).isEmpty)
             #expect(await store.perform(.createOrder(lost)) == .committed(.orderCreated(lost.order)))
         }
@@ -193,9 +194,9 @@ struct StoreContractTests {
             #expect(first.map(\.event.id) == [x.event.id, y.event.id])
             // x's second row waits while its head is claimed by another relay.
             #expect(await store.perform(claim(owner: "relay-2")).claimed.isEmpty)
-            let settled = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", now: at(2), published: first.map(\.sequence))))
+            let settled = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", published: first.map(\.sequence))))
             #expect(settled == .committed(.settled(rows: 2)))
-            let second = await store.perform(claim(owner: "relay-2", now: at(3))).claimed
+            let second = await store.perform(claim(owner: "relay-2")).claimed
             #expect(second.map(\.event.type) == [.orderFailed])
             #expect(second.map(\.event.orderID) == [x.order.id])
         }
@@ -205,20 +206,22 @@ struct StoreContractTests {
     func leaseAndFencing(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             _ = await store.perform(.createOrder(newOrder(1)))
-            let a = await store.perform(claim(owner: "relay-a", now: at(1), lease: 30)).claimed
+            let a = await store.perform(claim(owner: "relay-a", lease: 30)).claimed
             #expect(a.count == 1)
-            #expect(await store.perform(claim(owner: "relay-b", now: at(20))).claimed.isEmpty)
+            #expect(await store.perform(claim(owner: "relay-b")).claimed.isEmpty)
             // Not even its own owner takes a row again while the lease holds (the recipe: "claim absent or expired").
-            #expect(await store.perform(claim(owner: "relay-a", now: at(20))).claimed.isEmpty)
-            let b = await store.perform(claim(owner: "relay-b", now: at(31))).claimed
+            #expect(await store.perform(claim(owner: "relay-a")).claimed.isEmpty)
+            try await store.advanceClock(by: 31)
+            let b = await store.perform(claim(owner: "relay-b")).claimed
             #expect(b.map(\.sequence) == a.map(\.sequence))
             #expect(b.first?.attempts == 2)
-            let late = OutboxSettlement(outbox: .kafka, owner: "relay-a", now: at(32), published: a.map(\.sequence))
+            let late = OutboxSettlement(outbox: .kafka, owner: "relay-a", published: a.map(\.sequence))
             #expect(await store.perform(.settleOutbox(late)) == .committed(.settled(rows: 0)))
-            let owner = OutboxSettlement(outbox: .kafka, owner: "relay-b", now: at(33), published: b.map(\.sequence))
+            let owner = OutboxSettlement(outbox: .kafka, owner: "relay-b", published: b.map(\.sequence))
             #expect(await store.perform(.settleOutbox(owner)) == .committed(.settled(rows: 1)))
             #expect(await store.perform(.settleOutbox(owner)) == .committed(.settled(rows: 0)))
-            #expect(await store.perform(claim(owner: "relay-c", now: at(100))).claimed.isEmpty)
+            try await store.advanceClock(by: 100)
+            #expect(await store.perform(claim(owner: "relay-c")).claimed.isEmpty)
         }
     }
 
@@ -226,17 +229,19 @@ struct StoreContractTests {
     func retryAndRelease(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             _ = await store.perform(.createOrder(newOrder(1)))
-            let rows = await store.perform(claim(owner: "relay-a", now: at(1))).claimed
-            let retry = OutboxSettlement(outbox: .kafka, owner: "relay-a", now: at(2),
-                                         retries: [.init(sequence: rows[0].sequence, notBefore: at(10), error: "broker down")])
+            let rows = await store.perform(claim(owner: "relay-a")).claimed
+            let retry = OutboxSettlement(outbox: .kafka, owner: "relay-a",
+                                         retries: [.init(sequence: rows[0].sequence, delay: .seconds(10), error: "broker down")])
             #expect(await store.perform(.settleOutbox(retry)) == .committed(.settled(rows: 1)))
-            #expect(await store.perform(claim(owner: "relay-a", now: at(9))).claimed.isEmpty)
-            let again = await store.perform(claim(owner: "relay-a", now: at(10))).claimed
+            try await store.advanceClock(by: 9)
+            #expect(await store.perform(claim(owner: "relay-a")).claimed.isEmpty)
+            try await store.advanceClock(by: 1)
+            let again = await store.perform(claim(owner: "relay-a")).claimed
             #expect(again.map(\.attempts) == [2])
 
             #expect(await store.perform(.releaseClaims(outbox: .kafka, owner: "relay-a")) == .committed(.released(rows: 1)))
             #expect(await store.perform(.releaseClaims(outbox: .kafka, owner: "relay-a")) == .committed(.released(rows: 0)))
-            #expect(await store.perform(claim(owner: "relay-b", now: at(11))).claimed.map(\.attempts) == [3])
+            #expect(await store.perform(claim(owner: "relay-b")).claimed.map(\.attempts) == [3])
         }
     }
 
@@ -247,10 +252,10 @@ struct StoreContractTests {
             _ = await store.perform(.createOrder(x))
             _ = await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .failed, at: at(0.5), reason: nil)))
             let head = await store.perform(claim(owner: "relay-a")).claimed
-            let reject = OutboxSettlement(outbox: .kafka, owner: "relay-a", now: at(2),
+            let reject = OutboxSettlement(outbox: .kafka, owner: "relay-a",
                                           rejections: [.init(sequence: head[0].sequence, reason: "message too large")])
             #expect(await store.perform(.settleOutbox(reject)) == .committed(.settled(rows: 1)))
-            #expect(await store.perform(claim(owner: "relay-a", now: at(3))).claimed.map(\.event.type) == [.orderFailed])
+            #expect(await store.perform(claim(owner: "relay-a")).claimed.map(\.event.type) == [.orderFailed])
             #expect(await store.deadLetters() == ["kafka-outbox/\(head[0].sequence)"])
         }
     }
@@ -267,14 +272,14 @@ struct StoreContractTests {
                 StatusChange(from: nil, to: .pending), StatusChange(from: .pending, to: .processing),
                 StatusChange(from: .processing, to: .fulfilled),
             ])
-            let sb = await store.perform(claim(.serviceBus, owner: "sb-1", now: at(3))).claimed
+            let sb = await store.perform(claim(.serviceBus, owner: "sb-1")).claimed
             #expect(sb.map(\.event) == [fulfilment.fulfilmentEvent])
 
             // Redelivered: the inbox row is found, nothing else happens.
             #expect(await store.perform(.fulfil(Fulfilment(envelope: fulfilment.envelope, at: at(5)))) == .committed(.duplicate))
             #expect(await store.history(of: x.order.id).filter { $0.to == .fulfilled }.count == 1)
             // Within sb-1's lease, and no second row was written.
-            #expect(await store.perform(claim(.serviceBus, owner: "sb-2", now: at(10))).claimed.isEmpty)
+            #expect(await store.perform(claim(.serviceBus, owner: "sb-2")).claimed.isEmpty)
 
             // Other shapes of the recipe.
             #expect(await store.perform(.fulfil(created(9))) == .committed(.orderMissing))
@@ -320,11 +325,11 @@ struct StoreContractTests {
             #expect(await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .failed, at: at(4)))) == .committed(.illegalTransition(from: .fulfilled)))
             #expect(await store.history(of: x.order.id).map(\.to) == [.pending, .processing, .fulfilled])
             // Kafka: OrderCreated then (after it settles) OrderFulfilled; Service Bus: the fulfilment event.
-            let kafka = await store.perform(claim(now: at(5))).claimed
+            let kafka = await store.perform(claim()).claimed
             #expect(kafka.map(\.event.type) == [.orderCreated])
-            _ = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", now: at(5), published: kafka.map(\.sequence))))
-            #expect(await store.perform(claim(now: at(6))).claimed.map(\.event.type) == [.orderFulfilled])
-            #expect(await store.perform(claim(.serviceBus, now: at(6))).claimed.map(\.event.id) == [EventID.derived(order: x.order.id, type: .orderFulfilled)])
+            _ = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", published: kafka.map(\.sequence))))
+            #expect(await store.perform(claim()).claimed.map(\.event.type) == [.orderFulfilled])
+            #expect(await store.perform(claim(.serviceBus)).claimed.map(\.event.id) == [EventID.derived(order: x.order.id, type: .orderFulfilled)])
             // Failed without a reason still says why.
             let z = newOrder(3)
             _ = await store.perform(.createOrder(z))

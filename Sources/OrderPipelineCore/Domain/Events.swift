@@ -26,6 +26,8 @@ public struct PipelineEvent: Hashable, Sendable {
     public var orderID: OrderID
     public var occurredAt: Instant
     public var payload: [UInt8]
+    /// The trace this event belongs to (W3C `traceparent`), carried beside the payload, never inside it.
+    public var traceParent: TraceParent? = nil
 
     public init(type: EventType, order: Order, at occurredAt: Instant, includeOrder: Bool) {
         let id = EventID.derived(order: order.id, type: type)

@@ -105,8 +105,8 @@ public enum Input: Hashable, Sendable {
     case offsetsCommitted(Ticket, CommitOutcome)
     /// `POST /api/orders`: the raw body, the optional Idempotency-Key and a fresh id the shell drew for the order.
     case createOrder(RequestID, body: [UInt8], idempotencyKey: String?, newOrderID: OrderID)
-    /// `PATCH /api/orders/{id}/status`.
-    case changeStatus(RequestID, OrderID, to: OrderStatus, reason: String?)
+    /// `PATCH /api/orders/{id}/status`: the raw body (`StatusChangeRequest`).
+    case changeStatus(RequestID, OrderID, body: [UInt8])
 }
 
 public enum Effect: Hashable, Sendable {
@@ -149,9 +149,13 @@ public enum Note: Hashable, Sendable {
     case redeliveryDeduplicated(EventID)
     case skipped(OrderID, OrderStatus)
     case poison(ConsumedRecord, reason: String)
+    /// A poison record is in the dead-letters table but its copy to the dead-letter topic failed every attempt.
+    case deadLetterCopySkipped(ConsumedRecord, reason: String)
     case storeRetry(String)
     case unknownOutcome(String)
     case offsetsFenced
+    /// A branch the design says cannot be taken was taken: a violation in the simulator, an error in production.
+    case unexpected(String)
 }
 
 /// Exponential backoff with "equal jitter": half the delay fixed, half random, capped.

@@ -25,8 +25,8 @@ public struct OutboxMessage: Hashable, Sendable {
 }
 
 public enum StoreCommand: Hashable, Sendable {
-    /// Insert the order, its items and its `OrderCreated` Kafka outbox row, and record the idempotency key, all in
-    /// one transaction, then NOTIFY the relays. If the key is already recorded: the same fingerprint replays the
+    /// Insert the order, its items and its `OrderCreated` Kafka outbox row (due at once by the database's clock),
+    /// and record the idempotency key, all in one transaction, then NOTIFY the relays. If the key is already recorded: the same fingerprint replays the
     /// stored order (`.orderReplayed`), another fingerprint is refused (`.idempotencyKeyReused`) and nothing is written.
     case createOrder(NewOrder)
     /// Lock the order; if `to` is a legal successor, update it, append the Kafka outbox row for the event it
@@ -76,36 +76,38 @@ public struct OrderTransition: Hashable, Sendable {
 /// Claim recipe: among rows of `outbox` that are not published and not dead-lettered, whose `next_attempt_at` has
 /// come and whose claim is absent or expired (`claimed_until <= now`), and that are the **head of their order** (no
 /// older row of the same order is still unsettled), take the oldest `limit` by sequence (`FOR UPDATE SKIP LOCKED`),
-/// set `claimed_by = owner`, `claimed_until = leaseUntil`, `attempts += 1`, and return them oldest first.
+/// set `claimed_by = owner`, `claimed_until = now + lease`, `attempts += 1`, and return them oldest first.
 /// Head-of-line is what keeps one order's events in order however many relays run.
+///
+/// `now` is **the database's clock**, never the relay's: leases and due times are compared by one clock, so a relay
+/// whose host clock is skewed can neither take over live leases nor push retries into another relay's future.
 public struct OutboxClaim: Hashable, Sendable {
     public var outbox: OutboxKind
     public var owner: String
     public var limit: Int
-    public var now: Instant
-    public var leaseUntil: Instant
+    public var lease: Duration
 
-    public init(outbox: OutboxKind, owner: String, limit: Int, now: Instant, leaseUntil: Instant) {
+    public init(outbox: OutboxKind, owner: String, limit: Int, lease: Duration) {
         self.outbox = outbox
         self.owner = owner
         self.limit = limit
-        self.now = now
-        self.leaseUntil = leaseUntil
+        self.lease = lease
     }
 }
 
 /// Settle recipe, fenced by ownership: only rows still claimed by `owner` and not yet published change (a relay
 /// whose lease expired and was taken over changes nothing). Published rows get `published_at = now`; retried rows
-/// get `next_attempt_at` and `last_error`; dead-lettered rows get `dead_lettered_at`, `last_error` and a row in the
-/// dead-letter table. Every settled row loses its claim.
+/// get `next_attempt_at = now + delay` and `last_error`; dead-lettered rows get `dead_lettered_at`, `last_error` and
+/// a row in the dead-letter table. Every settled row loses its claim. `now` is the database's clock.
 public struct OutboxSettlement: Hashable, Sendable {
     public struct Retry: Hashable, Sendable {
         public var sequence: Int64
-        public var notBefore: Instant
+        /// The backoff: the row is due again this long after the settlement commits.
+        public var delay: Duration
         public var error: String
-        public init(sequence: Int64, notBefore: Instant, error: String) {
+        public init(sequence: Int64, delay: Duration, error: String) {
             self.sequence = sequence
-            self.notBefore = notBefore
+            self.delay = delay
             self.error = error
         }
     }
@@ -121,15 +123,13 @@ public struct OutboxSettlement: Hashable, Sendable {
 
     public var outbox: OutboxKind
     public var owner: String
-    public var now: Instant
     public var published: [Int64]
     public var retries: [Retry]
     public var rejections: [Rejection]
 
-    public init(outbox: OutboxKind, owner: String, now: Instant, published: [Int64] = [], retries: [Retry] = [], rejections: [Rejection] = []) {
+    public init(outbox: OutboxKind, owner: String, published: [Int64] = [], retries: [Retry] = [], rejections: [Rejection] = []) {
         self.outbox = outbox
         self.owner = owner
-        self.now = now
         self.published = published
         self.retries = retries
         self.rejections = rejections
@@ -148,6 +148,8 @@ public struct Fulfilment: Hashable, Sendable {
     public var at: Instant
     /// Written to the Service Bus outbox when this transaction fulfils the order.
     public var fulfilmentEvent: PipelineEvent
+    /// The consumed record's trace, continued by the consumer's span; stored with the Service Bus outbox row.
+    public var traceParent: TraceParent? = nil
 
     public init(envelope: EventEnvelope, at: Instant) {
         self.envelope = envelope

@@ -11,6 +11,10 @@ public struct FulfilmentConsumer: Sendable {
         public var topic = "orders"
         public var fetchMax = 100
         public var backoff = Backoff()
+        /// Attempts to copy a poison record to the dead-letter topic before moving on without the copy. The
+        /// dead-letters table row, committed first, is the record of truth (`orderpipeline outbox dead-letters`);
+        /// a topic that cannot take records (missing, an ACL, too large) must never halt the partitions.
+        public var deadLetterForwardAttempts = 3
         public init() {}
     }
 
@@ -72,6 +76,11 @@ public struct FulfilmentConsumer: Sendable {
         case let .published(ticket, outcomes):
             guard case .awaiting(ticket, let step) = phase, case .forward(let record, _) = step else { return [] }
             if outcomes.first == .delivered { return done(record, now: now) }
+            if failures + 1 >= configuration.deadLetterForwardAttempts {
+                failures = 0
+                let reason = outcomes.first.map { "\($0)" } ?? "no outcome"
+                return [.note(.deadLetterCopySkipped(record, reason: reason))] + done(record, now: now)
+            }
             return backOff(step, note: .storeRetry("dead-letter topic"), now: now)
         case let .offsetsCommitted(ticket, outcome):
             guard case .awaiting(ticket, .commit(let offsets, _)) = phase else { return [] }
@@ -126,7 +135,9 @@ public struct FulfilmentConsumer: Sendable {
             guard partitions.contains(record.partition) else { return next(now: now) }
             switch EventEnvelope.decode(record.value) {
             case .success(let envelope):
-                return [.note(.consumed(record))] + perform(.store(record, .fulfil(Fulfilment(envelope: envelope, at: now))), now: now)
+                var fulfilment = Fulfilment(envelope: envelope, at: now)
+                fulfilment.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+                return [.note(.consumed(record))] + perform(.store(record, .fulfil(fulfilment)), now: now)
             case .failure(let error):
                 let reason = error.description
                 let letter = DeadLetter(source: record.source(topic: configuration.topic), reason: reason, payload: record.value, at: now)

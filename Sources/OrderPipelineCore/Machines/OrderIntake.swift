@@ -8,6 +8,7 @@ public struct OrderIntake: Sendable {
         /// Attempts of one transaction whose outcome stayed unknown before answering "unavailable".
         public var maxUnknownAttempts = 3
         public var maxIdempotencyKeyLength = 255
+        public var maxReasonLength = 500
         public init() {}
     }
 
@@ -35,8 +36,13 @@ public struct OrderIntake: Sendable {
             return []
         case let .createOrder(requestID, body, idempotencyKey, newOrderID):
             return create(requestID, body: body, key: idempotencyKey, id: newOrderID, now: now)
-        case let .changeStatus(requestID, orderID, to, reason):
-            return issue(requestID, .transition(OrderTransition(orderID: orderID, to: to, at: now, reason: reason)), attempts: 1)
+        case let .changeStatus(requestID, orderID, body):
+            switch StatusChangeRequest.parse(body, maxReasonLength: configuration.maxReasonLength) {
+            case .failure(let error):
+                return [.respond(requestID, .rejected(error))]
+            case .success(let change):
+                return issue(requestID, .transition(OrderTransition(orderID: orderID, to: change.status, at: now, reason: change.reason)), attempts: 1)
+            }
         case let .stored(ticket, result):
             guard let request = pending.removeValue(forKey: ticket) else { return [] }
             return complete(request, result)

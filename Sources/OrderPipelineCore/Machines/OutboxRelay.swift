@@ -20,6 +20,9 @@ public struct OutboxRelay: Sendable {
         public var pollInterval: Duration = .seconds(1)
         /// Backoff of a row whose publish failed (by its attempts) and of failed store calls.
         public var backoff = Backoff()
+        /// After a batch of which nothing was delivered (the broker is unreachable from here), wait a backoff before
+        /// claiming again, so a relay cut from its broker leaves the outbox to the relays that can reach theirs.
+        public var backOffWhileBrokerUnreachable = true
 
         public init(outbox: OutboxKind, owner: String) {
             self.outbox = outbox
@@ -51,6 +54,8 @@ public struct OutboxRelay: Sendable {
     private(set) var phase: Phase = .stopped
     private var nextTicket: UInt64 = 0
     private var storeFailures = 0
+    /// Consecutive batches of which nothing was delivered.
+    private var brokerFailures = 0
     private var random: SplitMix64
 
     /// `seed` feeds the jitter: the production shell draws it from the system, the simulator from its run seed.
@@ -65,6 +70,7 @@ public struct OutboxRelay: Sendable {
         switch input {
         case .start:
             storeFailures = 0
+            brokerFailures = 0
             return perform(.release, now: now)
         case .wake:
             guard phase == .idle else { return [] }
@@ -95,7 +101,7 @@ public struct OutboxRelay: Sendable {
         case .release:
             return [.store(ticket, .releaseClaims(outbox: c.outbox, owner: c.owner))]
         case .claim:
-            return [.store(ticket, .claimOutbox(OutboxClaim(outbox: c.outbox, owner: c.owner, limit: c.batchSize, now: now, leaseUntil: now + c.lease)))]
+            return [.store(ticket, .claimOutbox(OutboxClaim(outbox: c.outbox, owner: c.owner, limit: c.batchSize, lease: c.lease)))]
         case .publish(let rows):
             return [.publish(ticket, c.channel, rows)]
         case .settle(let settlement):
@@ -121,16 +127,25 @@ public struct OutboxRelay: Sendable {
         case (.settle(let settlement), .settled(let rows)):
             let expected = settlement.published.count + settlement.retries.count + settlement.rejections.count
             let lost: [Effect] = rows < expected ? [.note(.leaseLost(configuration.outbox, rows: expected - rows))] : []
+            let nothingDelivered = settlement.published.isEmpty && settlement.rejections.isEmpty && !settlement.retries.isEmpty
+            brokerFailures = nothingDelivered ? brokerFailures + 1 : 0
+            if nothingDelivered, configuration.backOffWhileBrokerUnreachable {
+                phase = .backingOff(.claim, failures: brokerFailures)
+                let delay = configuration.backoff.delay(attempt: brokerFailures, using: &random)
+                return lost + [.setTimer(.retry, at: now + delay)]
+            }
             // More rows may be waiting: claim again at once rather than waiting for the poll.
             return lost + perform(.claim, now: now)
-        default:
-            // `.release` answered, or (never expected) a reply that does not fit: start over from a claim.
+        case (.release, .released):
             return perform(.claim, now: now)
+        default:
+            // Never expected: a reply that does not fit the step. Start over from a claim, and say so.
+            return [.note(.unexpected("\(step.name) answered \(reply.summary)"))] + perform(.claim, now: now)
         }
     }
 
     private mutating func settle(_ rows: [OutboxMessage], _ outcomes: [PublishOutcome], now: Instant) -> [Effect] {
-        var settlement = OutboxSettlement(outbox: configuration.outbox, owner: configuration.owner, now: now)
+        var settlement = OutboxSettlement(outbox: configuration.outbox, owner: configuration.owner)
         var notes: [Effect] = []
         let channel = configuration.channel
         for (row, outcome) in zip(rows, outcomes) {
@@ -140,7 +155,7 @@ public struct OutboxRelay: Sendable {
                 notes.append(.note(.published(channel, row)))
             case .failed(retriable: true, let reason), .unknown(let reason):
                 let delay = configuration.backoff.delay(attempt: row.attempts, using: &random)
-                settlement.retries.append(.init(sequence: row.sequence, notBefore: now + delay, error: reason))
+                settlement.retries.append(.init(sequence: row.sequence, delay: delay, error: reason))
                 notes.append(.note(.publishRetry(channel, sequence: row.sequence, reason: reason)))
             case .failed(retriable: false, let reason):
                 settlement.rejections.append(.init(sequence: row.sequence, reason: reason))

@@ -1,0 +1,271 @@
+import OrderPipelineCore
+
+/// The simulator's performers: every effect of a node goes to its server (a model) after a network delay; the
+/// result comes back through the event queue. The same `MachineRunner` drives the node as in production.
+struct SimulatedPerformers: EffectPerformers {
+    unowned let world: World
+    let node: Int
+    let incarnation: Int
+
+    private var name: String { world.nodes[node].name }
+
+    mutating func store(_ command: StoreCommand, ticket: Ticket) {
+        world.history.record(world.now, name, .invoke, command.name, command.summary)
+        // The transaction starts now: its outbox sequence numbers are taken now and become visible at commit.
+        let reservation = world.database.reserve(for: command)
+        world.send(.store(ticket, command), from: node, incarnation: incarnation, latency: 200...1_500, reservation)
+    }
+
+    mutating func publish(_ messages: [OutboxMessage], to channel: Channel, ticket: Ticket) {
+        world.history.record(world.now, name, .invoke, "publish", "\(channel.rawValue) \(messages.map(\.event.summary).joined(separator: " "))")
+        world.send(.publish(ticket, channel, messages), from: node, incarnation: incarnation, latency: 300...3_000)
+    }
+
+    mutating func forwardDeadLetter(_ record: ConsumedRecord, reason: String, ticket: Ticket) {
+        world.history.record(world.now, name, .invoke, "forwardDeadLetter", record.source(topic: "orders"))
+        world.send(.forwardDeadLetter(ticket, record, reason: reason), from: node, incarnation: incarnation, latency: 300...3_000)
+    }
+
+    mutating func fetch(max: Int, ticket: Ticket) {
+        world.history.record(world.now, name, .invoke, "fetch", "")
+        world.send(.fetch(ticket, max: max), from: node, incarnation: incarnation, latency: 100...800)
+    }
+
+    mutating func commit(_ offsets: [PartitionOffset], generation: Int64, ticket: Ticket) {
+        world.history.record(world.now, name, .invoke, "commitOffsets", "")
+        world.send(.commitOffsets(ticket, offsets, generation: generation), from: node, incarnation: incarnation, latency: 100...800)
+    }
+
+    mutating func setTimer(_ id: TimerID, at: Instant, token: UInt64) {
+        // The node's clock reads `at` when true time reaches `at` minus its offset.
+        let due = at.microseconds - World.epoch - world.nodes[node].clockOffset
+        world.queue.schedule(at: max(world.now, due), .timer(node: node, incarnation: incarnation, id, token: token))
+    }
+
+    mutating func respond(_ response: IntakeResponse, to request: RequestID) {
+        let client = Int(request >> 16)
+        let attempt = Int(request & 0xFFFF)
+        world.queue.schedule(at: world.now + world.latency(100...1_000), .clientReceive(client: client, attempt: attempt, response))
+    }
+
+    mutating func observe(_ note: Note) {
+        world.recoveries.count(note)
+        world.history.record(world.now, name, .info, "note", note.summary)
+        if case .unexpected(let what) = note {
+            world.clientViolations.append(Violation(.noUnexpectedBranch, "\(name): \(what)"))
+        }
+    }
+}
+
+extension World {
+    /// Hands an effect to its server after a network delay.
+    func send(_ effect: Effect, from index: Int, incarnation: Int, latency range: ClosedRange<Int64>, _ reservation: PostgresModel.Reservation = .init()) {
+        queue.schedule(at: now + latency(range), .apply(node: index, incarnation: incarnation, effect, reservation))
+    }
+
+    func apply(_ effect: Effect, _ reservation: PostgresModel.Reservation, from index: Int) {
+        let node = nodes[index]
+        let incarnation = node.incarnation
+        if roll(.crashBeforeEffect) {
+            fired(.crashBeforeEffect, "\(node.name) before \(effect.name)")
+            crash(index)
+            return
+        }
+        let result: Input
+        switch effect {
+        case let .store(ticket, command):
+            result = .stored(ticket, performStore(command, reservation, by: node))
+        case let .publish(ticket, channel, rows):
+            result = .published(ticket, channel == .fulfilment ? sendToServiceBus(rows, by: node) : produce(rows, by: node))
+        case let .forwardDeadLetter(ticket, record, _):
+            if deadLetterTopicDown {
+                fired(.deadLetterTopicDown, "\(node.name) cannot forward \(record.source(topic: "orders"))")
+                result = .published(ticket, [.failed(retriable: true, reason: "unknown topic or partition")])
+            } else if isDown(.kafkaOutage) {
+                result = .published(ticket, [.failed(retriable: true, reason: "broker unavailable")])
+            } else {
+                kafka.appendDeadLetter(record)
+                result = .published(ticket, [.delivered])
+            }
+        case let .fetch(ticket, max):
+            guard let fetched = fetch(ticket, max: max, for: index) else { return }
+            result = fetched
+        case let .commitOffsets(ticket, offsets, generation):
+            if isDown(.kafkaOutage) {
+                result = .offsetsCommitted(ticket, .failed("broker unavailable"))
+            } else {
+                if roll(.rebalance) {
+                    rebalance(asFault: true)
+                }
+                let outcome = kafka.commit(member: index, offsets: offsets, generation: generation)
+                if outcome == .rebalanced { recoveries.offsetCommitsFenced += 1 }
+                history.record(now, node.name, outcome == .committed ? .ok : .fail, "commitOffsets", "\(offsets.map { "\($0.partition)@\($0.offset)" }) gen=\(generation)")
+                result = .offsetsCommitted(ticket, outcome)
+            }
+        default:
+            return
+        }
+        if roll(.crashAfterEffect) {
+            fired(.crashAfterEffect, "\(node.name) after \(effect.name)")
+            crash(index)
+            return
+        }
+        if case .stored(_, .committed(.claimed(let rows))) = result, !rows.isEmpty, roll(.relayPause) {
+            let until = now + World.relayLease.microseconds + latency(100_000...1_500_000)
+            node.pausedUntil = until
+            fired(.relayPause, "\(node.name) stalls until \(until) holding \(rows.count) claimed rows")
+        }
+        reply(to: index, incarnation: incarnation, result)
+    }
+
+    /// A result reaches its node after a network delay. Results on the consumer-group lane keep their order;
+    /// every other result is independent, so the seed decides which of a node's concurrent effects answers first.
+    func reply(to index: Int, incarnation: Int, _ input: Input, after delay: Int64? = nil) {
+        let node = nodes[index]
+        var time = now + (delay ?? latency(100...1_000))
+        switch input {
+        case .fetched, .assigned, .offsetsCommitted:
+            time = max(time, node.groupLane)
+            node.groupLane = time
+        default:
+            break
+        }
+        queue.schedule(at: time, .deliver(node: index, incarnation: incarnation, input))
+    }
+
+    func performStore(_ command: StoreCommand, _ reservation: PostgresModel.Reservation, by node: Node) -> StoreResult {
+        if isDown(.databaseOutage) {
+            fired(.databaseOutage, "\(node.name) \(command.name) refused")
+            history.record(now, node.name, .fail, command.name, "database unavailable")
+            return .failed(.unavailable("connection refused"))
+        }
+        if roll(.storeFailure) {
+            let failure: StoreFailure = [.conflict("could not serialize access"), .timedOut, .unavailable("server closed the connection unexpectedly")][Int(faultRandom.below(3))]
+            fired(.storeFailure, "\(node.name) \(command.name): \(failure)")
+            history.record(now, node.name, .fail, command.name, "\(failure)")
+            return .failed(failure)
+        }
+        if roll(.commitUnknown) {
+            let happened = faultRandom.chance(0.5)
+            fired(.commitUnknown, "\(node.name) \(command.name) \(happened ? "committed" : "rolled back")")
+            if happened { _ = commit(command, reservation, by: node) }
+            history.record(now, node.name, .info, command.name, "outcome unknown (\(happened ? "committed" : "not committed"))")
+            return .unknown
+        }
+        let reply = commit(command, reservation, by: node)
+        history.record(now, node.name, .ok, command.name, reply.summary)
+        return .committed(reply)
+    }
+
+    func commit(_ command: StoreCommand, _ reservation: PostgresModel.Reservation, by node: Node) -> StoreReply {
+        database.now = instant  // the database keeps true time; only the nodes' clocks are skewed
+        let (storeReply, notify) = database.perform(command, reserved: reservation)
+        if let kind = notify {
+            // NOTIFY: every relay of that outbox that is listening wakes up.
+            for (index, other) in nodes.enumerated() where other.alive && other.role == .relay(kind) {
+                reply(to: index, incarnation: other.incarnation, .wake)
+            }
+        }
+        return storeReply
+    }
+
+    func produce(_ rows: [OutboxMessage], by node: Node) -> [PublishOutcome] {
+        if isPartitioned(nodes.firstIndex { $0 === node }!) {
+            fired(.partialPartition, "\(node.name) cannot reach Kafka")
+            return rows.map { _ in .unknown("message timed out: broker unreachable") }
+        }
+        if isDown(.kafkaOutage) {
+            fired(.kafkaOutage, "\(node.name) produce refused")
+            history.record(now, node.name, .fail, "publish", "broker unavailable")
+            return rows.map { _ in .failed(retriable: true, reason: "broker unavailable") }
+        }
+        if roll(.produceTimeout) {
+            var written: [String] = []
+            for row in rows where faultRandom.chance(0.5) {
+                appendToKafka(row.event)
+                written.append(row.event.summary)
+            }
+            fired(.produceTimeout, "\(node.name) produce timed out; written: \(written.count)/\(rows.count)")
+            history.record(now, node.name, .info, "publish", "timed out; written: \(written.joined(separator: " "))")
+            serveParkedFetches()
+            return rows.map { _ in .unknown("delivery report timed out") }
+        }
+        for row in rows { appendToKafka(row.event) }
+        history.record(now, node.name, .ok, "publish", rows.map(\.event.summary).joined(separator: " "))
+        serveParkedFetches()
+        return rows.map { _ in .delivered }
+    }
+
+    func appendToKafka(_ event: PipelineEvent) {
+        let record = kafka.append(event, at: instant)
+        history.record(now, "kafka-p\(record.partition)", .ok, "append", "offset \(record.offset): \(event.summary)")
+    }
+
+    func sendToServiceBus(_ rows: [OutboxMessage], by node: Node) -> [PublishOutcome] {
+        if isPartitioned(nodes.firstIndex { $0 === node }!) {
+            fired(.partialPartition, "\(node.name) cannot reach Service Bus")
+            return rows.map { _ in .failed(retriable: true, reason: "connection refused") }
+        }
+        if isDown(.serviceBusOutage) {
+            fired(.serviceBusOutage, "\(node.name) send refused")
+            history.record(now, node.name, .fail, "publish", "service bus unavailable")
+            return rows.map { _ in .failed(retriable: true, reason: "service bus unavailable") }
+        }
+        let timedOut = roll(.sendTimeout)
+        var outcomes: [PublishOutcome] = []
+        for row in rows {
+            if timedOut && faultRandom.chance(0.5) {
+                outcomes.append(.unknown("no disposition in time"))
+                continue
+            }
+            let enqueued = serviceBus.send(row.event, at: instant)
+            history.record(now, "service-bus", .ok, "send", "messageId=\(row.event.id) \(enqueued == nil ? "duplicate dropped" : "enqueued") for \(row.event.orderID)")
+            if let message = enqueued {
+                let copies = roll(.duplicateDelivery) ? 2 : 1
+                if copies == 2 { fired(.duplicateDelivery, "service bus delivers \(message.messageID) twice") }
+                downstreamInFlight += 1
+                queue.schedule(at: now + latency(500...5_000), .downstream(copies: copies))
+            } else {
+                recoveries.duplicatesDroppedByServiceBus += 1
+            }
+            outcomes.append(timedOut ? .unknown("no disposition in time") : .delivered)
+        }
+        if timedOut { fired(.sendTimeout, "\(node.name) send without disposition") }
+        history.record(now, node.name, timedOut ? .info : .ok, "publish", rows.map(\.event.summary).joined(separator: " "))
+        return outcomes
+    }
+
+    func fetch(_ ticket: Ticket, max: Int, for index: Int) -> Input? {
+        let node = nodes[index]
+        if isDown(.kafkaOutage) {
+            fired(.kafkaOutage, "\(node.name) fetch refused")
+            reply(to: index, incarnation: node.incarnation, .fetched(ticket, []), after: 500_000)
+            return nil
+        }
+        if roll(.duplicateDelivery) {
+            let partition = Int(faultRandom.below(UInt64(kafka.partitionCount)))
+            if kafka.rewind(member: index, partition: partition, by: faultRandom.int(in: 1...3)) {
+                fired(.duplicateDelivery, "\(node.name) gets partition \(partition) again")
+            }
+        }
+        let records = kafka.fetch(member: index, max: max)
+        if records.isEmpty {
+            history.record(now, node.name, .info, "fetch", "nothing to read: waiting")
+            parkedFetch[index] = (node.incarnation, ticket)
+            queue.schedule(at: now + 1_000_000, .fetchExpired(node: index, incarnation: node.incarnation, ticket))
+            return nil
+        }
+        history.record(now, node.name, .ok, "fetch", records.map { "\($0.partition)@\($0.offset)" }.joined(separator: " "))
+        return .fetched(ticket, records)
+    }
+
+    func serveParkedFetches() {
+        for index in parkedFetch.keys.sorted() where kafka.hasRecords(for: index) {
+            guard let parked = parkedFetch.removeValue(forKey: index) else { continue }
+            let records = kafka.fetch(member: index, max: 20)
+            history.record(now, nodes[index].name, .ok, "fetch", records.map { "\($0.partition)@\($0.offset)" }.joined(separator: " "))
+            reply(to: index, incarnation: parked.incarnation, .fetched(parked.ticket, records))
+        }
+    }
+
+}

@@ -1,0 +1,95 @@
+import CLibPQ
+
+/// A query result; owns the `PGresult` and clears it when released. Values are read in text format.
+public final class PostgresRows {
+    private let handle: OpaquePointer
+
+    init(_ handle: OpaquePointer) { self.handle = handle }
+    deinit { PQclear(handle) }
+
+    public var count: Int { Int(PQntuples(handle)) }
+    public var columns: Int { Int(PQnfields(handle)) }
+    /// Rows changed by an INSERT/UPDATE/DELETE.
+    public var affected: Int { Int(String(cString: PQcmdTuples(handle))) ?? 0 }
+
+    public func isNull(_ row: Int, _ column: Int) -> Bool { PQgetisnull(handle, Int32(row), Int32(column)) == 1 }
+
+    public func string(_ row: Int, _ column: Int) -> String? {
+        guard row < count, column < columns, !isNull(row, column) else { return nil }
+        return String(cString: PQgetvalue(handle, Int32(row), Int32(column)))
+    }
+
+    public func int(_ row: Int, _ column: Int) -> Int64? { string(row, column).flatMap { Int64($0) } }
+
+    /// A `bytea` column read in text format. Every session pins `bytea_output = hex`; the `escape` format is
+    /// decoded as well, so a session that sets it anyway still reads the exact bytes.
+    public func bytes(_ row: Int, _ column: Int) -> [UInt8]? {
+        guard row < count, column < columns, !isNull(row, column) else { return nil }
+        let value = PQgetvalue(handle, Int32(row), Int32(column))!
+        let length = Int(PQgetlength(handle, Int32(row), Int32(column)))
+        return value.withMemoryRebound(to: UInt8.self, capacity: length) { pointer in
+            ByteaText.decode(UnsafeBufferPointer(start: pointer, count: length))
+        }
+    }
+}
+
+/// The two text forms of `bytea` (https://www.postgresql.org/docs/current/datatype-binary.html).
+enum ByteaText {
+    static func decode(_ text: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        if text.count >= 2, text[0] == UInt8(ascii: "\\"), text[1] == UInt8(ascii: "x") { return hex(text) }
+        return escape(text)
+    }
+
+    /// `\x` followed by two hex digits per byte.
+    static func hex(_ text: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        guard text.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity((text.count - 2) / 2)
+        var index = 2
+        while index + 1 < text.count {
+            guard let high = nibble(text[index]), let low = nibble(text[index + 1]) else { return nil }
+            out.append(high << 4 | low)
+            index += 2
+        }
+        return out
+    }
+
+    /// Printable bytes as themselves, `\\` for a backslash, `\ooo` (three octal digits) for any other byte.
+    static func escape(_ text: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.count)
+        var index = 0
+        while index < text.count {
+            let byte = text[index]
+            guard byte == UInt8(ascii: "\\") else {
+                out.append(byte)
+                index += 1
+                continue
+            }
+            if index + 1 < text.count, text[index + 1] == UInt8(ascii: "\\") {
+                out.append(byte)
+                index += 2
+                continue
+            }
+            guard index + 3 < text.count, let a = octal(text[index + 1]), let b = octal(text[index + 2]), let c = octal(text[index + 3]),
+                  a <= 3
+            else { return nil }
+            out.append(a << 6 | b << 3 | c)
+            index += 4
+        }
+        return out
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    private static func octal(_ c: UInt8) -> UInt8? {
+        (UInt8(ascii: "0")...UInt8(ascii: "7")).contains(c) ? c - UInt8(ascii: "0") : nil
+    }
+}

@@ -1,0 +1,167 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import OrderPipelineCore
+import OrderPipelineKafka
+import OrderPipelinePostgres
+import OrderPipelineServiceBus
+import ServiceLifecycle
+
+/// The wall clock as the machines see it: microseconds since the Unix epoch.
+public enum WallClock {
+    public static func now() -> Instant {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Instant(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1_000)
+    }
+}
+
+// MARK: - Performer families
+
+/// Performs store commands: the PostgreSQL adapter in production, fakes in tests.
+public protocol StorePerforming: Sendable {
+    func perform(_ command: StoreCommand) async -> StoreResult
+}
+
+/// Sends a relay's batch to its broker; one outcome per message.
+public protocol OutboxPublishing: Sendable {
+    func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome]
+}
+
+/// Copies a poison record to the dead-letter topic.
+public protocol DeadLetterForwarding: Sendable {
+    func forward(_ record: ConsumedRecord, reason: String) async -> PublishOutcome
+}
+
+/// A consumer-group member: answers fetches and commits, and reports assignments, through the loop's `deliver`.
+public protocol GroupConsuming: Sendable {
+    func fetch(_ ticket: Ticket, max: Int)
+    func commit(_ ticket: Ticket, _ offsets: [PartitionOffset], generation: Int64)
+}
+
+extension PostgresStore: StorePerforming {}
+extension KafkaProducer: OutboxPublishing, DeadLetterForwarding {}
+extension ServiceBusSender: OutboxPublishing {}
+extension KafkaConsumer: GroupConsuming {}
+
+/// The adapters a machine's effects go to; a role leaves out the families it never uses.
+public struct Performers: Sendable {
+    public var store: (any StorePerforming)?
+    public var publisher: (any OutboxPublishing)?
+    public var deadLetters: (any DeadLetterForwarding)?
+    public var group: (any GroupConsuming)?
+
+    public init(
+        store: (any StorePerforming)? = nil, publisher: (any OutboxPublishing)? = nil, deadLetters: (any DeadLetterForwarding)? = nil,
+        group: (any GroupConsuming)? = nil
+    ) {
+        self.store = store
+        self.publisher = publisher
+        self.deadLetters = deadLetters
+        self.group = group
+    }
+}
+
+// MARK: - The loop
+
+/// The production shell of a long-running machine (relays, consumer): one task feeds the `MachineRunner` its
+/// inputs one at a time, and every effect that waits on I/O runs as a child task whose result comes back as an
+/// input, in whatever order the results complete. Structured concurrency throughout: graceful shutdown ends the
+/// input stream, cancels the timers and waits for the effects in flight.
+public final class MachineLoop: Sendable {
+    enum Event: Sendable {
+        case input(Input)
+        case timer(TimerID, token: UInt64)
+    }
+
+    private let events: AsyncStream<Event>
+    private let continuation: AsyncStream<Event>.Continuation
+
+    public init() {
+        (events, continuation) = AsyncStream.makeStream(of: Event.self)
+    }
+
+    /// An input from outside the machine's own effects: a NOTIFY, the consumer group (assignments, fetches,
+    /// commits). Safe from any thread.
+    public func deliver(_ input: Input) { continuation.yield(.input(input)) }
+
+    /// Runs `machine` from `.start` until graceful shutdown (or `stop()`).
+    public func run<Machine: PipelineMachine>(
+        _ machine: Machine, performers: Performers, observer: NoteObserver, clock: @escaping @Sendable () -> Instant = WallClock.now
+    ) async {
+        var runner = MachineRunner(machine)
+        var live = LivePerformers(performers: performers, observer: observer, clock: clock)
+        let continuation = self.continuation
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                func launch() {
+                    for job in live.jobs { group.addTask { if let event = await job() { continuation.yield(event) } } }
+                    live.jobs.removeAll()
+                }
+                runner.handle(.start, now: clock(), performers: &live)
+                launch()
+                for await event in events {
+                    switch event {
+                    case .input(let input): runner.handle(input, now: clock(), performers: &live)
+                    case let .timer(id, token): runner.timerFired(id, token: token, now: clock(), performers: &live)
+                    }
+                    launch()
+                }
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            continuation.finish()
+        }
+    }
+
+    /// Ends `run` (tests, and services that stop on their own).
+    public func stop() { continuation.finish() }
+}
+
+/// The production performers: each effect that waits on I/O becomes a job for a child task of the loop.
+struct LivePerformers: EffectPerformers {
+    typealias Job = @Sendable () async -> MachineLoop.Event?
+    let performers: Performers
+    let observer: NoteObserver
+    let clock: @Sendable () -> Instant
+    var jobs: [Job] = []
+
+    mutating func store(_ command: StoreCommand, ticket: Ticket) {
+        guard let store = performers.store else { return observe(.unexpected("store \(command.name): no store")) }
+        jobs.append { .input(.stored(ticket, await store.perform(command))) }
+    }
+
+    mutating func publish(_ messages: [OutboxMessage], to channel: Channel, ticket: Ticket) {
+        guard let publisher = performers.publisher else { return observe(.unexpected("publish to \(channel.rawValue): no publisher")) }
+        jobs.append { .input(.published(ticket, await publisher.publish(messages))) }
+    }
+
+    mutating func forwardDeadLetter(_ record: ConsumedRecord, reason: String, ticket: Ticket) {
+        guard let deadLetters = performers.deadLetters else { return observe(.unexpected("forwardDeadLetter: no producer")) }
+        jobs.append { .input(.published(ticket, [await deadLetters.forward(record, reason: reason)])) }
+    }
+
+    mutating func fetch(max: Int, ticket: Ticket) {
+        guard let group = performers.group else { return observe(.unexpected("fetch: no consumer")) }
+        group.fetch(ticket, max: max)
+    }
+
+    mutating func commit(_ offsets: [PartitionOffset], generation: Int64, ticket: Ticket) {
+        guard let group = performers.group else { return observe(.unexpected("commitOffsets: no consumer")) }
+        group.commit(ticket, offsets, generation: generation)
+    }
+
+    mutating func setTimer(_ id: TimerID, at: Instant, token: UInt64) {
+        let delay = at - clock()
+        jobs.append {
+            if delay > .zero {
+                do { try await Task.sleep(for: delay) } catch { return nil }  // cancelled: the loop is stopping
+            }
+            return .timer(id, token: token)
+        }
+    }
+
+    mutating func observe(_ note: Note) { observer.observe(note) }
+}

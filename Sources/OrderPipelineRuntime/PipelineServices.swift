@@ -1,0 +1,95 @@
+import Logging
+import Metrics
+import OrderPipelineCore
+import OrderPipelineKafka
+import OrderPipelinePostgres
+import ServiceLifecycle
+
+/// Runs `OutboxRelay` for one outbox: PostgreSQL for the store, Kafka or Service Bus for the publishes, woken by
+/// the outbox trigger's NOTIFY (with the machine's fallback poll).
+public struct RelayService: Service {
+    let outbox: OutboxKind
+    let owner: String
+    let store: any StorePerforming
+    let publisher: any OutboxPublishing
+    let listener: PostgresListener?
+    let logger: Logger
+    let metrics: PipelineMetrics
+    let onStop: @Sendable () async -> Void
+
+    public init(
+        outbox: OutboxKind, owner: String, store: any StorePerforming, publisher: any OutboxPublishing, listener: PostgresListener?,
+        logger: Logger, metrics: PipelineMetrics = PipelineMetrics(), onStop: @escaping @Sendable () async -> Void = {}
+    ) {
+        self.outbox = outbox
+        self.owner = owner
+        self.store = store
+        self.publisher = publisher
+        self.listener = listener
+        self.logger = logger
+        self.metrics = metrics
+        self.onStop = onStop
+    }
+
+    public func run() async throws {
+        let loop = MachineLoop()
+        let relay = OutboxRelay(configuration: .init(outbox: outbox, owner: "\(owner)-\(outbox.rawValue)"), seed: UInt64.random(in: 0...UInt64.max))
+        var logger = logger
+        logger[metadataKey: "outbox"] = "\(outbox.rawValue)"
+        logger.info("Outbox relay started", metadata: ["relay.owner": "\(relay.configuration.owner)"])
+        await withDiscardingTaskGroup { group in
+            if let listener {
+                group.addTask { for await _ in listener.wakes(for: outbox) { loop.deliver(.wake) } }
+            }
+            await loop.run(relay, performers: Performers(store: store, publisher: publisher), observer: NoteObserver(logger: logger, metrics: metrics))
+            group.cancelAll()
+        }
+        await onStop()
+        logger.info("Outbox relay stopped")
+    }
+}
+
+/// Runs `FulfilmentConsumer`: Kafka group consumer for fetch/commit/assignments, PostgreSQL for the fulfilment
+/// transaction, the Kafka producer for the dead-letter topic.
+public struct ConsumerService: Service {
+    let configuration: KafkaConfiguration
+    let store: any StorePerforming
+    let deadLetters: KafkaProducer
+    let logger: Logger
+    let metrics: PipelineMetrics
+
+    public init(configuration: KafkaConfiguration, store: any StorePerforming, deadLetters: KafkaProducer, logger: Logger, metrics: PipelineMetrics = PipelineMetrics()) {
+        self.configuration = configuration
+        self.store = store
+        self.deadLetters = deadLetters
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    public func run() async throws {
+        let loop = MachineLoop()
+        let consumer = try KafkaConsumer(configuration: configuration, logger: logger, sink: { loop.deliver($0) })
+        var machineConfiguration = FulfilmentConsumer.Configuration()
+        machineConfiguration.topic = configuration.topic
+        let machine = FulfilmentConsumer(configuration: machineConfiguration, seed: UInt64.random(in: 0...UInt64.max))
+        let performers = Performers(store: store, deadLetters: deadLetters, group: consumer)
+        await withDiscardingTaskGroup { group in
+            group.addTask { await reportLag(of: consumer) }
+            await loop.run(machine, performers: performers, observer: NoteObserver(logger: logger, metrics: metrics))
+            group.cancelAll()
+        }
+        await consumer.shutdown()
+        await deadLetters.shutdown()
+        logger.info("Fulfilment consumer stopped")
+    }
+
+    /// Records behind the high watermark per partition, as the consumer measures them, every 2 s.
+    private func reportLag(of consumer: KafkaConsumer) async {
+        while !Task.isCancelled {
+            for (partition, lag) in consumer.lag {
+                Gauge(label: "orderpipeline_consumer_lag", dimensions: [("partition", String(partition))], factory: metrics.factory).record(lag)
+            }
+            try? await Task.sleep(for: .seconds(2))
+        }
+    }
+}
