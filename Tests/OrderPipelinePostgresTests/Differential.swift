@@ -36,15 +36,30 @@ enum Differential {
         return random.chance(0.2) ? 30 + Int(random.below(31)) : 5 + Int(random.below(21))
     }
 
+    /// Runs `steps` on a fresh model whose clock starts where `DatabaseClock.reset` puts PostgreSQL's.
     static func runModel(_ steps: [Step], model: PostgresModel = PostgresModel()) -> Outcome {
-        let replies = steps.map { StoreResult.committed(model.perform($0.command).reply) }
+        model.now = Step.instant(0)
+        let replies = steps.map { perform($0, on: model) }
         return Outcome(replies: replies, snapshot: StoreSnapshot(model))
+    }
+
+    /// One step on the model at the step's database time.
+    static func perform(_ step: Step, on model: PostgresModel) -> StoreResult { .committed(reply(step, on: model)) }
+
+    static func reply(_ step: Step, on model: PostgresModel) -> StoreReply {
+        if let time = step.time { model.now = Step.instant(time) }
+        return model.perform(step.command).reply
     }
 
     /// Runs `steps` on an emptied schema, one transaction each, on one connection.
     static func runPostgres(_ steps: [Step], on c: PostgresConnection) throws(PostgresError) -> Outcome {
         try StoreSnapshot.reset(c)
-        let replies = steps.map { StoreRecipes.perform($0.command, on: c) }
+        try DatabaseClock.reset(c)
+        var replies: [StoreResult] = []
+        for step in steps {
+            if let time = step.time { try DatabaseClock.set(time, c) }
+            replies.append(StoreRecipes.perform(step.command, on: c))
+        }
         return Outcome(replies: replies, snapshot: try StoreSnapshot(c))
     }
 
@@ -89,11 +104,23 @@ final class DifferentialDatabase: Sendable {
     let settings: PostgresConnection.Settings
     private let drop: @Sendable () async -> Void
 
+    /// A fresh schema with a clock the steps set (`DatabaseClock`): every connection of the differential suite
+    /// reads `now()` from it.
     init() async throws {
-        let (settings, drop) = try await TestDatabase.freshSchema()
-        self.settings = settings
+        var (settings, drop) = try await TestDatabase.freshSchema()
         self.drop = drop
+        guard let schema = settings.schema else { throw PostgresError(code: .protocolViolation, message: "a test schema has a name") }
+        settings.schema = DatabaseClock.searchPath(schema)
+        self.settings = settings
         session = PostgresSession(settings: settings, logger: TestDatabase.logger, name: "pg-diff")
+        let installed: Result<Void, PostgresError> = await session.withConnection { connection in
+            Result { () throws(PostgresError) in try DatabaseClock.install(schema: schema, on: try connection.get()) }
+        }
+        do { try installed.get() } catch {
+            session.close()
+            await drop()
+            throw error
+        }
     }
 
     func run(_ steps: [Step]) async throws -> Outcome {

@@ -5,12 +5,13 @@ import OrderPipelineCore
 /// (`command`). If a `StoreCommand` field changes, only `command` (and the generator's choice of values) changes.
 ///
 /// Times are microseconds after `t0`; orders are `orderID(n)` of the contract fixtures; bodies index `Step.bodies`.
+/// `at` is the database's clock (`now()`) while the step runs, and also the time a step stamps itself (an event's or
+/// a transition's); `release` reads no clock and runs at the previous step's. Durations are microseconds.
 enum Step: Hashable, Sendable {
     case create(order: UInt64, key: String, body: Int, at: Int64)
     case transition(order: UInt64, to: OrderStatus, at: Int64, reason: String?)
-    /// The lease ends `lease` microseconds after `now`.
-    case claim(OutboxKind, owner: String, limit: Int, now: Int64, lease: Int64)
-    case settle(OutboxKind, owner: String, now: Int64, published: [Int64], retries: [Retry], rejections: [Rejection])
+    case claim(OutboxKind, owner: String, limit: Int, at: Int64, lease: Int64)
+    case settle(OutboxKind, owner: String, at: Int64, published: [Int64], retries: [Retry], rejections: [Rejection])
     case release(OutboxKind, owner: String)
     /// A delivery of the event `type` of order `order` (its id is the derived one, as every copy's is).
     case fulfil(order: UInt64, type: EventType, at: Int64)
@@ -18,11 +19,11 @@ enum Step: Hashable, Sendable {
 
     struct Retry: Hashable, Sendable {
         var sequence: Int64
-        var notBefore: Int64
+        var delay: Int64
         var error: String
-        init(_ sequence: Int64, notBefore: Int64, _ error: String) {
+        init(_ sequence: Int64, delay: Int64, _ error: String) {
             self.sequence = sequence
-            self.notBefore = notBefore
+            self.delay = delay
             self.error = error
         }
     }
@@ -37,6 +38,17 @@ enum Step: Hashable, Sendable {
     }
 
     static func instant(_ micros: Int64) -> Instant { Instant(microseconds: t0.microseconds + micros) }
+
+    /// The database's clock while this step runs (nil: the step reads none).
+    var time: Int64? {
+        switch self {
+        case .create(_, _, _, let at), .transition(_, _, let at, _), .claim(_, _, _, let at, _), .settle(_, _, let at, _, _, _),
+             .fulfil(_, _, let at), .deadLetter(_, _, _, let at):
+            at
+        case .release:
+            nil
+        }
+    }
 
     /// Request bodies the generator picks from; the same body always has the same fingerprint. Names and products
     /// carry what JSON and SQL text must survive: quotes, backslashes, commas, braces, non-ASCII.
@@ -79,12 +91,12 @@ enum Step: Hashable, Sendable {
             return .createOrder(NewOrder(order: order, event: event, idempotencyKey: key, fingerprint: request.fingerprint))
         case .transition(let n, let to, let at, let reason):
             return .transition(OrderTransition(orderID: orderID(n), to: to, at: Step.instant(at), reason: reason))
-        case .claim(let outbox, let owner, let limit, let now, let lease):
-            return .claimOutbox(OutboxClaim(outbox: outbox, owner: owner, limit: limit, now: Step.instant(now), leaseUntil: Step.instant(now + lease)))
-        case .settle(let outbox, let owner, let now, let published, let retries, let rejections):
+        case .claim(let outbox, let owner, let limit, _, let lease):
+            return .claimOutbox(OutboxClaim(outbox: outbox, owner: owner, limit: limit, lease: .microseconds(lease)))
+        case .settle(let outbox, let owner, _, let published, let retries, let rejections):
             return .settleOutbox(OutboxSettlement(
-                outbox: outbox, owner: owner, now: Step.instant(now), published: published,
-                retries: retries.map { .init(sequence: $0.sequence, notBefore: Step.instant($0.notBefore), error: $0.error) },
+                outbox: outbox, owner: owner, published: published,
+                retries: retries.map { .init(sequence: $0.sequence, delay: .microseconds($0.delay), error: $0.error) },
                 rejections: rejections.map { .init(sequence: $0.sequence, reason: $0.reason) }))
         case .release(let outbox, let owner):
             return .releaseClaims(outbox: outbox, owner: owner)
@@ -106,12 +118,12 @@ extension Step: CustomStringConvertible {
             return ".create(order: \(n), key: \(text(key)), body: \(body), at: \(at))"
         case .transition(let n, let to, let at, let reason):
             return ".transition(order: \(n), to: .\(to), at: \(at), reason: \(reason.map(text) ?? "nil"))"
-        case .claim(let outbox, let owner, let limit, let now, let lease):
-            return ".claim(.\(outbox), owner: \(text(owner)), limit: \(limit), now: \(now), lease: \(lease))"
-        case .settle(let outbox, let owner, let now, let published, let retries, let rejections):
-            let r = retries.map { ".init(\($0.sequence), notBefore: \($0.notBefore), \(text($0.error)))" }
+        case .claim(let outbox, let owner, let limit, let at, let lease):
+            return ".claim(.\(outbox), owner: \(text(owner)), limit: \(limit), at: \(at), lease: \(lease))"
+        case .settle(let outbox, let owner, let at, let published, let retries, let rejections):
+            let r = retries.map { ".init(\($0.sequence), delay: \($0.delay), \(text($0.error)))" }
             let j = rejections.map { ".init(\($0.sequence), \(text($0.reason)))" }
-            return ".settle(.\(outbox), owner: \(text(owner)), now: \(now), published: \(published), "
+            return ".settle(.\(outbox), owner: \(text(owner)), at: \(at), published: \(published), "
                 + "retries: [\(r.joined(separator: ", "))], rejections: [\(j.joined(separator: ", "))])"
         case .release(let outbox, let owner):
             return ".release(.\(outbox), owner: \(text(owner)))"

@@ -6,8 +6,8 @@ import OrderPipelineSimulation
 /// events that were written, replays and reuses of recorded idempotency keys.
 ///
 /// The generator follows its own copy of the model (a shadow) to know what exists; the sequence it returns is
-/// plain data, so it can be replayed, shrunk and printed. One clock drives every step and only moves forward, as
-/// the simulator's does: no claim's `now` precedes an event it could claim (see `StoreSnapshot` on due times).
+/// plain data, so it can be replayed, shrunk and printed. One clock, the database's, drives every step and only
+/// moves forward, as `now()` does; leases and retry delays are durations on it.
 struct StoreCommandGenerator {
     private var random: SplitMix64
     private let shadow = PostgresModel()
@@ -27,7 +27,10 @@ struct StoreCommandGenerator {
     static let owners = ["relay-1", "relay-2", "relay-3"]
     static let errors = ["broker down", "message too large", "", #"quote " and backslash \"#, "{curly,comma}", "NULL", "ünïcödé ✓ 🚚"]
 
-    init(seed: UInt64) { random = SplitMix64(seed: seed) }
+    init(seed: UInt64) {
+        random = SplitMix64(seed: seed)
+        shadow.now = Step.instant(0)
+    }
 
     /// A sequence of `count` steps, each applied to the shadow as it is drawn.
     static func sequence(seed: UInt64, count: Int) -> [Step] {
@@ -57,7 +60,7 @@ struct StoreCommandGenerator {
 
     /// Performs `step` on the shadow and learns what it created or claimed.
     mutating func apply(_ step: Step) {
-        let reply = shadow.perform(step.command).reply
+        let reply = Differential.reply(step, on: shadow)
         switch (step, reply) {
         case (.create(let n, let key, let body, _), .orderCreated):
             created.append(n)
@@ -114,7 +117,7 @@ struct StoreCommandGenerator {
         let limit = random.chance(0.05) ? 0 : Int(1 + random.below(4))
         // Short leases (often overtaken) and long ones (usually settled by their owner).
         let lease = random.chance(0.5) ? 200_000 + random.below(3_000_000) : 3_000_000 + random.below(17_000_000)
-        return .claim(outbox(), owner: owner(), limit: limit, now: clock, lease: Int64(lease))
+        return .claim(outbox(), owner: owner(), limit: limit, at: clock, lease: Int64(lease))
     }
 
     private mutating func settle() -> Step { settle(outbox(), owner: owner()) }
@@ -133,11 +136,11 @@ struct StoreCommandGenerator {
         for sequence in shuffled(sequences) where random.chance(0.85) {
             switch random.below(10) {
             case 0..<6: published.append(sequence)
-            case 6..<9: retries.append(.init(sequence, notBefore: clock + Int64(random.below(10_000_000)), pick(Self.errors) ?? ""))
+            case 6..<9: retries.append(.init(sequence, delay: Int64(random.below(10_000_000)), pick(Self.errors) ?? ""))
             default: rejections.append(.init(sequence, pick(Self.errors) ?? ""))
             }
         }
-        return .settle(outbox, owner: owner, now: clock, published: published, retries: retries, rejections: rejections)
+        return .settle(outbox, owner: owner, at: clock, published: published, retries: retries, rejections: rejections)
     }
 
     private mutating func release() -> Step { .release(outbox(), owner: owner()) }
@@ -209,11 +212,11 @@ struct StoreCommandGenerator {
         case 7 where !holders.isEmpty:
             let owner = pick(holders) ?? "relay-1"
             let other = pick(Self.owners.filter { $0 != owner }) ?? "relay-9"
-            group = shuffled([settle(.kafka, owner: owner), .claim(.kafka, owner: other, limit: Int(1 + random.below(4)), now: clock, lease: 5_000_000)])
+            group = shuffled([settle(.kafka, owner: owner), .claim(.kafka, owner: other, limit: Int(1 + random.below(4)), at: clock, lease: 5_000_000)])
         default:
             let outbox = outbox()
             group = shuffled(Self.owners).prefix(2 + Int(random.below(2))).map {
-                .claim(outbox, owner: $0, limit: Int(1 + random.below(3)), now: clock, lease: Int64(500_000 + random.below(20_000_000)))
+                .claim(outbox, owner: $0, limit: Int(1 + random.below(3)), at: clock, lease: Int64(500_000 + random.below(20_000_000)))
             }
         }
         return group

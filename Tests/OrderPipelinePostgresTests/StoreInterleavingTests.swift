@@ -59,9 +59,9 @@ struct StoreInterleavingTests {
             .create(order: 2, key: "key-2", body: 1, at: 2_000_000),
             .create(order: 3, key: "key-3", body: 2, at: 3_000_000),
         ], group: [
-            .claim(.kafka, owner: "relay-1", limit: 1, now: 4_000_000, lease: 5_000_000),
-            .claim(.kafka, owner: "relay-2", limit: 1, now: 4_000_000, lease: 5_000_000),
-            .claim(.kafka, owner: "relay-3", limit: 3, now: 4_000_000, lease: 5_000_000),
+            .claim(.kafka, owner: "relay-1", limit: 1, at: 4_000_000, lease: 5_000_000),
+            .claim(.kafka, owner: "relay-2", limit: 1, at: 4_000_000, lease: 5_000_000),
+            .claim(.kafka, owner: "relay-3", limit: 3, at: 4_000_000, lease: 5_000_000),
         ]),
     ]
 
@@ -103,7 +103,7 @@ final class Peers: Sendable {
             let model = PostgresModel()
             var outcome = Differential.runModel(prefix, model: model)
             var replies = [StoreResult](repeating: .unknown, count: group.count)
-            for index in order { replies[index] = .committed(model.perform(group[index].command).reply) }
+            for index in order { replies[index] = Differential.perform(group[index], on: model) }
             outcome.replies += replies
             outcome.snapshot = StoreSnapshot(model)
             return outcome
@@ -124,6 +124,7 @@ final class Peers: Sendable {
         var outcome = try await database.run(prefix)
         var replies: [StoreResult] = []
         for (index, step) in group.dropLast().enumerated() {
+            try await setClock(step)
             replies.append(await sessions[index].withConnection { c in
                 switch c {
                 case .success(let c): StoreRecipes.perform(step.command, on: c, mode: .holdOpen)
@@ -132,6 +133,7 @@ final class Peers: Sendable {
             })
         }
         let last = group.count - 1
+        try await setClock(group[last])
         let finished = Flag()
         async let lastReply = sessions[last].withConnection { [command = group[last].command] c -> StoreResult in
             defer { finished.set() }
@@ -151,6 +153,16 @@ final class Peers: Sendable {
         outcome.replies += replies
         outcome.snapshot = try await database.snapshot()
         return outcome
+    }
+
+    /// Sets the database clock to the step's time on the main session (a transaction of its own: held members only
+    /// read the clock, so this never waits on them).
+    private func setClock(_ step: Step) async throws {
+        guard let time = step.time else { return }
+        let result: Result<Void, PostgresError> = await database.session.withConnection { c in
+            Result { () throws(PostgresError) in try DatabaseClock.set(time, try c.get()) }
+        }
+        try result.get()
     }
 
     /// Polls the server until the session has finished its step or waits on a lock (a held member's); true if

@@ -4,11 +4,10 @@ import OrderPipelineSimulation
 
 /// Everything a store holds that a recipe decides, in a form both implementations can be read into and compared.
 ///
-/// Normalised (and only this): rows are sorted on the Swift side (never by a database collation); a claim is
+/// Normalised (and only this): rows are sorted on the Swift side (never by a database collation); and a claim is
 /// compared only while it is held (a released claim's old `claimed_until` is NULL in PostgreSQL and kept in the
-/// model, and no recipe reads it without `claimed_by`); and a row's due time is `max(next_attempt_at,
-/// occurred_at)` — PostgreSQL starts `next_attempt_at` at the event's time, the model at the beginning of time,
-/// which decides nothing as long as no claim's `now` precedes the event it could claim (see the generator).
+/// model, and no recipe reads it without `claimed_by`). Due times, leases and the times settlements stamp are all
+/// the database's clock, which is the same on both sides (`DatabaseClock`), so they are compared exactly.
 struct StoreSnapshot: Hashable, Sendable {
     struct Transition: Hashable, Sendable, CustomStringConvertible {
         var order: OrderID
@@ -39,7 +38,7 @@ struct StoreSnapshot: Hashable, Sendable {
             self.sequence = sequence
             self.event = event
             self.attempts = attempts
-            self.due = max(nextAttemptAt, event.occurredAt)
+            self.due = nextAttemptAt
             self.claim = claimedBy.map { "\($0) until \(claimedUntil.map(\.description) ?? "nil")" }
             self.lastError = lastError
             self.publishedAt = publishedAt
