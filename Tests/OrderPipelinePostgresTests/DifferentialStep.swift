@@ -16,6 +16,9 @@ enum Step: Hashable, Sendable {
     /// A delivery of the event `type` of order `order` (its id is the derived one, as every copy's is).
     case fulfil(order: UInt64, type: EventType, at: Int64)
     case deadLetter(source: String, reason: String, payload: [UInt8], at: Int64)
+    /// The step with its own time `by` microseconds off the database's clock (the API's or consumer's host clock
+    /// skewed): what it stamps (an event's time, a transition's, a dead letter's) moves, `now()` does not.
+    indirect case skewed(Step, by: Int64)
 
     struct Retry: Hashable, Sendable {
         var sequence: Int64
@@ -47,7 +50,34 @@ enum Step: Hashable, Sendable {
             at
         case .release:
             nil
+        case .skewed(let step, _):
+            step.time
         }
+    }
+
+    /// The step as the application stamps it: `at` moved by a skew.
+    private func shifted(by skew: Int64) -> Step {
+        switch self {
+        case .create(let n, let key, let body, let at): .create(order: n, key: key, body: body, at: at + skew)
+        case .transition(let n, let to, let at, let reason): .transition(order: n, to: to, at: at + skew, reason: reason)
+        case .fulfil(let n, let type, let at): .fulfil(order: n, type: type, at: at + skew)
+        case .deadLetter(let source, let reason, let payload, let at): .deadLetter(source: source, reason: reason, payload: payload, at: at + skew)
+        case .claim, .settle, .release, .skewed: self
+        }
+    }
+
+    /// Whether the step stamps a time of its own (one a skewed host clock moves).
+    var stamps: Bool {
+        switch self {
+        case .create, .transition, .fulfil, .deadLetter: true
+        case .claim, .settle, .release, .skewed: false
+        }
+    }
+
+    /// The step without a skew.
+    var unskewed: Step {
+        if case .skewed(let step, _) = self { return step.unskewed }
+        return self
     }
 
     /// Request bodies the generator picks from; the same body always has the same fingerprint. Names and products
@@ -83,6 +113,8 @@ enum Step: Hashable, Sendable {
     /// The store command this step stands for.
     var command: StoreCommand {
         switch self {
+        case .skewed(let step, let skew):
+            return step.shifted(by: skew).command
         case .create(let n, let key, let body, let at):
             let request = Step.bodies[body]
             let order = Order(id: orderID(n), customerName: request.customerName, customerEmail: request.customerEmail,
@@ -114,6 +146,8 @@ extension Step: CustomStringConvertible {
     var description: String {
         func text(_ s: String) -> String { String(reflecting: s) }
         switch self {
+        case .skewed(let step, let skew):
+            return ".skewed(\(step), by: \(skew))"
         case .create(let n, let key, let body, let at):
             return ".create(order: \(n), key: \(text(key)), body: \(body), at: \(at))"
         case .transition(let n, let to, let at, let reason):

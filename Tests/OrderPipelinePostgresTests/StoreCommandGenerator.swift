@@ -44,7 +44,7 @@ struct StoreCommandGenerator {
     mutating func next() -> Step {
         clock += Int64(random.below(3_000_000))
         let roll = random.below(100)
-        let step: Step
+        var step: Step
         switch roll {
         case 0..<20: step = create()
         case 20..<32: step = transition()
@@ -54,6 +54,9 @@ struct StoreCommandGenerator {
         case 75..<93: step = fulfil()
         default: step = deadLetter()
         }
+        // Sometimes the host that stamps the step is off the database's clock, either way: what it stamps must
+        // never decide a due time or a lease.
+        if step.stamps, random.chance(0.15) { step = .skewed(step, by: Int64(random.below(10_000_001)) - 5_000_000) }
         apply(step)
         return step
     }
@@ -61,7 +64,7 @@ struct StoreCommandGenerator {
     /// Performs `step` on the shadow and learns what it created or claimed.
     mutating func apply(_ step: Step) {
         let reply = Differential.reply(step, on: shadow)
-        switch (step, reply) {
+        switch (step.unskewed, reply) {
         case (.create(let n, let key, let body, _), .orderCreated):
             created.append(n)
             numbers[orderID(n)] = n
@@ -69,7 +72,7 @@ struct StoreCommandGenerator {
         case (.claim(let outbox, let owner, _, _, _), .claimed(let rows)):
             claimed[owner, default: []] += rows.map { (outbox, $0.sequence) }
         case (.fulfil, _):
-            delivered.append(step)
+            delivered.append(step.unskewed)
         case (.deadLetter(let source, _, _, _), _):
             sources.append(source)
         default:

@@ -38,6 +38,14 @@ struct StoreDifferentialTests {
             .create(order: 4, key: "key-3", body: 2, at: 17367981),
             .settle(.kafka, owner: "relay-2", at: 17640561, published: [], retries: [.init(1, delay: 5476957, "NULL")], rejections: []),
         ],
+        // A retried row is not claimed before its delay has passed on the database clock (caught with
+        // `next_attempt_at <= now()` removed from SQL.claim).
+        [
+            .create(order: 1, key: "key-1", body: 0, at: 1898838),
+            .claim(.kafka, owner: "relay-3", limit: 2, at: 10715514, lease: 5740280),
+            .settle(.kafka, owner: "relay-3", at: 28376658, published: [], retries: [.init(1, delay: 6609468, "message too large")], rejections: []),
+            .claim(.kafka, owner: "relay-1", limit: 3, at: 32543808, lease: 10635420),
+        ],
     ]
 
     @Test("pinned sequences: the model and PostgreSQL agree", arguments: regressions)
@@ -48,11 +56,12 @@ struct StoreDifferentialTests {
         }
     }
 
-    @Test("the generator is deterministic and covers every command, every reply and stale owners")
+    @Test("the generator is deterministic and covers every command, every reply, stale owners and skewed clocks")
     func generatorCoverage() {
         #expect(StoreCommandGenerator.sequence(seed: 7, count: 50) == StoreCommandGenerator.sequence(seed: 7, count: 50))
         var replies: Set<String> = []
         var staleSettlements = 0
+        var skewed = 0
         for seed in UInt64(0)..<200 {
             let model = PostgresModel()
             model.now = Step.instant(0)
@@ -64,6 +73,7 @@ struct StoreDifferentialTests {
                    }) {
                     staleSettlements += 1
                 }
+                if case .skewed = step { skewed += 1 }
                 replies.insert(String(String(describing: Differential.reply(step, on: model)).prefix { $0 != "(" }))
             }
         }
@@ -73,5 +83,6 @@ struct StoreDifferentialTests {
         ]
         #expect(replies == expected)
         #expect(staleSettlements > 10, "\(staleSettlements) settlements by a stale owner")
+        #expect(skewed > 50, "\(skewed) steps stamped by a skewed clock")
     }
 }
