@@ -57,20 +57,25 @@ public struct OrderRequest: Hashable, Sendable {
         return SHA1.hash(json.bytes).hexString
     }
 
-    private struct Wire: Decodable {
+    fileprivate struct Wire: Decodable {
         var customerName: String?
         var customerEmail: String?
         var items: [WireItem]?
     }
 
-    private struct WireItem: Decodable {
+    fileprivate struct WireItem: Decodable {
         var productName: String?
         var quantity: Int?
         var unitPrice: Decimal?
+        /// The price in cents when `PlainRequestReader` read it (then `unitPrice` is nil); never decoded.
+        var unitPriceCents: Int64? = nil
+
+        enum CodingKeys: String, CodingKey { case productName, quantity, unitPrice }
     }
 
     /// Decodes and validates a request body. Every problem is reported, not only the first.
     public static func parse(_ body: [UInt8], limits: OrderLimits = OrderLimits()) -> Result<OrderRequest, RequestError> {
+        if let wire = PlainRequestReader.read(body) { return validate(wire, limits: limits) }
         let wire: Wire
         do {
             wire = try JSONDecoder().decode(Wire.self, from: Data(body))
@@ -121,6 +126,12 @@ public struct OrderRequest: Hashable, Sendable {
                 errors.append(FieldError(field: field, message: "is required"))
                 return ""
             }
+            if isPrintableASCII(text) {
+                // One byte per character, none of them control characters: the checks below, on bytes.
+                if text.utf8.allSatisfy({ $0 == 0x20 }) { errors.append(FieldError(field: field, message: "must not be blank")) }
+                if text.utf8.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
+                return text
+            }
             // Scalar and byte views first: grapheme work only where it can change the answer.
             if text.unicodeScalars.allSatisfy(\.properties.isWhitespace) { errors.append(FieldError(field: field, message: "must not be blank")) }
             if text.utf8.count > max, text.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
@@ -136,6 +147,8 @@ public struct OrderRequest: Hashable, Sendable {
         }
         var items: [OrderItem] = []
         var total = Money.zero
+        // cents × 10⁻²: the same value as cents / 100, without a Decimal division per item.
+        let maxUnitPrice = Decimal(sign: .plus, exponent: -2, significand: Decimal(limits.maxUnitPrice.cents))
         switch wire.items {
         case nil:
             errors.append(FieldError(field: "items", message: "is required"))
@@ -156,10 +169,16 @@ public struct OrderRequest: Hashable, Sendable {
                     errors.append(FieldError(field: "\(field).quantity", message: "is required"))
                 }
                 var price: Money?
-                if let decimal = item.unitPrice {
+                if let cents = item.unitPriceCents {
+                    if cents > limits.maxUnitPrice.cents {
+                        errors.append(FieldError(field: "\(field).unitPrice", message: "must be at most \(limits.maxUnitPrice)"))
+                    } else {
+                        price = Money(cents: cents)
+                    }
+                } else if let decimal = item.unitPrice {
                     if decimal < 0 {
                         errors.append(FieldError(field: "\(field).unitPrice", message: "must not be negative"))
-                    } else if decimal > Decimal(limits.maxUnitPrice.cents) / 100 {
+                    } else if decimal > maxUnitPrice {
                         errors.append(FieldError(field: "\(field).unitPrice", message: "must be at most \(limits.maxUnitPrice)"))
                     } else if let money = Money(decimalText: plainText(decimal)) {
                         price = money
@@ -189,7 +208,11 @@ public struct OrderRequest: Hashable, Sendable {
         return text
     }
 
+    /// Only bytes 0x20…0x7E: each is one character, and none is a control character.
+    private static func isPrintableASCII(_ text: String) -> Bool { text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F } }
+
     private static func isPlausibleEmail(_ text: String) -> Bool {
+        if isPrintableASCII(text), !text.utf8.contains(0x20) { return isPlausibleASCIIEmail(text.utf8) }
         let parts = text.split(separator: "@", omittingEmptySubsequences: false)
         guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
         guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
@@ -197,4 +220,175 @@ public struct OrderRequest: Hashable, Sendable {
         let labels = domain.split(separator: ".", omittingEmptySubsequences: false)
         return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty && $0.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" } }
     }
+
+    /// `isPlausibleEmail` for text of printable ASCII without spaces, on bytes (where a letter is A–Z or a–z and a
+    /// number 0–9, as Character's properties say for ASCII).
+    private static func isPlausibleASCIIEmail(_ utf8: String.UTF8View) -> Bool {
+        let parts = utf8.split(separator: UInt8(ascii: "@"), omittingEmptySubsequences: false)
+        guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
+        guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
+        let labels = domain.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        return labels.count >= 2 && labels.allSatisfy { label in
+            !label.isEmpty && label.allSatisfy { byte in
+                (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+                    || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-")
+            }
+        }
+    }
+}
+
+/// Reads the common request body in one pass, without Foundation: an object holding only the three known keys
+/// (each at most once, any order), strings of printable ASCII without escapes, quantities of plain digits and
+/// prices of plain digits with at most two decimals. Anything else — escapes, other keys, null, signs, exponents,
+/// non-ASCII, malformed JSON — gives nil and goes through `JSONDecoder`, so every result and every error message
+/// is what the decoder alone gives; on what it accepts the reader yields the same values the decoder would.
+private struct PlainRequestReader {
+    typealias Wire = OrderRequest.Wire
+    typealias WireItem = OrderRequest.WireItem
+
+    let bytes: [UInt8]
+    var at = 0
+
+    static func read(_ body: [UInt8]) -> Wire? {
+        var reader = PlainRequestReader(bytes: body)
+        guard let wire = reader.request() else { return nil }
+        reader.skipSpace()
+        return reader.at == body.count ? wire : nil
+    }
+
+    mutating func request() -> Wire? {
+        var wire = Wire()
+        var seen = (name: false, email: false, items: false)
+        let complete = object { reader, key in
+            switch key {
+            case "customerName" where !seen.name:
+                seen.name = true
+                wire.customerName = reader.string()
+                return wire.customerName != nil
+            case "customerEmail" where !seen.email:
+                seen.email = true
+                wire.customerEmail = reader.string()
+                return wire.customerEmail != nil
+            case "items" where !seen.items:
+                seen.items = true
+                wire.items = reader.items()
+                return wire.items != nil
+            default:
+                return false
+            }
+        }
+        return complete ? wire : nil
+    }
+
+    mutating func items() -> [WireItem]? {
+        guard take(UInt8(ascii: "[")) else { return nil }
+        var list: [WireItem] = []
+        if take(UInt8(ascii: "]")) { return list }
+        repeat {
+            guard let item = item() else { return nil }
+            list.append(item)
+        } while take(UInt8(ascii: ","))
+        return take(UInt8(ascii: "]")) ? list : nil
+    }
+
+    mutating func item() -> WireItem? {
+        var item = WireItem()
+        var seen = (name: false, quantity: false, price: false)
+        let complete = object { reader, key in
+            switch key {
+            case "productName" where !seen.name:
+                seen.name = true
+                item.productName = reader.string()
+                return item.productName != nil
+            case "quantity" where !seen.quantity:
+                seen.quantity = true
+                guard let (whole, fraction) = reader.number(maxWholeDigits: 18), fraction == nil else { return false }
+                item.quantity = Int(whole)
+                return true
+            case "unitPrice" where !seen.price:
+                seen.price = true
+                guard let (whole, fraction) = reader.number(maxWholeDigits: 15) else { return false }
+                item.unitPriceCents = whole * 100 + (fraction ?? 0)
+                return true
+            default:
+                return false
+            }
+        }
+        return complete ? item : nil
+    }
+
+    /// `{ "key": value, … }`, handing each key to `value`, which reads the value (false: not plain, give up).
+    mutating func object(_ value: (inout PlainRequestReader, String) -> Bool) -> Bool {
+        guard take(UInt8(ascii: "{")) else { return false }
+        if take(UInt8(ascii: "}")) { return true }
+        repeat {
+            guard let key = string(), take(UInt8(ascii: ":")), value(&self, key) else { return false }
+        } while take(UInt8(ascii: ","))
+        return take(UInt8(ascii: "}"))
+    }
+
+    /// A string of printable ASCII with no escapes.
+    mutating func string() -> String? {
+        guard take(UInt8(ascii: "\"")) else { return nil }
+        let start = at
+        while at < bytes.count {
+            let byte = bytes[at]
+            if byte == UInt8(ascii: "\"") {
+                defer { at += 1 }
+                return String(decoding: bytes[start..<at], as: UTF8.self)
+            }
+            guard byte >= 0x20, byte < 0x7F, byte != UInt8(ascii: "\\") else { return nil }
+            at += 1
+        }
+        return nil
+    }
+
+    /// `0` or `[1-9][0-9]*` (at most `maxWholeDigits`), then optionally `.` and one or two digits; the fraction is
+    /// returned in hundredths.
+    mutating func number(maxWholeDigits: Int) -> (whole: Int64, hundredths: Int64?)? {
+        skipSpace()
+        let start = at
+        var whole: Int64 = 0
+        while at < bytes.count, let digit = Self.digit(bytes[at]) {
+            whole = whole * 10 + digit
+            at += 1
+            guard at - start <= maxWholeDigits else { return nil }
+        }
+        let count = at - start
+        guard count > 0, count == 1 || bytes[start] != UInt8(ascii: "0") else { return nil }
+        guard at < bytes.count, bytes[at] == UInt8(ascii: ".") else { return isNumberEnd ? (whole, nil) : nil }
+        at += 1
+        guard at < bytes.count, let tenths = Self.digit(bytes[at]) else { return nil }
+        at += 1
+        var hundredths = tenths * 10
+        if at < bytes.count, let digit = Self.digit(bytes[at]) {
+            hundredths += digit
+            at += 1
+        }
+        return isNumberEnd ? (whole, hundredths) : nil
+    }
+
+    /// A number ends at whitespace, `,`, `}` or `]` (not at a further digit, an exponent, or the end of the body).
+    var isNumberEnd: Bool {
+        guard at < bytes.count else { return false }
+        let byte = bytes[at]
+        return byte == UInt8(ascii: ",") || byte == UInt8(ascii: "}") || byte == UInt8(ascii: "]") || Self.isSpace(byte)
+    }
+
+    static func digit(_ byte: UInt8) -> Int64? {
+        byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") ? Int64(byte - UInt8(ascii: "0")) : nil
+    }
+
+    mutating func take(_ byte: UInt8) -> Bool {
+        skipSpace()
+        guard at < bytes.count, bytes[at] == byte else { return false }
+        at += 1
+        return true
+    }
+
+    mutating func skipSpace() {
+        while at < bytes.count, Self.isSpace(bytes[at]) { at += 1 }
+    }
+
+    static func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x0A || byte == 0x0D || byte == 0x09 }
 }
