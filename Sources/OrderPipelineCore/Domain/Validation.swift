@@ -76,6 +76,11 @@ public struct OrderRequest: Hashable, Sendable {
     /// Decodes and validates a request body. Every problem is reported, not only the first.
     public static func parse(_ body: [UInt8], limits: OrderLimits = OrderLimits()) -> Result<OrderRequest, RequestError> {
         if let wire = PlainRequestReader.read(body) { return validate(wire, limits: limits) }
+        return parseWithDecoder(body, limits: limits)
+    }
+
+    /// `parse` through `JSONDecoder` alone (what the plain reader must agree with; tests compare the two).
+    static func parseWithDecoder(_ body: [UInt8], limits: OrderLimits = OrderLimits()) -> Result<OrderRequest, RequestError> {
         let wire: Wire
         do {
             wire = try JSONDecoder().decode(Wire.self, from: Data(body))
