@@ -21,11 +21,11 @@ from bench_pipeline import api, e2e, latency  # noqa: E402
 
 def sim(settings, figures):
     """order-sim: seeds/min and simulated/wall time for both fault modes, on one core and on two."""
-    seeds, cores = settings.size(1000, 20), os.cpu_count() or 1
+    seeds, orders, cores = settings.size(1000, 5), settings.size(100, 30), os.cpu_count() or 1
     for faults in ("all", "swarm"):
         one_core = None
         for jobs in (1, 2):
-            result = subprocess.run([settings.order_sim, "--seeds", str(seeds), "--orders", "100", "--faults", faults,
+            result = subprocess.run([settings.order_sim, "--seeds", str(seeds), "--orders", str(orders), "--faults", faults,
                                      "--jobs", str(jobs), "--failures-dir", settings.work], capture_output=True, text=True)
             summary = re.search(r"seeds=(\d+) orders=(\d+) failures=(\d+) sim_seconds=([0-9.]+) wall_seconds=([0-9.]+)", result.stdout)
             if result.returncode != 0 or not summary:
@@ -34,7 +34,7 @@ def sim(settings, figures):
             per_minute = seeds / wall * 60
             if jobs == 1:
                 one_core = per_minute
-                figures.add("sim", f"--faults {faults} --jobs 1 ({seeds} seeds × 100 orders), seeds/min", per_minute, "/min")
+                figures.add("sim", f"--faults {faults} --jobs 1 ({seeds} seeds × {orders} orders), seeds/min", per_minute, "/min")
             else:
                 figures.add("sim", f"--faults {faults} --jobs 2, seeds/min", per_minute, "/min", min(jobs, cores) * one_core,
                             f"{min(jobs, cores)} × --jobs 1")
@@ -86,7 +86,8 @@ def write_report(out_dir, results):
             f"## {name}",
             "",
             f"{run['date']} · commit {run['commit']} · {run['cores']} cores · load average {run['load_before']} before, "
-            f"{run['load_after']} after · {run['seconds']:.0f} s" + (" · **FAILED**: " + run["error"] if run.get("error") else ""),
+            f"{run['load_after']} after · {run['seconds']:.0f} s" + (" · **smoke sizes**" if run.get("smoke") else "")
+            + (" · **FAILED**: " + run["error"] if run.get("error") else ""),
             "",
             "| metric | this project | ceiling | ratio | notes |",
             "|---|---:|---:|---:|---|",
