@@ -161,7 +161,7 @@ def raw_producer(settings, url, topic, rows):
     with psycopg.connect(url) as db:
         messages = db.execute("SELECT order_id::text, event_id::text, event_type, payload FROM kafka_outbox ORDER BY sequence").fetchall()
     producer = kafka_producer(settings, **{"linger.ms": 2, "queue.buffering.max.messages": max(rows, 100_000)})
-    producer.produce(topic, key="warm-up", value=b"{}")  # connection and producer id before the clock starts
+    producer.produce(topic + ".dead-letter", key="warm-up", value=b"{}")  # connection, producer id: before the clock
     producer.flush(30)
     delivered = [0]
 
