@@ -355,9 +355,9 @@ private struct PlainRequestReader {
         let start = at
         var whole: Int64 = 0
         while at < bytes.count, let digit = Self.digit(bytes[at]) {
+            guard at - start < maxWholeDigits else { return nil }  // before the digit is added: no overflow
             whole = whole * 10 + digit
             at += 1
-            guard at - start <= maxWholeDigits else { return nil }
         }
         let count = at - start
         guard count > 0, count == 1 || bytes[start] != UInt8(ascii: "0") else { return nil }
