@@ -89,6 +89,7 @@ def write_report(out_dir, results):
             f"{run['load_after']} after · {run['seconds']:.0f} s" + (" · **smoke sizes**" if run.get("smoke") else "")
             + (" · **FAILED**: " + run["error"] if run.get("error") else ""),
             "",
+        ] + ([run["note"], ""] if run.get("note") else []) + [
             "| metric | this project | ceiling | ratio | notes |",
             "|---|---:|---:|---:|---|",
         ]
@@ -129,7 +130,7 @@ def main():
             failed.append(name)
         results[name] = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
                          "cores": os.cpu_count(), "load_before": before, "load_after": load(), "seconds": time.monotonic() - start,
-                         "smoke": args.smoke, "error": error, "figures": figures.rows}
+                         "smoke": args.smoke, "error": error, "note": os.environ.get("BENCH_NOTE", ""), "figures": figures.rows}
     write_report(out_dir, results)
     log(f"wrote {out_dir}/BENCHMARKS.md and benchmarks.json")
     if failed:
