@@ -126,7 +126,7 @@ def scratch_database(settings, name):
 def scratch_topic(settings, name, partitions=3):
     """A topic and its dead-letter topic, deleted afterwards (Tansu keeps topics in memory)."""
     topic = scratch_name(name)
-    admin = AdminClient({"bootstrap.servers": settings.kafka})
+    admin = AdminClient({"bootstrap.servers": settings.kafka, "log_level": 3})
     topics = [NewTopic(topic, partitions, 1), NewTopic(topic + ".dead-letter", 1, 1)]
     for future in admin.create_topics(topics, request_timeout=15).values():
         future.result()
