@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, pgbench, scalar,
                           scratch_database, scratch_topic, wait_fulfilled, wait_until, wrk)
+from bench_drain import execute
 
 PAYLOAD = "x" * 560  # an OrderCreated payload's size
 # The transaction the API commits per order (SQL.createOrder: idempotency key, order, item, creation transition,
@@ -48,27 +49,39 @@ def database_of(url):
     return url.rsplit("/", 1)[1].split("?")[0]
 
 
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
 def api(settings, figures):
     """POST /api/orders (wrk → serve) against pgbench running the same transaction, durable and with
-    synchronous_commit off (which shows CPU cost rather than this disk's flush rate)."""
-    seconds, clients = settings.size(15, 2), 8
+    synchronous_commit off (which shows CPU cost rather than this disk's flush rate). The three are interleaved in
+    rounds and each figure is the median of its rounds, so a change in the machine's load hits all of them."""
+    seconds, clients, rounds = settings.size(5, 1), 8, 3
     with scratch_database(settings, "api") as url:
         for mode in ("durable", "async-commit"):
             setting = "SET synchronous_commit = off" if mode == "async-commit" else "RESET synchronous_commit"
             with psycopg.connect(url, autocommit=True) as db:
                 db.execute(f'ALTER DATABASE "{database_of(url)}" {setting}')
+            runs = []
             with Pipeline(settings, url, "unused", "unused", f"api-{mode}") as pipeline:
                 pipeline.start("serve", DB_POOL_SIZE="8")
                 pipeline.wait_ready()
                 wrk(settings, pipeline.url("/api/orders"), clients, settings.size(2, 1))  # connections, prepared statements
-                before = scalar(url, "SELECT count(*) FROM orders")
-                rps, p50, p99, non2xx = wrk(settings, pipeline.url("/api/orders"), clients, seconds)
-                written = scalar(url, "SELECT count(*) FROM orders") - before
-            same, same_latency, _ = pgbench(settings, url, SAME_TRANSACTION, clients, seconds=seconds)
-            two_rows, _, _ = pgbench(settings, url, TWO_ROWS, clients, seconds=seconds)
+                for _ in range(rounds):
+                    before = scalar(url, "SELECT count(*) FROM orders")
+                    rps, p50, p99, non2xx = wrk(settings, pipeline.url("/api/orders"), clients, seconds)
+                    written = scalar(url, "SELECT count(*) FROM orders") - before
+                    same, same_latency, _ = pgbench(settings, url, SAME_TRANSACTION, clients, seconds=seconds)
+                    two_rows, _, _ = pgbench(settings, url, TWO_ROWS, clients, seconds=seconds)
+                    runs.append((rps, p50, p99, non2xx, written, same, same_latency, two_rows))
+            rps, p50, p99, _, _, same, same_latency, two_rows = (median(column) for column in zip(*runs))
             figures.add("api", f"POST /api/orders, {mode}, wrk -c{clients} (orders/s)", rps, "/s", same,
                         f"pgbench same transaction, {clients} clients",
-                        note=f"wrk p50 {p50:.1f} ms, p99 {p99:.1f} ms, non-2xx {non2xx}, {written} orders written; pgbench mean {same_latency:.1f} ms")
+                        note=f"median of {rounds} interleaved rounds of {seconds} s (POST/s {', '.join(f'{r[0]:.0f}' for r in runs)}; "
+                        f"pgbench {', '.join(f'{r[5]:.0f}' for r in runs)}); wrk p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+                        f"non-2xx {sum(r[3] for r in runs)}, {sum(r[4] for r in runs):,} orders written; pgbench mean {same_latency:.1f} ms")
             figures.add("api", f"pgbench order+outbox row, {mode}, {clients} clients (commits/s)", two_rows, "/s")
 
 
@@ -104,6 +117,8 @@ def e2e(settings, figures):
         with scratch_database(settings, f"e2e_{mode}") as url, scratch_topic(settings, f"e2e-{mode}") as topic:
             queue = declare_queue(settings, f"e2e-{mode}")
             samples, stop = [], threading.Event()
+            before, _, _ = pgbench(settings, url, TWO_ROWS, 8, seconds=seconds)
+            execute(url, "TRUNCATE orders, kafka_outbox CASCADE")
             with Pipeline(settings, url, topic, queue, f"e2e-{mode}") as pipeline:
                 main = start_pipeline(pipeline, mode)
                 pipeline.wait_ready()
@@ -124,7 +139,8 @@ def e2e(settings, figures):
                         (count(*) FILTER (WHERE processed_at <= (SELECT last FROM w)))
                             / nullif(extract(epoch from (SELECT last - first FROM w)), 0)::float8
                     FROM b""", (warm,)).fetchone()
-            ceiling, _, _ = pgbench(settings, url, TWO_ROWS, 8, seconds=seconds)
+            # The ceiling before the pipeline starts and after it stops; their mean evens out a change of load.
+            ceiling = (before + pgbench(settings, url, TWO_ROWS, 8, seconds=seconds)[0]) / 2
             label = "`all`" if mode == "all" else "separate processes"
             figures.add("e2e", f"fulfilled orders/s at saturation, {label}", orders / span, "/s", ceiling,
                         "pgbench order+outbox row, 8 clients",
