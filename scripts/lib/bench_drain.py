@@ -66,17 +66,19 @@ WITH pub AS (
 SELECT (SELECT count(*) FROM pub) + (SELECT count(*) FROM ret);
 """
 
-# SQL.fulfil, one record per transaction, over the backlog's orders in turn (ROWS: the backlog's size; past it, the
-# orders come round again and hit the inbox, which is cheaper, so the run is kept shorter than the backlog).
+# SQL.fulfil, one record per transaction, over the backlog's orders in turn: the record's ids come from bench_ids in
+# the same statement (one round trip, one commit, as the consumer's). ROWS is the backlog's size; past it the orders
+# come round again and hit the inbox, which is cheaper, so the run is kept shorter than the backlog.
 FULFIL = """
-SELECT order_id, event_id FROM bench_ids WHERE n = (SELECT (nextval('bench_seq') - 1) % ROWS + 1) \\gset
-WITH ins AS (
+WITH b AS (
+    SELECT order_id, event_id FROM bench_ids WHERE n = (SELECT (nextval('bench_seq') - 1) % ROWS + 1)
+), ins AS (
     INSERT INTO consumer_inbox (event_id, event_type, order_id, received_at)
-    VALUES (:event_id::uuid, 'OrderCreated', :order_id::uuid, now()) ON CONFLICT (event_id) DO NOTHING
+    SELECT b.event_id, 'OrderCreated', b.order_id, now() FROM b ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), target AS (
     SELECT o.id, o.status FROM orders o
-    WHERE o.id = :order_id::uuid AND 'OrderCreated' = 'OrderCreated' AND EXISTS (SELECT 1 FROM ins)
+    WHERE o.id = (SELECT order_id FROM b) AND 'OrderCreated' = 'OrderCreated' AND EXISTS (SELECT 1 FROM ins)
     FOR UPDATE
 ), upd AS (
     UPDATE orders o SET status = 'Fulfilled', processed_at = now()
@@ -203,5 +205,5 @@ def consumer(settings, figures):
         fulfilled = scalar(url, "SELECT count(*) FROM orders WHERE status = 'Fulfilled'")
         figures.add("consumer", f"drain {rows / 1000:g}k records (orders fulfilled/s)", rate, "/s", ceilings[1],
                     "pgbench fulfil statement, 1 client",
-                    note="" if done else f"stopped after {drain_limit(settings)} s: {fulfilled:,} of {rows:,} fulfilled")
+                    note="over 100% when the consumer's commits overlap (group commit)" if done else f"stopped after {drain_limit(settings)} s: {fulfilled:,} of {rows:,} fulfilled")
         figures.add("consumer", f"same, against 4 pgbench clients", rate, "/s", ceilings[4], "pgbench fulfil statement, 4 clients")
