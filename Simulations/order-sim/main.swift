@@ -31,6 +31,7 @@ struct OrderSim: ParsableCommand {
     @Option(help: "Run a replay file (from a failure or fixtures/) and check its expected verdict.") var replay: String?
     @Option(help: "Directory for replay files of failing seeds.") var failuresDir: String = "."
     @Option(help: "Save the (single) seed as a replay file with the verdict it gave, e.g. for fixtures/.") var saveReplay: String?
+    @Option(help: "Run seeds on this many cores (default: all); the output is the same for any number.") var jobs: Int?
 
     func validate() throws {
         guard faults == "swarm" || FaultProfile(rawValue: faults) != nil else {
@@ -40,6 +41,7 @@ struct OrderSim: ParsableCommand {
             throw ValidationError("unknown bug \"\(bug)\"; order-sim --list-bugs shows them")
         }
         guard seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
+        if let jobs, !(1...1024).contains(jobs) { throw ValidationError("--jobs must be in 1...1024; got \(jobs)") }
         guard orders >= 1, orders <= 100_000 else { throw ValidationError("--orders must be in 1...100000") }
         for (name, value) in [("--apis", apis), ("--relays", relays), ("--sb-relays", serviceBusRelays), ("--consumers", consumers), ("--partitions", partitions)] {
             guard (1...64).contains(value) else { throw ValidationError("\(name) must be in 1...64; got \(value)") }
@@ -121,25 +123,22 @@ struct OrderSim: ParsableCommand {
         let start = clock.now
         var lastProgress = start
         var report = Report()
-        var fired = [Int](repeating: 0, count: FaultKind.allCases.count)
-        var recoveries = RecoveryCounts()
-        var persisted = 0
-        var simMicros: Int64 = 0
-        for n in 0..<count {
+        var summary = SeedsSummary()
+        let swarm = faults == "swarm" && replay == nil
+        let optionsOfSeed: @Sendable (Int) -> SimulationOptions = { n in
             var options = base
             options.seed = first &+ UInt64(n)
-            if faults == "swarm", replay == nil {
-                let seed = options.seed
-                let keep = options
-                options = SimulationOptions.swarm(seed: seed, orders: keep.orders)
-                options.bug = keep.bug
-                options.recordHistory = keep.recordHistory
+            if swarm {
+                options = SimulationOptions.swarm(seed: options.seed, orders: base.orders)
+                options.bug = base.bug
+                options.recordHistory = base.recordHistory
             }
-            let outcome = Simulation.run(options)
-            persisted += outcome.ordersPersisted
-            simMicros += outcome.simulatedMicroseconds
-            for i in fired.indices { fired[i] += outcome.faultsFired[i] }
-            recoveries = recoveries + outcome.recoveries
+            return options
+        }
+        // Outcomes arrive in seed order whatever --jobs is, so every line below comes out the same.
+        Simulation.run(count: count, jobs: jobs ?? ProcessInfo.processInfo.activeProcessorCount, options: optionsOfSeed) { n, outcome in
+            let options = outcome.options
+            summary.add(outcome)
             if let saveReplay {
                 let file = ReplayFile(options: options, expectedViolation: outcome.violations.first?.invariant)
                 do {
@@ -182,8 +181,8 @@ struct OrderSim: ParsableCommand {
             }
         }
         let wall = (clock.now - start).seconds
-        printCoverage(base, fired: fired, recoveries: recoveries)
-        say(String(format: "seeds=%d orders=%d failures=%d sim_seconds=%.1f wall_seconds=%.2f", count, persisted, report.failures.count, Double(simMicros) / 1e6, wall))
+        printCoverage(base, fired: summary.faultsFired, recoveries: summary.recoveries)
+        say(String(format: "seeds=%d orders=%d failures=%d sim_seconds=%.1f wall_seconds=%.2f", count, summary.ordersPersisted, report.failures.count, Double(summary.simulatedMicroseconds) / 1e6, wall))
         return report
     }
 

@@ -57,20 +57,30 @@ public struct OrderRequest: Hashable, Sendable {
         return SHA1.hash(json.bytes).hexString
     }
 
-    private struct Wire: Decodable {
+    struct Wire: Decodable {
         var customerName: String?
         var customerEmail: String?
         var items: [WireItem]?
     }
 
-    private struct WireItem: Decodable {
+    struct WireItem: Decodable {
         var productName: String?
         var quantity: Int?
         var unitPrice: Decimal?
+        /// The price in cents when `PlainRequestReader` read it (then `unitPrice` is nil); never decoded.
+        var unitPriceCents: Int64? = nil
+
+        enum CodingKeys: String, CodingKey { case productName, quantity, unitPrice }
     }
 
     /// Decodes and validates a request body. Every problem is reported, not only the first.
     public static func parse(_ body: [UInt8], limits: OrderLimits = OrderLimits()) -> Result<OrderRequest, RequestError> {
+        if let wire = PlainRequestReader.read(body) { return validate(wire, limits: limits) }
+        return parseWithDecoder(body, limits: limits)
+    }
+
+    /// `parse` through `JSONDecoder` alone (what the plain reader must agree with; tests compare the two).
+    static func parseWithDecoder(_ body: [UInt8], limits: OrderLimits = OrderLimits()) -> Result<OrderRequest, RequestError> {
         let wire: Wire
         do {
             wire = try JSONDecoder().decode(Wire.self, from: Data(body))
@@ -121,6 +131,12 @@ public struct OrderRequest: Hashable, Sendable {
                 errors.append(FieldError(field: field, message: "is required"))
                 return ""
             }
+            if isPrintableASCII(text) {
+                // One byte per character, none of them control characters: the checks below, on bytes.
+                if text.utf8.allSatisfy({ $0 == 0x20 }) { errors.append(FieldError(field: field, message: "must not be blank")) }
+                if text.utf8.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
+                return text
+            }
             // Scalar and byte views first: grapheme work only where it can change the answer.
             if text.unicodeScalars.allSatisfy(\.properties.isWhitespace) { errors.append(FieldError(field: field, message: "must not be blank")) }
             if text.utf8.count > max, text.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
@@ -136,6 +152,8 @@ public struct OrderRequest: Hashable, Sendable {
         }
         var items: [OrderItem] = []
         var total = Money.zero
+        // cents × 10⁻²: the same value as cents / 100, without a Decimal division per item.
+        let maxUnitPrice = Decimal(sign: .plus, exponent: -2, significand: Decimal(limits.maxUnitPrice.cents))
         switch wire.items {
         case nil:
             errors.append(FieldError(field: "items", message: "is required"))
@@ -156,10 +174,16 @@ public struct OrderRequest: Hashable, Sendable {
                     errors.append(FieldError(field: "\(field).quantity", message: "is required"))
                 }
                 var price: Money?
-                if let decimal = item.unitPrice {
+                if let cents = item.unitPriceCents {
+                    if cents > limits.maxUnitPrice.cents {
+                        errors.append(FieldError(field: "\(field).unitPrice", message: "must be at most \(limits.maxUnitPrice)"))
+                    } else {
+                        price = Money(cents: cents)
+                    }
+                } else if let decimal = item.unitPrice {
                     if decimal < 0 {
                         errors.append(FieldError(field: "\(field).unitPrice", message: "must not be negative"))
-                    } else if decimal > Decimal(limits.maxUnitPrice.cents) / 100 {
+                    } else if decimal > maxUnitPrice {
                         errors.append(FieldError(field: "\(field).unitPrice", message: "must be at most \(limits.maxUnitPrice)"))
                     } else if let money = Money(decimalText: plainText(decimal)) {
                         price = money
@@ -189,12 +213,31 @@ public struct OrderRequest: Hashable, Sendable {
         return text
     }
 
+    /// Only bytes 0x20…0x7E: each is one character, and none is a control character.
+    private static func isPrintableASCII(_ text: String) -> Bool { text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F } }
+
     private static func isPlausibleEmail(_ text: String) -> Bool {
+        if isPrintableASCII(text), !text.utf8.contains(0x20) { return isPlausibleASCIIEmail(text.utf8) }
         let parts = text.split(separator: "@", omittingEmptySubsequences: false)
         guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
         guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
         guard !text.contains(where: { $0.isWhitespace }) else { return false }
         let labels = domain.split(separator: ".", omittingEmptySubsequences: false)
         return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty && $0.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" } }
+    }
+
+    /// `isPlausibleEmail` for text of printable ASCII without spaces, on bytes (where a letter is A–Z or a–z and a
+    /// number 0–9, as Character's properties say for ASCII).
+    private static func isPlausibleASCIIEmail(_ utf8: String.UTF8View) -> Bool {
+        let parts = utf8.split(separator: UInt8(ascii: "@"), omittingEmptySubsequences: false)
+        guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
+        guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
+        let labels = domain.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        return labels.count >= 2 && labels.allSatisfy { label in
+            !label.isEmpty && label.allSatisfy { byte in
+                (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+                    || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-")
+            }
+        }
     }
 }

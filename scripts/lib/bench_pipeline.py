@@ -1,0 +1,277 @@
+"""The API, the whole pipeline at saturation (and its RSS), and create→Fulfilled latency under an open-loop load."""
+import asyncio
+import os
+import threading
+import time
+import uuid
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+
+from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, pgbench, scalar,
+                          scratch_database, scratch_topic, wait_fulfilled, wait_until, wrk)
+from bench_drain import execute
+
+PAYLOAD = "x" * 560  # an OrderCreated payload's size
+# The transaction the API commits per order (SQL.createOrder: idempotency key, order, item, creation transition,
+# outbox row with its NOTIFY trigger), as one statement.
+SAME_TRANSACTION = f"""
+WITH k AS (
+    INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)
+    VALUES ('order:' || gen_random_uuid(), '0c9a1ef5e8f1d0c4b3a2f1e0d9c8b7a6f5e4d3c2', gen_random_uuid(), now())
+    ON CONFLICT (key) DO NOTHING RETURNING order_id
+), o AS (
+    INSERT INTO orders (id, customer_name, customer_email, status, total_amount, created_at)
+    SELECT k.order_id, 'John Smith', 'john@example.com', 'Pending', 999.99, now() FROM k RETURNING id
+), i AS (
+    INSERT INTO order_items (order_id, position, product_name, quantity, unit_price)
+    SELECT o.id, 1, 'Laptop', 1, 999.99 FROM o
+), t AS (
+    INSERT INTO order_status_transitions (order_id, from_status, to_status, at) SELECT o.id, NULL, 'Pending', now() FROM o
+), x AS (
+    INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
+    SELECT gen_random_uuid(), o.id, 'OrderCreated', now(), convert_to('{PAYLOAD}', 'UTF8'), now() FROM o
+)
+SELECT count(*) FROM k;
+"""
+# The environment notes' reference: one order row and one outbox row, BEGIN … COMMIT.
+TWO_ROWS = f"""
+BEGIN;
+INSERT INTO orders (id, customer_name, customer_email, status, total_amount, created_at)
+    VALUES (gen_random_uuid(), 'John Smith', 'john@example.com', 'Pending', 999.99, now());
+INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
+    VALUES (gen_random_uuid(), gen_random_uuid(), 'OrderCreated', now(), convert_to('{PAYLOAD}', 'UTF8'), now());
+COMMIT;
+"""
+
+
+def database_of(url):
+    return url.rsplit("/", 1)[1].split("?")[0]
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def api(settings, figures):
+    """POST /api/orders (wrk → serve) against pgbench running the same transaction, durable and with
+    synchronous_commit off (which shows CPU cost rather than this disk's flush rate). The three are interleaved in
+    rounds and each figure is the median of its rounds, so a change in the machine's load hits all of them."""
+    seconds, clients, rounds = settings.size(5, 1), 8, 3
+    with scratch_database(settings, "api") as url:
+        for mode in ("durable", "async-commit"):
+            setting = "SET synchronous_commit = off" if mode == "async-commit" else "RESET synchronous_commit"
+            with psycopg.connect(url, autocommit=True) as db:
+                db.execute(f'ALTER DATABASE "{database_of(url)}" {setting}')
+            runs = []
+            with Pipeline(settings, url, "unused", "unused", f"api-{mode}") as pipeline:
+                pipeline.start("serve", DB_POOL_SIZE="8")
+                pipeline.wait_ready()
+                wrk(settings, pipeline.url("/api/orders"), clients, settings.size(2, 1))  # connections, prepared statements
+                for _ in range(rounds):
+                    before = scalar(url, "SELECT count(*) FROM orders")
+                    rps, p50, p99, non2xx = wrk(settings, pipeline.url("/api/orders"), clients, seconds)
+                    written = scalar(url, "SELECT count(*) FROM orders") - before
+                    same, same_latency, _ = pgbench(settings, url, SAME_TRANSACTION, clients, seconds=seconds)
+                    two_rows, _, _ = pgbench(settings, url, TWO_ROWS, clients, seconds=seconds)
+                    runs.append((rps, p50, p99, non2xx, written, same, same_latency, two_rows))
+            rps, p50, p99, _, _, same, same_latency, two_rows = (median(column) for column in zip(*runs))
+            figures.add("api", f"POST /api/orders, {mode}, wrk -c{clients} (orders/s)", rps, "/s", same,
+                        f"pgbench same transaction, {clients} clients",
+                        note=f"median of {rounds} interleaved rounds of {seconds} s (POST/s {', '.join(f'{r[0]:.0f}' for r in runs)}; "
+                        f"pgbench {', '.join(f'{r[5]:.0f}' for r in runs)}); wrk p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+                        f"non-2xx {sum(r[3] for r in runs)}, {sum(r[4] for r in runs):,} orders written; pgbench mean {same_latency:.1f} ms")
+            figures.add("api", f"pgbench order+outbox row, {mode}, {clients} clients (commits/s)", two_rows, "/s")
+
+
+def rss_sampler(pid, stop, samples):
+    while not stop.is_set():
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        samples.append(int(line.split()[1]) / 1024)
+        except OSError:
+            return
+        stop.wait(0.2)
+
+
+def start_pipeline(pipeline, mode):
+    """`all`, or the roles as separate processes: serve, a Kafka relay, the consumer, and a relay with Service Bus
+    (which relays both outboxes: `relay` has no Service-Bus-only mode)."""
+    if mode == "all":
+        return pipeline.start("all")
+    pipeline.start("serve")
+    pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID="bench-relay-kafka")
+    pipeline.start("consume")
+    pipeline.start("relay", RELAY_ID="bench-relay-sb")
+    return None
+
+
+def e2e(settings, figures):
+    """Fulfilled orders/s when the API is saturated (wrk -c16), for `all` and for separate processes, against
+    pgbench's order+outbox-row transaction (every order needs at least two such commits); RSS of `all`."""
+    seconds, connections = settings.size(10, 1), 16
+    for mode in ("all", "split"):
+        with scratch_database(settings, f"e2e_{mode}") as url, scratch_topic(settings, f"e2e-{mode}") as topic:
+            queue = declare_queue(settings, f"e2e-{mode}")
+            samples, stop = [], threading.Event()
+            before, _, _ = pgbench(settings, url, TWO_ROWS, 8, seconds=seconds)
+            execute(url, "TRUNCATE orders, kafka_outbox CASCADE")
+            with Pipeline(settings, url, topic, queue, f"e2e-{mode}") as pipeline:
+                main = start_pipeline(pipeline, mode)
+                pipeline.wait_ready()
+                warm = pipeline.post_order()
+                wait_fulfilled(url, warm, 90, alive=pipeline.check_alive)
+                if main:
+                    threading.Thread(target=rss_sampler, args=(main.pid, stop, samples), daemon=True).start()
+                rps, _, _, non2xx = wrk(settings, pipeline.url("/api/orders"), connections, seconds)
+                done = wait_until(lambda: scalar(url, "SELECT count(*) FROM orders WHERE status <> 'Fulfilled'") == 0,
+                                  drain_limit(settings), "every order to be fulfilled", poll=0.5, alive=pipeline.check_alive,
+                                  required=False)
+                stop.set()
+            with psycopg.connect(url) as db:
+                orders, span, during = db.execute("""
+                    WITH b AS (SELECT created_at, processed_at FROM orders WHERE id <> %s),
+                         w AS (SELECT min(created_at) AS first, max(created_at) AS last FROM b)
+                    SELECT count(processed_at), extract(epoch from max(processed_at) - min(created_at))::float8,
+                        (count(*) FILTER (WHERE processed_at <= (SELECT last FROM w)))
+                            / nullif(extract(epoch from (SELECT last - first FROM w)), 0)::float8
+                    FROM b""", (warm,)).fetchone()
+            # The ceiling before the pipeline starts and after it stops; their mean evens out a change of load.
+            ceiling = (before + pgbench(settings, url, TWO_ROWS, 8, seconds=seconds)[0]) / 2
+            label = "`all`" if mode == "all" else "separate processes"
+            figures.add("e2e", f"fulfilled orders/s at saturation, {label}", orders / span, "/s", ceiling,
+                        "pgbench order+outbox row, 8 clients",
+                        note=f"wrk -c{connections} for {seconds} s ({rps:.0f} POST/s, non-2xx {non2xx}), first created to last fulfilled"
+                        + (f", {orders:,} orders" if done else f"; stopped after {drain_limit(settings)} s with {orders:,} fulfilled"))
+            figures.add("e2e", f"fulfilled orders/s while the POSTs run, {label}", during, "/s", ceiling,
+                        "pgbench order+outbox row, 8 clients")
+            if mode == "all":
+                figures.add("rss", "RSS of `all` under that load, max (MB)", max(samples) if samples else None, "MB",
+                            note=f"{len(samples)} samples every 0.2 s")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# latency
+
+async def open_loop(port, rate, seconds):
+    """POSTs at fixed times (i / rate), whatever the responses do: the load does not slow down when the server
+    does. Connections are reused when free, opened when not. Returns (sent, failures, worst lateness ms)."""
+    loop = asyncio.get_running_loop()
+    total = max(1, int(rate * seconds))
+    request = (f"POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(ORDER_BODY)}\r\n\r\n").encode() + ORDER_BODY
+    idle, failures, late = [], [0], [0.0]
+    start = loop.time() + 0.1
+
+    async def one(i):
+        scheduled = start + i / rate
+        await asyncio.sleep(max(0.0, scheduled - loop.time()))
+        late[0] = max(late[0], (loop.time() - scheduled) * 1000)
+        reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 201"):
+                failures[0] += 1
+            idle.append((reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            failures[0] += 1
+            writer.close()
+
+    await asyncio.gather(*(one(i) for i in range(total)))
+    for _, writer in idle:
+        writer.close()
+    return total, failures[0], late[0]
+
+
+PERCENTILES = "percentile_disc(ARRAY[0.5, 0.9, 0.99, 1.0]) WITHIN GROUP (ORDER BY {})"
+
+
+def latency_stats(url, since):
+    """p50/p90/p99/max in ms from the database's timestamps: created → Fulfilled, and per hop (created → the
+    Kafka outbox row settled, Fulfilled → the Service Bus outbox row settled)."""
+    ms = "extract(epoch from {} - {}) * 1000"
+    with psycopg.connect(url) as db:
+        total = db.execute(f"SELECT {PERCENTILES.format(ms.format('processed_at', 'created_at'))} FROM orders WHERE created_at >= %s",
+                           (since,)).fetchone()[0]
+        kafka = db.execute(f"""SELECT {PERCENTILES.format(ms.format('k.published_at', 'o.created_at'))}
+            FROM orders o JOIN kafka_outbox k ON k.order_id = o.id AND k.event_type = 'OrderCreated' WHERE o.created_at >= %s""",
+                           (since,)).fetchone()[0]
+        sb = db.execute(f"""SELECT {PERCENTILES.format(ms.format('s.published_at', 'o.processed_at'))}
+            FROM orders o JOIN service_bus_outbox s ON s.order_id = o.id WHERE o.created_at >= %s""", (since,)).fetchone()[0]
+    return [[float(v) if v is not None else None for v in row or [None] * 4] for row in (total, kafka, sb)]
+
+
+def round_trip(settings, samples, rate=100):
+    """The plain round trip an order needs: a two-row commit, a librdkafka produce (acks=all) → consume (the
+    project's fetch.wait.max.ms), a second commit. Paced at `rate`; latencies in ms."""
+    with scratch_database(settings, "roundtrip") as url, scratch_topic(settings, "roundtrip", partitions=1) as topic:
+        api, consumer_db = psycopg.connect(url, autocommit=True), psycopg.connect(url, autocommit=True)
+        producer = kafka_producer(settings, **{"linger.ms": 0})
+        consumer = Consumer({"bootstrap.servers": settings.kafka, "group.id": topic, "enable.auto.commit": False,
+                             "fetch.wait.max.ms": 10, "auto.offset.reset": "earliest"})
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        latencies = []
+        try:
+            for i in range(samples + 10):  # the first ten warm up connections and prepared statements
+                next_at = time.perf_counter() + 1 / rate
+                start = time.perf_counter()
+                order = uuid.uuid4()
+                with api.transaction():
+                    api.execute("""INSERT INTO orders (id, customer_name, customer_email, status, total_amount, created_at)
+                        VALUES (%s, 'John Smith', 'john@example.com', 'Pending', 999.99, now())""", (order,))
+                    api.execute("""INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
+                        VALUES (gen_random_uuid(), %s, 'OrderCreated', now(), convert_to(%s, 'UTF8'), now())""", (order, PAYLOAD))
+                producer.produce(topic, key=str(order), value=PAYLOAD.encode())
+                producer.flush(10)
+                message = None
+                while message is None or message.error():
+                    message = consumer.poll(5)
+                consumer_db.execute("UPDATE orders SET status = 'Fulfilled', processed_at = now() WHERE id = %s", (order,))
+                if i >= 10:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                time.sleep(max(0.0, next_at - time.perf_counter()))
+        finally:
+            consumer.close()
+            api.close()
+            consumer_db.close()
+    latencies.sort()
+
+    def at(p):
+        return latencies[min(len(latencies) - 1, max(0, int(round(p * len(latencies))) - 1))]
+    return [at(0.5), at(0.9), at(0.99), latencies[-1]]
+
+
+def latency(settings, figures):
+    rates, seconds = settings.size((100, 1000), (20, 100)), settings.size(10, 1)
+    ceiling = round_trip(settings, settings.size(1000, 30))
+    for name, value in zip(("p50", "p99"), (ceiling[0], ceiling[2])):
+        figures.add("latency", f"round trip ceiling {name}: 2 commits + produce→consume (ms)", value, "ms", higher_is_better=False)
+    with scratch_database(settings, "latency") as url, scratch_topic(settings, "latency") as topic:
+        queue = declare_queue(settings, "latency")
+        with Pipeline(settings, url, topic, queue, "latency") as pipeline:
+            pipeline.start("all")
+            pipeline.wait_ready()
+            for _ in range(5):
+                wait_fulfilled(url, pipeline.post_order(), 90, alive=pipeline.check_alive)
+            for rate in rates:
+                since = scalar(url, "SELECT now()")
+                sent, failures, late = asyncio.run(open_loop(settings.http_port, rate, seconds))
+                wait_until(lambda: scalar(url, """SELECT (SELECT count(*) FROM orders WHERE status <> 'Fulfilled')
+                                              + (SELECT count(*) FROM service_bus_outbox WHERE published_at IS NULL)""") == 0,
+                           settings.size(300, 60), "every order to be fulfilled and announced", poll=0.2, alive=pipeline.check_alive)
+                total, kafka, sb = latency_stats(url, since)
+                log(f"latency at {rate}/s: {sent} orders, {failures} failed, client at most {late:.1f} ms late")
+                for index, name in enumerate(("p50", "p90", "p99", "max")):
+                    figures.add("latency", f"create→Fulfilled at {rate} orders/s, {name} (ms)", total[index], "ms", ceiling[index],
+                                f"round trip {name}", higher_is_better=False,
+                                note=f"{sent} orders, {failures} failed, client ≤{late:.0f} ms late" if index == 0 else "")
+                figures.add("latency", f"hop created→Kafka row settled at {rate}/s, p50 (ms)", kafka[0], "ms",
+                            higher_is_better=False, note=f"p99 {kafka[2]:.1f} ms")
+                figures.add("latency", f"hop Fulfilled→SB row settled at {rate}/s, p50 (ms)", sb[0], "ms",
+                            higher_is_better=False, note=f"p99 {sb[2]:.1f} ms")
