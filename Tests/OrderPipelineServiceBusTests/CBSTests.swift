@@ -82,22 +82,29 @@ final class CBSPeer: @unchecked Sendable {
         return logger
     }()
 
-    let port: Int
-    let process = Process()
+    private(set) var port = 0
+    private(set) var process = Process()
     let output: URL
 
+    /// Starts the scripted peer on a random port; a port that turns out to be taken (the peer exits before it is
+    /// ready) is replaced by another, up to five times.
     init(status: Int) throws {
-        port = Int.random(in: 41_000...48_000)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cbs-peer-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         output = directory.appendingPathComponent("out.jsonl")
         let ready = directory.appendingPathComponent("ready")
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Peers/cbs_peer.py")
-        process.executableURL = URL(fileURLWithPath: Self.python!)
-        process.arguments = ["-B", script.path, String(port), "s3cret+key=", output.path, ready.path, String(status)]
-        try process.run()
-        let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning { usleep(20_000) }
+        for _ in 0..<5 {
+            port = Int.random(in: 41_000...48_000)
+            process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.python!)
+            process.arguments = ["-B", script.path, String(port), "s3cret+key=", output.path, ready.path, String(status)]
+            try process.run()
+            let deadline = Date().addingTimeInterval(10)
+            while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning { usleep(20_000) }
+            if FileManager.default.fileExists(atPath: ready.path), process.isRunning { break }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
         usleep(100_000)
     }
 
