@@ -15,6 +15,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
     case haltingDeadLetters = "halting-dead-letters"
     case claimWhileCutOff = "claim-while-cut-off"
     case refusalsPermanent = "refusals-permanent"
+    case nonIdempotentPatch = "non-idempotent-patch"
 
     public var summary: String {
         switch self {
@@ -29,6 +30,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .haltingDeadLetters: "the consumer retries a poison record's copy to the dead-letter topic forever, halting its partitions"
         case .claimWhileCutOff: "a relay that cannot reach its broker keeps claiming rows and failing them, starving healthy relays"
         case .refusalsPermanent: "every Service Bus refusal dead-letters the row, server-busy and expired tokens included"
+        case .nonIdempotentPatch: "a status change to the status the order already has is refused, so a retried PATCH answers 409"
         }
     }
 
@@ -41,6 +43,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .optimisticInbox: variants.optimisticInbox = true
         case .idCursor: variants.idCursor = true
         case .unorderedRelays: variants.claimWithoutHeadOfLine = true
+        case .nonIdempotentPatch: variants.transitionNotIdempotent = true
         case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff, .refusalsPermanent: break
         }
         return variants

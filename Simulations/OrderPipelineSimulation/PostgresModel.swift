@@ -206,6 +206,7 @@ public final class PostgresModel {
 
         case .transition(let change):
             guard var order = orders[change.orderID] else { return (.orderNotFound, nil) }
+            if order.status == change.to, !recipeVariants.transitionNotIdempotent { return (.transitioned(order), nil) }
             guard order.status.canMove(to: change.to) else { return (.illegalTransition(from: order.status), nil) }
             let from = order.status
             order.status = change.to
@@ -283,6 +284,9 @@ public struct RecipeVariants: Sendable, Hashable {
     /// The fulfilment transaction trusts the inbox check alone and does not insert the inbox row (a second
     /// transaction does, afterwards), so a redelivery in between does the work twice.
     public var optimisticInbox = false
+    /// A transition to the status the order already has is refused as illegal, so a PATCH re-issued after an
+    /// unknown COMMIT answers 409 although its own change was applied.
+    public var transitionNotIdempotent = false
     public init() {}
 }
 

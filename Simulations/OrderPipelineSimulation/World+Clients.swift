@@ -80,9 +80,13 @@ extension World {
             clients[index].cancelled = true
             clients[index].cancelAnswered = true
         case .illegalTransition(_, let from, _):
-            // Too late (already processing or fulfilled) or already cancelled by an earlier attempt.
+            // Too late: already processing or fulfilled. Only this client cancels its order, so "illegal from
+            // Failed" means its own earlier attempt (or an unknown COMMIT re-issued) was applied and then refused.
             history.record(now, key, .fail, "cancelOrder", "illegal from \(from.rawValue)")
-            if from == .failed { clients[index].cancelled = true }
+            if from == .failed {
+                clients[index].cancelled = true
+                clientViolations.append(Violation(.idempotency, "\(key): its cancellation was applied, yet a retry of it was answered 409"))
+            }
             clients[index].cancelAnswered = true
         case .unavailable(let reason):
             history.record(now, key, .fail, "cancelOrder", reason)

@@ -75,6 +75,8 @@ public enum StoreRecipes {
         transaction(c, mode) { () throws(PostgresError) -> Outcome in
             guard var order = try loadOrder(t.orderID, c, forUpdate: true) else { return .rollback(.orderNotFound) }
             let from = order.status
+            // Already there: nothing to write. A re-issue after an unknown COMMIT finds its own change this way.
+            if from == t.to { return .rollback(.transitioned(order)) }
             guard from.canMove(to: t.to) else { return .rollback(.illegalTransition(from: from)) }
             let id = t.orderID.description
             let at = t.at.description

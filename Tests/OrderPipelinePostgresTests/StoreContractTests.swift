@@ -337,6 +337,10 @@ struct StoreContractTests {
                 Issue.record("Pending → Failed refused"); return
             }
             #expect(unexplained.failureReason == "failed by request")
+            // The same change again (a PATCH re-issued after an unknown COMMIT) answers success and writes nothing.
+            #expect(await store.perform(.transition(OrderTransition(orderID: z.order.id, to: .failed, at: at(8)))) == .committed(.transitioned(unexplained)))
+            #expect(await store.history(of: z.order.id).map(\.to) == [.pending, .failed])
+            #expect(await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .fulfilled, at: at(9)))) == .committed(.transitioned(fulfilled)))
         }
     }
 

@@ -30,7 +30,9 @@ public enum StoreCommand: Hashable, Sendable {
     /// stored order (`.orderReplayed`), another fingerprint is refused (`.idempotencyKeyReused`) and nothing is written.
     case createOrder(NewOrder)
     /// Lock the order; if `to` is a legal successor, update it, append the Kafka outbox row for the event it
-    /// announces (if any) and, when it becomes Fulfilled, the Service Bus outbox row; else change nothing.
+    /// announces (if any) and, when it becomes Fulfilled, the Service Bus outbox row. If the order already has
+    /// status `to`, change nothing and answer `.transitioned` (idempotent: a re-issue after an unknown COMMIT finds
+    /// its own change); any other move changes nothing and answers `.illegalTransition`.
     case transition(OrderTransition)
     /// Claim up to `limit` rows of one outbox (see `OutboxClaim`).
     case claimOutbox(OutboxClaim)
