@@ -20,12 +20,26 @@ public final class KafkaModel {
     public private(set) var owner: [Int]
     /// Next offset each partition is read from, for its current owner.
     private var position: [Int64]
+    /// The first offset still stored per partition: records before it are gone (retention, data loss).
+    public private(set) var logStart: [Int64]
 
     public init(partitionCount: Int) {
         partitions = Array(repeating: [], count: partitionCount)
         committed = Array(repeating: 0, count: partitionCount)
         owner = Array(repeating: -1, count: partitionCount)
         position = Array(repeating: 0, count: partitionCount)
+        logStart = Array(repeating: 0, count: partitionCount)
+    }
+
+    /// The broker loses every record of `p` the group has not committed: its log start moves to the log end, so
+    /// a member resumes there (`auto.offset.reset`), as after retention deleted records while the group was down.
+    /// Answers how many records were lost.
+    public func loseUnconsumed(partition p: Int) -> Int {
+        let end = Int64(partitions[p].count)
+        let lost = Int(end - Swift.max(committed[p], logStart[p]))
+        logStart[p] = end
+        position[p] = Swift.max(position[p], end)
+        return Swift.max(0, lost)
     }
 
     public var partitionCount: Int { partitions.count }
@@ -58,7 +72,7 @@ public final class KafkaModel {
         members = newMembers.sorted()
         for p in 0..<partitions.count {
             owner[p] = members.isEmpty ? -1 : members[(p + Int(generation)) % members.count]
-            position[p] = committed[p]
+            position[p] = Swift.max(committed[p], logStart[p])
         }
         return members.map { member in (member, (0..<partitions.count).filter { owner[$0] == member }.map { Int32($0) }) }
     }
@@ -67,6 +81,7 @@ public final class KafkaModel {
     public func fetch(member: Int, max: Int) -> [ConsumedRecord] {
         var records: [ConsumedRecord] = []
         for p in 0..<partitions.count where owner[p] == member {
+            position[p] = Swift.max(position[p], logStart[p])
             while records.count < max, position[p] < partitions[p].count {
                 records.append(partitions[p][Int(position[p])].record)
                 position[p] += 1
@@ -81,8 +96,8 @@ public final class KafkaModel {
 
     /// Moves a member's read position back (a duplicate delivery: records handed over again).
     public func rewind(member: Int, partition p: Int, by count: Int64) -> Bool {
-        guard owner[p] == member, position[p] > 0 else { return false }
-        position[p] = Swift.max(0, position[p] - count)
+        guard owner[p] == member, position[p] > logStart[p] else { return false }
+        position[p] = Swift.max(logStart[p], position[p] - count)
         return true
     }
 
@@ -93,7 +108,7 @@ public final class KafkaModel {
     }
 
     /// Records appended but not yet committed by the group, over all partitions.
-    public var lag: Int64 { (0..<partitions.count).reduce(0) { $0 + Int64(partitions[$1].count) - committed[$1] } }
+    public var lag: Int64 { (0..<partitions.count).reduce(0) { $0 + Int64(partitions[$1].count) - Swift.max(committed[$1], logStart[$1]) } }
 }
 
 /// A Service Bus queue with duplicate detection: a message whose MessageId was accepted within the window is

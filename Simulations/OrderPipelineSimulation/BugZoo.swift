@@ -16,6 +16,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
     case claimWhileCutOff = "claim-while-cut-off"
     case refusalsPermanent = "refusals-permanent"
     case nonIdempotentPatch = "non-idempotent-patch"
+    case noReconciler = "no-reconciler"
 
     public var summary: String {
         switch self {
@@ -31,6 +32,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .claimWhileCutOff: "a relay that cannot reach its broker keeps claiming rows and failing them, starving healthy relays"
         case .refusalsPermanent: "every Service Bus refusal dead-letters the row, server-busy and expired tokens included"
         case .nonIdempotentPatch: "a status change to the status the order already has is refused, so a retried PATCH answers 409"
+        case .noReconciler: "nothing looks again once an outbox row is published: records the broker loses leave orders Pending forever"
         }
     }
 
@@ -44,7 +46,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .idCursor: variants.idCursor = true
         case .unorderedRelays: variants.claimWithoutHeadOfLine = true
         case .nonIdempotentPatch: variants.transitionNotIdempotent = true
-        case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff, .refusalsPermanent: break
+        case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff, .refusalsPermanent, .noReconciler: break
         }
         return variants
     }
@@ -60,6 +62,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case (.haltingDeadLetters, .consumer, let consumer as FulfilmentConsumer):
             FulfilmentConsumer(configuration: with(consumer.configuration) { $0.deadLetterForwardAttempts = .max }, seed: seed)
         case (.refusalsPermanent, .relay(.serviceBus), let relay as OutboxRelay): PermanentRefusalsRelay(inner: relay)
+        case (.noReconciler, .reconciler, _): Idle()
         case (.claimWhileCutOff, .relay, let relay as OutboxRelay):
             OutboxRelay(configuration: with(relay.configuration) { $0.backOffWhileBrokerUnreachable = false }, seed: seed)
         default: machine
@@ -209,4 +212,9 @@ struct PermanentRefusalsRelay: PipelineMachine {
         }
         return inner.handle(.published(ticket, judged), now: now)
     }
+}
+
+/// no-reconciler: a node that never does anything.
+struct Idle: PipelineMachine {
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] { [] }
 }

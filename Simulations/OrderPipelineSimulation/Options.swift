@@ -35,6 +35,10 @@ public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable, Cod
     case deadLetterTopicDown = "dead-letter-topic-down"
     /// One relay reaches PostgreSQL but not its broker for a window, while the other nodes are healthy.
     case partialPartition = "partial-partition"
+    /// The broker loses records it acknowledged (retention expired while the group was down, an unclean leader
+    /// election, `acks=1`, a memory-only broker restarting): the log start of a partition jumps past records the
+    /// group has not consumed.
+    case recordLoss = "record-loss"
     /// Service Bus refuses a send with a condition that passes: `com.microsoft:server-busy`, a quota momentarily
     /// exceeded, an expired token being refreshed, an internal error.
     case transientRefusal = "transient-refusal"
@@ -54,7 +58,7 @@ public enum FaultProfile: String, CaseIterable, Sendable {
         case .outage: [.databaseOutage, .kafkaOutage, .serviceBusOutage, .commitUnknown, .produceTimeout, .sendTimeout]
         case .duplicates: [.duplicateDelivery, .duplicateRequest, .rebalance, .poison]
         // Poison too: a dead-letter topic that is down matters only when there is something to dead-letter.
-        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .transientRefusal, .poison]
+        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .transientRefusal, .recordLoss, .poison]
         case .all: FaultKind.allCases
         }
     }
@@ -91,6 +95,8 @@ public struct FaultRates: Sendable, Hashable, Codable {
     public var partialPartitions = 2
     /// Per Service Bus send.
     public var transientRefusal = 0.02
+    /// Times during the safety phase a partition loses its unconsumed records.
+    public var recordLosses = 1
     public init() {}
 
     /// Replay files written before a rate existed leave it out: it takes its default.
@@ -115,6 +121,7 @@ public struct FaultRates: Sendable, Hashable, Codable {
         storeFailure = try rate(.storeFailure, d.storeFailure)
         partialPartitions = try rate(.partialPartitions, d.partialPartitions)
         transientRefusal = try rate(.transientRefusal, d.transientRefusal)
+        recordLosses = try rate(.recordLosses, d.recordLosses)
     }
 }
 
@@ -129,6 +136,8 @@ public struct SimulationOptions: Sendable, Hashable {
     public var serviceBusRelays = 1
     public var consumers = 2
     public var partitions = 3
+    /// Reconciler nodes (re-announce orders published but not fulfilled in time: broker data loss).
+    public var reconcilers = 1
     /// Share of client requests that are invalid (they must be refused and write nothing).
     public var invalidRequestShare = 0.05
     /// Share of clients that cancel their order right after it is acknowledged (PATCH status Failed): their
@@ -182,6 +191,7 @@ extension SimulationOptions {
         rates.storeFailure = scale(rates.storeFailure)
         rates.partialPartitions = Int(draw.int(in: 1...3))
         rates.transientRefusal = scale(rates.transientRefusal)
+        rates.recordLosses = Int(draw.int(in: 1...3))
         options.rates = rates
         options.apiInstances = Int(draw.int(in: 1...3))
         options.relays = Int(draw.int(in: 1...4))

@@ -111,6 +111,21 @@ public final class PostgresModel {
             return (changed, letters)
         }
 
+        /// Makes a published row unsettled again, due `now` (the reconciler's re-announcement).
+        mutating func reopen(_ sequence: Int64, at now: Instant) {
+            guard let i = position[sequence], stored[i].publishedAt != nil else { return }
+            stored[i].publishedAt = nil
+            stored[i].nextAttemptAt = now
+            stored[i].lastError = "re-announced: published but not fulfilled in time"
+            unsettledSequences.insert(sequence, at: unsettledSequences.insertionPoint(of: sequence))
+            var queue = unsettled[stored[i].event.orderID, default: []]
+            queue.insert(sequence, at: queue.insertionPoint(of: sequence))
+            unsettled[stored[i].event.orderID] = queue
+        }
+
+        /// Whether the order has an unsettled row.
+        func hasUnsettled(_ order: OrderID) -> Bool { unsettled[order] != nil }
+
         mutating func release(owner: String) -> Int {
             var released = 0
             for sequence in unsettledSequences {
@@ -261,6 +276,16 @@ public final class PostgresModel {
         case .deadLetter(let letter):
             record(letter)
             return (.deadLettered, nil)
+
+        case let .reannounceOverdue(overdueAfter, limit):
+            var reannounced: [OrderID] = []
+            for id in orderIDs where reannounced.count < limit && orders[id]?.status == .pending && !kafkaOutbox.hasUnsettled(id) {
+                guard let created = kafkaOutbox.rows.first(where: { $0.event.orderID == id && $0.event.type == .orderCreated }),
+                      let published = created.publishedAt, published + overdueAfter <= now else { continue }
+                kafkaOutbox.reopen(created.sequence, at: now)
+                reannounced.append(id)
+            }
+            return (.reannounced(reannounced), reannounced.isEmpty ? nil : .kafka)
         }
     }
 

@@ -15,6 +15,8 @@ public struct ReplayFile: Codable, Sendable, Hashable {
     public var serviceBusRelays: Int
     public var consumers: Int
     public var partitions: Int
+    /// Reconciler nodes; absent in files written before the reconciler existed, which ran without one.
+    public var reconcilers: Int?
     /// Fault rates and cancellation share (swarm seeds draw their own); absent in older files means defaults.
     public var rates: FaultRates?
     public var cancelShare: Double?
@@ -36,6 +38,7 @@ public struct ReplayFile: Codable, Sendable, Hashable {
         serviceBusRelays = options.serviceBusRelays
         consumers = options.consumers
         partitions = options.partitions
+        reconcilers = options.reconcilers
         rates = options.rates
         cancelShare = options.cancelShare
         invalidRequestShare = options.invalidRequestShare
@@ -87,6 +90,7 @@ public struct ReplayFile: Codable, Sendable, Hashable {
         options.serviceBusRelays = serviceBusRelays
         options.consumers = consumers
         options.partitions = partitions
+        options.reconcilers = reconcilers ?? 0
         if let rates { options.rates = rates }
         if let cancelShare { options.cancelShare = cancelShare }
         if let invalidRequestShare { options.invalidRequestShare = invalidRequestShare }

@@ -42,6 +42,7 @@ public struct RecoveryCounts: Sendable, Hashable {
     public var offsetCommitsFenced = 0
     public var duplicatesDroppedByServiceBus = 0
     public var deadLetterCopiesSkipped = 0
+    public var ordersReannounced = 0
 
     public init() {}
 
@@ -55,6 +56,7 @@ public struct RecoveryCounts: Sendable, Hashable {
         case .leaseLost(_, let rows): leasesLost += rows
         case .poison: poisonDeadLettered += 1
         case .deadLetterCopySkipped: deadLetterCopiesSkipped += 1
+        case .reannounced(let orders): ordersReannounced += orders.count
         default: break
         }
     }
@@ -71,6 +73,7 @@ public struct RecoveryCounts: Sendable, Hashable {
             ("offset commit fenced by a rebalance", offsetCommitsFenced),
             ("duplicate dropped by Service Bus", duplicatesDroppedByServiceBus),
             ("dead-letter topic copy skipped (table row kept)", deadLetterCopiesSkipped),
+            ("overdue order re-announced by the reconciler", ordersReannounced),
         ]
     }
 
@@ -86,6 +89,7 @@ public struct RecoveryCounts: Sendable, Hashable {
         sum.offsetCommitsFenced += rhs.offsetCommitsFenced
         sum.duplicatesDroppedByServiceBus += rhs.duplicatesDroppedByServiceBus
         sum.deadLetterCopiesSkipped += rhs.deadLetterCopiesSkipped
+        sum.ordersReannounced += rhs.ordersReannounced
         return sum
     }
 }

@@ -62,7 +62,7 @@ extension World {
         case .rebalance: p = rates.rebalanceBeforeCommit
         case .storeFailure: p = rates.storeFailure
         case .transientRefusal: p = rates.transientRefusal
-        case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison, .clockSkew, .deadLetterTopicDown, .partialPartition: p = 0
+        case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison, .clockSkew, .deadLetterTopicDown, .partialPartition, .recordLoss: p = 0
         }
         return faultRandom.chance(p) && permit(kind)
     }
@@ -113,7 +113,7 @@ extension World {
         }
         report.kafkaOutbox = database.kafkaOutbox.pending.map { describe($0) }
         report.serviceBusOutbox = database.serviceBusOutbox.pending.map { describe($0) }
-        for p in 0..<kafka.partitionCount where kafka.committed[p] < kafka.partitions[p].count {
+        for p in 0..<kafka.partitionCount where max(kafka.committed[p], kafka.logStart[p]) < kafka.partitions[p].count {
             let owner = kafka.owner[p] >= 0 ? nodes[kafka.owner[p]].name : "nobody"
             report.uncommittedPartitions.append("partition \(p): committed \(kafka.committed[p]) of \(kafka.partitions[p].count), owned by \(owner)")
         }
@@ -167,6 +167,13 @@ extension World {
         }
         if options.enabled(.deadLetterTopicDown), faultRandom.chance(0.5), permit(.deadLetterTopicDown) {
             deadLetterTopicDown = true
+        }
+        if options.enabled(.recordLoss) {
+            for _ in 0..<rates.recordLosses {
+                let at = faultRandom.int(in: 0...safetyEnd)
+                let partition = Int(faultRandom.below(UInt64(kafka.partitionCount)))
+                if permit(.recordLoss) { queue.schedule(at: at, .loseRecords(partition: partition)) }
+            }
         }
     }
 

@@ -12,6 +12,7 @@ public final class World {
         case api
         case relay(OutboxKind)
         case consumer
+        case reconciler
     }
 
     final class Node {
@@ -65,6 +66,8 @@ public final class World {
         case rebalance(fault: Bool)
         case downstream(copies: Int)
         case poison
+        /// A partition loses the records the group has not consumed yet.
+        case loseRecords(partition: Int)
         /// A node's clock jumps by `delta` microseconds (either direction).
         case clockStep(node: Int, delta: Int64)
         case heal
@@ -83,6 +86,8 @@ public final class World {
     /// Anomalies seen by clients while running (the checker adds the rest at the end).
     public internal(set) var clientViolations: [Violation] = []
     public internal(set) var poisonSources: [String] = []
+    /// Records the broker lost (`record-loss`): a poison record among them can never be dead-lettered.
+    public internal(set) var lostSources: [String] = []
     public internal(set) var liveness: LivenessReport?
     /// Every fault chance that struck, in order: the run's fault schedule.
     public internal(set) var schedule: [FaultReference] = []
@@ -109,6 +114,9 @@ public final class World {
     let safetyEnd: Int64
     let deadline: Int64
 
+    /// An order still Pending this long after its publication is re-announced (the world's consumers normally take
+    /// well under a second; outages and rebalances a few).
+    static let overdueAfter: Duration = .seconds(8)
     /// Relay settings in the world: a short lease so pauses really outlive it.
     static let relayLease: Duration = .seconds(2)
     /// Marks a request id as a cancellation (PATCH) rather than a create.
@@ -149,6 +157,9 @@ public final class World {
         }
         for i in 0..<max(1, options.serviceBusRelays) {
             nodes.append(Node(name: "sb-relay-\(i + 1)", role: .relay(.serviceBus), machine: makeMachine(.relay(.serviceBus), name: "sb-relay-\(i + 1)")))
+        }
+        for i in 0..<max(0, options.reconcilers) {
+            nodes.append(Node(name: "reconciler-\(i + 1)", role: .reconciler, machine: makeMachine(.reconciler, name: "reconciler-\(i + 1)")))
         }
         for index in nodes.indices {
             queue.schedule(at: 0, .deliver(node: index, incarnation: 0, .start))
@@ -206,6 +217,11 @@ public final class World {
             configuration.lease = World.relayLease
             configuration.pollInterval = .milliseconds(500)
             return OutboxRelay(configuration: configuration, seed: machineSeeds.next())
+        case .reconciler:
+            var configuration = Reconciler.Configuration()
+            configuration.overdueAfter = World.overdueAfter
+            configuration.interval = .seconds(1)
+            return Reconciler(configuration: configuration)
         case .consumer:
             var configuration = FulfilmentConsumer.Configuration()
             configuration.fetchMax = 20
@@ -315,6 +331,14 @@ public final class World {
             poisonSources.append(ConsumedRecord(partition: Int32(partition), offset: Int64(kafka.partitions[partition].count - 1), key: nil, headers: [], value: []).source(topic: "orders"))
             fired(.poison, "foreign record on partition \(partition)")
             serveParkedFetches()
+
+        case .loseRecords(let partition):
+            let from = max(kafka.committed[partition], kafka.logStart[partition])
+            for offset in from..<Int64(kafka.partitions[partition].count) {
+                lostSources.append(ConsumedRecord(partition: Int32(partition), offset: offset, key: nil, headers: [], value: []).source(topic: "orders"))
+            }
+            let lost = kafka.loseUnconsumed(partition: partition)
+            if lost > 0 { fired(.recordLoss, "partition \(partition) lost \(lost) acknowledged records") }
 
         case let .clockStep(index, delta):
             nodes[index].clockOffset += delta

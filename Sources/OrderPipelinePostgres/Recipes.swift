@@ -21,6 +21,7 @@ public enum StoreRecipes {
         case .releaseClaims(let outbox, let owner): release(outbox, owner, connection, mode)
         case .fulfil(let fulfilment): fulfil(fulfilment, connection, mode)
         case .deadLetter(let letter): deadLetter(letter, connection, mode)
+        case let .reannounceOverdue(overdueAfter, limit): reannounce(overdueAfter: overdueAfter, limit: limit, connection, mode)
         }
     }
 
@@ -170,6 +171,13 @@ public enum StoreRecipes {
         singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             try c.execute(SQL.deadLetter, [.text(letter.source), .text(letter.reason), .bytes(letter.payload), .text(letter.at.description)])
             return .deadLettered
+        }
+    }
+
+    static func reannounce(overdueAfter: Duration, limit: Int, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
+            let rows = try c.execute(SQL.reannounceOverdue, [.int(overdueAfter.microseconds), .int(limit)])
+            return .reannounced((0..<rows.count).compactMap { rows.string($0, 0).flatMap(OrderID.init) })
         }
     }
 

@@ -206,6 +206,31 @@ enum SQL {
         SELECT (SELECT count(*) FROM ins), (SELECT status FROM target), (SELECT count(*) FROM upd)
         """)
 
+    // MARK: reconciler — reopen the OrderCreated row of orders published but still Pending after $1 µs.
+    // $1 overdue after (microseconds), $2 limit. Oldest orders first; NOTIFY wakes the relays.
+    static let reannounceOverdue = PreparedStatement("op_reannounce_overdue", """
+        WITH overdue AS (
+            SELECT k.sequence, k.order_id FROM orders o
+            JOIN kafka_outbox k ON k.order_id = o.id AND k.event_type = 'OrderCreated'
+            WHERE o.status = 'Pending'
+              AND k.published_at IS NOT NULL AND k.published_at <= now() - $1::int8 * interval '1 microsecond'
+              AND NOT EXISTS (
+                  SELECT 1 FROM kafka_outbox u
+                  WHERE u.order_id = o.id AND u.published_at IS NULL AND u.dead_lettered_at IS NULL)
+            ORDER BY o.created_at, o.id
+            LIMIT $2::int
+            FOR UPDATE OF k SKIP LOCKED
+        ), reopened AS (
+            UPDATE kafka_outbox k SET published_at = NULL, next_attempt_at = now(),
+                last_error = 're-announced: published but not fulfilled in time'
+            FROM overdue WHERE k.sequence = overdue.sequence
+            RETURNING k.order_id
+        ), woken AS (
+            SELECT pg_notify('orderpipeline_outbox', 'kafka') FROM (SELECT 1 FROM reopened LIMIT 1) AS any_row
+        )
+        SELECT r.order_id FROM reopened r, (SELECT count(*) FROM woken) AS w  -- referencing `woken` makes it run
+        """)
+
     // MARK: dead letters
     static let deadLetter = PreparedStatement("op_dead_letter", """
         INSERT INTO dead_letters (source, reason, payload, at) VALUES ($1::text, $2::text, $3::bytea, $4::timestamptz)

@@ -1,3 +1,4 @@
+import OrderPipelineCore
 import Logging
 import OrderPipelinePostgres
 
@@ -19,6 +20,8 @@ public struct RuntimeConfiguration: Sendable {
     public var requestTimeout: Duration = .seconds(3)
     /// `LOG_LEVEL` — trace, debug, info, notice, warning, error, critical.
     public var logLevel: Logger.Level = .info
+    /// `RECONCILE_AFTER_SECONDS` (0: off) and `RECONCILE_INTERVAL_SECONDS`: the reconciler of `relay` and `all`.
+    public var reconciler: Reconciler.Configuration? = Reconciler.Configuration()
 
     public init(databaseURL: String) {
         self.databaseURL = databaseURL
@@ -41,6 +44,12 @@ public struct RuntimeConfiguration: Sendable {
                          included; then 503 (default 3000)
           LOG_LEVEL      trace|debug|info|notice|warning|error|critical
                          (default info)
+          RECONCILE_AFTER_SECONDS
+                         relay/all: re-announce orders still Pending this
+                         long after their event was published, e.g. lost
+                         by the broker (default 300; 0 turns it off)
+          RECONCILE_INTERVAL_SECONDS
+                         how often the reconciler looks (default 30)
         """
 
     public struct Problem: Error, CustomStringConvertible {
@@ -72,6 +81,14 @@ public struct RuntimeConfiguration: Sendable {
         if let text = environment["DB_REQUEST_TIMEOUT_MS"] {
             guard let ms = Int64(text), (1...600_000).contains(ms) else { throw Problem(description: "DB_REQUEST_TIMEOUT_MS must be 1…600000") }
             configuration.requestTimeout = .milliseconds(ms)
+        }
+        if let text = environment["RECONCILE_AFTER_SECONDS"] {
+            guard let seconds = Int64(text), seconds >= 0 else { throw Problem(description: "RECONCILE_AFTER_SECONDS must be 0 (off) or a number of seconds") }
+            if seconds == 0 { configuration.reconciler = nil } else { configuration.reconciler?.overdueAfter = .seconds(seconds) }
+        }
+        if let text = environment["RECONCILE_INTERVAL_SECONDS"] {
+            guard let seconds = Int64(text), seconds > 0 else { throw Problem(description: "RECONCILE_INTERVAL_SECONDS must be a positive number of seconds") }
+            configuration.reconciler?.interval = .seconds(seconds)
         }
         if let text = environment["LOG_LEVEL"] {
             guard let level = Logger.Level(rawValue: text.lowercased()) else { throw Problem(description: "LOG_LEVEL \(text) is not a level") }

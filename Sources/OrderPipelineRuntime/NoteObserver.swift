@@ -23,6 +23,7 @@ public struct NoteObserver: Sendable {
     let storeRetries: Counter
     let unknownOutcomes: Counter
     let unexpected: Counter
+    let reannounced: Counter
 
     public init(logger: Logger, metrics: PipelineMetrics) {
         self.logger = logger
@@ -46,6 +47,7 @@ public struct NoteObserver: Sendable {
         storeRetries = Counter(label: "orderpipeline_store_retries_total", factory: factory)
         unknownOutcomes = Counter(label: "orderpipeline_store_unknown_outcomes_total", factory: factory)
         unexpected = Counter(label: "orderpipeline_unexpected_total", factory: factory)
+        reannounced = Counter(label: "orderpipeline_orders_reannounced_total", factory: factory)
     }
 
     public func observe(_ note: Note) {
@@ -96,6 +98,11 @@ public struct NoteObserver: Sendable {
             logger.warning("Outcome unknown; re-issuing the same idempotent step", metadata: ["step": "\(step)"])
         case .offsetsFenced:
             logger.info("Offset commit fenced by a rebalance; the new owner redoes the work")
+        case let .reannounced(orders):
+            reannounced.increment(by: orders.count)
+            logger.warning("Overdue orders re-announced: published but not fulfilled in time (broker data loss?)", metadata: [
+                "orders.count": "\(orders.count)", "order.ids": "\(orders.prefix(10).map(\.description).joined(separator: ","))",
+            ])
         case let .unexpected(what):
             unexpected.increment()
             logger.error("Unexpected machine input; recovered", metadata: ["detail": "\(what)"])

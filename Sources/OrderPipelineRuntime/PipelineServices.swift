@@ -49,6 +49,30 @@ public struct RelayService: Service {
     }
 }
 
+/// Runs `Reconciler`: every interval, re-announce orders published but still Pending long after (broker data loss).
+public struct ReconcilerService: Service {
+    let configuration: Reconciler.Configuration
+    let store: any StorePerforming
+    let logger: Logger
+    let metrics: PipelineMetrics
+
+    public init(configuration: Reconciler.Configuration, store: any StorePerforming, logger: Logger, metrics: PipelineMetrics = PipelineMetrics()) {
+        self.configuration = configuration
+        self.store = store
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    public func run() async throws {
+        logger.info("Reconciler started", metadata: [
+            "reconciler.overdue_after_seconds": "\(configuration.overdueAfter.microseconds / 1_000_000)",
+            "reconciler.interval_seconds": "\(configuration.interval.microseconds / 1_000_000)",
+        ])
+        await MachineLoop().run(Reconciler(configuration: configuration), performers: Performers(store: store), observer: NoteObserver(logger: logger, metrics: metrics))
+        logger.info("Reconciler stopped")
+    }
+}
+
 /// Runs `FulfilmentConsumer`: Kafka group consumer for fetch/commit/assignments, PostgreSQL for the fulfilment
 /// transaction, the Kafka producer for the dead-letter topic.
 public struct ConsumerService: Service {

@@ -58,6 +58,9 @@ enum BrokerBootstrap {
                 onStop: { await sender.shutdown() }
             )))
         }
+        if let reconciler = configuration.reconciler {
+            services.append(.init(service: ReconcilerService(configuration: reconciler, store: store, logger: logger, metrics: metrics)))
+        }
         return (services, listener)
     }
 

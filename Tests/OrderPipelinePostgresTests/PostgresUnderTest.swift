@@ -105,7 +105,8 @@ final class PostgresUnderTest: StoreUnderTest {
                 for table in ["kafka_outbox", "service_bus_outbox"] {
                     _ = try connection.get().query("""
                         UPDATE \(table) SET next_attempt_at = next_attempt_at - $1::float8 * interval '1 second',
-                            claimed_until = claimed_until - $1::float8 * interval '1 second'
+                            claimed_until = claimed_until - $1::float8 * interval '1 second',
+                            published_at = published_at - $1::float8 * interval '1 second'
                         """, [.text(String(seconds))])
                 }
             }

@@ -344,6 +344,29 @@ struct StoreContractTests {
         }
     }
 
+    @Test("the reconciler re-announces orders published but still Pending after the bound, once, and nothing else", arguments: Implementation.available)
+    func reannounceOverdue(_ implementation: Implementation) async throws {
+        try await withStore(implementation) { store in
+            let lost = newOrder(1)
+            let done = newOrder(2)
+            let waiting = newOrder(3)
+            for new in [lost, done, waiting] { _ = await store.perform(.createOrder(new)) }
+            let rows = await store.perform(claim(limit: 2)).claimed
+            #expect(rows.map(\.event.orderID) == [lost.order.id, done.order.id])
+            _ = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", published: rows.map(\.sequence))))
+            _ = await store.perform(.fulfil(Fulfilment(envelope: envelope(done.event), at: at(2))))
+            let reannounce = StoreCommand.reannounceOverdue(overdueAfter: .seconds(60), limit: 10)
+            #expect(await store.perform(reannounce) == .committed(.reannounced([])), "not overdue yet")
+            try await store.advanceClock(by: 61)
+            // `lost` is published and still Pending; `done` is Fulfilled; `waiting` was never published.
+            #expect(await store.perform(reannounce) == .committed(.reannounced([lost.order.id])))
+            #expect(await store.perform(reannounce) == .committed(.reannounced([])), "its row is unsettled again: once")
+            let again = await store.perform(claim(owner: "relay-2")).claimed
+            #expect(again.map(\.event.id).contains(lost.event.id))
+            #expect(again.first { $0.event.id == lost.event.id }?.event.payload == lost.event.payload)
+        }
+    }
+
     @Test("dead letters are idempotent on their source", arguments: Implementation.available)
     func deadLetters(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in

@@ -12,7 +12,8 @@ protocol StoreUnderTest: Sendable {
     /// The `source` of every dead-letter row, sorted.
     func deadLetterSources() async throws -> [String]
     /// Moves the database's clock forward by `seconds`: leases expire and retries come due as if that much time had
-    /// passed (PostgreSQL: every stored due time and lease moves back by as much; the model: its clock moves on).
+    /// passed (PostgreSQL: every stored due time, lease and publication time moves back by as much; the model: its clock
+    /// moves on).
     func advanceClock(by seconds: Double) async throws
     /// Frees what the instance holds (connections, a test schema).
     func tearDown() async

@@ -15,6 +15,7 @@ extension StoreCommand {
         case .releaseClaims: "releaseClaims"
         case .fulfil: "fulfil"
         case .deadLetter: "deadLetter"
+        case .reannounceOverdue: "reannounceOverdue"
         }
     }
 
@@ -27,6 +28,7 @@ extension StoreCommand {
         case .releaseClaims(let kind, let owner): "\(kind.rawValue) owner=\(owner)"
         case .fulfil(let f): "\(f.envelope.type.rawValue) order=\(f.envelope.orderID) event=\(f.envelope.id)"
         case .deadLetter(let d): "source=\(d.source) reason=\(d.reason)"
+        case .reannounceOverdue(let after, let limit): "after=\(after) limit=\(limit)"
         }
     }
 }
@@ -49,6 +51,7 @@ extension StoreReply {
         case .recorded: "recorded"
         case .orderMissing: "order missing"
         case .deadLettered: "dead-lettered"
+        case .reannounced(let orders): "re-announced \(orders.count)"
         }
     }
 }
@@ -87,6 +90,7 @@ extension Note {
         case .offsetsFenced: "offset commit fenced by a rebalance"
         case .deadLetterCopySkipped(let record, let reason): "poison record at partition \(record.partition) offset \(record.offset) kept in the dead-letters table only: the topic refused it (\(reason))"
         case .unexpected(let what): "unexpected: \(what)"
+        case .reannounced(let orders): "\(orders.count) overdue orders re-announced: \(orders.prefix(3).map(\.description).joined(separator: ", "))"
         }
     }
 }

@@ -171,6 +171,8 @@ public enum Note: Hashable, Sendable {
     case storeRetry(String)
     case unknownOutcome(String)
     case offsetsFenced
+    /// The reconciler found orders published but not fulfilled in time and sent their event again.
+    case reannounced([OrderID])
     /// A branch the design says cannot be taken was taken: a violation in the simulator, an error in production.
     case unexpected(String)
 }
@@ -203,3 +205,4 @@ public protocol PipelineMachine: Sendable {
 extension OrderIntake: PipelineMachine {}
 extension OutboxRelay: PipelineMachine {}
 extension FulfilmentConsumer: PipelineMachine {}
+extension Reconciler: PipelineMachine {}

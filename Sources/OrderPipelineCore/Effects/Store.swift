@@ -44,6 +44,12 @@ public enum StoreCommand: Hashable, Sendable {
     case fulfil(Fulfilment)
     /// Record a poison record in the dead-letter table (idempotent on its source).
     case deadLetter(DeadLetter)
+    /// Re-announce overdue orders (the reconciler): up to `limit` orders that are still Pending although every
+    /// Kafka outbox row of theirs is settled and their `OrderCreated` row was published at least `overdueAfter`
+    /// ago (the database's clock) get that row reopened — unpublished, due now, same event id and payload — so the
+    /// relay publishes it again. A record the broker lost after acknowledging it is sent again; one the consumer
+    /// merely has not reached yet is removed by the inbox. Answers the re-announced orders, oldest first.
+    case reannounceOverdue(overdueAfter: Duration, limit: Int)
 }
 
 public struct NewOrder: Hashable, Sendable {
@@ -191,6 +197,7 @@ public enum StoreReply: Hashable, Sendable {
     case recorded
     case orderMissing
     case deadLettered
+    case reannounced([OrderID])
 }
 
 /// Why a transaction did not happen. All of these are retriable: nothing was written.
