@@ -39,6 +39,9 @@ public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable, Cod
     /// election, `acks=1`, a memory-only broker restarting): the log start of a partition jumps past records the
     /// group has not consumed.
     case recordLoss = "record-loss"
+    /// A store or broker call hangs (frozen PostgreSQL, black-holed broker, half-open TCP connection) until the
+    /// caller's deadline makes it an unknown outcome.
+    case hang
     /// Service Bus refuses a send with a condition that passes: `com.microsoft:server-busy`, a quota momentarily
     /// exceeded, an expired token being refreshed, an internal error.
     case transientRefusal = "transient-refusal"
@@ -58,7 +61,7 @@ public enum FaultProfile: String, CaseIterable, Sendable {
         case .outage: [.databaseOutage, .kafkaOutage, .serviceBusOutage, .commitUnknown, .produceTimeout, .sendTimeout]
         case .duplicates: [.duplicateDelivery, .duplicateRequest, .rebalance, .poison]
         // Poison too: a dead-letter topic that is down matters only when there is something to dead-letter.
-        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .transientRefusal, .recordLoss, .poison]
+        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .transientRefusal, .recordLoss, .hang, .poison]
         case .all: FaultKind.allCases
         }
     }
@@ -97,6 +100,8 @@ public struct FaultRates: Sendable, Hashable, Codable {
     public var transientRefusal = 0.02
     /// Times during the safety phase a partition loses its unconsumed records.
     public var recordLosses = 1
+    /// Per store call and per publish.
+    public var hang = 0.003
     public init() {}
 
     /// Replay files written before a rate existed leave it out: it takes its default.
@@ -122,6 +127,7 @@ public struct FaultRates: Sendable, Hashable, Codable {
         partialPartitions = try rate(.partialPartitions, d.partialPartitions)
         transientRefusal = try rate(.transientRefusal, d.transientRefusal)
         recordLosses = try rate(.recordLosses, d.recordLosses)
+        hang = try rate(.hang, d.hang)
     }
 }
 
@@ -192,6 +198,7 @@ extension SimulationOptions {
         rates.partialPartitions = Int(draw.int(in: 1...3))
         rates.transientRefusal = scale(rates.transientRefusal)
         rates.recordLosses = Int(draw.int(in: 1...3))
+        rates.hang = scale(rates.hang)
         options.rates = rates
         options.apiInstances = Int(draw.int(in: 1...3))
         options.relays = Int(draw.int(in: 1...4))

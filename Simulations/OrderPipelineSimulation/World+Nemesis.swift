@@ -62,6 +62,7 @@ extension World {
         case .rebalance: p = rates.rebalanceBeforeCommit
         case .storeFailure: p = rates.storeFailure
         case .transientRefusal: p = rates.transientRefusal
+        case .hang: p = rates.hang
         case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison, .clockSkew, .deadLetterTopicDown, .partialPartition, .recordLoss: p = 0
         }
         return faultRandom.chance(p) && permit(kind)

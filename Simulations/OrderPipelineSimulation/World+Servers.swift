@@ -80,6 +80,7 @@ extension World {
             crash(index)
             return
         }
+        if hang(effect, reservation, from: index) { return }
         let result: Input
         switch effect {
         case let .store(ticket, command):
@@ -125,6 +126,42 @@ extension World {
             fired(.relayPause, "\(node.name) stalls until \(until) holding \(rows.count) claimed rows")
         }
         reply(to: index, incarnation: incarnation, result)
+    }
+
+    /// `hang`: the server (a frozen PostgreSQL, a black-holed broker, a half-open connection) never answers; the
+    /// caller's deadline turns that into an unknown outcome. What the server did meanwhile is a coin per
+    /// transaction or message. Answers whether the effect hung.
+    func hang(_ effect: Effect, _ reservation: PostgresModel.Reservation, from index: Int) -> Bool {
+        let node = nodes[index]
+        switch effect {
+        case let .store(ticket, command):
+            guard roll(.hang) else { return false }
+            let happened = faultRandom.chance(0.5)
+            fired(.hang, "\(node.name) \(command.name) hangs until its deadline (\(happened ? "committed" : "not committed"))")
+            if happened { _ = commit(command, reservation, by: node) }
+            reply(to: index, incarnation: node.incarnation, .stored(ticket, .unknown), after: World.storeDeadline.microseconds)
+            return true
+        case let .publish(ticket, channel, rows):
+            guard roll(.hang) else { return false }
+            var written = 0
+            for row in rows where faultRandom.chance(0.5) {
+                written += 1
+                if channel == .fulfilment {
+                    if serviceBus.send(row.event, at: instant) != nil {
+                        downstreamInFlight += 1
+                        queue.schedule(at: now + latency(500...5_000), .downstream(copies: 1))
+                    }
+                } else {
+                    appendToKafka(row.event)
+                }
+            }
+            fired(.hang, "\(node.name) publish hangs until its deadline (\(written)/\(rows.count) written)")
+            if channel == .orders { serveParkedFetches() }
+            reply(to: index, incarnation: node.incarnation, .published(ticket, rows.map { _ in .unknown("no answer before the deadline") }), after: World.publishDeadline.microseconds)
+            return true
+        default:
+            return false
+        }
     }
 
     /// A result reaches its node after a network delay. Results on the consumer-group lane keep their order;

@@ -117,6 +117,10 @@ public final class World {
     /// An order still Pending this long after its publication is re-announced (the world's consumers normally take
     /// well under a second; outages and rebalances a few).
     static let overdueAfter: Duration = .seconds(8)
+    /// The callers' deadlines for an answer (`DB_REQUEST_TIMEOUT_MS`, the producer's delivery timeout): a hung call
+    /// becomes an unknown outcome then.
+    static let storeDeadline: Duration = .seconds(3)
+    static let publishDeadline: Duration = .seconds(5)
     /// Relay settings in the world: a short lease so pauses really outlive it.
     static let relayLease: Duration = .seconds(2)
     /// Marks a request id as a cancellation (PATCH) rather than a create.
