@@ -12,6 +12,8 @@ public enum Invariant: String, Sendable, CaseIterable, Hashable {
     case deadLettersOnlyPoison = "dead-letters-only-poison"
     case nothingPending = "nothing-pending-after-liveness"
     case noUnexpectedBranch = "no-unexpected-branch"
+    case inboxKeysDerived = "inbox-keys-are-derived-event-ids"
+    case fulfilmentAfterCommit = "fulfilment-message-after-its-commit"
 }
 
 public struct Violation: Sendable, Hashable, CustomStringConvertible {
@@ -105,6 +107,26 @@ public enum Checker {
             let expected = written.filter { seen.contains($0) }
             if seen != expected {
                 violations.append(Violation(.kafkaOrder, "\(order)'s events reached Kafka as \(seen.map(\.description)) but were written as \(expected.map(\.description))"))
+            }
+        }
+
+        // The inbox holds derived event ids only (a random or foreign id would defeat deduplication).
+        var derived: Set<EventID> = []
+        for id in db.orderIDs { for type in EventType.allCases { derived.insert(EventID.derived(order: id, type: type)) } }
+        for id in db.inbox.sorted(by: { $0.description < $1.description }) where !derived.contains(id) {
+            violations.append(Violation(.inboxKeysDerived, "inbox key \(id) is not the derived id of any order's event"))
+        }
+
+        // No fulfilment message reaches Service Bus before the transaction that fulfilled its order committed.
+        var fulfilledAt: [OrderID: Instant] = [:]
+        for t in db.transitions where t.to == .fulfilled && fulfilledAt[t.orderID] == nil { fulfilledAt[t.orderID] = t.committedAt }
+        for message in world.serviceBus.queue {
+            guard let committed = fulfilledAt[message.orderID] else {
+                violations.append(Violation(.fulfilmentAfterCommit, "\(message.messageID) for \(message.orderID) was sent, but the order was never fulfilled"))
+                continue
+            }
+            if message.enqueuedAt < committed {
+                violations.append(Violation(.fulfilmentAfterCommit, "\(message.messageID) for \(message.orderID) was sent before its Fulfilled commit"))
             }
         }
 

@@ -153,6 +153,8 @@ public final class PostgresModel {
         public var from: OrderStatus?
         public var to: OrderStatus
         public var at: Instant
+        /// When the transaction committed, by the database's clock (`at` is the caller's, possibly skewed).
+        public var committedAt = Instant(microseconds: 0)
     }
 
     public private(set) var orders: [OrderID: Order] = [:]
@@ -213,7 +215,7 @@ public final class PostgresModel {
             }
             orders[new.order.id] = new.order
             orderIDs.append(new.order.id)
-            transitions.append(Transition(orderID: new.order.id, from: nil, to: new.order.status, at: new.order.createdAt))
+            transitions.append(Transition(orderID: new.order.id, from: nil, to: new.order.status, at: new.order.createdAt, committedAt: now))
             idempotencyKeys[new.idempotencyKey] = (new.fingerprint, new.order.id)
             if recipeVariants.createWithoutOutbox { return (.orderCreated(new.order), nil) }
             kafkaOutbox.insert(new.event, sequence: reserved.kafka, at: now)
@@ -228,7 +230,7 @@ public final class PostgresModel {
             if change.to == .processing || change.to == .fulfilled, order.processedAt == nil { order.processedAt = change.at }
             if change.to == .failed { order.failureReason = change.reason ?? "failed by request" }
             orders[order.id] = order
-            transitions.append(Transition(orderID: order.id, from: from, to: change.to, at: change.at))
+            transitions.append(Transition(orderID: order.id, from: from, to: change.to, at: change.at, committedAt: now))
             var notify: OutboxKind?
             if let type = EventType(announcing: change.to) {
                 kafkaOutbox.insert(PipelineEvent(type: type, order: order, at: change.at, includeOrder: false), sequence: reserved.kafka, at: now)
@@ -264,11 +266,11 @@ public final class PostgresModel {
             if !optimistic {
                 guard order.status == .pending else { return (.skipped(order.status), nil) }
             }
-            transitions.append(Transition(orderID: order.id, from: order.status, to: .processing, at: fulfilment.at))
+            transitions.append(Transition(orderID: order.id, from: order.status, to: .processing, at: fulfilment.at, committedAt: now))
             order.status = .processing
             order.processedAt = fulfilment.at
             order.status = .fulfilled
-            transitions.append(Transition(orderID: order.id, from: .processing, to: .fulfilled, at: fulfilment.at))
+            transitions.append(Transition(orderID: order.id, from: .processing, to: .fulfilled, at: fulfilment.at, committedAt: now))
             orders[order.id] = order
             serviceBusOutbox.insert(fulfilment.fulfilmentEvent, sequence: reserved.serviceBus, at: now)
             return (.fulfilled, .serviceBus)

@@ -53,7 +53,8 @@ struct OrderSim: ParsableCommand {
 
     func run() throws {
         if listBugs {
-            for bug in ZooBug.allCases { say("\(bug.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(bug.summary)") }
+            let width = ZooBug.allCases.map(\.rawValue.count).max() ?? 0
+            for bug in ZooBug.allCases { say("\(bug.rawValue.padding(toLength: width + 2, withPad: " ", startingAt: 0))\(bug.summary)") }
             return
         }
         if let replay { return try runReplay(replay) }
