@@ -65,7 +65,7 @@ extension World {
         case .hang: p = rates.hang
         case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison, .clockSkew, .deadLetterTopicDown, .partialPartition, .recordLoss: p = 0
         }
-        return faultRandom.chance(p) && permit(kind)
+        return faultStreams[kind.index].chance(p) && permit(kind)
     }
 
     /// Numbers every chance a fault kind gets; with a fault schedule (shrinking, replay) only the listed chances
@@ -140,39 +140,39 @@ extension World {
     func drawHostileFaults() {
         let rates = options.rates
         if options.enabled(.clockSkew) {
-            for index in nodes.indices where faultRandom.chance(rates.clockSkewedNodes) {
-                let offset = faultRandom.int(in: 1_000_000...60_000_000) * (faultRandom.chance(0.5) ? 1 : -1)
+            for index in nodes.indices where faultStreams[FaultKind.clockSkew.index].chance(rates.clockSkewedNodes) {
+                let offset = faultStreams[FaultKind.clockSkew.index].int(in: 1_000_000...60_000_000) * (faultStreams[FaultKind.clockSkew.index].chance(0.5) ? 1 : -1)
                 if permit(.clockSkew) {
                     nodes[index].clockOffset = offset
                     fired(.clockSkew, "\(nodes[index].name)'s clock is \(offset / 1_000_000) s off")
                 }
             }
             for _ in 0..<rates.clockSteps {
-                let at = faultRandom.int(in: 0...safetyEnd)
-                let index = Int(faultRandom.below(UInt64(nodes.count)))
-                let delta = faultRandom.int(in: 1_000_000...30_000_000) * (faultRandom.chance(0.5) ? 1 : -1)
+                let at = faultStreams[FaultKind.clockSkew.index].int(in: 0...safetyEnd)
+                let index = Int(faultStreams[FaultKind.clockSkew.index].below(UInt64(nodes.count)))
+                let delta = faultStreams[FaultKind.clockSkew.index].int(in: 1_000_000...30_000_000) * (faultStreams[FaultKind.clockSkew.index].chance(0.5) ? 1 : -1)
                 if permit(.clockSkew) { queue.schedule(at: at, .clockStep(node: index, delta: delta)) }
             }
         }
         if options.enabled(.partialPartition) {
             let relays = nodes.indices.filter { if case .relay = nodes[$0].role { true } else { false } }
             for window in 0..<rates.partialPartitions {
-                let node = relays[Int(faultRandom.below(UInt64(relays.count)))]
-                let start = faultRandom.int(in: 0...(safetyEnd - 500_000))
-                let end = start + faultRandom.int(in: 1_000_000...10_000_000)
+                let node = relays[Int(faultStreams[FaultKind.partialPartition.index].below(UInt64(relays.count)))]
+                let start = faultStreams[FaultKind.partialPartition.index].int(in: 0...(safetyEnd - 500_000))
+                let end = start + faultStreams[FaultKind.partialPartition.index].int(in: 1_000_000...10_000_000)
                 // The first window outlives the heal when another relay of the same outbox can drain without it.
                 let peers = relays.filter { nodes[$0].role == nodes[node].role }.count
-                let lasting = window == 0 && peers > 1 && faultRandom.chance(0.5)
+                let lasting = window == 0 && peers > 1 && faultStreams[FaultKind.partialPartition.index].chance(0.5)
                 if permit(.partialPartition) { partitions.append((node, start, lasting ? nil : end)) }
             }
         }
-        if options.enabled(.deadLetterTopicDown), faultRandom.chance(0.5), permit(.deadLetterTopicDown) {
+        if options.enabled(.deadLetterTopicDown), faultStreams[FaultKind.deadLetterTopicDown.index].chance(0.5), permit(.deadLetterTopicDown) {
             deadLetterTopicDown = true
         }
         if options.enabled(.recordLoss) {
             for _ in 0..<rates.recordLosses {
-                let at = faultRandom.int(in: 0...safetyEnd)
-                let partition = Int(faultRandom.below(UInt64(kafka.partitionCount)))
+                let at = faultStreams[FaultKind.recordLoss.index].int(in: 0...safetyEnd)
+                let partition = Int(faultStreams[FaultKind.recordLoss.index].below(UInt64(kafka.partitionCount)))
                 if permit(.recordLoss) { queue.schedule(at: at, .loseRecords(partition: partition)) }
             }
         }

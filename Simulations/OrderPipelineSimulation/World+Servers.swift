@@ -136,7 +136,7 @@ extension World {
         switch effect {
         case let .store(ticket, command):
             guard roll(.hang) else { return false }
-            let happened = faultRandom.chance(0.5)
+            let happened = faultStreams[FaultKind.hang.index].chance(0.5)
             fired(.hang, "\(node.name) \(command.name) hangs until its deadline (\(happened ? "committed" : "not committed"))")
             if happened { _ = commit(command, reservation, by: node) }
             reply(to: index, incarnation: node.incarnation, .stored(ticket, .unknown), after: World.storeDeadline.microseconds)
@@ -144,7 +144,7 @@ extension World {
         case let .publish(ticket, channel, rows):
             guard roll(.hang) else { return false }
             var written = 0
-            for row in rows where faultRandom.chance(0.5) {
+            for row in rows where faultStreams[FaultKind.hang.index].chance(0.5) {
                 written += 1
                 if channel == .fulfilment {
                     if serviceBus.send(row.event, at: instant) != nil {
@@ -186,13 +186,13 @@ extension World {
             return .failed(.unavailable("connection refused"))
         }
         if roll(.storeFailure) {
-            let failure: StoreFailure = [.conflict("could not serialize access"), .timedOut, .unavailable("server closed the connection unexpectedly")][Int(faultRandom.below(3))]
+            let failure: StoreFailure = [.conflict("could not serialize access"), .timedOut, .unavailable("server closed the connection unexpectedly")][Int(faultStreams[FaultKind.storeFailure.index].below(3))]
             fired(.storeFailure, "\(node.name) \(command.name): \(failure)")
             history.record(now, node.name, .fail, command.name, "\(failure)")
             return .failed(failure)
         }
         if roll(.commitUnknown) {
-            let happened = faultRandom.chance(0.5)
+            let happened = faultStreams[FaultKind.commitUnknown.index].chance(0.5)
             fired(.commitUnknown, "\(node.name) \(command.name) \(happened ? "committed" : "rolled back")")
             if happened { _ = commit(command, reservation, by: node) }
             history.record(now, node.name, .info, command.name, "outcome unknown (\(happened ? "committed" : "not committed"))")
@@ -227,7 +227,7 @@ extension World {
         }
         if roll(.produceTimeout) {
             var written: [String] = []
-            for row in rows where faultRandom.chance(0.5) {
+            for row in rows where faultStreams[FaultKind.produceTimeout.index].chance(0.5) {
                 appendToKafka(row.event)
                 written.append(row.event.summary)
             }
@@ -258,7 +258,7 @@ extension World {
             return rows.map { _ in .failed(retriable: true, reason: "service bus unavailable") }
         }
         if roll(.transientRefusal) {
-            let (condition, description) = World.transientRefusals[Int(faultRandom.below(UInt64(World.transientRefusals.count)))]
+            let (condition, description) = World.transientRefusals[Int(faultStreams[FaultKind.transientRefusal.index].below(UInt64(World.transientRefusals.count)))]
             fired(.transientRefusal, "\(node.name) send refused: \(condition)")
             history.record(now, node.name, .fail, "publish", "refused (\(condition))")
             return rows.map { _ in .refused(condition: condition, description: description) }
@@ -266,7 +266,7 @@ extension World {
         let timedOut = roll(.sendTimeout)
         var outcomes: [PublishOutcome] = []
         for row in rows {
-            if timedOut && faultRandom.chance(0.5) {
+            if timedOut && faultStreams[FaultKind.sendTimeout.index].chance(0.5) {
                 outcomes.append(.unknown("no disposition in time"))
                 continue
             }
@@ -295,8 +295,8 @@ extension World {
             return nil
         }
         if roll(.duplicateDelivery) {
-            let partition = Int(faultRandom.below(UInt64(kafka.partitionCount)))
-            if kafka.rewind(member: index, partition: partition, by: faultRandom.int(in: 1...3)) {
+            let partition = Int(faultStreams[FaultKind.duplicateDelivery.index].below(UInt64(kafka.partitionCount)))
+            if kafka.rewind(member: index, partition: partition, by: faultStreams[FaultKind.duplicateDelivery.index].int(in: 1...3)) {
                 fired(.duplicateDelivery, "\(node.name) gets partition \(partition) again")
             }
         }

@@ -98,7 +98,8 @@ public final class World {
     var queue = EventQueue<Event>()
     var workloadRandom: SplitMix64
     var latencyRandom: SplitMix64
-    var faultRandom: SplitMix64
+    /// One stream per fault kind: removing one kind (shrinking) shifts no other kind's draws.
+    var faultStreams: [SplitMix64]
     var machineSeeds: SplitMix64
     var idRandom: SplitMix64
     var parkedFetch: [Int: (incarnation: Int, ticket: Ticket)] = [:]
@@ -132,14 +133,16 @@ public final class World {
         var root = SplitMix64(seed: options.seed)
         workloadRandom = root.split()
         latencyRandom = root.split()
-        faultRandom = root.split()
+        var faultRoot = root.split()
+        faultStreams = FaultKind.allCases.map { _ in faultRoot.split() }
         machineSeeds = root.split()
         idRandom = root.split()
         kafka = KafkaModel(partitionCount: max(1, options.partitions))
         serviceBus = ServiceBusModel(duplicateDetectionWindow: .seconds(600))
         history = History(enabled: options.recordHistory)
         database.recipeVariants = options.bug?.recipeVariants ?? options.recipeVariants
-        let workloadSpan = max(Int64(1_000_000), Int64(options.orders) * 20_000)
+        // Fixed for up to 100 orders, so that shrinking the workload moves no request and no fault in time.
+        let workloadSpan = max(Int64(2_000_000), Int64(options.orders) * 20_000)
         safetyEnd = workloadSpan + 3_000_000
         deadline = safetyEnd + options.livenessDeadline.microseconds
         build(workloadSpan: workloadSpan)
@@ -184,20 +187,20 @@ public final class World {
         // Scheduled faults are drawn whether or not the schedule allows them, so allowing fewer shifts nothing else.
         for kind in [FaultKind.databaseOutage, .kafkaOutage, .serviceBusOutage] where options.enabled(kind) {
             for _ in 0..<options.rates.outageWindows {
-                let start = faultRandom.int(in: 0...(safetyEnd - 500_000))
-                let end = start + faultRandom.int(in: 200_000...2_500_000)
+                let start = faultStreams[kind.index].int(in: 0...(safetyEnd - 500_000))
+                let end = start + faultStreams[kind.index].int(in: 200_000...2_500_000)
                 if permit(kind) { outages[kind, default: []].append((start, end)) }
             }
         }
         if options.enabled(.rebalance) {
             for _ in 0..<options.rates.rebalances {
-                let at = faultRandom.int(in: 100_000...safetyEnd)
+                let at = faultStreams[FaultKind.rebalance.index].int(in: 100_000...safetyEnd)
                 if permit(.rebalance) { queue.schedule(at: at, .rebalance(fault: true)) }
             }
         }
         if options.enabled(.poison) {
             for _ in 0..<options.rates.poisonRecords {
-                let at = faultRandom.int(in: 0...safetyEnd)
+                let at = faultStreams[FaultKind.poison.index].int(in: 0...safetyEnd)
                 if permit(.poison) { queue.schedule(at: at, .poison) }
             }
         }
@@ -330,7 +333,7 @@ public final class World {
             }
 
         case .poison:
-            let partition = Int(faultRandom.below(UInt64(kafka.partitionCount)))
+            let partition = Int(faultStreams[FaultKind.poison.index].below(UInt64(kafka.partitionCount)))
             kafka.appendPoison(partition: partition, value: Array("{\"not\":\"an order event\"".utf8), at: instant)
             poisonSources.append(ConsumedRecord(partition: Int32(partition), offset: Int64(kafka.partitions[partition].count - 1), key: nil, headers: [], value: []).source(topic: "orders"))
             fired(.poison, "foreign record on partition \(partition)")

@@ -49,7 +49,7 @@ import Testing
     @Test func failuresComeInSeedOrder() {
         let options: @Sendable (Int) -> SimulationOptions = { n in
             var options = SimulationOptions.swarm(seed: 1 + UInt64(n), orders: 30)
-            options.bug = .autoCommit
+            options.bug = .dualWrite
             return options
         }
         let (one, oneVerdicts) = runAll(jobs: 1, count: 12, options: options)
