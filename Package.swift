@@ -48,6 +48,8 @@ let package = Package(
             path: "Simulations/order-sim"
         ),
         .testTarget(name: "OrderPipelineCoreTests", dependencies: ["OrderPipelineCore"]),
+        // The production shells (MachineLoop, IntakeShell) driven with fake performers: no services needed.
+        .testTarget(name: "OrderPipelineRuntimeTests", dependencies: ["OrderPipelineCore", "OrderPipelineRuntime"]),
 
         // --- PostgreSQL (libpq) adapter, runtime shells, HTTP API, the deployable binary -------------------
         .systemLibrary(
