@@ -15,7 +15,8 @@ public struct KafkaConfiguration: Sendable, Hashable {
     public var clientID = "orderpipeline"
     /// Producer: a message not acknowledged within this time is reported as an unknown outcome.
     public var messageTimeout: Duration = .seconds(10)
-    public var lingerMilliseconds = 2
+    /// The relay hands a whole batch over at once and then waits for every report: lingering only adds delay.
+    public var lingerMilliseconds = 0
     /// Consumer group timings. Tansu holds a join for about the rebalance timeout: these make it ~3 s instead of 23 s.
     /// The adapter polls continuously on its own thread (pausing partitions when its buffer is full), so a short
     /// `max.poll.interval.ms` does not depend on how fast the fulfilment machine works.
