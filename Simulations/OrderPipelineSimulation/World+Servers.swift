@@ -58,6 +58,14 @@ struct SimulatedPerformers: EffectPerformers {
 }
 
 extension World {
+    /// Refusals a Kafka broker answers for reasons that pass.
+    static let transientKafkaRefusals = [
+        ("kafka:NOT_ENOUGH_REPLICAS", "Broker: Not enough in-sync replicas"),
+        ("kafka:LEADER_NOT_AVAILABLE", "Broker: Leader not available"),
+        ("kafka:NOT_LEADER_FOR_PARTITION", "Broker: Not leader for partition"),
+        ("kafka:THROTTLING_QUOTA_EXCEEDED", "Broker: Throttling quota has been exceeded"),
+    ]
+
     /// Refusals Azure Service Bus answers for reasons that pass.
     static let transientRefusals = [
         ("com.microsoft:server-busy", "The server is busy. Please retry the operation."),
@@ -224,6 +232,12 @@ extension World {
             fired(.kafkaOutage, "\(node.name) produce refused")
             history.record(now, node.name, .fail, "publish", "broker unavailable")
             return rows.map { _ in .failed(retriable: true, reason: "broker unavailable") }
+        }
+        if roll(.transientRefusal) {
+            let (condition, description) = World.transientKafkaRefusals[Int(faultStreams[FaultKind.transientRefusal.index].below(UInt64(World.transientKafkaRefusals.count)))]
+            fired(.transientRefusal, "\(node.name) produce refused: \(condition)")
+            history.record(now, node.name, .fail, "publish", "refused (\(condition))")
+            return rows.map { _ in .refused(condition: condition, description: description) }
         }
         if roll(.produceTimeout) {
             var written: [String] = []

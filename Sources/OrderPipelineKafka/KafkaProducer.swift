@@ -295,11 +295,9 @@ final class ProducerSession: Sendable {
             return .delivered
         case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
             return .unknown(errorText(code))
-        case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_INVALID_RECORD, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE,
-            RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
-            return .failed(retriable: false, reason: errorText(code))
         default:
-            return .failed(retriable: true, reason: errorText(code))
+            // The broker (or librdkafka for it) refused the record: the relay machine judges the condition (`Refusal`).
+            return .refused(condition: "kafka:" + String(cString: rd_kafka_err2name(code)), description: errorText(code))
         }
     }
 

@@ -212,6 +212,27 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         }
     }
 
+    @Test func refusalsAreJudgedByTheirCondition() throws {
+        var relay = relay()
+        let claim = try started(&relay)
+        let batch = (1...5).map { row(Int64($0)) }
+        guard case .publish(let ticket, _, _)? = relay.handle(.stored(claim, .committed(.claimed(batch))), now: t0).first else {
+            Issue.record("expected a publish"); return
+        }
+        let outcomes: [PublishOutcome] = [
+            .refused(condition: "com.microsoft:server-busy", description: "busy"),
+            .refused(condition: "amqp:link:message-size-exceeded", description: "too large"),
+            .refused(condition: "kafka:NOT_ENOUGH_REPLICAS", description: "replicas"),
+            .refused(condition: "kafka:MSG_SIZE_TOO_LARGE", description: "too large"),
+            .refused(condition: "some:new-condition", description: "unknown conditions are retried"),
+        ]
+        let (_, command) = try #require(stores(relay.handle(.published(ticket, outcomes), now: t0)).first)
+        guard case .settleOutbox(let s) = command else { Issue.record("expected a settlement"); return }
+        #expect(s.retries.map(\.sequence) == [1, 3, 5])
+        #expect(s.rejections.map(\.sequence) == [2, 4])
+        #expect(s.retries.allSatisfy { $0.delay > .zero }, "something else was rejected: the broker answers, so the rows keep their backoff")
+    }
+
     @Test func lateAndForeignResultsAreIgnored() throws {
         var relay = relay()
         let claim = try started(&relay)

@@ -47,7 +47,8 @@ public enum PublishOutcome: Hashable, Sendable {
     case refused(condition: String, description: String)
 }
 
-/// How a relay judges a broker's refusal. Azure Service Bus refuses for reasons that pass — the service is busy, a
+/// How a relay judges a broker's refusal (AMQP error conditions, and Kafka error names as `kafka:<NAME>`).
+/// Azure Service Bus refuses for reasons that pass — the service is busy, a
 /// quota is momentarily exceeded, a token expired and is being refreshed, an internal error or timeout — and for
 /// reasons that do not — the message is too large, the entity does not exist or is disabled, the operation is not
 /// allowed. Only the second kind dead-letters a row; an unknown condition is retried (a row parked by mistake
@@ -56,6 +57,9 @@ public enum Refusal {
     public static let permanentConditions: [String] = [
         "amqp:link:message-size-exceeded", "amqp:not-allowed", "amqp:not-found", "amqp:decode-error",
         "amqp:invalid-field", "amqp:not-implemented", "com.microsoft:entity-disabled", "com.microsoft:message-lock-lost",
+        // Kafka: the record itself is unacceptable; everything else (leader moves, not enough replicas, throttling,
+        // an ACL being fixed) passes.
+        "kafka:MSG_SIZE_TOO_LARGE", "kafka:INVALID_RECORD", "kafka:RECORD_LIST_TOO_LARGE", "kafka:INVALID_MSG_SIZE",
     ]
 
     public static func isTransient(_ condition: String) -> Bool { !permanentConditions.contains(condition) }
