@@ -69,7 +69,7 @@ let logger = Logger(label: "test.shell")
 
 @Suite("Production shells with fake performers")
 struct ShellTests {
-    /// Runs a relay in the production loop until `done` holds (or 10 s pass), then stops it.
+    /// Runs a relay in the production loop until `done` holds (or 60 s pass), then stops it.
     func runRelay(store: FakeOutboxStore, publisher: FakePublisher, until done: @escaping @Sendable () -> Bool) async {
         let loop = MachineLoop()
         var configuration = OutboxRelay.Configuration(outbox: .serviceBus, owner: "relay-test")
@@ -80,7 +80,8 @@ struct ShellTests {
         await withDiscardingTaskGroup { group in
             group.addTask { await loop.run(relay, performers: Performers(store: store, publisher: publisher), observer: NoteObserver(logger: logger, metrics: PipelineMetrics())) }
             let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(10)
+            // Generous: other suites running in parallel may hold the cooperative threads for a while.
+            let deadline = clock.now + .seconds(60)
             while !done(), clock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
             loop.stop()
         }
