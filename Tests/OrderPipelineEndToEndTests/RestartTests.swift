@@ -108,6 +108,9 @@ final class PipelineProcess: @unchecked Sendable {
     let log: URL
     private var process: Process?
     private(set) var starts = 0
+    /// Started through `/bin/sh` (for LD_PRELOAD shims such as libfaketime, under which a Swift binary exec'd
+    /// directly loses its arguments).
+    var viaShell = false
 
     init(role: String, environment: [String: String], name: String) {
         self.role = role
@@ -119,8 +122,8 @@ final class PipelineProcess: @unchecked Sendable {
     func start() throws {
         guard let binary = Restart.binary else { throw Failure("the orderpipeline binary was not found (run `swift build` first)") }
         let process = Process()
-        process.executableURL = binary
-        process.arguments = [role]
+        process.executableURL = viaShell ? URL(fileURLWithPath: "/bin/sh") : binary
+        process.arguments = viaShell ? ["-c", #"exec "$0" "$@""#, binary.path, role] : [role]
         process.environment = environment
         let output = try FileHandle(forWritingTo: log)
         output.seekToEndOfFile()

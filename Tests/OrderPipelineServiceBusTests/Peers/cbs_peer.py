@@ -2,18 +2,22 @@
 
 Listens on 127.0.0.1:PORT (SASL ANONYMOUS), answers put-token requests on `$cbs` with STATUS (default 202)
 after checking the SAS token's signature with KEY, accepts every message sent to any other address, and
-writes one JSON line per event to OUT. Touches READY once it listens. Runs until killed.
+writes one JSON line per event to OUT. Touches READY once it listens. Runs until killed. With REJECTS and
+CONDITION, the first REJECTS messages are rejected with that AMQP error condition (`com.microsoft:server-busy`,
+`amqp:link:message-size-exceeded`, …) before any is accepted, as Azure Service Bus refuses a send.
 
-usage: cbs_peer.py PORT KEY OUT READY [STATUS]
+usage: cbs_peer.py PORT KEY OUT READY [STATUS [REJECTS CONDITION]]
 """
 import base64, hashlib, hmac, json, sys, urllib.parse
 
-from proton import Message
+from proton import Condition, Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 port, key, out_path, ready_path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 status = int(sys.argv[5]) if len(sys.argv) > 5 else 202
+rejects = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+condition = sys.argv[7] if len(sys.argv) > 7 else "amqp:internal-error"
 out = open(out_path, "a", buffering=1)
 
 
@@ -33,6 +37,7 @@ class Peer(MessagingHandler):
     def __init__(self):
         super().__init__(auto_accept=False)
         self.reply_links = {}
+        self.rejected = 0
 
     def on_start(self, event):
         event.container.listen("127.0.0.1:%s" % port)
@@ -61,6 +66,11 @@ class Peer(MessagingHandler):
             reply = Message(correlation_id=message.id,
                             properties={"status-code": status, "status-description": "Accepted" if status < 300 else "Unauthorized"})
             self.reply_links[message.reply_to].send(reply)
+        elif self.rejected < rejects:
+            self.rejected += 1
+            record(event="rejected", target=target, message_id=message.id, condition=condition)
+            event.delivery.local.condition = Condition(condition, "scripted refusal %d of %d" % (self.rejected, rejects))
+            self.reject(event.delivery)
         else:
             record(event="message", target=target, message_id=message.id, subject=message.subject,
                    content_type=message.content_type)

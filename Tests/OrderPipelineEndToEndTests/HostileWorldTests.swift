@@ -1,0 +1,142 @@
+import Foundation
+import Logging
+import OrderPipelineCore
+import OrderPipelinePostgres
+import OrderPipelineRuntime
+import OrderPipelineServiceBus
+import ServiceLifecycle
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Faults of the hostile world (issue 8) made real: each test runs the real binary's roles and the real adapters on
+/// a scratch database, group and queue (`RestartTests.Run`), injects one fault and checks the promise still holds.
+@Suite(
+    "Hostile world on the real services",
+    .enabled(if: EndToEnd.isConfigured && RefusingPeer.python != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
+    .serialized
+)
+struct HostileWorldTests {
+    /// The Service Bus relay (in this process) sends to a scripted AMQP peer that rejects the first `rejects` sends
+    /// with `condition`; the Kafka relay and the consumer run as processes. Answers once every order is Fulfilled
+    /// and the Service Bus outbox has nothing left to send.
+    private func refusedSends(orders: Int, rejects: Int, condition: String) async throws -> (RestartTests.Run, RefusingPeer, [OrderID]) {
+        let run = try await RestartTests.Run.make()
+        let peer = try RefusingPeer(rejects: rejects, condition: condition)
+        var kafkaOnly = run.environment
+        kafkaOnly["SERVICEBUS_CONNECTION_STRING"] = nil
+        let relay = PipelineProcess(role: "relay", environment: kafkaOnly, name: run.name)
+        let consumer = PipelineProcess(role: "consume", environment: kafkaOnly, name: run.name)
+        defer { relay.stop(); consumer.stop() }
+
+        var configuration = try ServiceBusConfiguration.parse(
+            "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=\(RefusingPeer.key);UseDevelopmentEmulator=true")
+        configuration.queue = run.queue
+        configuration.sendTimeout = .seconds(5)
+        let sender = try ServiceBusSender(configuration: configuration, logger: Restart.logger)
+        let listener = PostgresListener(settings: .init(url: run.database.url), logger: Restart.logger)
+        let group = ServiceGroup(
+            services: [RelayService(outbox: .serviceBus, owner: run.name + "-sb", store: run.store, publisher: sender, listener: listener,
+                                    logger: Restart.logger, onStop: { await sender.shutdown() })],
+            logger: Restart.logger)
+        let serviceBusRelay = Task { try await group.run() }
+
+        try relay.start()
+        try consumer.start()
+        let stream = OrderStream()
+        stream.start(store: run.store, total: orders, every: .milliseconds(5))
+        let done = try await run.wait(upTo: 45) {
+            guard stream.ids.count == orders, try await run.fulfilled() == orders else { return false }
+            return try await run.database.int(
+                "SELECT count(*) FROM service_bus_outbox WHERE published_at IS NULL AND dead_lettered_at IS NULL") == 0
+        }
+        if !done { for process in [relay, consumer] { print("--- \(process.role):\n\(process.tail())") } }
+        let fulfilled = try await run.fulfilled()
+        let unsent = try await run.database.int("SELECT count(*) FROM service_bus_outbox WHERE published_at IS NULL AND dead_lettered_at IS NULL")
+        #expect(done, "within 45 s: \(stream.ids.count) of \(orders) created, \(fulfilled) fulfilled, \(unsent) fulfilment rows unsent")
+        await group.triggerGracefulShutdown()
+        try await serviceBusRelay.value
+        listener.close()
+        return (run, peer, stream.ids)
+    }
+
+    @Test("Service Bus busy: the first sends are rejected with com.microsoft:server-busy, all are retried, none dead-lettered")
+    func serverBusy() async throws {
+        let (run, peer, ids) = try await refusedSends(orders: 20, rejects: 5, condition: "com.microsoft:server-busy")
+        defer { peer.stop() }
+        let records = peer.records()
+        let rejected = records.filter { $0["event"] as? String == "rejected" }
+        let accepted = Set(records.filter { $0["event"] as? String == "message" }.compactMap { $0["message_id"] as? String })
+        #expect(rejected.count == 5, "the peer rejected \(rejected.count) sends")
+        let expected = Set(ids.map { EventID.derived(order: $0, type: .orderFulfilled).description })
+        #expect(accepted == expected, "\(accepted.count) distinct fulfilment messages accepted for \(ids.count) orders")
+        #expect(try await run.database.int("SELECT count(*) FROM service_bus_outbox WHERE dead_lettered_at IS NOT NULL") == 0)
+        #expect(try await run.database.int("SELECT count(*) FROM service_bus_outbox WHERE published_at IS NOT NULL") == ids.count)
+        #expect(try await run.database.int("SELECT count(*) FROM dead_letters") == 0)
+        print("server-busy: \(rejected.count) sends rejected, \(accepted.count) of \(ids.count) fulfilment messages accepted, 0 dead-lettered")
+        await run.close()
+    }
+
+    @Test("a permanent refusal (amqp:link:message-size-exceeded) dead-letters that row only")
+    func permanentRefusal() async throws {
+        let (run, peer, ids) = try await refusedSends(orders: 5, rejects: 1, condition: "amqp:link:message-size-exceeded")
+        defer { peer.stop() }
+        let records = peer.records()
+        let rejected = try #require(records.first { $0["event"] as? String == "rejected" }?["message_id"] as? String)
+        let accepted = Set(records.filter { $0["event"] as? String == "message" }.compactMap { $0["message_id"] as? String })
+        #expect(accepted.count == ids.count - 1 && !accepted.contains(rejected), "accepted: \(accepted.sorted()), rejected: \(rejected)")
+        let parked = try await run.database.rows(
+            "SELECT o.event_id::text, d.reason FROM service_bus_outbox o JOIN dead_letters d ON d.source = 'service-bus-outbox/' || o.sequence WHERE o.dead_lettered_at IS NOT NULL")
+        #expect(parked.count == 1 && parked.first?[0] == rejected.lowercased(), "dead-lettered rows: \(parked)")
+        #expect(parked.first?[1]?.contains("amqp:link:message-size-exceeded") == true, "reason: \(parked)")
+        await run.close()
+    }
+}
+
+/// `cbs_peer.py` (the ServiceBus tests' scripted AMQP peer) with its refusal options, on a random port.
+final class RefusingPeer: @unchecked Sendable {
+    static let key = "s3cret+key="
+    static var python: String? {
+        guard let python = Restart.environment["SERVICES_PYTHON"], !python.isEmpty else { return nil }
+        return python
+    }
+
+    private(set) var port = 0
+    private var process = Process()
+    let output: URL
+
+    init(rejects: Int, condition: String) throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(Restart.randomName("refusing-peer-"))
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        output = directory.appendingPathComponent("out.jsonl")
+        let ready = directory.appendingPathComponent("ready")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../OrderPipelineServiceBusTests/Peers/cbs_peer.py").standardized
+        // A random port that turns out taken (the peer exits before it is ready) is replaced, up to five times.
+        for _ in 0..<5 {
+            port = Int.random(in: 41_000...48_000)
+            process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.python!)
+            process.arguments = ["-B", script.path, String(port), Self.key, output.path, ready.path, "202", String(rejects), condition]
+            try process.run()
+            let deadline = Date().addingTimeInterval(10)
+            while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning { usleep(20_000) }
+            if FileManager.default.fileExists(atPath: ready.path), process.isRunning { return }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        throw Failure("the scripted AMQP peer did not start")
+    }
+
+    func records() -> [[String: Any]] {
+        guard let text = try? String(contentsOf: output, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    func stop() {
+        // The proton reactor does not stop on SIGTERM.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}
