@@ -115,6 +115,9 @@ final class ProducerSession: Sendable {
         var index: Int
         var orderID: String?
         var topic: String
+        /// When the report is overdue, on the monotonic clock: librdkafka's own message timeout reads the wall
+        /// clock, which a skewed or stepped host clock can stop from ever firing.
+        var deadline: ContinuousClock.Instant
     }
 
     private struct Pending {
@@ -181,7 +184,8 @@ final class ProducerSession: Sendable {
         for (index, item) in items.enumerated() {
             let token = pending.withLock { state -> UInt64 in
                 state.nextToken += 1
-                state.slots[state.nextToken] = Slot(batch: batchID, index: index, orderID: item.orderID, topic: topic)
+                state.slots[state.nextToken] = Slot(
+                    batch: batchID, index: index, orderID: item.orderID, topic: topic, deadline: clock.now + messageTimeout + Self.reportGrace)
                 return state.nextToken
             }
             let deadline = clock.now + messageTimeout
@@ -216,6 +220,20 @@ final class ProducerSession: Sendable {
         }
     }
 
+    /// How long after librdkafka's message timeout a missing delivery report is given up on.
+    static let reportGrace: Duration = .seconds(5)
+
+    /// Completes every slot whose report is overdue with an unknown outcome (on the poll thread), and marks the
+    /// session broken: a producer that loses reports is replaced before the next batch.
+    private func expireOverdueReports() {
+        let now = ContinuousClock.now
+        let overdue: [UInt64] = pending.withLock { state in state.slots.filter { $0.value.deadline <= now }.map(\.key) }
+        guard !overdue.isEmpty else { return }
+        markBroken("delivery reports overdue")
+        logger.warning("Kafka delivery reports overdue; outcome unknown", metadata: ["kafka.records": "\(overdue.count)"])
+        for token in overdue { complete(token: token, outcome: .unknown("no delivery report before the deadline")) }
+    }
+
     private func produce(_ item: Item, topic: String, token: UInt64) -> rd_kafka_resp_err_t {
         let headers = rd_kafka_headers_new(item.headers.count)
         for (name, value) in item.headers {
@@ -243,11 +261,11 @@ final class ProducerSession: Sendable {
             let slot = pending.withLock { $0.slots[token] }
             if let slot {
                 if let order = slot.orderID {
-                    logger.info("Order \(order) published to Kafka topic \(slot.topic) at offset \(offset)", metadata: [
+                    logger.debug("Order published to Kafka", metadata: [
                         "order.id": "\(order)", "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
                     ])
                 } else {
-                    logger.info("Record forwarded to Kafka topic \(slot.topic) at offset \(offset)", metadata: [
+                    logger.debug("Record forwarded to Kafka", metadata: [
                         "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
                     ])
                 }
@@ -304,6 +322,7 @@ final class ProducerSession: Sendable {
     private func pollLoop() {
         while !pending.withLock({ $0.stopping }) {
             rd_kafka_poll(handle.rk, 100)
+            expireOverdueReports()
             if rd_kafka_fatal_error(handle.rk, nil, 0) != RD_KAFKA_RESP_ERR_NO_ERROR { markBroken("fatal producer error") }
         }
         threadDone.store(true, ordering: .releasing)
