@@ -208,7 +208,7 @@ public final class KafkaConsumer: Sendable {
         }
         guard current else { return }
         for record in records {
-            logger.info("Consumed message from partition \(record.partition) at offset \(record.offset)", metadata: [
+            logger.debug("Record fetched", metadata: [
                 "kafka.topic": "\(configuration.topic)", "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)",
             ])
         }

@@ -54,7 +54,7 @@ public final class ServiceBusSender: Sendable {
                 outcomes[index] = outcome
                 let event = messages[index].event
                 if outcome == .delivered {
-                    logger.info("Fulfilment event published to Service Bus for order \(event.orderID)", metadata: [
+                    logger.debug("Fulfilment event published to Service Bus", metadata: [
                         "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.queue": "\(configuration.queue)",
                     ])
                 } else {
