@@ -1,0 +1,465 @@
+#!/usr/bin/env python3
+"""The pipeline's own chaos test, Jepsen style (run by scripts/chaos; see docs/RELIABILITY.md).
+
+Starts PRIVATE PostgreSQL, Tansu and RabbitMQ instances (other ports, own directories: the shared services are
+used by other test suites at the same time and must never be frozen), then 1 API + 2 relays + 2 consumers of the
+built `orderpipeline` binary. Clients POST orders with Idempotency-Keys and retry with the same key on errors and
+timeouts; a nemesis kill -9s and restarts every role, freezes the three servers with SIGSTOP/SIGCONT and
+crash-restarts PostgreSQL once. Then it heals, waits for quiescence, reads the database and drains the queue, and
+writes everything as a history in the simulator's JSON-lines format. The verdict is the simulator's:
+`order-sim --check-history FILE` (Simulations/OrderPipelineSimulation/HistoryCheck.swift).
+
+Environment: ORDERPIPELINE_BIN, ORDER_SIM_BIN, TANSU_BIN (paths), ORDERPIPELINE_CHAOS_SECONDS (fault phase,
+default 100), ORDERPIPELINE_CHAOS_PORT_BASE (default 57400: 15 ports from there), ORDERPIPELINE_CHAOS_SEED,
+ORDERPIPELINE_CHAOS_KEEP=1 (keep the state directory with every log).
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+ENV = os.environ
+SECONDS = float(ENV.get("ORDERPIPELINE_CHAOS_SECONDS", "100"))
+PORT_BASE = int(ENV.get("ORDERPIPELINE_CHAOS_PORT_BASE", "57400"))
+PG_PORT, KAFKA_PORT, AMQP_PORT, DIST_PORT, EPMD_PORT, HTTP_PORT = (PORT_BASE + i for i in (0, 1, 2, 3, 14, 15))
+SEED = int(ENV.get("ORDERPIPELINE_CHAOS_SEED", str(int(time.time()))))
+CLIENTS = int(ENV.get("ORDERPIPELINE_CHAOS_CLIENTS", "4"))
+HEAL_SECONDS = 240
+QUEUE = "order-fulfilment"
+IS_ROOT = os.geteuid() == 0
+rng = random.Random(SEED)
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"chaos: [{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg):
+    log(f"ERROR: {msg}")
+    raise SystemExit(1)
+
+
+class History:
+    """Jepsen-style history; the line format of Simulations/OrderPipelineSimulation/History.swift."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.entries = []
+
+    def record(self, process, type_, f, value=""):
+        with self.lock:
+            now = int((time.monotonic() - T0) * 1_000_000)
+            self.entries.append({"index": len(self.entries), "time": now, "process": process, "type": type_,
+                                 "f": f, "value": value})
+
+    def write(self, path):
+        with open(path, "w") as out:
+            for entry in self.entries:
+                out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+
+
+history = History()
+
+
+def wait_for(what, seconds, condition, poll=0.2):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll)
+    if not condition():
+        die(f"{what} not within {seconds:.0f} s")
+
+
+def port_open(port):
+    import socket
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run(cmd, env=None, user=None, timeout=120, check=True):
+    if user and IS_ROOT:
+        cmd = ["runuser", "-u", user, "--"] + cmd
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        die(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}")
+    return done.stdout
+
+
+def stop_group(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# --- private servers ----------------------------------------------------------------------------------------
+
+class Postgres:
+    def __init__(self, state):
+        self.base = os.path.join(state, "pg")
+        self.data = os.path.join(self.base, "data")
+        self.bindir = run(["pg_config", "--bindir"]).strip()
+        os.makedirs(self.base)
+        if IS_ROOT:
+            shutil.chown(self.base, "postgres", "postgres")
+        run([f"{self.bindir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
+             "--locale=C.UTF-8"], user="postgres")
+        self.start()
+
+    def create_database(self):
+        run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-d", "postgres", "-c", "create database chaos"])
+
+    def start(self):
+        run([f"{self.bindir}/pg_ctl", "-D", self.data, "-l", os.path.join(self.base, "postgres.log"), "-w", "-t", "60",
+             "-o", f"-p {PG_PORT} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=100", "start"],
+            user="postgres")
+
+    def crash_restart(self):
+        run([f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"], user="postgres")
+        self.start()
+
+    def pids(self):
+        """The postmaster and its children (the processes a SIGSTOP must reach)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            master = int(f.readline())
+        pids = [master]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
+                            pids.append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return pids
+
+    def signal(self, sig):
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self):
+        self.signal(signal.SIGCONT)
+        run([f"{self.bindir}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"], user="postgres", check=False)
+
+    def sql(self, query):
+        out = run(["psql", "-X", "-q", "-At", "-F", "|", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-d",
+                   "chaos", "-v", "ON_ERROR_STOP=1", "-c", query], timeout=60)
+        return [line.split("|") for line in out.splitlines() if line]
+
+
+class Tansu:
+    def __init__(self, state):
+        self.binary = ENV.get("TANSU_BIN") or os.path.join(os.getcwd(), ".services/bin/tansu")
+        url = f"tcp://127.0.0.1:{KAFKA_PORT}"
+        self.proc = subprocess.Popen([self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                                     stdout=open(os.path.join(state, "tansu.log"), "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for("tansu listening", 20, lambda: port_open(KAFKA_PORT), 0.1)
+        for topic, partitions in (("orders", 3), ("orders.dead-letter", 1)):
+            run([self.binary, "topic", "create", topic, "--partitions", str(partitions), "--broker", url])
+
+    def signal(self, sig):
+        stop_group(self.proc.pid, sig)
+
+    def stop(self):
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+class RabbitMQ:
+    """A second RabbitMQ node: own node name, directories, cookie, AMQP/dist/epmd ports."""
+
+    def __init__(self, state):
+        d = os.path.join(state, "rabbitmq")
+        for sub in ("home", "mnesia", "log"):
+            os.makedirs(os.path.join(d, sub))
+        with open(os.path.join(d, "home/.erlang.cookie"), "w") as f:
+            f.write(uuid.uuid4().hex.upper())
+        os.chmod(os.path.join(d, "home/.erlang.cookie"), 0o400)
+        open(os.path.join(d, "rabbitmq-env.conf"), "w").close()
+        with open(os.path.join(d, "rabbitmq.conf"), "w") as f:
+            f.write("loopback_users.guest = true\nlog.console = false\n")
+        self.pid_file = os.path.join(d, "rabbitmq.pid")
+        self.env = dict(ENV, HOME=f"{d}/home", RABBITMQ_NODENAME="chaos@localhost", RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+                        RABBITMQ_NODE_PORT=str(AMQP_PORT), RABBITMQ_DIST_PORT=str(DIST_PORT),
+                        RABBITMQ_CTL_DIST_PORT_MIN=str(DIST_PORT + 1), RABBITMQ_CTL_DIST_PORT_MAX=str(DIST_PORT + 10),
+                        ERL_EPMD_PORT=str(EPMD_PORT), ERL_EPMD_ADDRESS="127.0.0.1",
+                        RABBITMQ_CONF_ENV_FILE=f"{d}/rabbitmq-env.conf", RABBITMQ_CONFIG_FILE=f"{d}/rabbitmq.conf",
+                        RABBITMQ_ENABLED_PLUGINS_FILE=f"{d}/enabled_plugins", RABBITMQ_MNESIA_BASE=f"{d}/mnesia",
+                        RABBITMQ_LOG_BASE=f"{d}/log", RABBITMQ_PID_FILE=self.pid_file,
+                        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+                        ERL_CRASH_DUMP=f"{d}/erl_crash.dump")
+        sbin = "/usr/lib/rabbitmq/bin"
+        run([f"{sbin}/rabbitmq-plugins", "enable", "--offline", "rabbitmq_amqp1_0"], env=self.env)
+        self.proc = subprocess.Popen([f"{sbin}/rabbitmq-server"], env=self.env, cwd=d, start_new_session=True,
+                                     stdout=open(os.path.join(d, "log/startup.log"), "w"), stderr=subprocess.STDOUT)
+        wait_for("rabbitmq listening", 90, lambda: self.proc.poll() is None and port_open(AMQP_PORT), 0.25)
+        if self.proc.poll() is not None:
+            die(f"rabbitmq-server exited; see {d}/log")
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from services_check import declare_queue
+        declare_queue(f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}", QUEUE)
+
+    def signal(self, sig):
+        stop_group(self.proc.pid, sig)
+
+    def stop(self):
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+        epmd = shutil.which("epmd") or next(iter(sorted(__import__("glob").glob("/usr/lib/erlang/erts-*/bin/epmd"))), None)
+        if epmd:
+            subprocess.run([epmd, "-kill"], env=dict(ENV, ERL_EPMD_PORT=str(EPMD_PORT)), capture_output=True)
+
+
+# --- the pipeline's processes -------------------------------------------------------------------------------
+
+class Role:
+    def __init__(self, name, role, env, state):
+        self.name, self.role, self.env = name, role, env
+        self.log = open(os.path.join(state, f"{name}.log"), "a")
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        self.proc = subprocess.Popen([ENV["ORDERPIPELINE_BIN"], self.role], env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.starts += 1
+        history.record(self.name, "info", "restart" if self.starts > 1 else "start", f"incarnation {self.starts}")
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        history.record(self.name, "info", "crash", "kill -9")
+
+    def ensure_running(self):
+        if self.proc.poll() is not None:
+            log(f"{self.name} had exited ({self.proc.returncode}); starting it")
+            self.start()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+BODY = json.dumps({"customerName": "Chaos Monkey", "customerEmail": "chaos@example.com",
+                   "items": [{"productName": "Widget", "quantity": 2, "unitPrice": 9.99}]}).encode()
+
+
+class Client(threading.Thread):
+    """Creates orders one after the other; each is retried with its key until acknowledged (or the run gives up)."""
+
+    def __init__(self, number, stop_new, give_up):
+        super().__init__(daemon=True)
+        self.number, self.stop_new, self.give_up = number, stop_new, give_up
+        self.acknowledged = 0
+
+    def run(self):
+        while not self.stop_new.is_set():
+            key = f"chaos-{self.number}-{uuid.UUID(int=rng.getrandbits(128))}"
+            attempt = 0
+            while time.monotonic() < self.give_up[0]:
+                attempt += 1
+                history.record(key, "invoke", "createOrder", f"attempt {attempt} via api")
+                type_, value = self.post(key)
+                history.record(key, type_, "createOrder", value)
+                if type_ == "ok":
+                    self.acknowledged += 1
+                    break
+                time.sleep(min(0.05 * attempt, 1.0))
+            time.sleep(0.02)
+
+    @staticmethod
+    def post(key):
+        request = urllib.request.Request(f"http://127.0.0.1:{HTTP_PORT}/api/orders", data=BODY, method="POST",
+                                         headers={"Content-Type": "application/json", "Idempotency-Key": key})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return "ok", "order=" + json.loads(response.read())["id"].lower()
+        except urllib.error.HTTPError as error:
+            # A 503 may hide an unknown COMMIT outcome: it may have happened. Other refusals did not.
+            return ("info" if error.code >= 500 else "fail"), f"HTTP {error.code}"
+        except ConnectionRefusedError:
+            return "fail", "connection refused"
+        except urllib.error.URLError as error:
+            if isinstance(error.reason, ConnectionRefusedError):
+                return "fail", "connection refused"
+            return "info", f"no answer ({error.reason})"
+        except OSError as error:  # timeout, reset: the request may have been processed
+            return "info", f"no answer ({error})"
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+def nemesis(roles, servers, pg, until, counts):
+    """One fault at a time, every role and server in turn (shuffled rounds); one PostgreSQL crash-restart midway."""
+    targets = [("kill", r) for r in roles] + [("freeze", s) for s in servers]
+    pg_restart_at = T0 + (until - T0) / 2
+    while time.monotonic() < until:
+        if counts["pg-restarts"] == 0 and time.monotonic() >= pg_restart_at:
+            history.record("nemesis", "info", "pg-restart", "pg_ctl stop -m immediate; start")
+            log("nemesis: crash-restart postgres")
+            pg.crash_restart()
+            counts["pg-restarts"] += 1
+            history.record("nemesis", "info", "heal", "postgres restarted")
+            continue
+        round_ = targets[:]
+        rng.shuffle(round_)
+        for kind, target in round_:
+            if time.monotonic() >= until:
+                break
+            if kind == "kill":
+                target.kill9()
+                counts["kill9"] += 1
+                time.sleep(rng.uniform(0.2, 1.5))
+                target.start()
+            else:
+                name, server = target
+                seconds = rng.uniform(1.0, 4.0)
+                history.record("nemesis", "info", "freeze", f"{name} for {seconds:.1f} s")
+                server.signal(signal.SIGSTOP)
+                time.sleep(seconds)
+                server.signal(signal.SIGCONT)
+                history.record("nemesis", "info", "heal", f"{name} thawed")
+                counts["freezes"] += 1
+            time.sleep(rng.uniform(0.5, 2.0))
+
+
+def quiescent(pg, acknowledged):
+    rows = pg.sql("select (select count(*) from orders where status in ('Pending','Processing')),"
+                  " (select count(*) from kafka_outbox where published_at is null),"
+                  " (select count(*) from service_bus_outbox where published_at is null),"
+                  " (select count(*) from orders)")
+    pending, kafka, sb, orders = (int(x) for x in rows[0])
+    return pending == 0 and kafka == 0 and sb == 0 and orders >= acknowledged
+
+
+def drain_queue(expected):
+    """Every message on the private queue (accepted, so a second drain would find none)."""
+    from proton.utils import BlockingConnection
+    conn = BlockingConnection(f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}", timeout=30, allowed_mechs="PLAIN",
+                              allow_insecure_mechs=True)
+    receiver = conn.create_receiver(f"/queue/{QUEUE}", credit=500)
+    messages = []
+    idle_deadline = time.monotonic() + 60
+    while time.monotonic() < idle_deadline:
+        try:
+            message = receiver.receive(timeout=2 if len(messages) >= expected else 10)
+        except Exception:  # proton's Timeout: nothing more within the wait
+            if len(messages) >= expected:
+                break
+            continue
+        receiver.accept()
+        messages.append(message)
+    conn.close()
+    return messages
+
+
+def main():
+    for name in ("ORDERPIPELINE_BIN", "ORDER_SIM_BIN"):
+        if not os.access(ENV.get(name, ""), os.X_OK):
+            die(f"{name} is not an executable")
+    state = tempfile.mkdtemp(prefix="orderpipeline-chaos-", dir="/var/tmp")
+    os.chmod(state, 0o755)
+    log(f"seed {SEED}, {SECONDS:.0f} s of faults, state in {state}, ports {PORT_BASE}+")
+    servers, roles, ok = [], [], False
+    counts = {"kill9": 0, "freezes": 0, "pg-restarts": 0}
+    try:
+        pg = Postgres(state)
+        servers.append(("postgres", pg))
+        pg.create_database()
+        servers.append(("kafka", Tansu(state)))
+        servers.append(("amqp", RabbitMQ(state)))
+        log("private postgres, tansu and rabbitmq are up")
+        env = dict(ENV, DATABASE_URL=f"postgres://postgres@127.0.0.1:{PG_PORT}/chaos", KAFKA_BROKERS=f"127.0.0.1:{KAFKA_PORT}",
+                   KAFKA_TOPIC="orders", KAFKA_DEAD_LETTER_TOPIC="orders.dead-letter", KAFKA_GROUP_ID="chaos",
+                   SERVICEBUS_CONNECTION_STRING=f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}", SERVICEBUS_QUEUE=QUEUE,
+                   HTTP_PORT=str(HTTP_PORT), LOG_LEVEL="info", DB_POOL_SIZE="4")
+        env.pop("METRICS_PORT", None)
+        subprocess.run([ENV["ORDERPIPELINE_BIN"], "migrate"], env=env, check=True, capture_output=True, timeout=60)
+        roles = [Role("api", "serve", env, state)]
+        roles += [Role(f"relay-{x}", "relay", dict(env, RELAY_ID=f"chaos-relay-{x}"), state) for x in "ab"]
+        roles += [Role(f"consumer-{x}", "consume", env, state) for x in "ab"]
+        for role in roles:
+            role.start()
+        wait_for("the API listening", 30, lambda: port_open(HTTP_PORT))
+
+        stop_new, give_up = threading.Event(), [time.monotonic() + SECONDS + HEAL_SECONDS]
+        clients = [Client(i, stop_new, give_up) for i in range(CLIENTS)]
+        for client in clients:
+            client.start()
+        started = time.monotonic()
+        nemesis(roles, servers, pg, started + SECONDS, counts)
+
+        log(f"heal: {counts}")
+        history.record("nemesis", "info", "heal", "faults off; crashed components restart")
+        for _, server in servers:
+            server.signal(signal.SIGCONT)
+        for role in roles:
+            role.ensure_running()
+        stop_new.set()
+        for client in clients:
+            client.join(timeout=HEAL_SECONDS)
+        acknowledged = sum(c.acknowledged for c in clients)
+        log(f"clients done: {acknowledged} acknowledged; waiting for quiescence")
+        wait_for("quiescence (every order Fulfilled or Failed, both outboxes published)", HEAL_SECONDS,
+                 lambda: quiescent(pg, acknowledged), 1.0)
+        time.sleep(2)  # the last settles reach the queue
+
+        for order_id, status in pg.sql("select id, status from orders order by id"):
+            history.record("postgres", "ok", "order", f"order={order_id} status={status}")
+        for key, order_id in pg.sql("select key, order_id from idempotency_keys order by key"):
+            history.record("postgres", "ok", "idempotency-key", f"key={key} order={order_id}")
+        for order_id, from_, to in pg.sql("select order_id, coalesce(from_status, '-'), to_status"
+                                          " from order_status_transitions order by id"):
+            history.record("postgres", "ok", "transition", f"order={order_id} from={from_} to={to}")
+        for source, in pg.sql("select source from dead_letters order by id"):
+            history.record("postgres", "ok", "dead-letter", source)
+        fulfilled = int(pg.sql("select count(*) from orders where status = 'Fulfilled'")[0][0])
+        messages = drain_queue(fulfilled)
+        for message in messages:
+            body = message.body.decode() if isinstance(message.body, (bytes, memoryview)) else str(message.body)
+            order_id = json.loads(body).get("orderId", "?")
+            history.record("downstream", "ok", "receive", f"order={str(order_id).lower()} messageId={str(message.id).lower()}")
+        path = os.path.join(state, "history.jsonl")
+        history.write(path)
+        log(f"{len(messages)} messages drained; history {path}; checking it with order-sim")
+        check = subprocess.run([ENV["ORDER_SIM_BIN"], "--check-history", path])
+        ok = check.returncode == 0
+        if os.environ.get("ORDERPIPELINE_CHAOS_HISTORY"):
+            shutil.copy(path, os.environ["ORDERPIPELINE_CHAOS_HISTORY"])
+    finally:
+        for role in roles:
+            role.stop()
+        for name, server in reversed(servers):
+            server.stop()
+        if ok and ENV.get("ORDERPIPELINE_CHAOS_KEEP") != "1":
+            shutil.rmtree(state, ignore_errors=True)
+        else:
+            log(f"logs and history kept in {state}")
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
