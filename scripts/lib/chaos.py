@@ -312,11 +312,19 @@ class Client(threading.Thread):
 
 # --- the run ------------------------------------------------------------------------------------------------
 
+MIN_KILLS, MIN_FREEZES = 20, 5  # the floor a run must reach, however slow the machine
+
+
 def nemesis(roles, servers, pg, until, counts):
-    """One fault at a time, every role and server in turn (shuffled rounds); one PostgreSQL crash-restart midway."""
+    """One fault at a time, every role and server in turn (shuffled rounds); one PostgreSQL crash-restart midway.
+    Goes on past `until` until the floor of kills and freezes is reached."""
     targets = [("kill", r) for r in roles] + [("freeze", s) for s in servers]
     pg_restart_at = T0 + (until - T0) / 2
-    while time.monotonic() < until:
+
+    def more():
+        return time.monotonic() < until or counts["kill9"] < MIN_KILLS or counts["freezes"] < MIN_FREEZES
+
+    while more():
         if counts["pg-restarts"] == 0 and time.monotonic() >= pg_restart_at:
             history.record("nemesis", "info", "pg-restart", "pg_ctl stop -m immediate; start")
             log("nemesis: crash-restart postgres")
@@ -327,11 +335,12 @@ def nemesis(roles, servers, pg, until, counts):
         round_ = targets[:]
         rng.shuffle(round_)
         for kind, target in round_:
-            if time.monotonic() >= until:
+            if not more():
                 break
             if kind == "kill":
                 target.kill9()
                 counts["kill9"] += 1
+                counts[target.name] = counts.get(target.name, 0) + 1
                 time.sleep(rng.uniform(0.2, 1.5))
                 target.start()
             else:
@@ -343,6 +352,7 @@ def nemesis(roles, servers, pg, until, counts):
                 server.signal(signal.SIGCONT)
                 history.record("nemesis", "info", "heal", f"{name} thawed")
                 counts["freezes"] += 1
+                counts[name] = counts.get(name, 0) + 1
             time.sleep(rng.uniform(0.5, 2.0))
 
 
