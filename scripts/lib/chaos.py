@@ -10,7 +10,7 @@ writes everything as a history in the simulator's JSON-lines format. The verdict
 `order-sim --check-history FILE` (Simulations/OrderPipelineSimulation/HistoryCheck.swift).
 
 Environment: ORDERPIPELINE_BIN, ORDER_SIM_BIN, TANSU_BIN (paths), ORDERPIPELINE_CHAOS_SECONDS (fault phase,
-default 100), ORDERPIPELINE_CHAOS_PORT_BASE (default 57400: 15 ports from there), ORDERPIPELINE_CHAOS_SEED,
+default 100), ORDERPIPELINE_CHAOS_PORT_BASE (default 57400: 20 ports from there), ORDERPIPELINE_CHAOS_SEED,
 ORDERPIPELINE_CHAOS_KEEP=1 (keep the state directory with every log).
 """
 import json
@@ -30,7 +30,7 @@ import uuid
 ENV = os.environ
 SECONDS = float(ENV.get("ORDERPIPELINE_CHAOS_SECONDS", "100"))
 PORT_BASE = int(ENV.get("ORDERPIPELINE_CHAOS_PORT_BASE", "57400"))
-PG_PORT, KAFKA_PORT, AMQP_PORT, DIST_PORT, EPMD_PORT, HTTP_PORT = (PORT_BASE + i for i in (0, 1, 2, 3, 14, 15))
+PG_PORT, KAFKA_PORT, AMQP_PORT, DIST_PORT, EPMD_PORT, HTTP_PORT, METRICS_PORT = (PORT_BASE + i for i in (0, 1, 2, 3, 14, 15, 16))
 SEED = int(ENV.get("ORDERPIPELINE_CHAOS_SEED", str(int(time.time()))))
 CLIENTS = int(ENV.get("ORDERPIPELINE_CHAOS_CLIENTS", "4"))
 HEAL_SECONDS = 240
@@ -310,6 +310,16 @@ class Client(threading.Thread):
             return "info", f"no answer ({error})"
 
 
+def http_get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 MIN_KILLS, MIN_FREEZES = 20, 5  # the floor a run must reach, however slow the machine
@@ -409,8 +419,10 @@ def main():
         env.pop("METRICS_PORT", None)
         subprocess.run([ENV["ORDERPIPELINE_BIN"], "migrate"], env=env, check=True, capture_output=True, timeout=60)
         roles = [Role("api", "serve", env, state)]
-        roles += [Role(f"relay-{x}", "relay", dict(env, RELAY_ID=f"chaos-relay-{x}"), state) for x in "ab"]
-        roles += [Role(f"consumer-{x}", "consume", env, state) for x in "ab"]
+        roles += [Role(f"relay-{x}", "relay", dict(env, RELAY_ID=f"chaos-relay-{x}", METRICS_PORT=str(METRICS_PORT + i)), state)
+                  for i, x in enumerate("ab")]
+        roles += [Role(f"consumer-{x}", "consume", dict(env, METRICS_PORT=str(METRICS_PORT + 2 + i)), state)
+                  for i, x in enumerate("ab")]
         for role in roles:
             role.start()
         wait_for("the API listening", 30, lambda: port_open(HTTP_PORT))
@@ -436,6 +448,13 @@ def main():
         wait_for("quiescence (every order Fulfilled or Failed, both outboxes published)", HEAL_SECONDS,
                  lambda: quiescent(pg, acknowledged), 1.0)
         time.sleep(2)  # the last settles reach the queue
+        # Every relay and consumer says it is live (its machine loops turn) once the faults are over.
+        for role in roles[1:]:
+            port = int(role.env["METRICS_PORT"])
+            status, body = http_get(port, "/health/live")
+            history.record(role.name, "ok" if status == 200 else "fail", "health-live", f"HTTP {status} {body}")
+            if status != 200:
+                die(f"{role.name} /health/live answered {status}: {body}")
 
         for order_id, status in pg.sql("select id, status from orders order by id"):
             history.record("postgres", "ok", "order", f"order={order_id} status={status}")
@@ -463,7 +482,10 @@ def main():
         for role in roles:
             role.stop()
         for name, server in reversed(servers):
-            server.stop()
+            try:
+                server.stop()
+            except Exception as error:  # go on: the other servers must not outlive the run
+                log(f"could not stop {name}: {error}")
         if ok and ENV.get("ORDERPIPELINE_CHAOS_KEEP") != "1":
             shutil.rmtree(state, ignore_errors=True)
         else:
