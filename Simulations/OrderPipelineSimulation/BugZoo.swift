@@ -14,6 +14,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
     case unorderedRelays = "unordered-relays"
     case haltingDeadLetters = "halting-dead-letters"
     case claimWhileCutOff = "claim-while-cut-off"
+    case refusalsPermanent = "refusals-permanent"
 
     public var summary: String {
         switch self {
@@ -27,6 +28,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .unorderedRelays: "relays claim with SKIP LOCKED but without head-of-line, so one order's events overtake each other"
         case .haltingDeadLetters: "the consumer retries a poison record's copy to the dead-letter topic forever, halting its partitions"
         case .claimWhileCutOff: "a relay that cannot reach its broker keeps claiming rows and failing them, starving healthy relays"
+        case .refusalsPermanent: "every Service Bus refusal dead-letters the row, server-busy and expired tokens included"
         }
     }
 
@@ -39,7 +41,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .optimisticInbox: variants.optimisticInbox = true
         case .idCursor: variants.idCursor = true
         case .unorderedRelays: variants.claimWithoutHeadOfLine = true
-        case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff: break
+        case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff, .refusalsPermanent: break
         }
         return variants
     }
@@ -54,6 +56,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case (.optimisticInbox, .consumer, let consumer as FulfilmentConsumer): OptimisticInboxConsumer(inner: consumer)
         case (.haltingDeadLetters, .consumer, let consumer as FulfilmentConsumer):
             FulfilmentConsumer(configuration: with(consumer.configuration) { $0.deadLetterForwardAttempts = .max }, seed: seed)
+        case (.refusalsPermanent, .relay(.serviceBus), let relay as OutboxRelay): PermanentRefusalsRelay(inner: relay)
         case (.claimWhileCutOff, .relay, let relay as OutboxRelay):
             OutboxRelay(configuration: with(relay.configuration) { $0.backOffWhileBrokerUnreachable = false }, seed: seed)
         default: machine
@@ -188,5 +191,19 @@ struct OptimisticInboxConsumer: PipelineMachine {
     private mutating func track(_ effects: [Effect]) -> [Effect] {
         for case .store(let ticket, .fulfil(let fulfilment)) in effects { work[ticket] = fulfilment }
         return effects
+    }
+}
+
+/// refusals-permanent: the adapter's old mapping — every `rejected` disposition is a permanent failure.
+struct PermanentRefusalsRelay: PipelineMachine {
+    var inner: OutboxRelay
+
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        guard case .published(let ticket, let outcomes) = input else { return inner.handle(input, now: now) }
+        let judged = outcomes.map { outcome -> PublishOutcome in
+            if case .refused(let condition, let description) = outcome { return .failed(retriable: false, reason: "\(condition): \(description)") }
+            return outcome
+        }
+        return inner.handle(.published(ticket, judged), now: now)
     }
 }

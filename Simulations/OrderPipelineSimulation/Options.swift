@@ -35,6 +35,9 @@ public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable, Cod
     case deadLetterTopicDown = "dead-letter-topic-down"
     /// One relay reaches PostgreSQL but not its broker for a window, while the other nodes are healthy.
     case partialPartition = "partial-partition"
+    /// Service Bus refuses a send with a condition that passes: `com.microsoft:server-busy`, a quota momentarily
+    /// exceeded, an expired token being refreshed, an internal error.
+    case transientRefusal = "transient-refusal"
 
     public static func < (lhs: FaultKind, rhs: FaultKind) -> Bool { lhs.index < rhs.index }
     public var index: Int { FaultKind.allCases.firstIndex(of: self)! }
@@ -51,7 +54,7 @@ public enum FaultProfile: String, CaseIterable, Sendable {
         case .outage: [.databaseOutage, .kafkaOutage, .serviceBusOutage, .commitUnknown, .produceTimeout, .sendTimeout]
         case .duplicates: [.duplicateDelivery, .duplicateRequest, .rebalance, .poison]
         // Poison too: a dead-letter topic that is down matters only when there is something to dead-letter.
-        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .poison]
+        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .transientRefusal, .poison]
         case .all: FaultKind.allCases
         }
     }
@@ -86,6 +89,8 @@ public struct FaultRates: Sendable, Hashable, Codable {
     public var storeFailure = 0.01
     /// Windows during the safety phase in which one relay cannot reach its broker.
     public var partialPartitions = 2
+    /// Per Service Bus send.
+    public var transientRefusal = 0.02
     public init() {}
 
     /// Replay files written before a rate existed leave it out: it takes its default.
@@ -109,6 +114,7 @@ public struct FaultRates: Sendable, Hashable, Codable {
         clockSteps = try rate(.clockSteps, d.clockSteps)
         storeFailure = try rate(.storeFailure, d.storeFailure)
         partialPartitions = try rate(.partialPartitions, d.partialPartitions)
+        transientRefusal = try rate(.transientRefusal, d.transientRefusal)
     }
 }
 
@@ -175,6 +181,7 @@ extension SimulationOptions {
         rates.clockSteps = Int(draw.int(in: 0...4))
         rates.storeFailure = scale(rates.storeFailure)
         rates.partialPartitions = Int(draw.int(in: 1...3))
+        rates.transientRefusal = scale(rates.transientRefusal)
         options.rates = rates
         options.apiInstances = Int(draw.int(in: 1...3))
         options.relays = Int(draw.int(in: 1...4))

@@ -61,6 +61,7 @@ extension World {
         case .duplicateRequest: p = rates.duplicateRequest
         case .rebalance: p = rates.rebalanceBeforeCommit
         case .storeFailure: p = rates.storeFailure
+        case .transientRefusal: p = rates.transientRefusal
         case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison, .clockSkew, .deadLetterTopicDown, .partialPartition: p = 0
         }
         return faultRandom.chance(p) && permit(kind)

@@ -58,6 +58,15 @@ struct SimulatedPerformers: EffectPerformers {
 }
 
 extension World {
+    /// Refusals Azure Service Bus answers for reasons that pass.
+    static let transientRefusals = [
+        ("com.microsoft:server-busy", "The server is busy. Please retry the operation."),
+        ("amqp:resource-limit-exceeded", "The quota of the namespace was exceeded."),
+        ("amqp:unauthorized-access", "The token has expired."),
+        ("amqp:internal-error", "The service was unable to process the request."),
+        ("com.microsoft:timeout", "The operation did not complete within the allotted timeout."),
+    ]
+
     /// Hands an effect to its server after a network delay.
     func send(_ effect: Effect, from index: Int, incarnation: Int, latency range: ClosedRange<Int64>, _ reservation: PostgresModel.Reservation = .init()) {
         queue.schedule(at: now + latency(range), .apply(node: index, incarnation: incarnation, effect, reservation))
@@ -210,6 +219,12 @@ extension World {
             fired(.serviceBusOutage, "\(node.name) send refused")
             history.record(now, node.name, .fail, "publish", "service bus unavailable")
             return rows.map { _ in .failed(retriable: true, reason: "service bus unavailable") }
+        }
+        if roll(.transientRefusal) {
+            let (condition, description) = World.transientRefusals[Int(faultRandom.below(UInt64(World.transientRefusals.count)))]
+            fired(.transientRefusal, "\(node.name) send refused: \(condition)")
+            history.record(now, node.name, .fail, "publish", "refused (\(condition))")
+            return rows.map { _ in .refused(condition: condition, description: description) }
         }
         let timedOut = roll(.sendTimeout)
         var outcomes: [PublishOutcome] = []

@@ -538,14 +538,19 @@ final class AMQPEngine: @unchecked Sendable {
         case UInt64(PN_ACCEPTED):
             outcome = .delivered
         default:
-            var reason = remote == UInt64(PN_REJECTED) ? "rejected" : remote == UInt64(PN_RELEASED) ? "released" : "modified"
-            if let condition = pn_disposition_condition(pn_delivery_remote(delivery)), pn_condition_is_set(condition) {
-                let name = pn_condition_get_name(condition).map { String(cString: $0) } ?? ""
-                let description = pn_condition_get_description(condition).map { String(cString: $0) } ?? ""
-                reason += " (\(name): \(description))"
+            var condition = ""
+            var description = ""
+            if let error = pn_disposition_condition(pn_delivery_remote(delivery)), pn_condition_is_set(error) {
+                condition = pn_condition_get_name(error).map { String(cString: $0) } ?? ""
+                description = pn_condition_get_description(error).map { String(cString: $0) } ?? ""
             }
-            // Rejected is the broker refusing this message; released/modified mean "not taken, try again".
-            outcome = .failed(retriable: remote != UInt64(PN_REJECTED), reason: reason)
+            if remote == UInt64(PN_REJECTED) {
+                // The broker refused this message; the relay machine judges the condition (`Refusal`).
+                outcome = .refused(condition: condition.isEmpty ? "amqp:rejected" : condition, description: description)
+            } else {
+                // Released / modified: "not taken, try again".
+                outcome = .failed(retriable: true, reason: remote == UInt64(PN_RELEASED) ? "released" : "modified")
+            }
         }
         pn_delivery_settle(delivery)
         let pending = state.withLock { $0.inflight.removeValue(forKey: token) }

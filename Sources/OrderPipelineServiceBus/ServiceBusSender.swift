@@ -7,7 +7,9 @@ import OrderPipelineCore
 /// on), `subject` = the event type, `content-type` = `application/json`, application properties `orderId` and
 /// `eventType` (and, when the row has a trace, `traceparent` and `Diagnostic-Id`, both the W3C value, as Azure SDKs
 /// send them), the event JSON as the body. Outcomes come from the dispositions: accepted → `.delivered`;
-/// rejected → a permanent failure with the condition; released / modified → a retriable failure; no disposition
+/// rejected → `.refused` with its condition, which the relay machine judges (`Refusal`: server-busy, quota, an
+/// expired token are retried; message too large, entity missing are dead-lettered); released / modified → a
+/// retriable failure; no disposition
 /// in time (or the connection lost meanwhile) → `.unknown`. The messages of a batch are sent at once and their
 /// dispositions awaited concurrently.
 public final class ServiceBusSender: Sendable {

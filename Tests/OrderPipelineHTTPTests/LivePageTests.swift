@@ -102,20 +102,18 @@ struct LivePageTests {
 
     /// Does what the relays and the consumer do for every pending row: publish the Kafka outbox, fulfil, send.
     func drive(_ fixture: APIFixture, rejectKafka: Bool = false) async throws {
-        let now = WallClock.now()
-        guard case .claimed(let rows) = try await perform(fixture, .claimOutbox(.init(outbox: .kafka, owner: "t", limit: 10, now: now, leaseUntil: now + .seconds(30)))) else { return }
+        guard case .claimed(let rows) = try await perform(fixture, .claimOutbox(.init(outbox: .kafka, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
         if rejectKafka {
-            _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", now: now, rejections: rows.map { .init(sequence: $0.sequence, reason: "message too large") })))
+            _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", rejections: rows.map { .init(sequence: $0.sequence, reason: "message too large") })))
             return
         }
-        _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", now: now, published: rows.map(\.sequence))))
+        _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", published: rows.map(\.sequence))))
         for row in rows {
             guard case .success(let envelope) = EventEnvelope.decode(row.event.payload) else { throw LiveTestFailure("undecodable row") }
             _ = try await perform(fixture, .fulfil(Fulfilment(envelope: envelope, at: WallClock.now())))
         }
-        let later = WallClock.now()
-        guard case .claimed(let sent) = try await perform(fixture, .claimOutbox(.init(outbox: .serviceBus, owner: "t", limit: 10, now: later, leaseUntil: later + .seconds(30)))) else { return }
-        _ = try await perform(fixture, .settleOutbox(.init(outbox: .serviceBus, owner: "t", now: later, published: sent.map(\.sequence))))
+        guard case .claimed(let sent) = try await perform(fixture, .claimOutbox(.init(outbox: .serviceBus, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
+        _ = try await perform(fixture, .settleOutbox(.init(outbox: .serviceBus, owner: "t", published: sent.map(\.sequence))))
     }
 
     @Test("GET /ui is one self-contained document: inline only, a CSP that forbids anything external")

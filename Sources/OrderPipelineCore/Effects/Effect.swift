@@ -42,6 +42,23 @@ public enum PublishOutcome: Hashable, Sendable {
     /// No answer in time: the broker may have taken it. Treated like a retriable failure; re-sent copies carry the
     /// same event id and are removed downstream.
     case unknown(String)
+    /// The broker answered with a refusal and its condition (an AMQP `rejected` disposition's error condition).
+    /// The adapter does not judge it: the relay classifies it (`Refusal.isTransient`).
+    case refused(condition: String, description: String)
+}
+
+/// How a relay judges a broker's refusal. Azure Service Bus refuses for reasons that pass — the service is busy, a
+/// quota is momentarily exceeded, a token expired and is being refreshed, an internal error or timeout — and for
+/// reasons that do not — the message is too large, the entity does not exist or is disabled, the operation is not
+/// allowed. Only the second kind dead-letters a row; an unknown condition is retried (a row parked by mistake
+/// would need a manual replay, possibly outside the duplicate-detection window).
+public enum Refusal {
+    public static let permanentConditions: [String] = [
+        "amqp:link:message-size-exceeded", "amqp:not-allowed", "amqp:not-found", "amqp:decode-error",
+        "amqp:invalid-field", "amqp:not-implemented", "com.microsoft:entity-disabled", "com.microsoft:message-lock-lost",
+    ]
+
+    public static func isTransient(_ condition: String) -> Bool { !permanentConditions.contains(condition) }
 }
 
 /// A record as the consumer receives it from Kafka.

@@ -20,8 +20,10 @@ public struct OutboxRelay: Sendable {
         public var pollInterval: Duration = .seconds(1)
         /// Backoff of a row whose publish failed (by its attempts) and of failed store calls.
         public var backoff = Backoff()
-        /// After a batch of which nothing was delivered (the broker is unreachable from here), wait a backoff before
-        /// claiming again, so a relay cut from its broker leaves the outbox to the relays that can reach theirs.
+        /// After a batch of which nothing was delivered (the broker may be unreachable from here, not the rows at
+        /// fault) the relay hands the rows back due at once, waits a growing backoff before its next claim, and until
+        /// a delivery succeeds ignores NOTIFYs and claims one row at a time (a probe): a relay cut from its broker
+        /// leaves the outbox to the relays that can reach theirs, and never pushes rows into their future.
         public var backOffWhileBrokerUnreachable = true
 
         public init(outbox: OutboxKind, owner: String) {
@@ -66,6 +68,9 @@ public struct OutboxRelay: Sendable {
 
     public var isIdle: Bool { phase == .idle }
 
+    /// Nothing got through on the latest batch: the broker may be unreachable from here.
+    private var suspectsBroker: Bool { configuration.backOffWhileBrokerUnreachable && brokerFailures > 0 }
+
     public mutating func handle(_ input: Input, now: Instant) -> [Effect] {
         switch input {
         case .start:
@@ -73,7 +78,7 @@ public struct OutboxRelay: Sendable {
             brokerFailures = 0
             return perform(.release, now: now)
         case .wake:
-            guard phase == .idle else { return [] }
+            guard phase == .idle, !suspectsBroker else { return [] }
             return [.cancelTimer(.poll)] + perform(.claim, now: now)
         case .timer(.poll):
             guard phase == .idle else { return [] }
@@ -101,7 +106,7 @@ public struct OutboxRelay: Sendable {
         case .release:
             return [.store(ticket, .releaseClaims(outbox: c.outbox, owner: c.owner))]
         case .claim:
-            return [.store(ticket, .claimOutbox(OutboxClaim(outbox: c.outbox, owner: c.owner, limit: c.batchSize, lease: c.lease)))]
+            return [.store(ticket, .claimOutbox(OutboxClaim(outbox: c.outbox, owner: c.owner, limit: suspectsBroker ? 1 : c.batchSize, lease: c.lease)))]
         case .publish(let rows):
             return [.publish(ticket, c.channel, rows)]
         case .settle(let settlement):
@@ -157,10 +162,23 @@ public struct OutboxRelay: Sendable {
                 let delay = configuration.backoff.delay(attempt: row.attempts, using: &random)
                 settlement.retries.append(.init(sequence: row.sequence, delay: delay, error: reason))
                 notes.append(.note(.publishRetry(channel, sequence: row.sequence, reason: reason)))
+            case .refused(let condition, let description) where Refusal.isTransient(condition):
+                let delay = configuration.backoff.delay(attempt: row.attempts, using: &random)
+                let reason = "refused (\(condition)): \(description)"
+                settlement.retries.append(.init(sequence: row.sequence, delay: delay, error: reason))
+                notes.append(.note(.publishRetry(channel, sequence: row.sequence, reason: reason)))
+            case .refused(let condition, let description):
+                let reason = "refused (\(condition)): \(description)"
+                settlement.rejections.append(.init(sequence: row.sequence, reason: reason))
+                notes.append(.note(.deadLettered(channel, sequence: row.sequence, reason: reason)))
             case .failed(retriable: false, let reason):
                 settlement.rejections.append(.init(sequence: row.sequence, reason: reason))
                 notes.append(.note(.deadLettered(channel, sequence: row.sequence, reason: reason)))
             }
+        }
+        if configuration.backOffWhileBrokerUnreachable, settlement.published.isEmpty, settlement.rejections.isEmpty {
+            // Nothing got through: suspect this relay's broker, not the rows. Others may take them at once.
+            for index in settlement.retries.indices { settlement.retries[index].delay = .zero }
         }
         return notes + perform(.settle(settlement), now: now)
     }
