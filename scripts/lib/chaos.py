@@ -224,8 +224,13 @@ class RabbitMQ:
         self.signal(signal.SIGKILL)
         self.proc.wait()
         epmd = shutil.which("epmd") or next(iter(sorted(__import__("glob").glob("/usr/lib/erlang/erts-*/bin/epmd"))), None)
-        if epmd:
-            subprocess.run([epmd, "-kill"], env=dict(ENV, ERL_EPMD_PORT=str(EPMD_PORT)), capture_output=True)
+        if epmd:  # epmd refuses -kill while the dead node is still registered: wait (bounded) until it is not
+            env = dict(ENV, ERL_EPMD_PORT=str(EPMD_PORT))
+            names = lambda: subprocess.run([epmd, "-names"], env=env, capture_output=True, text=True).stdout
+            wait_for_quietly = time.monotonic() + 10
+            while "name " in names() and time.monotonic() < wait_for_quietly:
+                time.sleep(0.2)
+            subprocess.run([epmd, "-kill"], env=env, capture_output=True)
 
 
 # --- the pipeline's processes -------------------------------------------------------------------------------
