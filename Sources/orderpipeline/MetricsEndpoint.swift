@@ -17,7 +17,7 @@ enum MetricsEndpoint {
                          (unset: no endpoint; serve/all use /metrics of the API)
           METRICS_HOST   address it binds (default 127.0.0.1)
           LIVENESS_STALL_SECONDS  /health/live answers 503 when a machine loop awaits an answer
-                         and has not turned for this long (default 30)
+                         and has heard nothing back for this long (default 30)
         """
 
     static func service(
