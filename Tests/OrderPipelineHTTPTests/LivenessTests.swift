@@ -21,34 +21,43 @@ struct LivenessTests {
         func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] { [] }
     }
 
-    /// Runs a relay loop over `store` for `seconds`, then answers the loop's liveness report and stops it.
-    func report(store: Store, after seconds: Duration, stall: Double) async -> (live: Bool, json: String) {
+    /// Runs a relay loop over `store` until `done` holds for its snapshot (at most 30 s: a loaded machine starts the
+    /// loop late), then answers whether it held, the last liveness report, and stops the loop.
+    func watch(store: Store, stall: Double, until done: (LoopProgress.Snapshot, _ registeredFor: Duration) -> Bool) async -> (held: Bool, live: Bool, json: String) {
         let name = "relay-test-\(UInt32.random(in: 0...UInt32.max))"
         let loop = MachineLoop(name: name)
         let relay = OutboxRelay(configuration: .init(outbox: .kafka, owner: name), seed: 1)
         let observer = NoteObserver(logger: Logger(label: "test.liveness"), metrics: PipelineMetrics())
         let running = Task { await loop.run(relay, performers: Performers(store: store, publisher: Publisher()), observer: observer) }
-        try? await Task.sleep(for: seconds)
-        let mine = Liveness.shared.snapshots.filter { $0.name == name }
-        #expect(mine.count == 1, "the loop is registered while it runs")
-        let live = mine.allSatisfy { $0.snapshot.live(stallSeconds: stall) }
+        let deadline = ContinuousClock.now + .seconds(30)
+        var held = false
+        var snapshot: LoopProgress.Snapshot?
+        var registered: ContinuousClock.Instant?
+        while !held, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(100))
+            snapshot = Liveness.shared.snapshots.first { $0.name == name }?.snapshot
+            if snapshot != nil, registered == nil { registered = .now }
+            if let snapshot, let registered { held = done(snapshot, .now - registered) }
+        }
+        let live = snapshot?.live(stallSeconds: stall) ?? false
         let json = Liveness.shared.report(stallSeconds: stall).json
         loop.stop()
         running.cancel()
         await running.value
         #expect(!Liveness.shared.snapshots.contains { $0.name == name }, "the loop is gone once it stopped")
-        return (live, json)
+        return (held, live, json)
     }
 
     @Test func aLoopWaitingForeverOnItsStoreIsStuck() async {
-        let (live, json) = await report(store: Store(hang: true), after: .milliseconds(2500), stall: 1)
-        #expect(!live)
+        let (held, live, json) = await watch(store: Store(hang: true), stall: 1) { snapshot, _ in !snapshot.live(stallSeconds: 1) }
+        #expect(held && !live, "never reported stuck: \(json)")
         #expect(json.contains(#""awaiting":1,"#), "\(json)")
         #expect(json.contains(#""status":"stuck""#), "\(json)")
     }
 
     @Test func aLoopBackingOffFromAnOutageIsLive() async {
-        let (live, json) = await report(store: Store(hang: false), after: .milliseconds(2500), stall: 1)
-        #expect(live, "\(json)")
+        // Its store fails at once, again and again (backing off in between): well past the bound, still live.
+        let (held, live, json) = await watch(store: Store(hang: false), stall: 5) { _, registeredFor in registeredFor > .seconds(6) }
+        #expect(held && live, "\(json)")
     }
 }
