@@ -32,6 +32,7 @@ struct OrderSim: ParsableCommand {
     @Option(help: "Directory for replay files of failing seeds.") var failuresDir: String = "."
     @Option(help: "Save the (single) seed as a replay file with the verdict it gave, e.g. for fixtures/.") var saveReplay: String?
     @Option(help: "Run seeds on this many cores (default: all); the output is the same for any number.") var jobs: Int?
+    @Option(help: "Check the history of a real run (scripts/chaos) against the same invariants; print its summary.") var checkHistory: String?
 
     func validate() throws {
         guard faults == "swarm" || FaultProfile(rawValue: faults) != nil else {
@@ -58,6 +59,7 @@ struct OrderSim: ParsableCommand {
             return
         }
         if let replay { return try runReplay(replay) }
+        if let checkHistory { return try runHistoryCheck(checkHistory) }
         var options = SimulationOptions()
         options.orders = orders
         options.faults = FaultProfile(rawValue: faults)?.kinds ?? []
@@ -72,6 +74,17 @@ struct OrderSim: ParsableCommand {
         let report = runSeeds(options, from: first, count: seeds)
         if shrink, let failure = report.failures.first { shrinkAndReport(failure) }
         if !report.failures.isEmpty { throw ExitCode(1) }
+    }
+
+    private func runHistoryCheck(_ path: String) throws {
+        let report: HistoryCheck.Report
+        do { report = HistoryCheck.check(try HistoryCheck.parse(jsonLines: String(contentsOfFile: path, encoding: .utf8))) } catch {
+            FileHandle.standardError.write(Data("error: cannot read the history \(path): \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        for violation in report.violations.prefix(50) { say("VIOLATION \(violation)") }
+        say(report.summary)
+        if !report.violations.isEmpty { throw ExitCode(1) }
     }
 
     private func runReplay(_ path: String) throws {

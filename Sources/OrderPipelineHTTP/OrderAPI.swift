@@ -159,6 +159,8 @@ public struct OrderAPI: Sendable {
         for kind in OutboxKind.allCases {
             if let pending = try? await reads.pendingOutbox(kind) {
                 metrics.setOutbox(kind, pending: pending.count, oldestAgeSeconds: pending.oldestAgeSeconds)
+            } else {
+                metrics.forgetOutbox(kind)  // absent, not stale
             }
         }
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

@@ -24,6 +24,9 @@ public final class KafkaConsumer: Sendable {
     private let commits = CommandQueue<Commit>()
     private let threadsDone = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     private let lagByPartition = Mutex<[Int32: Int64]>([:])
+    /// The next offset to read as committed to the group, per assigned partition (what a restart resumes from):
+    /// this member's successful commits, or the group's, asked once per partition after an assignment.
+    private let committedOffsets = Mutex<[Int32: Int64]>([:])
 
     private struct Shared {
         var generation: Int64 = 0
@@ -119,12 +122,15 @@ public final class KafkaConsumer: Sendable {
 
     var currentGeneration: Int64 { shared.withLock { $0.generation } }
 
-    /// Records behind the partitions' high watermarks, per assigned partition (from librdkafka's cached
-    /// watermarks, refreshed about once a second by the poll thread).
+    /// Records behind the partitions' high watermarks counted from the committed offset (the work not yet done
+    /// for good, what a restart would fetch again), per assigned partition whose committed offset is known;
+    /// refreshed about once a second by the poll thread from librdkafka's cached watermarks.
     public var lag: [Int32: Int64] { lagByPartition.withLock { $0 } }
 
     fileprivate func newGeneration() -> Int64 {
-        shared.withLock { state in
+        committedOffsets.withLock { $0 = [:] }
+        lagByPartition.withLock { $0 = [:] }  // revoked partitions lose their gauge at once
+        return shared.withLock { state in
             state.generation += 1
             return state.generation
         }
@@ -187,17 +193,32 @@ public final class KafkaConsumer: Sendable {
         var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
         guard rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment else { return }
         defer { rd_kafka_topic_partition_list_destroy(assignment) }
-        rd_kafka_position(rk, assignment)
+        var committed = committedOffsets.withLock { $0 }
+        let unknown = (0..<Int(assignment.pointee.cnt)).contains { committed[assignment.pointee.elems[$0].partition] == nil }
+        // Asks the group coordinator (bounded: 500 ms) only for a partition this member has not committed yet.
+        let asked = unknown && rd_kafka_committed(rk, assignment, 500) == RD_KAFKA_RESP_ERR_NO_ERROR
         var lag: [Int32: Int64] = [:]
         for index in 0..<Int(assignment.pointee.cnt) {
             let element = assignment.pointee.elems[index]
             var low: Int64 = 0
             var high: Int64 = 0
             guard rd_kafka_get_watermark_offsets(rk, element.topic, element.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else { continue }
-            let position = element.offset >= 0 ? element.offset : low
+            if committed[element.partition] == nil, asked, element.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                // No commit yet in the group: the consumer starts from the earliest record.
+                let offset = element.offset >= 0 ? element.offset : low
+                committed[element.partition] = offset
+                noteCommitted([PartitionOffset(partition: element.partition, offset: offset)])
+            }
+            guard let position = committed[element.partition] else { continue }  // unknown: no gauge rather than a guess
             lag[element.partition] = max(0, high - position)
         }
         lagByPartition.withLock { $0 = lag }
+    }
+
+    private func noteCommitted(_ offsets: [PartitionOffset]) {
+        committedOffsets.withLock { known in
+            for offset in offsets { known[offset.partition] = max(known[offset.partition] ?? .min, offset.offset) }
+        }
     }
 
     private func answer(_ ticket: Ticket, _ records: [ConsumedRecord], _ state: ConsumerThreadState) {
@@ -263,6 +284,7 @@ public final class KafkaConsumer: Sendable {
         let code = rd_kafka_commit(handle.rk, list, 0)
         switch code {
         case RD_KAFKA_RESP_ERR_NO_ERROR, RD_KAFKA_RESP_ERR__NO_OFFSET:
+            noteCommitted(commit.offsets)
             logger.debug("Committed offsets", metadata: ["kafka.offsets": "\(commit.offsets.map { "\($0.partition)@\($0.offset)" })"])
             return .committed
         case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS, RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION, RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID,

@@ -78,8 +78,12 @@ public final class MachineLoop: Sendable {
 
     private let events: AsyncStream<Event>
     private let continuation: AsyncStream<Event>.Continuation
+    /// Last turn and requests awaited, for `/health/live` (the loop is listed in `Liveness.shared` while it runs).
+    public let progress = LoopProgress()
+    private let name: String
 
-    public init() {
+    public init(name: String = "machine") {
+        self.name = name
         (events, continuation) = AsyncStream.makeStream(of: Event.self)
     }
 
@@ -92,8 +96,11 @@ public final class MachineLoop: Sendable {
         _ machine: Machine, performers: Performers, observer: NoteObserver, clock: @escaping @Sendable () -> Instant = WallClock.now
     ) async {
         var runner = MachineRunner(machine)
-        var live = LivePerformers(performers: performers, observer: observer, clock: clock)
+        var live = LivePerformers(performers: performers, observer: observer, clock: clock, progress: progress)
         let continuation = self.continuation
+        let progress = self.progress
+        Liveness.shared.register(name, progress)
+        defer { Liveness.shared.unregister(progress) }
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 func launch() {
@@ -101,11 +108,16 @@ public final class MachineLoop: Sendable {
                     live.jobs.removeAll()
                 }
                 runner.handle(.start, now: clock(), performers: &live)
+                progress.turned(after: nil)
                 launch()
                 for await event in events {
                     switch event {
-                    case .input(let input): runner.handle(input, now: clock(), performers: &live)
-                    case let .timer(id, token): runner.timerFired(id, token: token, now: clock(), performers: &live)
+                    case .input(let input):
+                        runner.handle(input, now: clock(), performers: &live)
+                        progress.turned(after: input)
+                    case let .timer(id, token):
+                        runner.timerFired(id, token: token, now: clock(), performers: &live)
+                        progress.turned(after: nil)
                     }
                     launch()
                 }
@@ -126,30 +138,36 @@ struct LivePerformers: EffectPerformers {
     let performers: Performers
     let observer: NoteObserver
     let clock: @Sendable () -> Instant
+    let progress: LoopProgress
     var jobs: [Job] = []
 
     mutating func store(_ command: StoreCommand, ticket: Ticket) {
         guard let store = performers.store else { return observe(.unexpected("store \(command.name): no store")) }
+        progress.requested()
         jobs.append { .input(.stored(ticket, await store.perform(command))) }
     }
 
     mutating func publish(_ messages: [OutboxMessage], to channel: Channel, ticket: Ticket) {
         guard let publisher = performers.publisher else { return observe(.unexpected("publish to \(channel.rawValue): no publisher")) }
+        progress.requested()
         jobs.append { .input(.published(ticket, await publisher.publish(messages))) }
     }
 
     mutating func forwardDeadLetter(_ record: ConsumedRecord, reason: String, ticket: Ticket) {
         guard let deadLetters = performers.deadLetters else { return observe(.unexpected("forwardDeadLetter: no producer")) }
+        progress.requested()
         jobs.append { .input(.published(ticket, [await deadLetters.forward(record, reason: reason)])) }
     }
 
     mutating func fetch(max: Int, ticket: Ticket) {
         guard let group = performers.group else { return observe(.unexpected("fetch: no consumer")) }
+        progress.requested()
         group.fetch(ticket, max: max)
     }
 
     mutating func commit(_ offsets: [PartitionOffset], generation: Int64, ticket: Ticket) {
         guard let group = performers.group else { return observe(.unexpected("commitOffsets: no consumer")) }
+        progress.requested()
         group.commit(ticket, offsets, generation: generation)
     }
 

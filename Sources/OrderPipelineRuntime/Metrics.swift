@@ -9,25 +9,31 @@ public final class PipelineMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     /// swift-metrics' view of the registry: the pipeline's own counters are made through it (`NoteObserver`).
     public let factory: PrometheusMetricsFactory
-    private let pending: [OutboxKind: Prometheus.Gauge]
-    private let oldest: [OutboxKind: Prometheus.Gauge]
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
         factory = PrometheusMetricsFactory(registry: registry)
-        var pending: [OutboxKind: Prometheus.Gauge] = [:]
-        var oldest: [OutboxKind: Prometheus.Gauge] = [:]
-        for kind in OutboxKind.allCases {
-            pending[kind] = registry.makeGauge(name: "orderpipeline_outbox_pending", labels: [("outbox", kind.rawValue)], help: "Unpublished, not dead-lettered outbox rows")
-            oldest[kind] = registry.makeGauge(name: "orderpipeline_outbox_oldest_unpublished_age_seconds", labels: [("outbox", kind.rawValue)], help: "Age of the oldest unpublished outbox row")
-        }
-        self.pending = pending
-        self.oldest = oldest
     }
 
     public func setOutbox(_ kind: OutboxKind, pending count: Int, oldestAgeSeconds: Double) {
-        pending[kind]?.set(Double(count))
-        oldest[kind]?.set(oldestAgeSeconds)
+        pendingGauge(kind).set(Double(count))
+        oldestGauge(kind).set(oldestAgeSeconds)
+    }
+
+    /// The outbox could not be read: its gauges disappear until the next successful read (a stale value would
+    /// claim the outbox was fine).
+    public func forgetOutbox(_ kind: OutboxKind) {
+        registry.unregisterGauge(pendingGauge(kind))
+        registry.unregisterGauge(oldestGauge(kind))
+    }
+
+    // The registry hands back the same gauge for the same name and labels.
+    private func pendingGauge(_ kind: OutboxKind) -> Prometheus.Gauge {
+        registry.makeGauge(name: "orderpipeline_outbox_pending", labels: [("outbox", kind.rawValue)], help: "Unpublished, not dead-lettered outbox rows")
+    }
+
+    private func oldestGauge(_ kind: OutboxKind) -> Prometheus.Gauge {
+        registry.makeGauge(name: "orderpipeline_outbox_oldest_unpublished_age_seconds", labels: [("outbox", kind.rawValue)], help: "Age of the oldest unpublished outbox row")
     }
 
     /// Prometheus text exposition format.

@@ -32,7 +32,7 @@ public struct RelayService: Service {
     }
 
     public func run() async throws {
-        let loop = MachineLoop()
+        let loop = MachineLoop(name: "relay-\(outbox.rawValue)")
         let relay = OutboxRelay(configuration: .init(outbox: outbox, owner: "\(owner)-\(outbox.rawValue)"), seed: UInt64.random(in: 0...UInt64.max))
         var logger = logger
         logger[metadataKey: "outbox"] = "\(outbox.rawValue)"
@@ -91,7 +91,7 @@ public struct ConsumerService: Service {
     }
 
     public func run() async throws {
-        let loop = MachineLoop()
+        let loop = MachineLoop(name: "consumer")
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger, sink: { loop.deliver($0) })
         var machineConfiguration = FulfilmentConsumer.Configuration()
         machineConfiguration.topic = configuration.topic
@@ -107,12 +107,18 @@ public struct ConsumerService: Service {
         logger.info("Fulfilment consumer stopped")
     }
 
-    /// Records behind the high watermark per partition, as the consumer measures them, every 2 s.
+    /// Records behind the high watermark per partition, counted from the committed offset, every 2 s. A partition
+    /// that is no longer assigned (or whose committed offset is not known) loses its gauge: no stale value.
     private func reportLag(of consumer: KafkaConsumer) async {
+        var shown: Set<Int32> = []
+        func gauge(_ partition: Int32) -> Gauge {
+            Gauge(label: "orderpipeline_consumer_lag", dimensions: [("partition", String(partition))], factory: metrics.factory)
+        }
         while !Task.isCancelled {
-            for (partition, lag) in consumer.lag {
-                Gauge(label: "orderpipeline_consumer_lag", dimensions: [("partition", String(partition))], factory: metrics.factory).record(lag)
-            }
+            let lag = consumer.lag
+            for partition in shown.subtracting(lag.keys) { gauge(partition).destroy() }
+            for (partition, records) in lag { gauge(partition).record(records) }
+            shown = Set(lag.keys)
             try? await Task.sleep(for: .seconds(2))
         }
     }

@@ -1,0 +1,94 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import OrderPipelineCore
+import Synchronization
+
+/// Whether a `MachineLoop` is making progress, for `/health/live`: when it last handled an input ("turned"), how
+/// many requests (store, publish, dead-letter, fetch, commit — not timers) await their answer, and since when it
+/// has heard nothing back while awaiting. A loop that awaits a request and has had no answer for longer than the
+/// stall bound is stuck — however often its timers fire (they are not progress): every effect has its own deadline
+/// (statement timeout 5 s, message and send timeouts 10 s, fetch wait 0.5 s), so a healthy loop always hears back.
+/// An idle loop (nothing awaited, a timer set) is live however long it sleeps: a relay backing off from a broker
+/// outage is not restarted by the orchestrator.
+public final class LoopProgress: Sendable {
+    private let lastTurn = Atomic<Int64>(LoopProgress.monotonicMicroseconds())
+    private let awaiting = Atomic<Int>(0)
+    /// The last answer, or the request that ended an idle spell: the start of the current wait.
+    private let waitingSince = Atomic<Int64>(LoopProgress.monotonicMicroseconds())
+
+    public init() {}
+
+    func requested() {
+        if awaiting.add(1, ordering: .relaxed).oldValue <= 0 { waitingSince.store(Self.monotonicMicroseconds(), ordering: .relaxed) }
+    }
+
+    /// After each handled input; an answer ends the request it answers.
+    func turned(after input: Input?) {
+        let now = Self.monotonicMicroseconds()
+        switch input {
+        case .stored?, .published?, .fetched?, .offsetsCommitted?:
+            awaiting.subtract(1, ordering: .relaxed)
+            waitingSince.store(now, ordering: .relaxed)
+        default: break
+        }
+        lastTurn.store(now, ordering: .relaxed)
+    }
+
+    public struct Snapshot: Sendable, Equatable {
+        public var secondsSinceTurn: Double
+        public var awaiting: Int
+        /// Since the last answer (or the first request after an idle spell).
+        public var secondsWaiting: Double
+        public func live(stallSeconds: Double) -> Bool { awaiting <= 0 || secondsWaiting < stallSeconds }
+    }
+
+    public var snapshot: Snapshot {
+        let now = Self.monotonicMicroseconds()
+        return Snapshot(
+            secondsSinceTurn: Double(now - lastTurn.load(ordering: .relaxed)) / 1_000_000, awaiting: awaiting.load(ordering: .relaxed),
+            secondsWaiting: Double(now - waitingSince.load(ordering: .relaxed)) / 1_000_000)
+    }
+
+    static func monotonicMicroseconds() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &spec)
+        return Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1_000
+    }
+}
+
+/// The running machine loops of this process, by name, for the health endpoint.
+public final class Liveness: Sendable {
+    public static let shared = Liveness()
+    private let loops = Mutex<[(name: String, progress: LoopProgress)]>([])
+
+    public init() {}
+
+    func register(_ name: String, _ progress: LoopProgress) { loops.withLock { $0.append((name, progress)) } }
+    func unregister(_ progress: LoopProgress) { loops.withLock { $0.removeAll { $0.progress === progress } } }
+
+    /// Name and snapshot of every running loop, in start order.
+    public var snapshots: [(name: String, snapshot: LoopProgress.Snapshot)] {
+        loops.withLock { $0.map { ($0.name, $0.progress.snapshot) } }
+    }
+}
+
+extension Liveness {
+    /// The default bound: three times the longest effect deadline (10 s).
+    public static let defaultStallSeconds = 30.0
+
+    /// `/health/live` of `relay`/`consume`: live unless a loop awaits an answer and has heard nothing back for
+    /// `stallSeconds`; the body lists every loop.
+    public func report(stallSeconds: Double) -> (live: Bool, json: String) {
+        let loops = snapshots
+        let live = loops.allSatisfy { $0.snapshot.live(stallSeconds: stallSeconds) }
+        let entries = loops.map { loop in
+            let s = loop.snapshot
+            func rounded(_ seconds: Double) -> Double { (seconds * 1000).rounded() / 1000 }
+            return #"{"name":"\#(loop.name)","live":\#(s.live(stallSeconds: stallSeconds)),"secondsSinceTurn":\#(rounded(s.secondsSinceTurn)),"awaiting":\#(s.awaiting),"secondsWaiting":\#(rounded(s.secondsWaiting))}"#
+        }
+        return (live, #"{"status":"\#(live ? "live" : "stuck")","stallSeconds":\#(stallSeconds),"loops":[\#(entries.joined(separator: ","))]}"#)
+    }
+}
