@@ -45,6 +45,8 @@ public struct FulfilmentConsumer: Sendable {
     /// never committed (the group resets positions to the committed offsets, so it comes again).
     private var recordGeneration: Int64 = -1
     private var failures = 0
+    /// The transaction of the record in hand had an unknown outcome (its COMMIT may have happened).
+    private var unknownOutcome = false
     private var nextTicket: UInt64 = 0
     private var random: SplitMix64
 
@@ -132,6 +134,7 @@ public struct FulfilmentConsumer: Sendable {
             let record = buffer[bufferStart]
             bufferStart += 1
             recordGeneration = generation
+            unknownOutcome = false
             guard partitions.contains(record.partition) else { return next(now: now) }
             switch EventEnvelope.decode(record.value) {
             case .success(let envelope):
@@ -168,6 +171,7 @@ public struct FulfilmentConsumer: Sendable {
         case .failed(let failure):
             return backOff(step, note: .storeRetry("fulfil: \(OrderIntake.describe(failure))"), now: now)
         case .unknown:
+            unknownOutcome = true
             // Maybe committed: the same transaction again either does the work or finds the inbox row.
             return backOff(step, note: .unknownOutcome("fulfil"), now: now)
         case .committed(let reply):
@@ -177,7 +181,11 @@ public struct FulfilmentConsumer: Sendable {
             case .fulfilled:
                 if case .store(_, .fulfil(let f)) = step { notes.append(.note(.fulfilled(f.envelope.orderID))) }
             case .duplicate:
-                if case .store(_, .fulfil(let f)) = step { notes.append(.note(.redeliveryDeduplicated(f.envelope.id))) }
+                // After an unknown outcome of this very transaction, the inbox row is (almost always) its own: the
+                // earlier attempt committed, and that fulfilment is counted now, once.
+                if case .store(_, .fulfil(let f)) = step {
+                    notes.append(.note(unknownOutcome && f.envelope.type == .orderCreated ? .fulfilled(f.envelope.orderID) : .redeliveryDeduplicated(f.envelope.id)))
+                }
             case .skipped(let status):
                 if case .store(_, .fulfil(let f)) = step { notes.append(.note(.skipped(f.envelope.orderID, status))) }
             case .deadLettered:
