@@ -120,6 +120,7 @@ extension World {
         }
         if serviceBus.backlog > 0 || downstreamInFlight > 0 { report.serviceBusBacklog = serviceBus.backlog + downstreamInFlight }
         for id in database.orderIDs where database.orders[id]?.status.isFinal != true {
+            if parkedOrders.contains(id) { continue }  // its event was refused for good: parked for an operator
             report.unfulfilledOrders.append("\(id) is \(database.orders[id]!.status.rawValue)")
         }
         return report.isEmpty ? nil : report

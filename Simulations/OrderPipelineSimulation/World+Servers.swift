@@ -75,6 +75,33 @@ extension World {
         ("com.microsoft:timeout", "The operation did not complete within the allotted timeout."),
     ]
 
+    /// A permanent refusal: now and then (a fifth of the transient-refusal chances) the first message of a batch is
+    /// too large for the broker, for good. Its row must be dead-lettered and its order is parked for an operator
+    /// (`orderpipeline outbox replay`): exempt from the fulfilment and downstream invariants, never from the others.
+    /// The batch's other messages are handed over as usual. Nil when nothing in the batch is too large.
+    func refuseOversized(_ rows: [OutboxMessage], outbox: OutboxKind, by node: Node, deliver: ([OutboxMessage]) -> [PublishOutcome]) -> [PublishOutcome]? {
+        // Only a message still unsettled (not one a paused relay re-sends after another relay published it).
+        func unsettled(_ row: OutboxMessage) -> Bool { database.outbox(outbox).row(row.sequence).map { !$0.isSettled } ?? false }
+        if let first = rows.first, options.enabled(.transientRefusal), !inLiveness, !oversized.contains(first.event.id), unsettled(first),
+           faultStreams[FaultKind.transientRefusal.index].chance(options.rates.transientRefusal / 5), permit(.transientRefusal) {
+            oversized.append(first.event.id)
+            if !parkedOrders.contains(first.event.orderID) { parkedOrders.append(first.event.orderID) }
+            fired(.transientRefusal, "\(first.event.summary) is too large for the \(outbox.rawValue) broker, for good")
+        }
+        guard rows.contains(where: { oversized.contains($0.event.id) }) else { return nil }
+        let (condition, description) = outbox == .kafka
+            ? ("kafka:MSG_SIZE_TOO_LARGE", "Broker: Message size too large") : ("amqp:link:message-size-exceeded", "The message is too large.")
+        for row in rows where oversized.contains(row.event.id) && unsettled(row) {
+            let source = "\(outbox.rawValue)-outbox/\(row.sequence)"
+            if !poisonSources.contains(source) { poisonSources.append(source) }
+            history.record(now, node.name, .fail, "publish", "refused (\(condition)): \(row.event.summary)")
+        }
+        // Which rows are refused is fixed before the rest is handed over (that may mark another message too large).
+        let refused = rows.map { oversized.contains($0.event.id) }
+        var others = deliver(zip(rows, refused).filter { !$0.1 }.map(\.0)).makeIterator()
+        return refused.map { $0 ? .refused(condition: condition, description: description) : others.next() ?? .unknown("lost") }
+    }
+
     /// Hands an effect to its server after a network delay.
     func send(_ effect: Effect, from index: Int, incarnation: Int, latency range: ClosedRange<Int64>, _ reservation: PostgresModel.Reservation = .init()) {
         queue.schedule(at: now + latency(range), .apply(node: index, incarnation: incarnation, effect, reservation))
@@ -152,7 +179,7 @@ extension World {
         case let .publish(ticket, channel, rows):
             guard roll(.hang) else { return false }
             var written = 0
-            for row in rows where faultStreams[FaultKind.hang.index].chance(0.5) {
+            for row in rows where faultStreams[FaultKind.hang.index].chance(0.5) && !oversized.contains(row.event.id) {
                 written += 1
                 if channel == .fulfilment {
                     if serviceBus.send(row.event, at: instant) != nil {
@@ -233,6 +260,7 @@ extension World {
             history.record(now, node.name, .fail, "publish", "broker unavailable")
             return rows.map { _ in .failed(retriable: true, reason: "broker unavailable") }
         }
+        if let outcomes = refuseOversized(rows, outbox: .kafka, by: node, deliver: { produce($0, by: node) }) { return outcomes }
         if roll(.transientRefusal) {
             let (condition, description) = World.transientKafkaRefusals[Int(faultStreams[FaultKind.transientRefusal.index].below(UInt64(World.transientKafkaRefusals.count)))]
             fired(.transientRefusal, "\(node.name) produce refused: \(condition)")
@@ -271,6 +299,7 @@ extension World {
             history.record(now, node.name, .fail, "publish", "service bus unavailable")
             return rows.map { _ in .failed(retriable: true, reason: "service bus unavailable") }
         }
+        if let outcomes = refuseOversized(rows, outbox: .serviceBus, by: node, deliver: { sendToServiceBus($0, by: node) }) { return outcomes }
         if roll(.transientRefusal) {
             let (condition, description) = World.transientRefusals[Int(faultStreams[FaultKind.transientRefusal.index].below(UInt64(World.transientRefusals.count)))]
             fired(.transientRefusal, "\(node.name) send refused: \(condition)")

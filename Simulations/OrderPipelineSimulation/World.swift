@@ -86,6 +86,9 @@ public final class World {
     /// Anomalies seen by clients while running (the checker adds the rest at the end).
     public internal(set) var clientViolations: [Violation] = []
     public internal(set) var poisonSources: [String] = []
+    /// Events a broker refuses for good (too large), and the orders they leave parked for an operator.
+    var oversized: [EventID] = []
+    public internal(set) var parkedOrders: [OrderID] = []
     /// Records the broker lost (`record-loss`): a poison record among them can never be dead-lettered.
     public internal(set) var lostSources: [String] = []
     public internal(set) var liveness: LivenessReport?
