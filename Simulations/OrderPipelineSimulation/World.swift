@@ -49,6 +49,9 @@ public final class World {
         var cancelAttempts = 0
         var cancelAnswered = false
         var cancelled = false
+        /// The `traceparent` this client sends with every request, or nil (half the clients): then each request
+        /// starts a new trace.
+        var traceParent: TraceParent?
     }
 
     enum Event {
@@ -105,6 +108,12 @@ public final class World {
     var faultStreams: [SplitMix64]
     var machineSeeds: SplitMix64
     var idRandom: SplitMix64
+    /// Trace ids, drawn the way the HTTP shell draws them (`TraceParent.forRequest`); its own stream, so tracing
+    /// moves no other draw.
+    var traceRandom: SplitMix64
+    /// The trace each create attempt handed to the intake machine, by the order id it drew: the order's events and
+    /// its fulfilment message must carry that trace id (`trace-carried-end-to-end`).
+    var requestTraces: [OrderID: TraceParent] = [:]
     var parkedFetch: [Int: (incarnation: Int, ticket: Ticket)] = [:]
     var outages: [FaultKind: [(start: Int64, end: Int64)]] = [:]
     /// Windows in which one relay cannot reach its broker (`partial-partition`); `end` nil: the partition outlives
@@ -140,6 +149,7 @@ public final class World {
         faultStreams = FaultKind.allCases.map { _ in faultRoot.split() }
         machineSeeds = root.split()
         idRandom = root.split()
+        traceRandom = root.split()
         kafka = KafkaModel(partitionCount: max(1, options.partitions))
         serviceBus = ServiceBusModel(duplicateDetectionWindow: .seconds(600))
         history = History(enabled: options.recordHistory)
@@ -179,6 +189,7 @@ public final class World {
         for i in 0..<options.orders {
             let valid = !workloadRandom.chance(options.invalidRequestShare)
             var client = Client(key: "client-\(i + 1)", body: makeBody(i, valid: valid), valid: valid)
+            if traceRandom.chance(0.5) { client.traceParent = .newTrace(using: &traceRandom) }
             client.wantsCancel = valid && workloadRandom.chance(options.cancelShare)
             clients.append(client)
             // Half the requests arrive on 10 ms boundaries: bursts of concurrent transactions.

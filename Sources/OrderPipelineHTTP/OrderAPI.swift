@@ -70,7 +70,7 @@ public struct OrderAPI: Sendable {
         case .failure(let problem): return problem.response()
         }
         let key = request.headers[.idempotencyKey]
-        let answer = await TraceContext.$current.withValue(Self.trace(request)) { await shell.createOrder(body: body, idempotencyKey: key) }
+        let answer = await shell.createOrder(body: body, idempotencyKey: key, traceParent: Self.traceParent(request))
         switch answer {
         case .created(let order), .replayed(let order):
             var headers = HTTPFields()
@@ -135,7 +135,7 @@ public struct OrderAPI: Sendable {
         case .success(let bytes): body = bytes
         case .failure(let problem): return problem.response()
         }
-        switch await TraceContext.$current.withValue(Self.trace(request), operation: { await shell.changeStatus(id, body: body) }) {
+        switch await shell.changeStatus(id, body: body, traceParent: Self.traceParent(request)) {
         case .statusChanged(let order):
             return Self.json(.ok, order.json)
         case let other:
@@ -176,11 +176,10 @@ public struct OrderAPI: Sendable {
 
     // MARK: helpers
 
-    /// The caller's W3C trace continued by this request's span, or a new trace. It goes with the outbox rows the
-    /// request writes (`TraceContext`), and from there to Kafka and Service Bus.
-    static func trace(_ request: Request) -> TraceParent {
-        var random = SystemRandomNumberGenerator()
-        return request.headers[.traceparent].flatMap { TraceParent($0) }?.child(using: &random) ?? .newTrace(using: &random)
+    /// The caller's W3C `traceparent`, if valid: the intake continues it (`TraceParent.forRequest`) in the events
+    /// the request writes, and from there to Kafka and Service Bus.
+    static func traceParent(_ request: Request) -> TraceParent? {
+        request.headers[.traceparent].flatMap { TraceParent($0) }
     }
 
     func collect(_ request: Request) async -> Result<[UInt8], Problem> {

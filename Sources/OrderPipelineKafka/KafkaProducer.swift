@@ -35,10 +35,7 @@ public final class KafkaProducer: Sendable {
             ProducerSession.Item(
                 key: Array(message.event.orderID.description.utf8),
                 value: message.event.payload,
-                headers: [
-                    ("event-id", Array(message.event.id.description.utf8)),
-                    ("event-type", Array(message.event.type.rawValue.utf8)),
-                ] + (message.event.traceParent.map { [("traceparent", Array($0.description.utf8))] } ?? []),
+                headers: message.event.kafkaHeaders.map { ($0.name, $0.value) },
                 orderID: message.event.orderID.description
             )
         }

@@ -14,13 +14,11 @@ public final class PostgresStore: Sendable {
         self.init(pool: PostgresPool(configuration: configuration, logger: logger))
     }
 
-    /// Performs one store command as one transaction. The caller's `TraceContext.current` goes with the outbox rows
-    /// it inserts.
+    /// Performs one store command as one transaction.
     public func perform(_ command: StoreCommand) async -> StoreResult {
-        let trace = TraceContext.current
-        return await pool.withConnection { connection in
+        await pool.withConnection { connection in
             switch connection {
-            case .success(let connection): StoreRecipes.perform(command, on: connection, trace: trace)
+            case .success(let connection): StoreRecipes.perform(command, on: connection)
             case .failure(let error): .failed(StoreRecipes.failure(error))
             }
         }

@@ -139,7 +139,7 @@ public struct FulfilmentConsumer: Sendable {
             switch EventEnvelope.decode(record.value) {
             case .success(let envelope):
                 var fulfilment = Fulfilment(envelope: envelope, at: now)
-                fulfilment.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+                fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
                 return [.note(.consumed(record))] + perform(.store(record, .fulfil(fulfilment)), now: now)
             case .failure(let error):
                 let reason = error.description
