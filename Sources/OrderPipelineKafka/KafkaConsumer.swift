@@ -21,7 +21,7 @@ public final class KafkaConsumer: Sendable {
     private let logger: Logger
     private let handle: ConsumerHandle
     private let shared: Mutex<Shared>
-    private let commits = CommandQueue<Commit>()
+    private let commits = BlockingQueue<Commit>()
     private let threadsDone = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     private let lagByPartition = Mutex<[Int32: Int64]>([:])
     /// The next offset to read as committed to the group, per assigned partition (what a restart resumes from):
@@ -341,33 +341,4 @@ final class ConsumerHandle: @unchecked Sendable {
         self.state = state
     }
     deinit { rd_kafka_destroy(rk) }
-}
-
-/// A blocking FIFO for a dedicated thread.
-final class CommandQueue<Element: Sendable>: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var items: [Element] = []
-    private var closed = false
-
-    func push(_ item: Element) {
-        condition.lock()
-        items.append(item)
-        condition.signal()
-        condition.unlock()
-    }
-
-    func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    /// The next item, or nil once closed and drained.
-    func pop() -> Element? {
-        condition.lock()
-        defer { condition.unlock() }
-        while items.isEmpty && !closed { condition.wait() }
-        return items.isEmpty ? nil : items.removeFirst()
-    }
 }
