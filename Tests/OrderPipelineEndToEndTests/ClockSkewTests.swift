@@ -1,6 +1,7 @@
 import Foundation
 import OrderPipelineCore
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 

@@ -1,4 +1,5 @@
 import Foundation
+import OrderPipelineTestSupport
 import Testing
 
 /// The live page in a real browser: `orderpipeline all` (its own database, topic, consumer group, queue and relay

@@ -3,6 +3,7 @@ import Logging
 import OrderPipelineCore
 import OrderPipelineRuntime
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
@@ -44,7 +45,7 @@ struct TraceContextTests {
             }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw Failure("order \(id) was not sent within 60 s")
+        throw TestFailure("order \(id) was not sent within 60 s")
     }
 
     @Test("one trace id from the POST to the Kafka header and the Service Bus application properties")

@@ -5,6 +5,7 @@ import HummingbirdTesting
 import OrderPipelineCore
 import OrderPipelinePostgres
 import OrderPipelineRuntime
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
@@ -96,7 +97,7 @@ struct LivePageTests {
     }
 
     func perform(_ fixture: APIFixture, _ command: StoreCommand) async throws -> StoreReply {
-        guard case .committed(let reply) = await fixture.store.perform(command) else { throw LiveTestFailure("\(command) did not commit") }
+        guard case .committed(let reply) = await fixture.store.perform(command) else { throw TestFailure("\(command) did not commit") }
         return reply
     }
 
@@ -109,7 +110,7 @@ struct LivePageTests {
         }
         _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", published: rows.map(\.sequence))))
         for row in rows {
-            guard case .success(let envelope) = EventEnvelope.decode(row.event.payload) else { throw LiveTestFailure("undecodable row") }
+            guard case .success(let envelope) = EventEnvelope.decode(row.event.payload) else { throw TestFailure("undecodable row") }
             _ = try await perform(fixture, .fulfil(Fulfilment(envelope: envelope, at: WallClock.now())))
         }
         guard case .claimed(let sent) = try await perform(fixture, .claimOutbox(.init(outbox: .serviceBus, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
@@ -234,9 +235,4 @@ struct LivePageTests {
             #expect(await !page.hub.isPolling)
         }
     }
-}
-
-struct LiveTestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }
