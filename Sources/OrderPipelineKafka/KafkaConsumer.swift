@@ -66,7 +66,7 @@ public final class KafkaConsumer: Sendable {
         }
         var error = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.handle, &error, error.count) else {
-            throw KafkaError(message: String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw KafkaError(code: .client, message: errorText(error))
         }
         _ = conf.release()
         rd_kafka_poll_set_consumer(rk)
@@ -78,7 +78,7 @@ public final class KafkaConsumer: Sendable {
         let code = rd_kafka_subscribe(rk, topics)
         rd_kafka_topic_partition_list_destroy(topics)
         guard code == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            throw KafkaError(code: code.rawValue, message: "subscribe \(configuration.topic): \(errorText(code))")
+            throw KafkaError(code: .client, librdkafkaCode: code.rawValue, message: "subscribe \(configuration.topic): \(errorText(code))")
         }
         logger.info("Kafka consumer subscribed", metadata: [
             "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",

@@ -9,7 +9,8 @@ import Testing
 @Suite(
     "Hostile world on the real services: Kafka",
     .enabled(if: EndToEnd.isConfigured && TestEnvironment.value("SERVICES_PYTHON") != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct HostileKafkaTests {
     /// The run's environment on a fresh scratch topic of 2 partitions.

@@ -17,7 +17,8 @@ import Glibc
 @Suite(
     "Hostile world on the real services",
     .enabled(if: EndToEnd.isConfigured && ScriptedAMQPPeer.python != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct HostileWorldTests {
     /// The Service Bus relay (in this process) sends to a scripted AMQP peer that rejects the first `rejects` sends

@@ -44,7 +44,7 @@ enum EndToEnd {
     }
 }
 
-@Suite("End to end: order → Kafka → fulfilment → Service Bus", .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"))
+@Suite("End to end: order → Kafka → fulfilment → Service Bus", .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"), .timeLimit(.minutes(10)))
 struct PipelineEndToEndTests {
     @Test("orders reach Fulfilled and exactly one message per order, with the derived MessageId, lands on the queue")
     func ordersFlowThrough() async throws {

@@ -235,7 +235,8 @@ final class OrderStream: Sendable {
 @Suite(
     "Restart: kill -9 the consumer or the relay mid-stream, every order is still fulfilled exactly once",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct RestartTests {
     /// Cap of one stream; it is stopped 1.5 s after the restart, so a run has orders created before, while and

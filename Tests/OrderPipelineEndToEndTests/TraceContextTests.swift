@@ -17,7 +17,8 @@ import FoundationNetworking
 @Suite(
     "Trace context: POST → Kafka header → consumer → Service Bus application properties",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct TraceContextTests {
     static let headersScript = LivePageBrowserTests.script.deletingLastPathComponent().appendingPathComponent("kafka_record_headers.py")

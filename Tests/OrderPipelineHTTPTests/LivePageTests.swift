@@ -20,9 +20,9 @@ struct LivePageUnitTests {
         #expect(try !LivePage.Configuration.fromEnvironment(["UI_ENABLED": "false"]).enabled)
         #expect(try LivePage.Configuration.fromEnvironment(["UI_REPLAY_TOKEN": "0123456789abcdef"]).replayToken == "0123456789abcdef")
         #expect(try LivePage.Configuration.fromEnvironment(["UI_MAX_STREAMS": "2"]).maxStreams == 2)
-        #expect(throws: LivePage.ConfigurationError.self) { try LivePage.Configuration.fromEnvironment(["UI_ENABLED": "maybe"]) }
-        #expect(throws: LivePage.ConfigurationError.self) { try LivePage.Configuration.fromEnvironment(["UI_REPLAY_TOKEN": "short"]) }
-        #expect(throws: LivePage.ConfigurationError.self) { try LivePage.Configuration.fromEnvironment(["UI_MAX_STREAMS": "0"]) }
+        #expect(throws: RuntimeConfiguration.Problem.self) { try LivePage.Configuration.fromEnvironment(["UI_ENABLED": "maybe"]) }
+        #expect(throws: RuntimeConfiguration.Problem.self) { try LivePage.Configuration.fromEnvironment(["UI_REPLAY_TOKEN": "short"]) }
+        #expect(throws: RuntimeConfiguration.Problem.self) { try LivePage.Configuration.fromEnvironment(["UI_MAX_STREAMS": "0"]) }
     }
 
     @Test("consumer lag per partition from the registry's gauges")
@@ -82,7 +82,7 @@ struct LivePageUnitTests {
     }
 }
 
-@Suite("Live page over PostgreSQL", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: live page tests are skipped"))
+@Suite("Live page over PostgreSQL", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: live page tests are skipped"), .timeLimit(.minutes(5)))
 struct LivePageTests {
     static let token = "test-replay-token-0123456789"
 

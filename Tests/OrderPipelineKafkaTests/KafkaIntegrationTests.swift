@@ -103,7 +103,7 @@ struct ConsumerDriver {
     }
 }
 
-@Suite("Kafka adapter against a real broker", .enabled(if: TestKafka.isConfigured, "KAFKA_BROKERS is not set"), .serialized)
+@Suite("Kafka adapter against a real broker", .enabled(if: TestKafka.isConfigured, "KAFKA_BROKERS is not set"), .serialized, .timeLimit(.minutes(5)))
 struct KafkaIntegrationTests {
     @Test("librdkafka 2.16 is the one loaded (Debian's 2.0.2 cannot talk to Tansu)")
     func version() {

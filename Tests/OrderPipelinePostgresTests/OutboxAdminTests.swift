@@ -7,7 +7,7 @@ import Testing
 
 /// `orderpipeline outbox status | dead-letters | replay` against PostgreSQL (a fresh schema per test).
 /// Serialized, one pooled connection: the whole test run shares PostgreSQL's 100 connections.
-@Suite("Outbox admin: status, dead letters, replay", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .serialized)
+@Suite("Outbox admin: status, dead letters, replay", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .serialized, .timeLimit(.minutes(5)))
 struct OutboxAdminTests {
     final class Fixture: Sendable {
         let store: PostgresStore

@@ -89,7 +89,7 @@ struct PostgresConfiguration {
     }
 }
 
-@Suite("Store contract")
+@Suite("Store contract", .timeLimit(.minutes(5)))
 struct StoreContractTests {
     @Test("an order, its items, its creation transition and its outbox row commit together", arguments: Implementation.available)
     func orderAndOutboxAtomic(_ implementation: Implementation) async throws {

@@ -20,7 +20,7 @@ struct SharedAccessSignatureTests {
 
 /// The CBS exchange against a scripted AMQP 1.0 peer (no local broker speaks `$cbs`): the peer runs under the
 /// Python of `scripts/services` (python-qpid-proton), which `scripts/services env` exports as SERVICES_PYTHON.
-@Suite("CBS put-token against a scripted AMQP peer", .enabled(if: ScriptedAMQPPeer.python != nil, "SERVICES_PYTHON is not set"), .serialized)
+@Suite("CBS put-token against a scripted AMQP peer", .enabled(if: ScriptedAMQPPeer.python != nil, "SERVICES_PYTHON is not set"), .serialized, .timeLimit(.minutes(5)))
 struct CBSTests {
     @Test("put-token with a valid SAS token, then the queue link opens and the send is accepted")
     func putTokenThenSend() async throws {

@@ -60,7 +60,7 @@ struct ConnectionStringTests {
     }
 }
 
-@Suite("Service Bus sender against a real AMQP 1.0 broker", .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .serialized)
+@Suite("Service Bus sender against a real AMQP 1.0 broker", .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .serialized, .timeLimit(.minutes(5)))
 struct ServiceBusIntegrationTests {
     @Test("send fulfilment events, receive them with message-id, subject, content-type and properties")
     func sendAndReceive() async throws {
