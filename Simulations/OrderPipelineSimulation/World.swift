@@ -252,20 +252,16 @@ public final class World {
 
     func makeBody(_ index: Int, valid: Bool) -> [UInt8] {
         var json = JSONWriter()
-        let items = Int(workloadRandom.int(in: 1...3))
+        // Drawn in the order they are written: quantity, then price, item by item.
+        let items = (0..<Int(workloadRandom.int(in: 1...3))).map { item in
+            let quantity = Int(workloadRandom.int(in: 1...5))
+            return OrderItem(productName: "Product \(item + 1)", quantity: quantity, unitPrice: Money(cents: workloadRandom.int(in: 1...99_999)))
+        }
         json.object { json in
             json.field("customerName", "Customer \(index + 1)")
             json.field("customerEmail", valid ? "customer\(index + 1)@example.com" : "not-an-email")
             json.key("items")
-            json.array { json in
-                for item in 0..<items {
-                    json.object { json in
-                        json.field("productName", "Product \(item + 1)")
-                        json.field("quantity", Int(workloadRandom.int(in: 1...5)))
-                        json.key("unitPrice"); json.number(text: Money(cents: workloadRandom.int(in: 1...99_999)).description)
-                    }
-                }
-            }
+            OrderItem.write(items, to: &json)
         }
         return json.bytes
     }

@@ -49,15 +49,26 @@ public struct OrderAPI: Sendable {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: ProblemMiddleware())
-        router.post("/api/orders") { request, context in try await self.create(request, context) }
-        router.get("/api/orders") { request, context in try await self.list(request, context) }
-        router.get("/api/orders/:id") { _, context in try await self.show(context) }
-        router.patch("/api/orders/:id/status") { request, context in try await self.changeStatus(request, context) }
-        router.get("/health/live") { _, _ in Self.json(.ok, Array(#"{"status":"live"}"#.utf8)) }
-        router.get("/health/ready") { _, _ in await self.ready() }
-        router.get("/metrics") { _, _ in await self.renderMetrics() }
-        router.get("/openapi.json") { _, _ in Self.openAPI() }
+        for route in Self.routes {
+            router.on(RouterPath(route.path), method: route.method) { request, context in
+                try await self.respond(route.operation, request, context)
+            }
+        }
         return router
+    }
+
+    /// The handler of each operation in the route table.
+    func respond(_ operation: APIRoute.Operation, _ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        switch operation {
+        case .createOrder: try await create(request, context)
+        case .listOrders: try await list(request, context)
+        case .getOrder: try await show(context)
+        case .changeOrderStatus: try await changeStatus(request, context)
+        case .live: Self.json(.ok, Array(#"{"status":"live"}"#.utf8))
+        case .ready: await ready()
+        case .metrics: await renderMetrics()
+        case .openapi: Self.openAPI()
+        }
     }
 
     // MARK: handlers

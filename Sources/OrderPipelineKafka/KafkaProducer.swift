@@ -156,7 +156,7 @@ final class ProducerSession: Sendable {
         }
         var error = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.handle, &error, error.count) else {
-            throw KafkaError(message: String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw KafkaError(code: .client, message: errorText(error))
         }
         _ = conf.release()
         self.handle = ProducerHandle(rk, box: box)

@@ -1,88 +1,33 @@
 import Foundation
 import Logging
+import OrderPipelineCore
 import Synchronization
 
 /// A unit of work for a connection's thread. It is called exactly once: with the connection, or with the reason
 /// there is none (the database is unreachable, the queue is full, the deadline passed, or the pool is closed).
 typealias ConnectionJob = @Sendable (Result<PostgresConnection, PostgresError>) -> Void
 
-/// A bounded FIFO of jobs shared by the threads of a pool. Whoever takes a job out (a worker, or the reaper when
-/// its deadline has passed) is the one who calls it.
-final class JobQueue: @unchecked Sendable {
-    struct Job {
-        var body: ConnectionJob
-        var enqueued: ContinuousClock.Instant
-        var deadline: ContinuousClock.Instant?
-    }
+/// A job waiting for a connection. Whoever takes it out of its queue (a worker, or the reaper when its deadline has
+/// passed) is the one who calls it.
+struct QueuedJob: Sendable {
+    var body: ConnectionJob
+    var enqueued: ContinuousClock.Instant
+    var deadline: ContinuousClock.Instant?
+}
 
-    enum Admission { case queued, full, closed }
+/// The bounded FIFO of jobs shared by the threads of a pool (the adapters' one blocking queue).
+typealias JobQueue = BlockingQueue<QueuedJob>
 
-    private let condition = NSCondition()
-    private var jobs: [Job] = []
-    private var head = 0
-    private var closed = false
-    /// Jobs that may wait at once; nil: unbounded.
-    let limit: Int?
-
-    init(limit: Int? = nil) { self.limit = limit }
-
-    func push(_ job: Job) -> Admission {
-        condition.lock()
-        defer { condition.unlock() }
-        guard !closed else { return .closed }
-        if let limit, jobs.count - head >= limit { return .full }
-        jobs.append(job)
-        condition.signal()
-        return .queued
-    }
-
-    /// The next job; blocks while empty; nil once closed and drained.
-    func pop() -> Job? {
-        condition.lock()
-        defer { condition.unlock() }
-        while head == jobs.count && !closed { condition.wait() }
-        return takeHead()
-    }
+extension BlockingQueue where Element == QueuedJob {
+    typealias Job = QueuedJob
 
     /// Takes out the jobs at the head whose deadline has passed (one timeout per queue: the head is the oldest).
-    func overdue(at now: ContinuousClock.Instant) -> [Job] {
-        condition.lock()
-        defer { condition.unlock() }
-        var out: [Job] = []
-        while head < jobs.count, let deadline = jobs[head].deadline, deadline <= now, let job = takeHead() { out.append(job) }
-        return out
+    func overdue(at now: ContinuousClock.Instant) -> [QueuedJob] {
+        popHead { job in job.deadline.map { $0 <= now } ?? false }
     }
 
     /// The deadline of the oldest waiting job.
-    var nextDeadline: ContinuousClock.Instant? {
-        condition.lock()
-        defer { condition.unlock() }
-        return head < jobs.count ? jobs[head].deadline : nil
-    }
-
-    private func takeHead() -> Job? {
-        guard head < jobs.count else { return nil }
-        let job = jobs[head]
-        head += 1
-        if head > 1024 && head * 2 > jobs.count {
-            jobs.removeFirst(head)
-            head = 0
-        }
-        return job
-    }
-
-    func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    var depth: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return jobs.count - head
-    }
+    var nextDeadline: ContinuousClock.Instant? { peekHead(\.deadline) ?? nil }
 }
 
 /// Shared by a pool's workers: after PostgreSQL failed to answer before a deadline, work is refused at once

@@ -38,15 +38,7 @@ public enum StoreRecipes {
     static func createOrder(_ new: NewOrder, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
         let order = new.order
         var items = JSONWriter()
-        items.array { json in
-            for item in order.items {
-                json.object { json in
-                    json.field("productName", item.productName)
-                    json.field("quantity", item.quantity)
-                    json.key("unitPrice"); json.number(text: item.unitPrice.description)
-                }
-            }
-        }
+        OrderItem.write(order.items, to: &items)
         let parameters: [PostgresValue] = [
             .text(new.idempotencyKey), .text(new.fingerprint), .text(order.id.description),
             .text(order.customerName), .text(order.customerEmail), .text(order.totalAmount.description),

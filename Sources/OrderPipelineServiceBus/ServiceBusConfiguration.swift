@@ -153,13 +153,20 @@ public struct ServiceBusConfiguration: Sendable, Hashable {
     }
 }
 
+/// An adapter error: what kind, and what happened (never a C type). The same shape as `PostgresError` and
+/// `KafkaError`.
 public struct ServiceBusError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of failure.
     public enum Code: String, Hashable, Sendable {
+        /// A connection string or setting that cannot be used (malformed, or unsafe: a password in clear text).
         case configuration
+        /// Something this qpid-proton build cannot do (TLS).
         case unsupported
+        /// qpid-proton could not start the connection's engine.
         case connection
     }
     public var code: Code
+    /// What happened, for logs and operators (never a key or password).
     public var message: String
     public init(code: Code, message: String) {
         self.code = code

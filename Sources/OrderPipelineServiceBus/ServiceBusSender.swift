@@ -75,16 +75,3 @@ public final class ServiceBusSender: Sendable {
     /// Closes the connection; sends still in flight end as unknown outcomes.
     public func shutdown() async { await engine.shutdown() }
 }
-
-/// Receives messages from a queue and accepts them (tests and the end-to-end check; the pipeline itself only sends).
-public final class ServiceBusReceiver: Sendable {
-    private let engine: AMQPEngine
-
-    public init(configuration: ServiceBusConfiguration, queue: String? = nil, credit: Int32 = 100, logger: Logger, handler: @escaping @Sendable (AMQPMessage) -> Void) throws(ServiceBusError) {
-        self.engine = try AMQPEngine(configuration: configuration, address: queue ?? configuration.queue, role: .receiver(credit: credit, handler: handler), logger: logger)
-    }
-
-    public var isReady: Bool { engine.isReady }
-
-    public func shutdown() async { await engine.shutdown() }
-}

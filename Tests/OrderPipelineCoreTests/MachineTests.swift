@@ -1,18 +1,15 @@
 import OrderPipelineCore
+import OrderPipelineTestSupport
 import Testing
 
 let t0 = Instant(microseconds: 1_767_225_600_000_000)
 let orderA = OrderID("11111111-2222-4333-8444-555555555555")!
 let seedBody = Array(ValidationTests.seedRequest.utf8)
 
-func sampleOrder(_ id: OrderID = orderA, status: OrderStatus = .pending) -> Order {
-    Order(id: id, customerName: "John Smith", customerEmail: "john@example.com",
-          items: [OrderItem(productName: "Laptop", quantity: 1, unitPrice: Money(cents: 99_999))], totalAmount: Money(cents: 99_999),
-          status: status, createdAt: t0)
-}
+func sampleOrder(_ id: OrderID = orderA, status: OrderStatus = .pending) -> Order { Sample.order(id, status: status, at: t0) }
 
 func row(_ sequence: Int64, _ order: OrderID = orderA, attempts: Int = 1) -> OutboxMessage {
-    OutboxMessage(sequence: sequence, event: PipelineEvent(type: .orderCreated, order: sampleOrder(order), at: t0, includeOrder: true), attempts: attempts)
+    Sample.row(sequence, order: order, at: t0, attempts: attempts)
 }
 
 func stores(_ effects: [Effect]) -> [(Ticket, StoreCommand)] {

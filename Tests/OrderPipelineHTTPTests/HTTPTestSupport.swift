@@ -7,21 +7,13 @@ import OrderPipelineCore
 import OrderPipelineHTTP
 import OrderPipelinePostgres
 import OrderPipelineRuntime
+import OrderPipelineTestSupport
 import Testing
 
 enum HTTPTestDatabase {
-    static var url: String? {
-        guard let url = ProcessInfo.processInfo.environment["DATABASE_URL"], !url.isEmpty else { return nil }
-        return url
-    }
-
+    static var url: String? { TestEnvironment.value("DATABASE_URL") }
     static var isConfigured: Bool { url != nil }
-
-    static let logger: Logger = {
-        var logger = Logger(label: "test.http")
-        logger.logLevel = .warning
-        return logger
-    }()
+    static let logger = TestEnvironment.logger("test.http")
 }
 
 /// A migrated schema of its own, the real store on it, the API in front: one per test.
@@ -111,12 +103,5 @@ extension TestResponse {
 }
 
 func withAPI(migrate: Bool = true, _ body: (APIFixture) async throws -> Void) async throws {
-    let fixture = try await APIFixture(migrate: migrate)
-    do {
-        try await body(fixture)
-    } catch {
-        await fixture.tearDown()
-        throw error
-    }
-    await fixture.tearDown()
+    try await withTearDown(try await APIFixture(migrate: migrate), tearDown: { await $0.tearDown() }, body)
 }

@@ -8,7 +8,7 @@ import OrderPipelinePostgres
 import OrderPipelineRuntime
 import Testing
 
-@Suite("HTTP API", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: HTTP API tests are skipped"))
+@Suite("HTTP API", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: HTTP API tests are skipped"), .timeLimit(.minutes(5)))
 struct OrderAPITests {
     @Test("POST creates an order (201, Location, JSON); GET returns it Pending; the list shows it")
     func createAndRead() async throws {
