@@ -8,6 +8,7 @@ import Synchronization
 /// second is refused at start instead. A lock lost with its connection (a PostgreSQL restart) is taken again by
 /// `verify()`; if another process took it meanwhile, `verify()` says so and the caller must stop.
 public final class OwnerLock: Sendable {
+    /// Another live process holds the owner's lock: this one must not run as that relay.
     public struct Refusal: Error, Sendable, CustomStringConvertible {
         public var owner: String
         public init(owner: String) { self.owner = owner }
