@@ -100,6 +100,10 @@ public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What happened, for logs and operators.
     public var message: String
 
+    /// - Parameters:
+    ///   - code: What kind of failure.
+    ///   - librdkafkaCode: librdkafka's error code, when it gave one.
+    ///   - message: What happened.
     public init(code: Code, librdkafkaCode: Int32? = nil, message: String) {
         self.code = code
         self.librdkafkaCode = librdkafkaCode

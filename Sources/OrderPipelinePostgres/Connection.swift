@@ -20,6 +20,7 @@ public struct PostgresError: Error, Hashable, Sendable, CustomStringConvertible 
     public var code: Code
     /// Five-character SQLSTATE, e.g. `57014` (statement timeout), `40001` (serialization failure).
     public var sqlState: String?
+    /// What happened, for logs and operators (never a secret).
     public var message: String
 
     /// - Parameters:
@@ -51,6 +52,7 @@ public enum PostgresValue: Sendable, Hashable {
 
     /// An integer parameter, sent as its decimal text.
     public static func int(_ value: Int64) -> PostgresValue { .text(String(value)) }
+    /// An integer parameter, sent as its decimal text.
     public static func int(_ value: Int) -> PostgresValue { .text(String(value)) }
     /// A text parameter, or SQL NULL when `text` is nil.
     public static func optional(_ text: String?) -> PostgresValue { text.map { .text($0) } ?? .null }
@@ -63,8 +65,11 @@ public final class PostgresConnection {
     public struct Settings: Sendable, Hashable {
         /// A libpq connection string or `postgres://` URL.
         public var url: String
+        /// `statement_timeout` of every session: the server cancels a statement that runs longer.
         public var statementTimeout: Duration = .seconds(5)
+        /// A connection attempt that takes longer fails (`.unavailable`).
         public var connectTimeoutSeconds = 5
+        /// `application_name`, as `pg_stat_activity` shows the session.
         public var applicationName = "orderpipeline"
         /// A schema to use instead of `public` (tests isolate themselves in a schema each). Must be an identifier.
         public var schema: String?

@@ -11,6 +11,7 @@ public final class OwnerLock: Sendable {
     /// Another live process holds the owner's lock: this one must not run as that relay.
     public struct Refusal: Error, Sendable, CustomStringConvertible {
         public var owner: String
+        /// - Parameter owner: The relay owner name (`RELAY_ID`) whose lock another process holds.
         public init(owner: String) { self.owner = owner }
         public var description: String {
             "RELAY_ID \(owner) is in use by another live process (it holds the owner's lock in PostgreSQL); "

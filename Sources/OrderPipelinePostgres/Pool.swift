@@ -195,6 +195,7 @@ public final class PostgresPool: Sendable {
     /// The pool's connections and admission (see the type); the binary reads them from `DB_*` variables.
     public struct Configuration: Sendable, Hashable {
         public var connection: PostgresConnection.Settings
+        /// Work connections, each on its own thread (`DB_POOL_SIZE`); the control connection comes on top.
         public var size = 8
         /// Jobs that may wait for a connection (`DB_QUEUE_LIMIT`); further ones are refused at once.
         public var queueLimit = 256

@@ -175,6 +175,9 @@ public struct ServiceBusError: Error, Hashable, Sendable, CustomStringConvertibl
     public var code: Code
     /// What happened, for logs and operators (never a key or password).
     public var message: String
+    /// - Parameters:
+    ///   - code: What kind of failure.
+    ///   - message: What happened (never a key or password).
     public init(code: Code, message: String) {
         self.code = code
         self.message = message
