@@ -35,6 +35,7 @@ public struct KafkaConfiguration: Sendable, Hashable {
     /// `protectedProperties` (`parseProperties` refuses them).
     public var extraProperties: [String: String] = [:]
 
+    /// - Parameter brokers: `bootstrap.servers`, e.g. `127.0.0.1:9092`; every other setting has its default.
     public init(brokers: String) {
         self.brokers = brokers
     }
@@ -99,6 +100,10 @@ public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What happened, for logs and operators.
     public var message: String
 
+    /// - Parameters:
+    ///   - code: What kind of failure.
+    ///   - librdkafkaCode: librdkafka's error code, when it gave one.
+    ///   - message: What happened.
     public init(code: Code, librdkafkaCode: Int32? = nil, message: String) {
         self.code = code
         self.librdkafkaCode = librdkafkaCode
@@ -137,10 +142,3 @@ func errorText(_ code: rd_kafka_resp_err_t) -> String { String(cString: rd_kafka
 
 /// The text librdkafka wrote into an error buffer (NUL-terminated).
 func errorText(_ buffer: [CChar]) -> String { String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-
-extension Duration {
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000 + attoseconds / 1_000_000_000_000_000
-    }
-}

@@ -18,6 +18,8 @@ public final class KafkaProducer: Sendable {
     private let session: Mutex<ProducerSession?>
     private let generation = Atomic<Int>(0)
 
+    /// Creates the first producer session (idempotent, `acks=all`).
+    /// - Throws: `KafkaError` when librdkafka refuses the configuration or cannot create the client.
     public init(configuration: KafkaConfiguration, logger: Logger) throws(KafkaError) {
         self.configuration = configuration
         self.logger = logger

@@ -192,8 +192,10 @@ final class DeadlineReaper: @unchecked Sendable {
 /// waited past its deadline (`requestTimeout` after it was queued), or for a short while after PostgreSQL failed to
 /// answer a job before its deadline. A job that runs gets what is left of its deadline for every call it makes.
 public final class PostgresPool: Sendable {
+    /// The pool's connections and admission (see the type); the binary reads them from `DB_*` variables.
     public struct Configuration: Sendable, Hashable {
         public var connection: PostgresConnection.Settings
+        /// Work connections, each on its own thread (`DB_POOL_SIZE`); the control connection comes on top.
         public var size = 8
         /// Jobs that may wait for a connection (`DB_QUEUE_LIMIT`); further ones are refused at once.
         public var queueLimit = 256
@@ -202,6 +204,7 @@ public final class PostgresPool: Sendable {
         /// The `pool` label of its metrics.
         public var name = "main"
 
+        /// - Parameter url: A libpq connection string or `postgres://` URL; every other setting has its default.
         public init(url: String) { self.connection = .init(url: url) }
     }
 
@@ -212,6 +215,11 @@ public final class PostgresPool: Sendable {
     private let reaper: DeadlineReaper
     private let metrics: PoolMetrics
 
+    /// Starts one thread per connection; the work connections connect at once (the control one on first use), and
+    /// again after a failure, with backoff.
+    /// - Parameters:
+    ///   - configuration: Connections, queue limit and request timeout.
+    ///   - logger: Where connections lost and re-established are reported.
     public init(configuration: Configuration, logger: Logger) {
         self.configuration = configuration
         let queue = JobQueue(limit: max(1, configuration.queueLimit))
@@ -280,11 +288,17 @@ public final class PostgresSession: Sendable {
     private let queue = JobQueue()
     private let worker: ConnectionWorker
 
+    /// Starts the session's thread, which connects at once.
+    /// - Parameters:
+    ///   - settings: Where to connect.
+    ///   - logger: Where connections lost and re-established are reported.
+    ///   - name: The thread's name, as logs show it.
     public init(settings: PostgresConnection.Settings, logger: Logger, name: String = "pg-session") {
         worker = ConnectionWorker(name: name, settings: settings, queue: queue, logger: logger)
         worker.start()
     }
 
+    /// Runs `body` on the session's thread with its connection (or the reason there is none) and returns its value.
     public func withConnection<T: Sendable>(_ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
         await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
             let job = JobQueue.Job(body: { connection in continuation.resume(returning: body(connection)) }, enqueued: .now, deadline: nil)
@@ -294,6 +308,7 @@ public final class PostgresSession: Sendable {
         }
     }
 
+    /// Stops taking work, lets queued work finish, closes the connection. Blocks until done.
     public func close() {
         queue.close()
         worker.join()

@@ -17,6 +17,8 @@ public final class ServiceBusSender: Sendable {
     private let engine: AMQPEngine
     private let logger: Logger
 
+    /// Starts the connection (on its own thread; it connects and reconnects in the background).
+    /// - Throws: `ServiceBusError` when the configuration is unsafe (`checkTransportSecurity`) or TLS cannot be set up.
     public init(configuration: ServiceBusConfiguration, logger: Logger) throws(ServiceBusError) {
         self.configuration = configuration
         self.logger = logger

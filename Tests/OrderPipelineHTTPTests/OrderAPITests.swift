@@ -237,15 +237,7 @@ struct OpenAPIDocumentTests {
 struct UnavailableDatabaseTests {
     @Test("a database that cannot be reached answers 503 problem+json (and liveness stays 200)")
     func databaseDown() async throws {
-        // Port 1 on loopback refuses connections at once.
-        var configuration = PostgresPool.Configuration(url: "postgres://postgres@127.0.0.1:1/none")
-        configuration.size = 1
-        configuration.connection.connectTimeoutSeconds = 1
-        let store = PostgresStore(configuration: configuration, logger: HTTPTestDatabase.logger)
-        let metrics = PipelineMetrics()
-        let api = OrderAPI(shell: IntakeShell(store: store, logger: HTTPTestDatabase.logger, metrics: metrics), reads: store, metrics: metrics)
-        let app = Application(router: api.makeRouter(), logger: HTTPTestDatabase.logger)
-        try await app.test(.router) { client in
+        try await withUnreachableDatabase { client in
             let post = try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer(string: johnSmith))
             post.expectProblem(.serviceUnavailable)
             #expect(post.headers[.retryAfter] == "1")
@@ -257,6 +249,5 @@ struct UnavailableDatabaseTests {
             // Validation still answers without the database.
             try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer(string: "{}")).expectProblem(.unprocessableContent)
         }
-        store.close()
     }
 }

@@ -3,8 +3,6 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import OrderPipelineHTTP
-import OrderPipelinePostgres
-import OrderPipelineRuntime
 import Testing
 
 /// `OrderAPI.routes` is the one route table; these tests fail when the OpenAPI document or the router disagrees.
@@ -36,15 +34,8 @@ struct RouteTableTests {
 
     @Test("the router answers every route of the table with one of its statuses, and any other method 405 with the table's Allow")
     func routerMatchesTable() async throws {
-        // Port 1 on loopback refuses connections at once: every route answers without a database.
-        var configuration = PostgresPool.Configuration(url: "postgres://postgres@127.0.0.1:1/none")
-        configuration.size = 1
-        configuration.connection.connectTimeoutSeconds = 1
-        let store = PostgresStore(configuration: configuration, logger: HTTPTestDatabase.logger)
-        let metrics = PipelineMetrics()
-        let api = OrderAPI(shell: IntakeShell(store: store, logger: HTTPTestDatabase.logger, metrics: metrics), reads: store, metrics: metrics)
-        let app = Application(router: api.makeRouter(), logger: HTTPTestDatabase.logger)
-        try await app.test(.router) { client in
+        // Every route answers without a database.
+        try await withUnreachableDatabase { client in
             for path in Set(OrderAPI.routes.map(\.path)).sorted() {
                 let served = OrderAPI.routes.filter { $0.path == path }
                 let uri = path.replacingOccurrences(of: ":id", with: "00000000-0000-4000-8000-000000000000")
@@ -59,6 +50,5 @@ struct RouteTableTests {
                 }
             }
         }
-        store.close()
     }
 }
