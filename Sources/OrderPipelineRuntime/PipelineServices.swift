@@ -92,6 +92,7 @@ public struct ConsumerService: Service {
 
     public func run() async throws {
         let loop = MachineLoop(name: "consumer")
+        loop.progress.awaitAssignment()  // `/health/live`: a member the group never assigns is not live
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger, sink: { loop.deliver($0) })
         var machineConfiguration = FulfilmentConsumer.Configuration()
         machineConfiguration.topic = configuration.topic
