@@ -1,4 +1,5 @@
 import Foundation
+import OrderPipelineTestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -10,7 +11,8 @@ import Glibc
 @Suite(
     "A consume process that the group never assigns is not live",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(5))
 )
 struct UnassignedConsumerTests {
     @Test("Kafka frozen before the join: /health/live 503 once unassigned past the bound; thawed, the consumer is assigned and live")
@@ -59,7 +61,7 @@ final class PrivateTansu {
         try process.run()
         let deadline = Date().addingTimeInterval(20)
         while !Self.listening(port), Date() < deadline { usleep(50_000) }
-        guard Self.listening(port) else { throw Failure("tansu did not listen on \(port)") }
+        guard Self.listening(port) else { throw TestFailure("tansu did not listen on \(port)") }
     }
 
     func createTopic(_ name: String, partitions: Int) throws {
@@ -69,7 +71,7 @@ final class PrivateTansu {
         create.standardOutput = FileHandle.nullDevice
         try create.run()
         create.waitUntilExit()
-        guard create.terminationStatus == 0 else { throw Failure("tansu topic create \(name) failed") }
+        guard create.terminationStatus == 0 else { throw TestFailure("tansu topic create \(name) failed") }
     }
 
     func signal(_ signal: Int32) { _ = kill(process.processIdentifier, signal) }

@@ -60,7 +60,7 @@ struct ConsumerLivenessTests {
         func perform(_ command: StoreCommand) async -> StoreResult { .failed(.unavailable("test")) }
     }
 
-    @Test("the consumer's loop with a group that never assigns: live by the stall rule, not live by the unassigned bound; an assignment makes it live")
+    @Test("the consumer's loop with a group that never assigns: live by the stall rule, not live by the unassigned bound; an assignment makes it live", .timeLimit(.minutes(2)))
     func consumerLoop() async throws {
         let name = "consumer-test-\(UInt32.random(in: 0...UInt32.max))"
         let loop = MachineLoop(name: name)
