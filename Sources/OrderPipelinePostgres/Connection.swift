@@ -65,6 +65,10 @@ public final class PostgresConnection {
         public var keepalivesCount = 3
         /// Sent data unacknowledged for this long breaks the connection (`tcp_user_timeout`).
         public var tcpUserTimeout: Duration = .seconds(10)
+        /// Whether this session's inserts into the outboxes NOTIFY the relays (the outbox triggers, migration 3).
+        /// `all` turns it off for its API and consumer and wakes its relays in-process instead: every notifying
+        /// commit takes one database-wide lock and holds it through its WAL flush, which serialises them.
+        public var notifiesOutbox = true
 
         public init(url: String) { self.url = url }
     }

@@ -123,3 +123,35 @@ public struct ConsumerService: Service {
         }
     }
 }
+
+/// A store whose committed writes of outbox rows wake this process's relays directly (`all`), for sessions that do
+/// not NOTIFY (`PostgresConnection.Settings.notifiesOutbox`). A spurious wake costs one claim; a missed one, never
+/// expected, the relay's fallback poll.
+public struct InProcessWakingStore: StorePerforming {
+    let store: any StorePerforming
+    let wake: @Sendable (OutboxKind) -> Void
+
+    public init(store: any StorePerforming, wake: @escaping @Sendable (OutboxKind) -> Void) {
+        self.store = store
+        self.wake = wake
+    }
+
+    public func perform(_ command: StoreCommand) async -> StoreResult {
+        let result = await store.perform(command)
+        if case .committed(let reply) = result {
+            for kind in Self.outboxesWritten(by: command, reply) { wake(kind) }
+        }
+        return result
+    }
+
+    /// The outboxes a committed command may have written rows to (the recipes in `Effects/Store.swift`).
+    static func outboxesWritten(by command: StoreCommand, _ reply: StoreReply) -> [OutboxKind] {
+        switch (command, reply) {
+        case (.createOrder, .orderCreated): [.kafka]
+        case (.transition(let t), .transitioned): t.to == .fulfilled ? [.kafka, .serviceBus] : [.kafka]
+        case (.fulfil, .fulfilled): [.serviceBus]
+        case (.reannounceOverdue, .reannounced(let orders)) where !orders.isEmpty: [.kafka]
+        default: []
+        }
+    }
+}
