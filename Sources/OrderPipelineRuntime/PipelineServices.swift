@@ -16,6 +16,9 @@ public struct RelayService: Service {
     let logger: Logger
     let metrics: PipelineMetrics
     let onStop: @Sendable () async -> Void
+    /// Rows per claim and batches in the air (`RELAY_BATCH_SIZE`, `RELAY_PIPELINE_DEPTH`); nil: the machine's defaults.
+    public var batchSize: Int?
+    public var pipelineDepth: Int?
 
     public init(
         outbox: OutboxKind, owner: String, store: any StorePerforming, publisher: any OutboxPublishing, listener: PostgresListener?,
@@ -33,10 +36,16 @@ public struct RelayService: Service {
 
     public func run() async throws {
         let loop = MachineLoop(name: "relay-\(outbox.rawValue)")
-        let relay = OutboxRelay(configuration: .init(outbox: outbox, owner: "\(owner)-\(outbox.rawValue)"), seed: UInt64.random(in: 0...UInt64.max))
+        var configuration = OutboxRelay.Configuration(outbox: outbox, owner: "\(owner)-\(outbox.rawValue)")
+        if let batchSize { configuration.batchSize = batchSize }
+        if let pipelineDepth { configuration.pipelineDepth = pipelineDepth }
+        let relay = OutboxRelay(configuration: configuration, seed: UInt64.random(in: 0...UInt64.max))
         var logger = logger
         logger[metadataKey: "outbox"] = "\(outbox.rawValue)"
-        logger.info("Outbox relay started", metadata: ["relay.owner": "\(relay.configuration.owner)"])
+        logger.info("Outbox relay started", metadata: [
+            "relay.owner": "\(relay.configuration.owner)", "relay.batch_size": "\(configuration.batchSize)",
+            "relay.pipeline_depth": "\(configuration.pipelineDepth)",
+        ])
         await withDiscardingTaskGroup { group in
             if let listener {
                 group.addTask { for await _ in listener.wakes(for: outbox) { loop.deliver(.wake) } }

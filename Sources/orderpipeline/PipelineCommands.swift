@@ -47,17 +47,22 @@ enum BrokerBootstrap {
         }
         let listener = given ?? PostgresListener(settings: configuration.pool.connection, logger: logger)
         let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
-        let kafkaRelay = RelayService(
+        var kafkaRelay = RelayService(
             outbox: .kafka, owner: brokers.relayID, store: store, publisher: producer, listener: listener, logger: logger, metrics: metrics,
             onStop: { await producer.shutdown() }
         )
+        kafkaRelay.batchSize = configuration.relayBatchSize
+        kafkaRelay.pipelineDepth = configuration.relayPipelineDepth
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: OwnerLockService(lock: lock, logger: logger)), .init(service: kafkaRelay)]
         if let serviceBus = brokers.serviceBus {
             let sender = try ServiceBusSender(configuration: serviceBus, logger: logger)
-            services.append(.init(service: RelayService(
+            var serviceBusRelay = RelayService(
                 outbox: .serviceBus, owner: brokers.relayID, store: store, publisher: sender, listener: listener, logger: logger, metrics: metrics,
                 onStop: { await sender.shutdown() }
-            )))
+            )
+            serviceBusRelay.batchSize = configuration.relayBatchSize
+            serviceBusRelay.pipelineDepth = configuration.relayPipelineDepth
+            services.append(.init(service: serviceBusRelay))
         }
         if let reconciler = configuration.reconciler {
             services.append(.init(service: ReconcilerService(configuration: reconciler, store: store, logger: logger, metrics: metrics)))

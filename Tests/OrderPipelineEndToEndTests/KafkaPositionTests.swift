@@ -25,7 +25,7 @@ struct KafkaPositionTests {
                 let record = try await LivePageBrowserTests.runScript(
                     ["--brokers", pipeline.environment["KAFKA_BROKERS"]!, "--topic", pipeline.name, "--key", id],
                     script: TraceContextTests.headersScript, python: LivePageBrowserTests.servicesPython)
-                let consumed = try #require(try JSONSerialization.jsonObject(with: Data(record.output.utf8)) as? [String: Any], record.output)
+                let consumed = try #require(try JSONSerialization.jsonObject(with: Data(record.output.utf8)) as? [String: Any], "\(record.output)")
                 #expect(stored["partition"] as? Int == consumed["partition"] as? Int, "order \(id): stored \(stored), consumed \(consumed)")
                 #expect(stored["offset"] as? Int == consumed["offset"] as? Int, "order \(id): stored \(stored), consumed \(consumed)")
             }
