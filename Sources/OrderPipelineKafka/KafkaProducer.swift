@@ -32,15 +32,10 @@ public final class KafkaProducer: Sendable {
     /// One outcome per message, in order; a delivered one says where it went (`.appended`).
     public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
         let items = messages.map { message in
-            ProducerSession.Item(
-                key: Array(message.event.orderID.description.utf8),
-                value: message.event.payload,
-                headers: [
-                    ("event-id", Array(message.event.id.description.utf8)),
-                    ("event-type", Array(message.event.type.rawValue.utf8)),
-                ] + (message.event.traceParent.map { [("traceparent", Array($0.description.utf8))] } ?? []),
-                orderID: message.event.orderID.description
-            )
+            let orderID = message.event.orderID.description
+            var headers = [("event-id", Array(message.event.id.description.utf8)), ("event-type", Array(message.event.type.rawValue.utf8))]
+            if let trace = message.event.traceParent { headers.append(("traceparent", Array(trace.description.utf8))) }
+            return ProducerSession.Item(key: Array(orderID.utf8), value: message.event.payload, headers: headers, orderID: orderID)
         }
         return await send(items, topic: configuration.topic)
     }

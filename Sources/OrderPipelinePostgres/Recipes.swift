@@ -116,10 +116,8 @@ public enum StoreRecipes {
                       let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
                       let occurred = rows.int(row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6)
                 else { throw PostgresError(code: .protocolViolation, message: "malformed outbox row") }
-                var event = PipelineEvent(type: type, orderID: orderID, at: Instant(microseconds: occurred), status: .pending)
-                event.id = eventID
-                event.payload = payload
-                event.traceParent = rows.string(row, 7).flatMap { TraceParent($0) }
+                let event = PipelineEvent(stored: eventID, type: type, orderID: orderID, at: Instant(microseconds: occurred), payload: payload,
+                                          traceParent: rows.string(row, 7).flatMap { TraceParent($0) })
                 messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
             }
             messages.sort { $0.sequence < $1.sequence }

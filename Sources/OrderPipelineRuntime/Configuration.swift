@@ -19,7 +19,7 @@ public struct RuntimeConfiguration: Sendable {
     /// Default 2, at most `DB_POOL_SIZE`.
     public var consumerPoolSize: Int?
     /// `RELAY_BATCH_SIZE` and `RELAY_PIPELINE_DEPTH` — rows per claim and batches in the air per relay (nil: the
-    /// machine's defaults, 100 and 2).
+    /// machine's defaults: 500 for Kafka, 100 for Service Bus, and 2).
     public var relayBatchSize: Int?
     public var relayPipelineDepth: Int?
     /// `DB_STATEMENT_TIMEOUT_MS` — statement and lock timeout of every session.
@@ -54,7 +54,8 @@ public struct RuntimeConfiguration: Sendable {
                          consume/all: the consumer's own connections
                          (default 2, at most DB_POOL_SIZE)
           RELAY_BATCH_SIZE
-                         relay/all: outbox rows per claim (default 100)
+                         relay/all: outbox rows per claim (default 500
+                         for Kafka, 100 for Service Bus)
           RELAY_PIPELINE_DEPTH
                          relay/all: batches a relay has in the air at once
                          (default 2; 1 = claim, publish, settle in turn)

