@@ -207,14 +207,14 @@ public final class PostgresConnection {
     var socket: Int32 { handle.map { PQsocket($0) } ?? -1 }
 
     /// Reads what arrived on the socket and returns the channels of the notifications received.
-    func consumeNotifications() throws(PostgresError) -> [(channel: String, payload: String)] {
+    func consumeNotifications() throws(PostgresError) -> [(channel: String, payload: String, sender: Int32)] {
         guard let handle else { throw PostgresError(code: .connectionLost, message: "not connected") }
         guard PQconsumeInput(handle) == 1 else {
             throw PostgresError(code: .connectionLost, message: Self.trimmed(PQerrorMessage(handle)))
         }
-        var out: [(String, String)] = []
+        var out: [(String, String, Int32)] = []
         while let notify = PQnotifies(handle) {
-            out.append((String(cString: notify.pointee.relname), String(cString: notify.pointee.extra)))
+            out.append((String(cString: notify.pointee.relname), String(cString: notify.pointee.extra), notify.pointee.be_pid))
             PQfreemem(notify)
         }
         return out
