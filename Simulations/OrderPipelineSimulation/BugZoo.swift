@@ -18,6 +18,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
     case nonIdempotentPatch = "non-idempotent-patch"
     case noReconciler = "no-reconciler"
     case fulfilmentDropsTrace = "fulfilment-drops-trace"
+    case neverResetProducer = "never-reset-producer"
 
     public var summary: String {
         switch self {
@@ -35,6 +36,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .nonIdempotentPatch: "a status change to the status the order already has is refused, so a retried PATCH answers 409"
         case .noReconciler: "nothing looks again once an outbox row is published: records the broker loses leave orders Pending forever"
         case .fulfilmentDropsTrace: "the fulfilment transaction leaves the trace column out of its Service Bus outbox INSERT, so every fulfilment message starts a new trace"
+        case .neverResetProducer: "the relay never recreates a fenced Kafka producer, so every later publish from it fails"
         }
     }
 
@@ -49,7 +51,9 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .unorderedRelays: variants.claimWithoutHeadOfLine = true
         case .nonIdempotentPatch: variants.transitionNotIdempotent = true
         case .fulfilmentDropsTrace: variants.fulfilWithoutTrace = true
-        case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff, .refusalsPermanent, .noReconciler: break
+        case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff, .refusalsPermanent, .noReconciler,
+            .neverResetProducer:
+            break
         }
         return variants
     }
@@ -66,6 +70,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
             FulfilmentConsumer(configuration: with(consumer.configuration) { $0.deadLetterForwardAttempts = .max }, seed: seed)
         case (.refusalsPermanent, .relay(.serviceBus), let relay as OutboxRelay): PermanentRefusalsRelay(inner: relay)
         case (.noReconciler, .reconciler, _): Idle()
+        case (.neverResetProducer, .relay(.kafka), let relay as OutboxRelay): NeverResetRelay(inner: relay)
         case (.claimWhileCutOff, .relay, let relay as OutboxRelay):
             OutboxRelay(configuration: with(relay.configuration) { $0.backOffWhileBrokerUnreachable = false }, seed: seed)
         default: machine
@@ -214,6 +219,15 @@ struct PermanentRefusalsRelay: PipelineMachine {
             return outcome
         }
         return inner.handle(.published(ticket, judged), now: now)
+    }
+}
+
+/// never-reset-producer: the relay's reset of its fenced producer is dropped (the adapter never recreates one).
+struct NeverResetRelay: PipelineMachine {
+    var inner: OutboxRelay
+
+    mutating func handle(_ input: Input, now: Instant) -> [Effect] {
+        inner.handle(input, now: now).filter { if case .resetPublisher = $0 { false } else { true } }
     }
 }
 

@@ -45,6 +45,12 @@ public enum FaultKind: String, CaseIterable, Sendable, Hashable, Comparable, Cod
     /// Service Bus refuses a send with a condition that passes: `com.microsoft:server-busy`, a quota momentarily
     /// exceeded, an expired token being refreshed, an internal error.
     case transientRefusal = "transient-refusal"
+    /// A relay's Kafka producer session becomes unusable (`PRODUCER_FENCED`, a fatal error, an idempotent session
+    /// that timed out): every publish from it answers `.sessionUnusable` until that relay resets its publisher.
+    case producerFenced = "producer-fenced"
+
+    /// Kinds added after seeds and fixtures were recorded: swarm draws them last, so older seeds keep their worlds.
+    static let drawnLast: [FaultKind] = [.producerFenced]
 
     public static func < (lhs: FaultKind, rhs: FaultKind) -> Bool { lhs.index < rhs.index }
     public var index: Int { FaultKind.allCases.firstIndex(of: self)! }
@@ -61,7 +67,7 @@ public enum FaultProfile: String, CaseIterable, Sendable {
         case .outage: [.databaseOutage, .kafkaOutage, .serviceBusOutage, .commitUnknown, .produceTimeout, .sendTimeout]
         case .duplicates: [.duplicateDelivery, .duplicateRequest, .rebalance, .poison]
         // Poison too: a dead-letter topic that is down matters only when there is something to dead-letter.
-        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .transientRefusal, .recordLoss, .hang, .poison]
+        case .hostile: [.clockSkew, .storeFailure, .deadLetterTopicDown, .partialPartition, .transientRefusal, .recordLoss, .hang, .poison, .producerFenced]
         case .all: FaultKind.allCases
         }
     }
@@ -102,6 +108,8 @@ public struct FaultRates: Sendable, Hashable, Codable {
     public var recordLosses = 1
     /// Per store call and per publish.
     public var hang = 0.003
+    /// Per Kafka publish.
+    public var producerFenced = 0.01
     public init() {}
 
     /// Replay files written before a rate existed leave it out: it takes its default.
@@ -128,6 +136,7 @@ public struct FaultRates: Sendable, Hashable, Codable {
         transientRefusal = try rate(.transientRefusal, d.transientRefusal)
         recordLosses = try rate(.recordLosses, d.recordLosses)
         hang = try rate(.hang, d.hang)
+        producerFenced = try rate(.producerFenced, d.producerFenced)
     }
 }
 
@@ -177,7 +186,7 @@ extension SimulationOptions {
         var options = SimulationOptions()
         options.seed = seed
         options.orders = orders
-        options.faults = FaultKind.allCases.filter { _ in draw.chance(0.5) }
+        options.faults = FaultKind.allCases.filter { !FaultKind.drawnLast.contains($0) && draw.chance(0.5) }
         func scale(_ rate: Double) -> Double { rate * [0.25, 0.5, 1, 2, 4][Int(draw.below(5))] }
         var rates = FaultRates()
         rates.crashBeforeEffect = scale(rates.crashBeforeEffect)
@@ -206,6 +215,9 @@ extension SimulationOptions {
         options.consumers = Int(draw.int(in: 1...4))
         options.partitions = Int(draw.int(in: 1...8))
         options.cancelShare = [0, 0.1, 0.3][Int(draw.below(3))]
+        // Drawn after everything else (`drawnLast`).
+        options.faults = (options.faults + FaultKind.drawnLast.filter { _ in draw.chance(0.5) }).sorted()
+        options.rates.producerFenced = scale(options.rates.producerFenced)
         return options
     }
 }

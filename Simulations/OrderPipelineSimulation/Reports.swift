@@ -43,6 +43,7 @@ public struct RecoveryCounts: Sendable, Hashable {
     public var duplicatesDroppedByServiceBus = 0
     public var deadLetterCopiesSkipped = 0
     public var ordersReannounced = 0
+    public var publisherResets = 0
 
     public init() {}
 
@@ -74,6 +75,7 @@ public struct RecoveryCounts: Sendable, Hashable {
             ("duplicate dropped by Service Bus", duplicatesDroppedByServiceBus),
             ("dead-letter topic copy skipped (table row kept)", deadLetterCopiesSkipped),
             ("overdue order re-announced by the reconciler", ordersReannounced),
+            ("fenced Kafka producer reset by its relay", publisherResets),
         ]
     }
 
@@ -90,6 +92,7 @@ public struct RecoveryCounts: Sendable, Hashable {
         sum.duplicatesDroppedByServiceBus += rhs.duplicatesDroppedByServiceBus
         sum.deadLetterCopiesSkipped += rhs.deadLetterCopiesSkipped
         sum.ordersReannounced += rhs.ordersReannounced
+        sum.publisherResets += rhs.publisherResets
         return sum
     }
 }

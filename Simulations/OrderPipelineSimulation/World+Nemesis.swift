@@ -38,6 +38,7 @@ extension World {
         node.restartPending = false
         guard !node.alive else { return }
         node.alive = true
+        node.producerFenced = false  // a new process, a new producer
         node.runner.restart(with: AnyPipelineMachine(makeMachine(node.role, name: node.name)))
         history.record(now, node.name, .info, "restart", "incarnation \(node.incarnation)")
         deliver(.start, to: index)
@@ -63,6 +64,7 @@ extension World {
         case .storeFailure: p = rates.storeFailure
         case .transientRefusal: p = rates.transientRefusal
         case .hang: p = rates.hang
+        case .producerFenced: p = rates.producerFenced
         case .databaseOutage, .kafkaOutage, .serviceBusOutage, .poison, .clockSkew, .deadLetterTopicDown, .partialPartition, .recordLoss: p = 0
         }
         return faultStreams[kind.index].chance(p) && permit(kind)

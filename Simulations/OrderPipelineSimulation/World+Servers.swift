@@ -26,6 +26,14 @@ struct SimulatedPerformers: EffectPerformers {
         world.send(.forwardDeadLetter(ticket, record, reason: reason), from: node, incarnation: incarnation, latency: 300...3_000)
     }
 
+    /// Synchronous, as in production: a publish sent after it is answered by the new session.
+    mutating func resetPublisher(_ channel: Channel) {
+        world.history.record(world.now, name, .info, "resetPublisher", channel.rawValue)
+        guard channel == .orders, world.nodes[node].producerFenced else { return }
+        world.nodes[node].producerFenced = false
+        world.recoveries.publisherResets += 1
+    }
+
     mutating func fetch(max: Int, ticket: Ticket) {
         world.history.record(world.now, name, .invoke, "fetch", "")
         world.send(.fetch(ticket, max: max), from: node, incarnation: incarnation, latency: 100...800)
@@ -251,6 +259,11 @@ extension World {
     }
 
     func produce(_ rows: [OutboxMessage], by node: Node) -> [PublishOutcome] {
+        // A fenced session answers at once, without reaching the broker, until its relay resets it (heal or not).
+        if node.producerFenced {
+            history.record(now, node.name, .fail, "publish", "producer session unusable")
+            return rows.map { _ in .sessionUnusable("producer session unusable (Broker: Producer fenced)") }
+        }
         if isPartitioned(nodes.firstIndex { $0 === node }!) {
             fired(.partialPartition, "\(node.name) cannot reach Kafka")
             return rows.map { _ in .unknown("message timed out: broker unreachable") }
@@ -259,6 +272,12 @@ extension World {
             fired(.kafkaOutage, "\(node.name) produce refused")
             history.record(now, node.name, .fail, "publish", "broker unavailable")
             return rows.map { _ in .failed(retriable: true, reason: "broker unavailable") }
+        }
+        if roll(.producerFenced) {
+            node.producerFenced = true
+            fired(.producerFenced, "\(node.name)'s Kafka producer is fenced")
+            history.record(now, node.name, .fail, "publish", "PRODUCER_FENCED")
+            return rows.map { _ in .sessionUnusable("producer session unusable (Broker: Producer fenced)") }
         }
         if let outcomes = refuseOversized(rows, outbox: .kafka, by: node, deliver: { produce($0, by: node) }) { return outcomes }
         if roll(.transientRefusal) {

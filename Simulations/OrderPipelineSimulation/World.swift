@@ -29,6 +29,9 @@ public final class World {
         var groupLane: Int64 = 0
         /// This node's wall clock minus true time (clock skew): what its machine's `now` reads.
         var clockOffset: Int64 = 0
+        /// `producer-fenced`: this relay's Kafka producer session is unusable until the relay resets its publisher
+        /// (or the process restarts with a new producer).
+        var producerFenced = false
         init(name: String, role: Role, machine: any PipelineMachine) {
             self.name = name
             self.role = role

@@ -10,8 +10,9 @@ import Synchronization
 /// the row has a trace) `traceparent`. A batch is handed to librdkafka at once and its delivery reports are awaited concurrently; every report resumes exactly
 /// one slot, and the batch's caller is resumed once, when its last slot is filled. A message timeout is an
 /// `.unknown` outcome (the broker may have written it). A full local queue is back-pressure: the publish waits
-/// and tries again. After `PRODUCER_FENCED`, a fatal error or a timed-out idempotent session, the producer is
-/// recreated for the next batch (an idempotent producer stays broken after a long outage).
+/// and tries again. After `PRODUCER_FENCED`, a fatal error or a timed-out idempotent session (an idempotent
+/// producer stays broken after a long outage) the session is unusable: its failed records, and every later batch,
+/// answer `.sessionUnusable`, until the relay machine decides to `reset()` it (a new librdkafka producer).
 public final class KafkaProducer: Sendable {
     public let configuration: KafkaConfiguration
     private let logger: Logger
@@ -61,35 +62,39 @@ public final class KafkaProducer: Sendable {
         await current?.stop(flushTimeout: timeout)
     }
 
-    private func send(_ items: [ProducerSession.Item], topic: String) async -> [PublishOutcome] {
-        guard !items.isEmpty else { return [] }
-        guard let current = currentSession() else {
-            return items.map { _ in .failed(retriable: true, reason: "producer is shut down") }
-        }
-        return await current.send(items, topic: topic)
-    }
-
-    /// The live session; a broken one is replaced by a new producer (its in-flight reports still resolve its batches).
-    private func currentSession() -> ProducerSession? {
-        let (live, retired): (ProducerSession?, ProducerSession?) = session.withLock { current in
-            guard let existing = current else { return (nil, nil) }
-            guard existing.isBroken else { return (existing, nil) }
+    /// Replaces the session by a new producer (the machine's `.resetPublisher`); the old one's in-flight reports
+    /// still resolve its batches. If the new producer cannot be created the old one stays, and keeps answering
+    /// `.sessionUnusable` when broken, so the relay asks again before its next publish.
+    public func reset() {
+        let retired: ProducerSession? = session.withLock { current in
+            guard let existing = current else { return nil }
             do {
-                let fresh = try ProducerSession(configuration: configuration, number: existing.number + 1, logger: logger)
-                current = fresh
-                return (fresh, existing)
+                current = try ProducerSession(configuration: configuration, number: existing.number + 1, logger: logger)
+                return existing
             } catch {
                 logger.error("Could not recreate the Kafka producer", metadata: ["kafka.error": "\(error)"])
-                return (existing, nil)
+                return nil
             }
         }
-        if let retired {
-            logger.warning("Recreated the Kafka producer after a fenced or timed-out idempotent session", metadata: [
-                "kafka.producer": "\(retired.number + 1)", "kafka.reason": "\(retired.brokenReason ?? "")",
-            ])
-            Task.detached { await retired.stop(flushTimeout: .seconds(1)) }
+        guard let retired else { return }
+        logger.warning("Recreated the Kafka producer", metadata: [
+            "kafka.producer": "\(retired.number + 1)", "kafka.reason": "\(retired.brokenReason ?? "reset while usable")",
+        ])
+        Task.detached { await retired.stop(flushTimeout: .seconds(1)) }
+    }
+
+    /// Which producer session is live (1 for the first; each reset adds one). For tests and logs.
+    public var sessionNumber: Int? { session.withLock { $0?.number } }
+
+    private func send(_ items: [ProducerSession.Item], topic: String) async -> [PublishOutcome] {
+        guard !items.isEmpty else { return [] }
+        guard let current = session.withLock({ $0 }) else {
+            return items.map { _ in .failed(retriable: true, reason: "producer is shut down") }
         }
-        return live
+        if let reason = current.brokenReason {
+            return items.map { _ in .sessionUnusable(ProducerSession.unusable(reason)) }
+        }
+        return await current.send(items, topic: topic)
     }
 }
 
@@ -167,7 +172,6 @@ final class ProducerSession: Sendable {
         thread.start()
     }
 
-    var isBroken: Bool { pending.withLock { $0.brokenReason != nil } }
     var brokenReason: String? { pending.withLock { $0.brokenReason } }
 
     func send(_ items: [Item], topic: String) async -> [PublishOutcome] {
@@ -195,9 +199,10 @@ final class ProducerSession: Sendable {
                     try? await Task.sleep(for: .milliseconds(2))
                     continue
                 }
-                let outcome = Self.outcome(for: code)
+                var outcome = Self.outcome(for: code)
                 if code == RD_KAFKA_RESP_ERR__FATAL || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED || code == RD_KAFKA_RESP_ERR__FENCED {
                     markBroken(errorText(code))
+                    outcome = .sessionUnusable(Self.unusable(errorText(code)))
                 }
                 complete(token: token, outcome: outcome)
                 break
@@ -221,15 +226,15 @@ final class ProducerSession: Sendable {
     /// How long after librdkafka's message timeout a missing delivery report is given up on.
     static let reportGrace: Duration = .seconds(5)
 
-    /// Completes every slot whose report is overdue with an unknown outcome (on the poll thread), and marks the
-    /// session broken: a producer that loses reports is replaced before the next batch.
+    /// Completes every slot whose report is overdue (on the poll thread), and marks the session broken: a producer
+    /// that loses reports is unusable (the broker may still have the records: the relay retries them as unknown).
     private func expireOverdueReports() {
         let now = ContinuousClock.now
         let overdue: [UInt64] = pending.withLock { state in state.slots.filter { $0.value.deadline <= now }.map(\.key) }
         guard !overdue.isEmpty else { return }
         markBroken("delivery reports overdue")
         logger.warning("Kafka delivery reports overdue; outcome unknown", metadata: ["kafka.records": "\(overdue.count)"])
-        for token in overdue { complete(token: token, outcome: .unknown("no delivery report before the deadline")) }
+        for token in overdue { complete(token: token, outcome: .sessionUnusable(Self.unusable("no delivery report before the deadline"))) }
     }
 
     private func produce(_ item: Item, topic: String, token: UInt64) -> rd_kafka_resp_err_t {
@@ -253,7 +258,7 @@ final class ProducerSession: Sendable {
 
     /// A delivery report (on the poll thread).
     fileprivate func delivered(token: UInt64, error: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
-        let outcome: PublishOutcome
+        var outcome: PublishOutcome
         if error == RD_KAFKA_RESP_ERR_NO_ERROR {
             outcome = .appended(RecordPosition(partition: partition, offset: offset))
             if logger.logLevel <= .debug, let slot = pending.withLock({ $0.slots[token] }) {
@@ -274,6 +279,7 @@ final class ProducerSession: Sendable {
             {
                 // librdkafka 2.16's idempotent producer stays broken after a timeout (every later send is fenced).
                 markBroken(errorText(error))
+                outcome = .sessionUnusable(Self.unusable(errorText(error)))
             }
             logger.warning("Kafka delivery failed", metadata: ["kafka.error": "\(errorText(error))", "kafka.code": "\(error.rawValue)"])
         }
@@ -303,6 +309,9 @@ final class ProducerSession: Sendable {
             if state.brokenReason == nil { state.brokenReason = reason }
         }
     }
+
+    /// The reason a `.sessionUnusable` outcome carries.
+    static func unusable(_ reason: String) -> String { "producer session unusable (\(reason))" }
 
     static func outcome(for code: rd_kafka_resp_err_t) -> PublishOutcome {
         switch code {

@@ -28,11 +28,16 @@ public protocol StorePerforming: Sendable {
 /// Sends a relay's batch to its broker; one outcome per message.
 public protocol OutboxPublishing: Sendable {
     func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome]
+    /// Replaces the session that reported `.sessionUnusable` (the machine's `.resetPublisher`). Synchronous and
+    /// quick: publishes started after it returns use the new session.
+    func reset()
 }
 
 /// Copies a poison record to the dead-letter topic.
 public protocol DeadLetterForwarding: Sendable {
     func forward(_ record: ConsumedRecord, reason: String) async -> PublishOutcome
+    /// As `OutboxPublishing.reset()`, for the dead-letter producer.
+    func reset()
 }
 
 /// A consumer-group member: answers fetches and commits, and reports assignments, through the loop's `deliver`.
@@ -43,7 +48,11 @@ public protocol GroupConsuming: Sendable {
 
 extension PostgresStore: StorePerforming {}
 extension KafkaProducer: OutboxPublishing, DeadLetterForwarding {}
-extension ServiceBusSender: OutboxPublishing {}
+extension ServiceBusSender: OutboxPublishing {
+    /// Nothing to do: the AMQP engine reconnects a lost connection by itself, and no Service Bus send answers
+    /// `.sessionUnusable`, so the relay never asks.
+    public func reset() {}
+}
 extension KafkaConsumer: GroupConsuming {}
 
 /// The adapters a machine's effects go to; a role leaves out the families it never uses.
@@ -151,6 +160,18 @@ struct LivePerformers: EffectPerformers {
         guard let publisher = performers.publisher else { return observe(.unexpected("publish to \(channel.rawValue): no publisher")) }
         progress.requested()
         jobs.append { .input(.published(ticket, await publisher.publish(messages))) }
+    }
+
+    /// Done at once, on the loop: the publish the machine emitted right after it starts on the new session.
+    mutating func resetPublisher(_ channel: Channel) {
+        switch channel {
+        case .deadLetters:
+            guard let deadLetters = performers.deadLetters else { return observe(.unexpected("resetPublisher: no producer")) }
+            deadLetters.reset()
+        case .orders, .fulfilment:
+            guard let publisher = performers.publisher else { return observe(.unexpected("resetPublisher: no publisher")) }
+            publisher.reset()
+        }
     }
 
     mutating func forwardDeadLetter(_ record: ConsumedRecord, reason: String, ticket: Ticket) {

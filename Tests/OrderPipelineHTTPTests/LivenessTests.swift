@@ -19,6 +19,7 @@ struct LivenessTests {
 
     struct Publisher: OutboxPublishing {
         func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] { [] }
+        func reset() {}
     }
 
     /// Runs a relay loop over `store` until `done` holds for its snapshot (at most 30 s: a loaded machine starts the

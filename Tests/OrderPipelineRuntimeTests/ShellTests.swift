@@ -14,9 +14,11 @@ let logger = Logger(label: "test.shell")
 @Suite("Production shells with fake performers")
 struct ShellTests {
     /// Runs a relay in the production loop until `done` holds (or 60 s pass), then stops it.
-    func runRelay(store: FakeOutboxStore, publisher: FakePublisher, until done: @escaping @Sendable () -> Bool) async {
+    func runRelay(
+        store: FakeOutboxStore, publisher: some OutboxPublishing, outbox: OutboxKind = .serviceBus, until done: @escaping @Sendable () -> Bool
+    ) async {
         let loop = MachineLoop()
-        var configuration = OutboxRelay.Configuration(outbox: .serviceBus, owner: "relay-test")
+        var configuration = OutboxRelay.Configuration(outbox: outbox, owner: "relay-test")
         configuration.batchSize = 7
         configuration.pollInterval = .milliseconds(20)
         configuration.backoff = Backoff(base: .milliseconds(5), cap: .milliseconds(50))

@@ -55,6 +55,9 @@ public final class FakePublisher: OutboxPublishing {
             return .delivered
         }
     }
+
+    /// Never asked for: this broker never reports an unusable session.
+    public func reset() {}
 }
 
 /// Sample data the suites share.

@@ -64,6 +64,7 @@ extension Effect {
         case .forwardDeadLetter: "forwardDeadLetter"
         case .fetch: "fetch"
         case .commitOffsets: "commitOffsets"
+        case .resetPublisher(let channel): "resetPublisher(\(channel.rawValue))"
         case .setTimer: "setTimer"
         case .cancelTimer: "cancelTimer"
         case .respond: "respond"

@@ -47,6 +47,10 @@ public enum PublishOutcome: Hashable, Sendable {
     /// The broker answered with a refusal and its condition (an AMQP `rejected` disposition's error condition).
     /// The adapter does not judge it: the relay classifies it (`Refusal.isTransient`).
     case refused(condition: String, description: String)
+    /// Not delivered (or not known to be), and the publisher's session can send nothing more: a Kafka producer
+    /// fenced (`PRODUCER_FENCED`), fatally failed, or an idempotent session that timed out. The adapter only reports
+    /// it; the relay retries the row and resets the publisher (`.resetPublisher`) before its next publish.
+    case sessionUnusable(String)
 }
 
 /// Where Kafka appended a record: `partition 2, offset 117`.
@@ -65,8 +69,12 @@ extension PublishOutcome {
     public var isDelivered: Bool {
         switch self {
         case .delivered, .appended: true
-        case .failed, .unknown, .refused: false
+        case .failed, .unknown, .refused, .sessionUnusable: false
         }
+    }
+
+    public var isSessionUnusable: Bool {
+        if case .sessionUnusable = self { true } else { false }
     }
 }
 
@@ -163,6 +171,9 @@ public enum Effect: Hashable, Sendable {
     /// Ask for up to `max` records of the assigned partitions; answer with `.fetched` (possibly empty after a wait).
     case fetch(Ticket, max: Int)
     case commitOffsets(Ticket, [PartitionOffset], generation: Int64)
+    /// Replace the channel's publisher session (a new Kafka producer) before the next publish: the last one reported
+    /// `.sessionUnusable`. Done at once, in order with the effects around it; no answer.
+    case resetPublisher(Channel)
     case setTimer(TimerID, at: Instant)
     case cancelTimer(TimerID)
     case respond(RequestID, IntakeResponse)

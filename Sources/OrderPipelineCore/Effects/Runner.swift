@@ -22,6 +22,7 @@ public struct MachineRunner<Machine: PipelineMachine>: Sendable {
             case let .forwardDeadLetter(ticket, record, reason): performers.forwardDeadLetter(record, reason: reason, ticket: ticket)
             case let .fetch(ticket, max): performers.fetch(max: max, ticket: ticket)
             case let .commitOffsets(ticket, offsets, generation): performers.commit(offsets, generation: generation, ticket: ticket)
+            case let .resetPublisher(channel): performers.resetPublisher(channel)
             case let .setTimer(id, at):
                 let token = (timerTokens[id] ?? 0) + 1
                 timerTokens[id] = token
@@ -61,6 +62,8 @@ public protocol EffectPerformers {
     mutating func fetch(max: Int, ticket: Ticket)
     /// The group's offsets; answer with `.offsetsCommitted(ticket, outcome)`.
     mutating func commit(_ offsets: [PartitionOffset], generation: Int64, ticket: Ticket)
+    /// Replace the channel's publisher session, synchronously: publishes performed after this use the new one.
+    mutating func resetPublisher(_ channel: Channel)
     /// Call the runner's `timerFired(id, token:)` once the clock reads `at`.
     mutating func setTimer(_ id: TimerID, at: Instant, token: UInt64)
     /// The API's answer to a request.
@@ -75,6 +78,7 @@ extension EffectPerformers {
     public mutating func forwardDeadLetter(_ record: ConsumedRecord, reason: String, ticket: Ticket) { observe(.unexpected("forwardDeadLetter")) }
     public mutating func fetch(max: Int, ticket: Ticket) { observe(.unexpected("fetch")) }
     public mutating func commit(_ offsets: [PartitionOffset], generation: Int64, ticket: Ticket) { observe(.unexpected("commitOffsets")) }
+    public mutating func resetPublisher(_ channel: Channel) { observe(.unexpected("resetPublisher \(channel.rawValue)")) }
     public mutating func setTimer(_ id: TimerID, at: Instant, token: UInt64) { observe(.unexpected("setTimer \(id.rawValue)")) }
     public mutating func respond(_ response: IntakeResponse, to request: RequestID) { observe(.unexpected("respond")) }
 }

@@ -78,12 +78,14 @@ public struct FulfilmentConsumer: Sendable {
         case let .published(ticket, outcomes):
             guard case .awaiting(ticket, let step) = phase, case .forward(let record, _) = step else { return [] }
             if outcomes.first == .delivered { return done(record, now: now) }
+            // The dead-letter producer's session is unusable (fenced): replace it before the next attempt.
+            let reset: [Effect] = outcomes.contains(where: \.isSessionUnusable) ? [.resetPublisher(.deadLetters)] : []
             if failures + 1 >= configuration.deadLetterForwardAttempts {
                 failures = 0
                 let reason = outcomes.first.map { "\($0)" } ?? "no outcome"
-                return [.note(.deadLetterCopySkipped(record, reason: reason))] + done(record, now: now)
+                return reset + [.note(.deadLetterCopySkipped(record, reason: reason))] + done(record, now: now)
             }
-            return backOff(step, note: .storeRetry("dead-letter topic"), now: now)
+            return reset + backOff(step, note: .storeRetry("dead-letter topic"), now: now)
         case let .offsetsCommitted(ticket, outcome):
             guard case .awaiting(ticket, .commit(let offsets, _)) = phase else { return [] }
             switch outcome {

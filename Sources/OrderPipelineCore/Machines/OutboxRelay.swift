@@ -12,6 +12,8 @@
 ///   kept. Leases keep the batches apart (not even the owner re-claims a row within its lease).
 /// - Retriable failures and unknown outcomes back off with jitter and are retried forever; only a permanent
 ///   refusal dead-letters a row. Nothing is stranded.
+/// - A publisher that reports its session unusable (a fenced Kafka producer) is reset (`.resetPublisher`) just
+///   before the next publish, once per broken session; the batch's rows are retried like unknown outcomes.
 public struct OutboxRelay: Sendable {
     public struct Configuration: Sendable, Hashable {
         public var outbox: OutboxKind
@@ -70,6 +72,10 @@ public struct OutboxRelay: Sendable {
     private var storeFailures = 0
     /// Consecutive batches of which nothing was delivered.
     private var brokerFailures = 0
+    /// A publish reported the publisher's session unusable: reset it before the next publish.
+    private var publisherNeedsReset = false
+    /// Publishes with a ticket up to this one went out before the latest reset: their session is already replaced.
+    private var lastTicketBeforeReset: UInt64 = 0
     private var random: SplitMix64
 
     /// `seed` feeds the jitter: the production shell draws it from the system, the simulator from its run seed.
@@ -96,6 +102,8 @@ public struct OutboxRelay: Sendable {
             polling = false
             storeFailures = 0
             brokerFailures = 0
+            // A restarted relay process has a fresh publisher.
+            publisherNeedsReset = false
             return issue(.release)
         case .wake:
             guard released, !suspectsBroker else { return [] }
@@ -117,6 +125,7 @@ public struct OutboxRelay: Sendable {
         case let .published(ticket, outcomes):
             guard case .publish(let rows)? = awaiting[ticket], outcomes.count == rows.count else { return [] }
             awaiting[ticket] = nil
+            if ticket.raw > lastTicketBeforeReset, outcomes.contains(where: \.isSessionUnusable) { publisherNeedsReset = true }
             return settle(rows, outcomes, now: now)
         case .fetched, .assigned, .offsetsCommitted, .createOrder, .changeStatus:
             return []
@@ -143,7 +152,10 @@ public struct OutboxRelay: Sendable {
         case .claim:
             return [.store(ticket, .claimOutbox(OutboxClaim(outbox: c.outbox, owner: c.owner, limit: suspectsBroker ? 1 : c.batchSize, lease: c.lease)))]
         case .publish(let rows):
-            return [.publish(ticket, c.channel, rows)]
+            guard publisherNeedsReset else { return [.publish(ticket, c.channel, rows)] }
+            publisherNeedsReset = false
+            lastTicketBeforeReset = ticket.raw - 1
+            return [.resetPublisher(c.channel), .publish(ticket, c.channel, rows)]
         case .settle(let settlement):
             return [.store(ticket, .settleOutbox(settlement))]
         }
@@ -247,7 +259,7 @@ public struct OutboxRelay: Sendable {
                 settlement.published.append(row.sequence)
                 settlement.positions[row.sequence] = position
                 notes.append(.note(.published(channel, row)))
-            case .failed(retriable: true, let reason), .unknown(let reason):
+            case .failed(retriable: true, let reason), .unknown(let reason), .sessionUnusable(let reason):
                 let delay = configuration.backoff.delay(attempt: row.attempts, using: &random)
                 settlement.retries.append(.init(sequence: row.sequence, delay: delay, error: reason))
                 notes.append(.note(.publishRetry(channel, sequence: row.sequence, reason: reason)))
