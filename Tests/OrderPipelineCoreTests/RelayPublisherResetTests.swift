@@ -80,4 +80,22 @@ import Testing
         #expect(resets(again) == 0)
         #expect(publishes(again).count == 1)
     }
+
+    @Test func theConsumerResetsAFencedDeadLetterProducerBeforeItsNextCopy() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(consumer.handle(.assigned(generation: 1, partitions: [2]), now: t0).compactMap { effect -> Ticket? in
+            if case .fetch(let ticket, _) = effect { ticket } else { nil }
+        }.first)
+        let poison = ConsumedRecord(partition: 2, offset: 9, key: nil, headers: [], value: Array("garbage".utf8))
+        let (ticket, _) = try #require(stores(consumer.handle(.fetched(fetch, [poison]), now: t0)).first)
+        guard case .forwardDeadLetter(let forward, _, _)? = consumer.handle(.stored(ticket, .committed(.deadLettered)), now: t0).first else {
+            Issue.record("expected the dead-letter topic"); return
+        }
+        let failed = consumer.handle(.published(forward, [fenced]), now: t0)
+        #expect(failed.first == .resetPublisher(.deadLetters), "the dead-letter producer is replaced before the retry")
+        #expect(failed.filter { $0 == .resetPublisher(.deadLetters) }.count == 1)
+        guard case .setTimer(.retry, let at)? = failed.last else { Issue.record("expected a retry"); return }
+        guard case .forwardDeadLetter = consumer.handle(.timer(.retry), now: at).first else { Issue.record("expected a second copy"); return }
+    }
 }
