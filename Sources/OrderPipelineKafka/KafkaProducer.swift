@@ -8,11 +8,11 @@ import Synchronization
 ///
 /// Idempotent (`enable.idempotence=true`, `acks=all`); key = order id, headers `event-id`, `event-type` and (when
 /// the row has a trace) `traceparent`. A batch is handed to librdkafka at once and its delivery reports are awaited concurrently; every report resumes exactly
-/// one slot, and the batch's caller is resumed once, when its last slot is filled. A message timeout is an
-/// `.unknown` outcome (the broker may have written it). A full local queue is back-pressure: the publish waits
-/// and tries again. After `PRODUCER_FENCED`, a fatal error or a timed-out idempotent session (an idempotent
-/// producer stays broken after a long outage) the session is unusable: its failed records, and every later batch,
-/// answer `.sessionUnusable`, until the relay machine decides to `reset()` it (a new librdkafka producer).
+/// one slot, and the batch's caller is resumed once, when its last slot is filled. A full local queue is
+/// back-pressure: the publish waits and tries again. After `PRODUCER_FENCED`, a fatal error or a message timeout
+/// (an idempotent producer stays broken after one) the session is unusable: those records (the broker may have
+/// written them) and every later batch answer `.sessionUnusable`, until the relay machine decides to `reset()` it
+/// (a new librdkafka producer).
 public final class KafkaProducer: Sendable {
     public let configuration: KafkaConfiguration
     private let logger: Logger
