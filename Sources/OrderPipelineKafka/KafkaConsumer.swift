@@ -16,6 +16,8 @@ import Synchronization
 ///   `.rebalanced` and commits nothing.
 /// - One dedicated thread polls continuously (rebalance callbacks and heartbeats-by-poll happen there), buffering
 ///   records ahead of the machine; when the buffer is full it pauses the assigned partitions and keeps polling.
+///   A fetch request (and shutdown) cuts its poll short (`rd_kafka_queue_yield`), so buffered records go to the
+///   machine at once rather than when the poll slice ends.
 public final class KafkaConsumer: Sendable {
     public let configuration: KafkaConfiguration
     private let logger: Logger
@@ -95,7 +97,10 @@ public final class KafkaConsumer: Sendable {
     /// Ask for up to `max` records; answered through the sink with `.fetched(ticket, records)` (empty after
     /// `fetchWait` without records).
     public func fetch(_ ticket: Ticket, max: Int) {
-        shared.withLock { $0.fetch = (ticket, Swift.max(max, 1), ContinuousClock.now + configuration.fetchWait) }
+        shared.withLock { state in
+            state.fetch = (ticket, Swift.max(max, 1), ContinuousClock.now + configuration.fetchWait)
+            if !state.stopping { handle.wakePoller() }
+        }
     }
 
     /// Commit the next offsets to read; answered through the sink with `.offsetsCommitted`.
@@ -107,6 +112,7 @@ public final class KafkaConsumer: Sendable {
     public func shutdown() async {
         let first = shared.withLock { state -> Bool in
             defer { state.stopping = true }
+            if !state.stopping { handle.wakePoller() }
             return !state.stopping
         }
         if first { commits.close() }
@@ -162,6 +168,8 @@ public final class KafkaConsumer: Sendable {
             if stopping { break }
             if let fetch {
                 if !state.buffer.isEmpty {
+                    // Take what else librdkafka already holds, without waiting: one bigger batch, not several.
+                    while state.buffer.count < fetch.max, let message = rd_kafka_consumer_poll(rk, 0) { receive(message, state) }
                     let records = Array(state.buffer.prefix(fetch.max))
                     state.buffer.removeFirst(records.count)
                     answer(fetch.ticket, records, state)
@@ -175,18 +183,25 @@ public final class KafkaConsumer: Sendable {
                 paused = full
             }
             guard let message = rd_kafka_consumer_poll(rk, 50) else { continue }
-            defer { rd_kafka_message_destroy(message) }
-            let m = message.pointee
-            if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                state.buffer.append(Self.record(m, message))
-            } else if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                logger.warning("Kafka consumer error", metadata: ["kafka.error": "\(errorText(m.err))", "kafka.code": "\(m.err.rawValue)"])
-            }
+            receive(message, state)
         }
-        // Leave the group: the revoke callback runs here; nothing more goes to the sink.
+        // Leave the group: the revoke callback runs here; nothing more goes to the sink. No wake-up can come any
+        // more (`stopping` is set under the same lock), and the queue reference must go before the close.
+        shared.withLock { _ in handle.releaseConsumerQueue() }
         state.closing = true
         rd_kafka_consumer_close(rk)
         threadFinished()
+    }
+
+    /// Buffers a polled record (or logs the error it carries) and frees the message.
+    private func receive(_ message: UnsafeMutablePointer<rd_kafka_message_t>, _ state: ConsumerThreadState) {
+        defer { rd_kafka_message_destroy(message) }
+        let m = message.pointee
+        if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+            state.buffer.append(Self.record(m, message))
+        } else if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+            logger.warning("Kafka consumer error", metadata: ["kafka.error": "\(errorText(m.err))", "kafka.code": "\(m.err.rawValue)"])
+        }
     }
 
     private func measureLag(_ rk: OpaquePointer) {
@@ -332,15 +347,33 @@ final class ConsumerThreadState: @unchecked Sendable {
     }
 }
 
-/// Owns the consumer's `rd_kafka_t`.
+/// Owns the consumer's `rd_kafka_t` and a reference to its consumer queue (the one `rd_kafka_consumer_poll` serves).
 final class ConsumerHandle: @unchecked Sendable {
     let rk: OpaquePointer
     let state: ConsumerThreadState
+    /// Used under the consumer's `shared` lock only; nil once released.
+    private var consumerQueue: OpaquePointer?
+
     init(_ rk: OpaquePointer, state: ConsumerThreadState) {
         self.rk = rk
         self.state = state
+        self.consumerQueue = rd_kafka_queue_get_consumer(rk)
     }
-    deinit { rd_kafka_destroy(rk) }
+
+    /// Makes the poll in progress (or the next one) return at once.
+    func wakePoller() {
+        if let consumerQueue { rd_kafka_queue_yield(consumerQueue) }
+    }
+
+    func releaseConsumerQueue() {
+        if let consumerQueue { rd_kafka_queue_destroy(consumerQueue) }
+        consumerQueue = nil
+    }
+
+    deinit {
+        releaseConsumerQueue()
+        rd_kafka_destroy(rk)
+    }
 }
 
 /// A blocking FIFO for a dedicated thread.
