@@ -12,8 +12,9 @@ import Synchronization
 /// - `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`; offsets are
 ///   committed only when the machine asks, explicitly, synchronously (on a dedicated commit thread).
 /// - Eager rebalancing (`partition.assignment.strategy=range`): every assignment starts a new generation (a
-///   counter of this adapter) and drops what the adapter had buffered; a commit for an older generation answers
-///   `.rebalanced` and commits nothing.
+///   counter of this adapter) and drops what the adapter had buffered. A commit is judged by the group's rule in
+///   the core (`CommitOutcome.fence`, which the simulator's group model applies too): one for an older generation,
+///   or for a partition not assigned now, answers `.rebalanced` and commits nothing.
 /// - One dedicated thread polls continuously (rebalance callbacks and heartbeats-by-poll happen there), buffering
 ///   records ahead of the machine; when the buffer is full it pauses the assigned partitions and keeps polling.
 ///   A fetch request (and shutdown) cuts its poll short (`rd_kafka_queue_yield`), so buffered records go to the
@@ -32,6 +33,8 @@ public final class KafkaConsumer: Sendable {
 
     private struct Shared {
         var generation: Int64 = 0
+        /// The partitions of `generation`.
+        var assigned: [Int32] = []
         var fetch: (ticket: Ticket, max: Int, deadline: ContinuousClock.Instant)?
         var stopping = false
     }
@@ -126,18 +129,17 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
-    var currentGeneration: Int64 { shared.withLock { $0.generation } }
-
     /// Records behind the partitions' high watermarks counted from the committed offset (the work not yet done
     /// for good, what a restart would fetch again), per assigned partition whose committed offset is known;
     /// refreshed about once a second by the poll thread from librdkafka's cached watermarks.
     public var lag: [Int32: Int64] { lagByPartition.withLock { $0 } }
 
-    fileprivate func newGeneration() -> Int64 {
+    fileprivate func newGeneration(_ assigned: [Int32]) -> Int64 {
         committedOffsets.withLock { $0 = [:] }
         lagByPartition.withLock { $0 = [:] }  // revoked partitions lose their gauge at once
         return shared.withLock { state in
             state.generation += 1
+            state.assigned = assigned
             return state.generation
         }
     }
@@ -289,7 +291,10 @@ public final class KafkaConsumer: Sendable {
     }
 
     private func perform(_ commit: Commit) -> CommitOutcome {
-        guard commit.generation == currentGeneration else { return .rebalanced }
+        let (current, assigned) = shared.withLock { ($0.generation, $0.assigned) }
+        if let fenced = CommitOutcome.fence(commit.offsets, generation: commit.generation, current: current, owns: assigned.contains) {
+            return fenced
+        }
         guard !commit.offsets.isEmpty else { return .committed }
         let list = rd_kafka_topic_partition_list_new(Int32(commit.offsets.count))
         defer { rd_kafka_topic_partition_list_destroy(list) }
@@ -338,8 +343,8 @@ final class ConsumerThreadState: @unchecked Sendable {
             rd_kafka_assign(rk, nil)
         }
         guard !closing, let consumer else { return }
-        let generation = consumer.newGeneration()
         assigned.sort()
+        let generation = consumer.newGeneration(assigned)
         logger.info("Kafka partitions \(error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assigned" : "revoked")", metadata: [
             "kafka.topic": "\(topic)", "kafka.partitions": "\(assigned)", "kafka.generation": "\(generation)",
         ])
