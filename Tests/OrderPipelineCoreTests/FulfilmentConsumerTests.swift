@@ -209,6 +209,25 @@ import Testing
         #expect(rest.count == 1)
     }
 
+    /// Regression (found by the lab, seed 386 of `--faults all`): a partition's retry was due by a clock that then
+    /// stepped back 30 s, and it waited out the step while the other partition's retries came and went.
+    @Test func aRetryNeverWaitsLongerThanTheBackoffCapWhenTheClockStepsBack() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1]), now: t0)))
+        let batches = stores(consumer.handle(.fetched(fetch, [record(0), record(0, partition: 1, order: orderB)]), now: t0))
+        _ = consumer.handle(.stored(batches[0].0, .failed(.timedOut)), now: t0)
+        let stepped = t0 + .seconds(-30)
+        guard case .setTimer(.retry, let soonest)? = consumer.handle(.stored(batches[1].0, .failed(.timedOut)), now: stepped).last else {
+            Issue.record("expected a backoff"); return
+        }
+        let fired = consumer.handle(.timer(.retry), now: soonest)
+        #expect(stores(fired).map(\.1) == [batches[1].1])
+        guard case .setTimer(.retry, let next)? = fired.last else { Issue.record("partition 0 must stay armed"); return }
+        #expect(next <= soonest + consumer.configuration.backoff.cap, "bounded by the cap, not by the clock's step")
+        #expect(stores(consumer.handle(.timer(.retry), now: next)).map(\.1) == [batches[0].1])
+    }
+
     @Test func theGroupFencesCommitsOfAnotherGenerationOrOfPartitionsNotOwned() {
         let offsets = [PartitionOffset(partition: 1, offset: 5)]
         #expect(CommitOutcome.fence(offsets, generation: 4, current: 4, owns: { $0 == 1 }) == nil)

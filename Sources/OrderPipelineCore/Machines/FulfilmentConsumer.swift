@@ -265,15 +265,19 @@ public struct FulfilmentConsumer: Sendable {
         var work = work
         work.failures += 1
         let at = now + configuration.backoff.delay(attempt: work.failures, using: &random)
+        boundRetries(now: now)
         let index = retries.firstIndex { $0.at > at } ?? retries.count
         retries.insert((at, work), at: index)
         return [.note(note), .setTimer(.retry, at: retries[0].at)]
     }
 
     /// Re-issues the work whose backoff is over (a commit with the progress made since) and re-arms for the rest.
+    /// The timer was armed for the soonest, so that one goes even if the clock now reads earlier (it stepped back).
     private mutating func retryDue(now: Instant) -> [Effect] {
         var effects: [Effect] = []
-        while let first = retries.first, first.at <= now {
+        var armedFor = true
+        while let first = retries.first, armedFor || first.at <= now {
+            armedFor = false
             retries.removeFirst()
             var work = first.work
             if work.isCommit {
@@ -282,7 +286,15 @@ public struct FulfilmentConsumer: Sendable {
             }
             effects += perform(work, now: now)
         }
+        boundRetries(now: now)
         if let next = retries.first { effects.append(.setTimer(.retry, at: next.at)) }
         return effects
+    }
+
+    /// No backoff is longer than the cap, so a retry due later than that from now was timed by a clock that has
+    /// stepped back since: it goes at the cap instead of waiting out the step. (Order is kept: those become ties.)
+    private mutating func boundRetries(now: Instant) {
+        let latest = now + configuration.backoff.cap
+        for index in retries.indices where retries[index].at > latest { retries[index].at = latest }
     }
 }
