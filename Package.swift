@@ -47,9 +47,23 @@ let package = Package(
             ],
             path: "Simulations/order-sim"
         ),
-        .testTarget(name: "OrderPipelineCoreTests", dependencies: ["OrderPipelineCore"]),
+        .testTarget(name: "OrderPipelineCoreTests", dependencies: ["OrderPipelineCore", "OrderPipelineTestSupport"]),
         // The production shells (MachineLoop, IntakeShell) driven with fake performers: no services needed.
-        .testTarget(name: "OrderPipelineRuntimeTests", dependencies: ["OrderPipelineCore", "OrderPipelineRuntime"]),
+        .testTarget(name: "OrderPipelineRuntimeTests", dependencies: ["OrderPipelineCore", "OrderPipelineRuntime", "OrderPipelineTestSupport"]),
+        // What every test target shares: fakes, sample data, the test environment, the AMQP test receiver, the scripted
+        // AMQP peer and the PostgreSQL connection gate. A library (not a test target) so that test targets can use it.
+        .target(
+            name: "OrderPipelineTestSupport",
+            dependencies: [
+                "OrderPipelineCore",
+                "OrderPipelinePostgres",
+                "OrderPipelineRuntime",
+                "OrderPipelineServiceBus",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/OrderPipelineTestSupport",
+            exclude: ["Peers"]
+        ),
 
         // --- PostgreSQL (libpq) adapter, runtime shells, HTTP API, the deployable binary -------------------
         .systemLibrary(
@@ -108,7 +122,7 @@ let package = Package(
         ),
         .testTarget(
             name: "OrderPipelinePostgresTests",
-            dependencies: ["OrderPipelineCore", "OrderPipelinePostgres", "OrderPipelineSimulation"]
+            dependencies: ["OrderPipelineCore", "OrderPipelinePostgres", "OrderPipelineSimulation", "OrderPipelineTestSupport"]
         ),
         .testTarget(
             name: "OrderPipelineHTTPTests",
@@ -117,6 +131,7 @@ let package = Package(
                 "OrderPipelinePostgres",
                 "OrderPipelineRuntime",
                 "OrderPipelineHTTP",
+                "OrderPipelineTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -126,6 +141,7 @@ let package = Package(
             name: "OrderPipelineSimulationTests",
             dependencies: [
                 "OrderPipelineSimulation",
+                "OrderPipelineTestSupport",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
         ),
@@ -162,12 +178,11 @@ let package = Package(
         ),
         .testTarget(
             name: "OrderPipelineKafkaTests",
-            dependencies: ["OrderPipelineCore", "OrderPipelineKafka"]
+            dependencies: ["OrderPipelineCore", "OrderPipelineKafka", "OrderPipelineTestSupport"]
         ),
         .testTarget(
             name: "OrderPipelineServiceBusTests",
-            dependencies: ["OrderPipelineCore", "OrderPipelineServiceBus"],
-            exclude: ["Peers"]
+            dependencies: ["OrderPipelineCore", "OrderPipelineServiceBus", "OrderPipelineTestSupport"]
         ),
         .testTarget(
             name: "OrderPipelineEndToEndTests",
@@ -177,6 +192,7 @@ let package = Package(
                 "OrderPipelineRuntime",
                 "OrderPipelineKafka",
                 "OrderPipelineServiceBus",
+                "OrderPipelineTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -52,8 +52,7 @@ public final class KafkaModel {
         let p = partition(for: event.orderID)
         let record = ConsumedRecord(
             partition: Int32(p), offset: Int64(partitions[p].count), key: Array(event.orderID.description.utf8),
-            headers: [.init(name: "event-id", value: Array(event.id.description.utf8)), .init(name: "event-type", value: Array(event.type.rawValue.utf8))],
-            value: event.payload)
+            headers: event.kafkaHeaders, value: event.payload)
         partitions[p].append(Record(record: record, event: event, appendedAt: now))
         return record
     }
@@ -119,6 +118,8 @@ public final class ServiceBusModel {
         public var subject: String
         public var orderID: OrderID
         public var enqueuedAt: Instant
+        /// The application property `traceparent` (and `Diagnostic-Id`) the relay sent.
+        public var traceParent: TraceParent?
     }
 
     public let duplicateDetectionWindow: Duration
@@ -138,7 +139,7 @@ public final class ServiceBusModel {
             return nil
         }
         seen[event.id] = now
-        let message = Message(messageID: event.id, subject: event.type.rawValue, orderID: event.orderID, enqueuedAt: now)
+        let message = Message(messageID: event.id, subject: event.type.rawValue, orderID: event.orderID, enqueuedAt: now, traceParent: event.traceParent)
         queue.append(message)
         return message
     }

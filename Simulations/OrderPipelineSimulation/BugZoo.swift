@@ -17,6 +17,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
     case refusalsPermanent = "refusals-permanent"
     case nonIdempotentPatch = "non-idempotent-patch"
     case noReconciler = "no-reconciler"
+    case fulfilmentDropsTrace = "fulfilment-drops-trace"
 
     public var summary: String {
         switch self {
@@ -33,6 +34,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .refusalsPermanent: "every Service Bus refusal dead-letters the row, server-busy and expired tokens included"
         case .nonIdempotentPatch: "a status change to the status the order already has is refused, so a retried PATCH answers 409"
         case .noReconciler: "nothing looks again once an outbox row is published: records the broker loses leave orders Pending forever"
+        case .fulfilmentDropsTrace: "the fulfilment transaction leaves the trace column out of its Service Bus outbox INSERT, so every fulfilment message starts a new trace"
         }
     }
 
@@ -46,6 +48,7 @@ public enum ZooBug: String, CaseIterable, Sendable, Codable {
         case .idCursor: variants.idCursor = true
         case .unorderedRelays: variants.claimWithoutHeadOfLine = true
         case .nonIdempotentPatch: variants.transitionNotIdempotent = true
+        case .fulfilmentDropsTrace: variants.fulfilWithoutTrace = true
         case .autoCommit, .randomMessageID, .markBeforeAck, .haltingDeadLetters, .claimWhileCutOff, .refusalsPermanent, .noReconciler: break
         }
         return variants

@@ -14,6 +14,7 @@ public enum Invariant: String, Sendable, CaseIterable, Hashable {
     case noUnexpectedBranch = "no-unexpected-branch"
     case inboxKeysDerived = "inbox-keys-are-derived-event-ids"
     case fulfilmentAfterCommit = "fulfilment-message-after-its-commit"
+    case traceCarried = "trace-carried-end-to-end"
 }
 
 public struct Violation: Sendable, Hashable, CustomStringConvertible {
@@ -127,6 +128,24 @@ public enum Checker {
             }
             if message.enqueuedAt < committed {
                 violations.append(Violation(.fulfilmentAfterCommit, "\(message.messageID) for \(message.orderID) was sent before its Fulfilled commit"))
+            }
+        }
+
+        // One trace per order: its OrderCreated record carries the trace its creating request was given, and its
+        // fulfilment message continues that trace with the consumer's (derived) span.
+        for (p, log) in world.kafka.partitions.enumerated() {
+            for record in log {
+                guard let event = record.event, event.type == .orderCreated, let expected = world.requestTraces[event.orderID] else { continue }
+                if record.record.traceParent != expected {
+                    violations.append(Violation(.traceCarried, "\(event.orderID)'s record \(p)@\(record.record.offset) carries trace \(record.record.traceParent?.description ?? "none"), its request had \(expected)"))
+                }
+            }
+        }
+        for message in world.serviceBus.queue {
+            guard let created = world.requestTraces[message.orderID] else { continue }
+            let expected = created.child(derivedFrom: message.messageID.uuid)
+            if message.traceParent != expected {
+                violations.append(Violation(.traceCarried, "\(message.messageID) for \(message.orderID) carries trace \(message.traceParent?.description ?? "none"), expected \(expected)"))
             }
         }
 

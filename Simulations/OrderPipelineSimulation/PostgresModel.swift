@@ -238,11 +238,15 @@ public final class PostgresModel {
             transitions.append(Transition(orderID: order.id, from: from, to: change.to, at: change.at, committedAt: now))
             var notify: OutboxKind?
             if let type = EventType(announcing: change.to) {
-                kafkaOutbox.insert(PipelineEvent(type: type, order: order, at: change.at, includeOrder: false), sequence: reserved.kafka, at: now)
+                var event = PipelineEvent(type: type, order: order, at: change.at, includeOrder: false)
+                event.traceParent = change.traceParent
+                kafkaOutbox.insert(event, sequence: reserved.kafka, at: now)
                 notify = .kafka
             }
             if change.to == .fulfilled {
-                serviceBusOutbox.insert(PipelineEvent(type: .orderFulfilled, orderID: order.id, at: change.at, status: .fulfilled), sequence: reserved.serviceBus, at: now)
+                var event = PipelineEvent(type: .orderFulfilled, orderID: order.id, at: change.at, status: .fulfilled)
+                event.traceParent = change.traceParent
+                serviceBusOutbox.insert(event, sequence: reserved.serviceBus, at: now)
             }
             return (.transitioned(order), notify)
 
@@ -299,7 +303,7 @@ public final class PostgresModel {
         transitions.append(Transition(orderID: order.id, from: .processing, to: .fulfilled, at: fulfilment.at, committedAt: now))
         orders[order.id] = order
         var event = fulfilment.fulfilmentEvent
-        event.traceParent = fulfilment.traceParent  // stored with the row, as the SQL recipe does
+        if recipeVariants.fulfilWithoutTrace { event.traceParent = nil }
         serviceBusOutbox.insert(event, sequence: sequence, at: now)
         return .fulfilled
     }
@@ -327,6 +331,8 @@ public struct RecipeVariants: Sendable, Hashable {
     /// A transition to the status the order already has is refused as illegal, so a PATCH re-issued after an
     /// unknown COMMIT answers 409 although its own change was applied.
     public var transitionNotIdempotent = false
+    /// The fulfilment transaction writes its Service Bus outbox row without the consumed record's trace.
+    public var fulfilWithoutTrace = false
     public init() {}
 }
 

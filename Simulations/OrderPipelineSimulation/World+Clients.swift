@@ -16,7 +16,9 @@ extension World {
             let requestID = RequestID(client) << 16 | RequestID(attempt)
             let orderID = OrderID(UUID128.random(using: &idRandom))
             history.record(now, clients[client].key, .invoke, "createOrder", "attempt \(attempt)\(copy > 0 ? " (copy)" : "") via \(nodes[api].name)")
-            let input = Input.createOrder(requestID, body: clients[client].body, idempotencyKey: clients[client].key, newOrderID: orderID)
+            let trace = TraceParent.forRequest(clients[client].traceParent, using: &traceRandom)
+            requestTraces[orderID] = trace
+            let input = Input.createOrder(requestID, body: clients[client].body, idempotencyKey: clients[client].key, newOrderID: orderID, trace: trace)
             reply(to: api, incarnation: nodes[api].incarnation, input)
         }
         queue.schedule(at: now + 1_000_000, .clientTimeout(client: client, attempt: attempt))
@@ -67,7 +69,8 @@ extension World {
         let api = apis[Int(workloadRandom.below(UInt64(apis.count)))]
         history.record(now, clients[client].key, .invoke, "cancelOrder", "order=\(order) attempt \(attempt) via \(nodes[api].name)")
         let requestID = RequestID(client) << 16 | RequestID(attempt | World.cancelFlag)
-        reply(to: api, incarnation: nodes[api].incarnation, .changeStatus(requestID, order, body: World.cancelBody))
+        let trace = TraceParent.forRequest(clients[client].traceParent, using: &traceRandom)
+        reply(to: api, incarnation: nodes[api].incarnation, .changeStatus(requestID, order, body: World.cancelBody, trace: trace))
         queue.schedule(at: now + 1_000_000, .clientCancelTimeout(client: client, attempt: attempt))
     }
 

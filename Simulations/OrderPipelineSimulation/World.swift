@@ -49,6 +49,9 @@ public final class World {
         var cancelAttempts = 0
         var cancelAnswered = false
         var cancelled = false
+        /// The `traceparent` this client sends with every request, or nil (half the clients): then each request
+        /// starts a new trace.
+        var traceParent: TraceParent?
     }
 
     enum Event {
@@ -105,6 +108,12 @@ public final class World {
     var faultStreams: [SplitMix64]
     var machineSeeds: SplitMix64
     var idRandom: SplitMix64
+    /// Trace ids, drawn the way the HTTP shell draws them (`TraceParent.forRequest`); its own stream, so tracing
+    /// moves no other draw.
+    var traceRandom: SplitMix64
+    /// The trace each create attempt handed to the intake machine, by the order id it drew: the order's events and
+    /// its fulfilment message must carry that trace id (`trace-carried-end-to-end`).
+    var requestTraces: [OrderID: TraceParent] = [:]
     var parkedFetch: [Int: (incarnation: Int, ticket: Ticket)] = [:]
     var outages: [FaultKind: [(start: Int64, end: Int64)]] = [:]
     /// Windows in which one relay cannot reach its broker (`partial-partition`); `end` nil: the partition outlives
@@ -140,6 +149,7 @@ public final class World {
         faultStreams = FaultKind.allCases.map { _ in faultRoot.split() }
         machineSeeds = root.split()
         idRandom = root.split()
+        traceRandom = root.split()
         kafka = KafkaModel(partitionCount: max(1, options.partitions))
         serviceBus = ServiceBusModel(duplicateDetectionWindow: .seconds(600))
         history = History(enabled: options.recordHistory)
@@ -179,6 +189,7 @@ public final class World {
         for i in 0..<options.orders {
             let valid = !workloadRandom.chance(options.invalidRequestShare)
             var client = Client(key: "client-\(i + 1)", body: makeBody(i, valid: valid), valid: valid)
+            if traceRandom.chance(0.5) { client.traceParent = .newTrace(using: &traceRandom) }
             client.wantsCancel = valid && workloadRandom.chance(options.cancelShare)
             clients.append(client)
             // Half the requests arrive on 10 ms boundaries: bursts of concurrent transactions.
@@ -242,20 +253,16 @@ public final class World {
 
     func makeBody(_ index: Int, valid: Bool) -> [UInt8] {
         var json = JSONWriter()
-        let items = Int(workloadRandom.int(in: 1...3))
+        // Drawn in the order they are written: quantity, then price, item by item.
+        let items = (0..<Int(workloadRandom.int(in: 1...3))).map { item in
+            let quantity = Int(workloadRandom.int(in: 1...5))
+            return OrderItem(productName: "Product \(item + 1)", quantity: quantity, unitPrice: Money(cents: workloadRandom.int(in: 1...99_999)))
+        }
         json.object { json in
             json.field("customerName", "Customer \(index + 1)")
             json.field("customerEmail", valid ? "customer\(index + 1)@example.com" : "not-an-email")
             json.key("items")
-            json.array { json in
-                for item in 0..<items {
-                    json.object { json in
-                        json.field("productName", "Product \(item + 1)")
-                        json.field("quantity", Int(workloadRandom.int(in: 1...5)))
-                        json.key("unitPrice"); json.number(text: Money(cents: workloadRandom.int(in: 1...99_999)).description)
-                    }
-                }
-            }
+            OrderItem.write(items, to: &json)
         }
         return json.bytes
     }

@@ -39,29 +39,25 @@ public struct LivePage: Sendable {
               UI_MAX_STREAMS concurrent live streams (default 8)
             """
 
-        public static func fromEnvironment(_ environment: [String: String]) throws(ConfigurationError) -> Configuration {
+        public static func fromEnvironment(_ environment: [String: String]) throws(RuntimeConfiguration.Problem) -> Configuration {
             var configuration = Configuration()
             if let text = environment["UI_ENABLED"], !text.isEmpty {
                 switch text.lowercased() {
                 case "true", "1", "yes", "on": configuration.enabled = true
                 case "false", "0", "no", "off": configuration.enabled = false
-                default: throw ConfigurationError(description: "UI_ENABLED must be true or false, not \(text)")
+                default: throw RuntimeConfiguration.Problem(description: "UI_ENABLED must be true or false, not \(text)")
                 }
             }
             if let token = environment["UI_REPLAY_TOKEN"], !token.isEmpty {
-                guard token.count >= 16 else { throw ConfigurationError(description: "UI_REPLAY_TOKEN must be at least 16 characters") }
+                guard token.count >= 16 else { throw RuntimeConfiguration.Problem(description: "UI_REPLAY_TOKEN must be at least 16 characters") }
                 configuration.replayToken = token
             }
             if let text = environment["UI_MAX_STREAMS"] {
-                guard let value = Int(text), (1...1_000).contains(value) else { throw ConfigurationError(description: "UI_MAX_STREAMS must be 1…1000, not \(text)") }
+                guard let value = Int(text), (1...1_000).contains(value) else { throw RuntimeConfiguration.Problem(description: "UI_MAX_STREAMS must be 1…1000, not \(text)") }
                 configuration.maxStreams = value
             }
             return configuration
         }
-    }
-
-    public struct ConfigurationError: Error, CustomStringConvertible {
-        public var description: String
     }
 
     public let configuration: Configuration

@@ -83,24 +83,10 @@ enum OpenAPIDocument {
             }
           },
           "413": {
-            "description": "The body is larger than 65536 bytes.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/TooLarge"
           },
           "415": {
-            "description": "The Content-Type is not application/json.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/UnsupportedMediaType"
           },
           "422": {
             "description": "Validation failed (per-field `errors`), or the Idempotency-Key was used with a different body.",
@@ -173,14 +159,7 @@ enum OpenAPIDocument {
             }
           },
           "503": {
-            "description": "The database is unavailable.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/Unavailable"
           }
         }
       }
@@ -223,24 +202,10 @@ enum OpenAPIDocument {
             }
           },
           "404": {
-            "description": "No order has this id.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/NotFound"
           },
           "503": {
-            "description": "The database is unavailable.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/Unavailable"
           }
         }
       }
@@ -304,14 +269,7 @@ enum OpenAPIDocument {
             }
           },
           "404": {
-            "description": "No order has this id.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/NotFound"
           },
           "409": {
             "description": "The order's status cannot move to the requested one.",
@@ -324,24 +282,10 @@ enum OpenAPIDocument {
             }
           },
           "413": {
-            "description": "The body is larger than 65536 bytes.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/TooLarge"
           },
           "415": {
-            "description": "The Content-Type is not application/json.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/UnsupportedMediaType"
           },
           "422": {
             "description": "`status` is missing or unknown, or `reason` is not valid.",
@@ -354,14 +298,7 @@ enum OpenAPIDocument {
             }
           },
           "503": {
-            "description": "The database is unavailable.",
-            "content": {
-              "application/problem+json": {
-                "schema": {
-                  "$ref": "#/components/schemas/Problem"
-                }
-              }
-            }
+            "$ref": "#/components/responses/Unavailable"
           }
         }
       }
@@ -676,6 +613,48 @@ enum OpenAPIDocument {
                   "type": "string"
                 }
               }
+            }
+          }
+        }
+      }
+    },
+    "responses": {
+      "NotFound": {
+        "description": "No order has this id.",
+        "content": {
+          "application/problem+json": {
+            "schema": {
+              "$ref": "#/components/schemas/Problem"
+            }
+          }
+        }
+      },
+      "TooLarge": {
+        "description": "The body is larger than 65536 bytes.",
+        "content": {
+          "application/problem+json": {
+            "schema": {
+              "$ref": "#/components/schemas/Problem"
+            }
+          }
+        }
+      },
+      "UnsupportedMediaType": {
+        "description": "The Content-Type is not application/json.",
+        "content": {
+          "application/problem+json": {
+            "schema": {
+              "$ref": "#/components/schemas/Problem"
+            }
+          }
+        }
+      },
+      "Unavailable": {
+        "description": "The database is unavailable.",
+        "content": {
+          "application/problem+json": {
+            "schema": {
+              "$ref": "#/components/schemas/Problem"
             }
           }
         }

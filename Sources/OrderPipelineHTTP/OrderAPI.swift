@@ -49,15 +49,26 @@ public struct OrderAPI: Sendable {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: ProblemMiddleware())
-        router.post("/api/orders") { request, context in try await self.create(request, context) }
-        router.get("/api/orders") { request, context in try await self.list(request, context) }
-        router.get("/api/orders/:id") { _, context in try await self.show(context) }
-        router.patch("/api/orders/:id/status") { request, context in try await self.changeStatus(request, context) }
-        router.get("/health/live") { _, _ in Self.json(.ok, Array(#"{"status":"live"}"#.utf8)) }
-        router.get("/health/ready") { _, _ in await self.ready() }
-        router.get("/metrics") { _, _ in await self.renderMetrics() }
-        router.get("/openapi.json") { _, _ in Self.openAPI() }
+        for route in Self.routes {
+            router.on(RouterPath(route.path), method: route.method) { request, context in
+                try await self.respond(route.operation, request, context)
+            }
+        }
         return router
+    }
+
+    /// The handler of each operation in the route table.
+    func respond(_ operation: APIRoute.Operation, _ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        switch operation {
+        case .createOrder: try await create(request, context)
+        case .listOrders: try await list(request, context)
+        case .getOrder: try await show(context)
+        case .changeOrderStatus: try await changeStatus(request, context)
+        case .live: Self.json(.ok, Array(#"{"status":"live"}"#.utf8))
+        case .ready: await ready()
+        case .metrics: await renderMetrics()
+        case .openapi: Self.openAPI()
+        }
     }
 
     // MARK: handlers
@@ -70,7 +81,7 @@ public struct OrderAPI: Sendable {
         case .failure(let problem): return problem.response()
         }
         let key = request.headers[.idempotencyKey]
-        let answer = await TraceContext.$current.withValue(Self.trace(request)) { await shell.createOrder(body: body, idempotencyKey: key) }
+        let answer = await shell.createOrder(body: body, idempotencyKey: key, traceParent: Self.traceParent(request))
         switch answer {
         case .created(let order), .replayed(let order):
             var headers = HTTPFields()
@@ -135,7 +146,7 @@ public struct OrderAPI: Sendable {
         case .success(let bytes): body = bytes
         case .failure(let problem): return problem.response()
         }
-        switch await TraceContext.$current.withValue(Self.trace(request), operation: { await shell.changeStatus(id, body: body) }) {
+        switch await shell.changeStatus(id, body: body, traceParent: Self.traceParent(request)) {
         case .statusChanged(let order):
             return Self.json(.ok, order.json)
         case let other:
@@ -176,11 +187,10 @@ public struct OrderAPI: Sendable {
 
     // MARK: helpers
 
-    /// The caller's W3C trace continued by this request's span, or a new trace. It goes with the outbox rows the
-    /// request writes (`TraceContext`), and from there to Kafka and Service Bus.
-    static func trace(_ request: Request) -> TraceParent {
-        var random = SystemRandomNumberGenerator()
-        return request.headers[.traceparent].flatMap { TraceParent($0) }?.child(using: &random) ?? .newTrace(using: &random)
+    /// The caller's W3C `traceparent`, if valid: the intake continues it (`TraceParent.forRequest`) in the events
+    /// the request writes, and from there to Kafka and Service Bus.
+    static func traceParent(_ request: Request) -> TraceParent? {
+        request.headers[.traceparent].flatMap { TraceParent($0) }
     }
 
     func collect(_ request: Request) async -> Result<[UInt8], Problem> {

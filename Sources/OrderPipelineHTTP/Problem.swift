@@ -109,7 +109,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as HTTPError {
             if error.status == .notFound {
-                if let allowed = Self.allowedMethods(request.uri.path), !allowed.contains(request.method) {
+                if let allowed = OrderAPI.allowedMethods(request.uri.path), !allowed.contains(request.method) {
                     return Problem(.methodNotAllowed, detail: "\(request.uri.path) allows \(allowed.map(\.rawValue).joined(separator: ", "))")
                         .response(headers: [.allow: allowed.map(\.rawValue).joined(separator: ", ")])
                 }
@@ -121,19 +121,6 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch {
             context.logger.error("Unhandled error", metadata: ["error": "\(error)"])
             return Problem(.internalServerError, detail: "an unexpected error occurred").response()
-        }
-    }
-
-    /// The methods the API serves on a path (the routes of `OrderAPI.makeRouter`), nil for an unknown path.
-    static func allowedMethods(_ path: String) -> [HTTPRequest.Method]? {
-        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
-        switch parts.count {
-        case 2 where parts == ["api", "orders"]: return [.get, .post]
-        case 2 where parts[0] == "health" && (parts[1] == "live" || parts[1] == "ready"): return [.get]
-        case 1 where parts[0] == "metrics" || parts[0] == "openapi.json": return [.get]
-        case 3 where parts[0] == "api" && parts[1] == "orders": return [.get]
-        case 4 where parts[0] == "api" && parts[1] == "orders" && parts[3] == "status": return [.patch]
-        default: return nil
         }
     }
 }

@@ -35,6 +35,7 @@ public struct KafkaConfiguration: Sendable, Hashable {
     /// `protectedProperties` (`parseProperties` refuses them).
     public var extraProperties: [String: String] = [:]
 
+    /// - Parameter brokers: `bootstrap.servers`, e.g. `127.0.0.1:9092`; every other setting has its default.
     public init(brokers: String) {
         self.brokers = brokers
     }
@@ -70,11 +71,11 @@ extension KafkaConfiguration {
         for (index, pair) in text.split(separator: ",", omittingEmptySubsequences: false).enumerated() {
             let trimmed = pair.trimmingCharacters(in: .whitespaces)
             guard let equals = trimmed.firstIndex(of: "="), equals != trimmed.startIndex else {
-                throw KafkaError(message: "KAFKA_PROPERTIES must be name=value pairs separated by commas; pair \(index + 1) is not")
+                throw KafkaError(code: .configuration, message: "KAFKA_PROPERTIES must be name=value pairs separated by commas; pair \(index + 1) is not")
             }
             let name = trimmed[..<equals].trimmingCharacters(in: .whitespaces)
             if let reason = protectedProperties[name.lowercased()] {
-                throw KafkaError(message: "KAFKA_PROPERTIES may not set \(name): \(reason)")
+                throw KafkaError(code: .configuration, message: "KAFKA_PROPERTIES may not set \(name): \(reason)")
             }
             properties[name] = String(trimmed[trimmed.index(after: equals)...])
         }
@@ -82,15 +83,34 @@ extension KafkaConfiguration {
     }
 }
 
-/// An adapter error with a code and context (never a C type).
+/// An adapter error: what kind, and what happened (never a C type). The same shape as `PostgresError` and
+/// `ServiceBusError`.
 public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
-    public var code: Int32
+    /// What kind of failure.
+    public enum Code: String, Hashable, Sendable {
+        /// A setting librdkafka or this adapter refuses (`KAFKA_PROPERTIES`, a property librdkafka does not know).
+        case configuration
+        /// librdkafka could not create the client, or the consumer could not subscribe.
+        case client
+    }
+
+    public var code: Code
+    /// librdkafka's error code (`rd_kafka_resp_err_t`), when it gave one.
+    public var librdkafkaCode: Int32?
+    /// What happened, for logs and operators.
     public var message: String
-    public init(code: Int32 = -1, message: String) {
+
+    /// - Parameters:
+    ///   - code: What kind of failure.
+    ///   - librdkafkaCode: librdkafka's error code, when it gave one.
+    ///   - message: What happened.
+    public init(code: Code, librdkafkaCode: Int32? = nil, message: String) {
         self.code = code
+        self.librdkafkaCode = librdkafkaCode
         self.message = message
     }
-    public var description: String { "Kafka error \(code): \(message)" }
+
+    public var description: String { "Kafka \(code.rawValue) error: \(message)" }
 }
 
 /// Owns a `rd_kafka_conf_t` until it is handed to `rd_kafka_new` (which takes ownership on success).
@@ -107,7 +127,7 @@ final class KafkaConf {
         var error = [CChar](repeating: 0, count: 512)
         let result = rd_kafka_conf_set(handle, name, value, &error, error.count)
         guard result == RD_KAFKA_CONF_OK else {
-            throw KafkaError(message: "\(name): \(String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))")
+            throw KafkaError(code: .configuration, message: "\(name): \(errorText(error))")
         }
     }
 
@@ -120,9 +140,5 @@ final class KafkaConf {
 
 func errorText(_ code: rd_kafka_resp_err_t) -> String { String(cString: rd_kafka_err2str(code)) }
 
-extension Duration {
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000 + attoseconds / 1_000_000_000_000_000
-    }
-}
+/// The text librdkafka wrote into an error buffer (NUL-terminated).
+func errorText(_ buffer: [CChar]) -> String { String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }

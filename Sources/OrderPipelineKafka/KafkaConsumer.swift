@@ -24,7 +24,7 @@ public final class KafkaConsumer: Sendable {
     private let logger: Logger
     private let handle: ConsumerHandle
     private let shared: Mutex<Shared>
-    private let commits = CommandQueue<Commit>()
+    private let commits = BlockingQueue<Commit>()
     private let threadsDone = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     private let lagByPartition = Mutex<[Int32: Int64]>([:])
     /// The next offset to read as committed to the group, per assigned partition (what a restart resumes from):
@@ -71,7 +71,7 @@ public final class KafkaConsumer: Sendable {
         }
         var error = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.handle, &error, error.count) else {
-            throw KafkaError(message: String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw KafkaError(code: .client, message: errorText(error))
         }
         _ = conf.release()
         rd_kafka_poll_set_consumer(rk)
@@ -83,7 +83,7 @@ public final class KafkaConsumer: Sendable {
         let code = rd_kafka_subscribe(rk, topics)
         rd_kafka_topic_partition_list_destroy(topics)
         guard code == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            throw KafkaError(code: code.rawValue, message: "subscribe \(configuration.topic): \(errorText(code))")
+            throw KafkaError(code: .client, librdkafkaCode: code.rawValue, message: "subscribe \(configuration.topic): \(errorText(code))")
         }
         logger.info("Kafka consumer subscribed", metadata: [
             "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
@@ -378,34 +378,5 @@ final class ConsumerHandle: @unchecked Sendable {
     deinit {
         releaseConsumerQueue()
         rd_kafka_destroy(rk)
-    }
-}
-
-/// A blocking FIFO for a dedicated thread.
-final class CommandQueue<Element: Sendable>: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var items: [Element] = []
-    private var closed = false
-
-    func push(_ item: Element) {
-        condition.lock()
-        items.append(item)
-        condition.signal()
-        condition.unlock()
-    }
-
-    func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    /// The next item, or nil once closed and drained.
-    func pop() -> Element? {
-        condition.lock()
-        defer { condition.unlock() }
-        while items.isEmpty && !closed { condition.wait() }
-        return items.isEmpty ? nil : items.removeFirst()
     }
 }

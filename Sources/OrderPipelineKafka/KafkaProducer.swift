@@ -18,6 +18,8 @@ public final class KafkaProducer: Sendable {
     private let session: Mutex<ProducerSession?>
     private let generation = Atomic<Int>(0)
 
+    /// Creates the first producer session (idempotent, `acks=all`).
+    /// - Throws: `KafkaError` when librdkafka refuses the configuration or cannot create the client.
     public init(configuration: KafkaConfiguration, logger: Logger) throws(KafkaError) {
         self.configuration = configuration
         self.logger = logger
@@ -35,10 +37,7 @@ public final class KafkaProducer: Sendable {
             ProducerSession.Item(
                 key: Array(message.event.orderID.description.utf8),
                 value: message.event.payload,
-                headers: [
-                    ("event-id", Array(message.event.id.description.utf8)),
-                    ("event-type", Array(message.event.type.rawValue.utf8)),
-                ] + (message.event.traceParent.map { [("traceparent", Array($0.description.utf8))] } ?? []),
+                headers: message.event.kafkaHeaders.map { ($0.name, $0.value) },
                 orderID: message.event.orderID.description
             )
         }
@@ -159,7 +158,7 @@ final class ProducerSession: Sendable {
         }
         var error = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.handle, &error, error.count) else {
-            throw KafkaError(message: String(decoding: error.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            throw KafkaError(code: .client, message: errorText(error))
         }
         _ = conf.release()
         self.handle = ProducerHandle(rk, box: box)

@@ -3,6 +3,7 @@ import Foundation
 
 /// An error from PostgreSQL or libpq, with the SQLSTATE when the server sent one.
 public struct PostgresError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of failure: it decides whether a write may have happened and whether a retry is safe.
     public enum Code: String, Hashable, Sendable {
         /// The connection broke, or the server did not answer in time, after a statement was sent: a write may or
         /// may not have happened.
@@ -19,8 +20,13 @@ public struct PostgresError: Error, Hashable, Sendable, CustomStringConvertible 
     public var code: Code
     /// Five-character SQLSTATE, e.g. `57014` (statement timeout), `40001` (serialization failure).
     public var sqlState: String?
+    /// What happened, for logs and operators (never a secret).
     public var message: String
 
+    /// - Parameters:
+    ///   - code: What kind of failure.
+    ///   - sqlState: The server's SQLSTATE, when it sent one.
+    ///   - message: What happened, for logs and operators (never a secret).
     public init(code: Code, sqlState: String? = nil, message: String) {
         self.code = code
         self.sqlState = sqlState
@@ -31,7 +37,9 @@ public struct PostgresError: Error, Hashable, Sendable, CustomStringConvertible 
         "\(code.rawValue)\(sqlState.map { " [\($0)]" } ?? ""): \(message)"
     }
 
+    /// The statement was cancelled by `statement_timeout` (57014) or `lock_timeout` (55P03).
     public var isTimeout: Bool { sqlState == "57014" || sqlState == "55P03" }
+    /// A serialization failure (40001) or a deadlock (40P01): the transaction may succeed when run again.
     public var isConflict: Bool { sqlState == "40001" || sqlState == "40P01" }
 }
 
@@ -42,19 +50,26 @@ public enum PostgresValue: Sendable, Hashable {
     /// Sent in binary format (for `bytea`).
     case bytes([UInt8])
 
+    /// An integer parameter, sent as its decimal text.
     public static func int(_ value: Int64) -> PostgresValue { .text(String(value)) }
+    /// An integer parameter, sent as its decimal text.
     public static func int(_ value: Int) -> PostgresValue { .text(String(value)) }
+    /// A text parameter, or SQL NULL when `text` is nil.
     public static func optional(_ text: String?) -> PostgresValue { text.map { .text($0) } ?? .null }
 }
 
 /// One libpq connection. Not thread-safe: it is owned by one thread (a `PostgresPool` worker or a listener) and
 /// every call on it blocks that thread. The `PGconn` is freed in `deinit`.
 public final class PostgresConnection {
+    /// Where to connect and the session settings every connection gets.
     public struct Settings: Sendable, Hashable {
         /// A libpq connection string or `postgres://` URL.
         public var url: String
+        /// `statement_timeout` of every session: the server cancels a statement that runs longer.
         public var statementTimeout: Duration = .seconds(5)
+        /// A connection attempt that takes longer fails (`.unavailable`).
         public var connectTimeoutSeconds = 5
+        /// `application_name`, as `pg_stat_activity` shows the session.
         public var applicationName = "orderpipeline"
         /// A schema to use instead of `public` (tests isolate themselves in a schema each). Must be an identifier.
         public var schema: String?
@@ -66,6 +81,7 @@ public final class PostgresConnection {
         /// Sent data unacknowledged for this long breaks the connection (`tcp_user_timeout`).
         public var tcpUserTimeout: Duration = .seconds(10)
 
+        /// - Parameter url: A libpq connection string or `postgres://` URL; every other setting has its default.
         public init(url: String) { self.url = url }
     }
 
@@ -78,6 +94,7 @@ public final class PostgresConnection {
     /// Whether the last call was abandoned at the deadline (the pool then stops feeding work to the server).
     private(set) var missedDeadline = false
 
+    /// A connection that is not connected yet: `connect()` opens it.
     public init(settings: Settings) {
         self.settings = settings
     }
@@ -86,6 +103,7 @@ public final class PostgresConnection {
         if let handle { PQfinish(handle) }
     }
 
+    /// Whether libpq holds an open connection (the server may have closed it since; nothing was read to find out).
     public var isConnected: Bool {
         guard let handle else { return false }
         return PQstatus(handle) == CONNECTION_OK
@@ -131,6 +149,7 @@ public final class PostgresConnection {
         handle = connection
     }
 
+    /// Closes the connection (if open); prepared statements are forgotten. `connect()` may open it again.
     public func close() {
         if let handle { PQfinish(handle) }
         handle = nil
@@ -367,6 +386,9 @@ public final class PostgresConnection {
 public struct PreparedStatement: Sendable, Hashable {
     public var name: String
     public var sql: String
+    /// - Parameters:
+    ///   - name: The statement's name on the server, unique among the statements a connection prepares.
+    ///   - sql: The statement, with `$1`, `$2`, … for its parameters.
     public init(_ name: String, _ sql: String) {
         self.name = name
         self.sql = sql
@@ -377,12 +399,4 @@ private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeP
     let pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
     defer { for pointer in pointers { free(pointer) } }
     return pointers.map { UnsafePointer($0) }.withUnsafeBufferPointer { body($0.baseAddress!) }
-}
-
-extension Duration {
-    /// Whole milliseconds.
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000 + attoseconds / 1_000_000_000_000_000
-    }
 }

@@ -7,9 +7,12 @@ import OrderPipelineCore
 public enum Dashboard {
     /// The per-second series and the latency read at most this many of the newest rows of each table.
     public static let windowCap = 5_000
+    /// The latest orders a snapshot shows the journey of.
     public static let latestLimit = 12
+    /// The waiting dead letters a snapshot lists.
     public static let deadLetterLimit = 10
 
+    /// Everything the live page shows, read in one transaction.
     public struct Snapshot: Sendable {
         /// The database's clock (the transaction's start).
         public var now: Instant
@@ -37,6 +40,7 @@ public enum Dashboard {
         public var capped = false
     }
 
+    /// Create → fulfilled times of a set of orders: how many, and the median and 99th percentile (nil when none).
     public struct Latency: Sendable, Hashable {
         public var count = 0
         public var p50Milliseconds: Double?
@@ -81,6 +85,9 @@ public enum Dashboard {
 
     // MARK: reads
 
+    /// Reads a snapshot in one `READ ONLY` transaction.
+    /// - Parameter c: A connected session (the pool's control connection in the binary).
+    /// - Throws: `PostgresError` when the database fails or is not migrated.
     public static func snapshot(_ c: PostgresConnection) throws(PostgresError) -> Snapshot {
         try readOnly(c) { () throws(PostgresError) -> Snapshot in
             let now = try c.execute(Statements.now).int(0, 0) ?? 0

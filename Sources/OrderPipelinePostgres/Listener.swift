@@ -23,6 +23,10 @@ public final class PostgresListener: Sendable {
     private let settings: PostgresConnection.Settings
     private let logger: Logger
 
+    /// Starts the listening thread; it connects, and reconnects after a lost connection, until `close()`.
+    /// - Parameters:
+    ///   - settings: Where to connect (a session of its own, outside any pool).
+    ///   - logger: Where lost and re-established connections are reported.
     public init(settings: PostgresConnection.Settings, logger: Logger) {
         self.settings = settings
         self.logger = logger
@@ -57,6 +61,7 @@ public final class PostgresListener: Sendable {
         }
     }
 
+    /// Ends every subscriber's stream and stops the thread; returns once its connection is closed.
     public func close() {
         let subscribers = state.withLock { state in
             state.stopped = true

@@ -12,6 +12,7 @@ public struct Migration: Sendable, Hashable {
 /// `apply` is idempotent: each migration runs in its own transaction together with its row in
 /// `schema_migrations`, under an advisory lock (per schema) so that two `migrate` runs at once do not race.
 public enum Migrations {
+    /// Every migration, by version.
     public static let all: [Migration] = [
         Migration(version: 1, name: "orders, outboxes, inbox, idempotency keys, dead letters", sql: """
         CREATE TABLE orders (
@@ -129,6 +130,7 @@ public enum Migrations {
         """
     }
 
+    /// The version this build's schema has once every migration is applied.
     public static var latest: Int { all.map(\.version).max() ?? 0 }
 
     /// The channel the outbox triggers notify.

@@ -27,6 +27,8 @@ public enum OutboxAdmin {
         public var leaseUntil: String
     }
 
+    /// One row of `dead_letters`: where it came from, why, when (`timestamptz` text), its payload's size, and
+    /// when it was replayed (nil: waiting).
     public struct DeadLetterEntry: Sendable, Hashable {
         public var id: Int64
         public var source: String
@@ -36,6 +38,7 @@ public enum OutboxAdmin {
         public var replayedAt: String?
     }
 
+    /// What replaying a dead letter did.
     public enum ReplayResult: Sendable, Hashable, CustomStringConvertible {
         /// A dead-lettered outbox row is unsettled again, due now, with its attempts reset.
         case requeued(OutboxKind, sequence: Int64)
@@ -51,6 +54,7 @@ public enum OutboxAdmin {
         /// A poison record that still does not decode: nothing changed.
         case stillUndecodable(String)
 
+        /// Whether the replay changed anything in the database.
         public var changed: Bool {
             switch self {
             case .requeued, .reinserted, .alreadyInOutbox: true

@@ -8,8 +8,10 @@ import Synchronization
 /// second is refused at start instead. A lock lost with its connection (a PostgreSQL restart) is taken again by
 /// `verify()`; if another process took it meanwhile, `verify()` says so and the caller must stop.
 public final class OwnerLock: Sendable {
+    /// Another live process holds the owner's lock: this one must not run as that relay.
     public struct Refusal: Error, Sendable, CustomStringConvertible {
         public var owner: String
+        /// - Parameter owner: The relay owner name (`RELAY_ID`) whose lock another process holds.
         public init(owner: String) { self.owner = owner }
         public var description: String {
             "RELAY_ID \(owner) is in use by another live process (it holds the owner's lock in PostgreSQL); "

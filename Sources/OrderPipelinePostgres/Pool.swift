@@ -1,88 +1,33 @@
 import Foundation
 import Logging
+import OrderPipelineCore
 import Synchronization
 
 /// A unit of work for a connection's thread. It is called exactly once: with the connection, or with the reason
 /// there is none (the database is unreachable, the queue is full, the deadline passed, or the pool is closed).
 typealias ConnectionJob = @Sendable (Result<PostgresConnection, PostgresError>) -> Void
 
-/// A bounded FIFO of jobs shared by the threads of a pool. Whoever takes a job out (a worker, or the reaper when
-/// its deadline has passed) is the one who calls it.
-final class JobQueue: @unchecked Sendable {
-    struct Job {
-        var body: ConnectionJob
-        var enqueued: ContinuousClock.Instant
-        var deadline: ContinuousClock.Instant?
-    }
+/// A job waiting for a connection. Whoever takes it out of its queue (a worker, or the reaper when its deadline has
+/// passed) is the one who calls it.
+struct QueuedJob: Sendable {
+    var body: ConnectionJob
+    var enqueued: ContinuousClock.Instant
+    var deadline: ContinuousClock.Instant?
+}
 
-    enum Admission { case queued, full, closed }
+/// The bounded FIFO of jobs shared by the threads of a pool (the adapters' one blocking queue).
+typealias JobQueue = BlockingQueue<QueuedJob>
 
-    private let condition = NSCondition()
-    private var jobs: [Job] = []
-    private var head = 0
-    private var closed = false
-    /// Jobs that may wait at once; nil: unbounded.
-    let limit: Int?
-
-    init(limit: Int? = nil) { self.limit = limit }
-
-    func push(_ job: Job) -> Admission {
-        condition.lock()
-        defer { condition.unlock() }
-        guard !closed else { return .closed }
-        if let limit, jobs.count - head >= limit { return .full }
-        jobs.append(job)
-        condition.signal()
-        return .queued
-    }
-
-    /// The next job; blocks while empty; nil once closed and drained.
-    func pop() -> Job? {
-        condition.lock()
-        defer { condition.unlock() }
-        while head == jobs.count && !closed { condition.wait() }
-        return takeHead()
-    }
+extension BlockingQueue where Element == QueuedJob {
+    typealias Job = QueuedJob
 
     /// Takes out the jobs at the head whose deadline has passed (one timeout per queue: the head is the oldest).
-    func overdue(at now: ContinuousClock.Instant) -> [Job] {
-        condition.lock()
-        defer { condition.unlock() }
-        var out: [Job] = []
-        while head < jobs.count, let deadline = jobs[head].deadline, deadline <= now, let job = takeHead() { out.append(job) }
-        return out
+    func overdue(at now: ContinuousClock.Instant) -> [QueuedJob] {
+        popHead { job in job.deadline.map { $0 <= now } ?? false }
     }
 
     /// The deadline of the oldest waiting job.
-    var nextDeadline: ContinuousClock.Instant? {
-        condition.lock()
-        defer { condition.unlock() }
-        return head < jobs.count ? jobs[head].deadline : nil
-    }
-
-    private func takeHead() -> Job? {
-        guard head < jobs.count else { return nil }
-        let job = jobs[head]
-        head += 1
-        if head > 1024 && head * 2 > jobs.count {
-            jobs.removeFirst(head)
-            head = 0
-        }
-        return job
-    }
-
-    func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    var depth: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return jobs.count - head
-    }
+    var nextDeadline: ContinuousClock.Instant? { peekHead(\.deadline) ?? nil }
 }
 
 /// Shared by a pool's workers: after PostgreSQL failed to answer before a deadline, work is refused at once
@@ -247,8 +192,10 @@ final class DeadlineReaper: @unchecked Sendable {
 /// waited past its deadline (`requestTimeout` after it was queued), or for a short while after PostgreSQL failed to
 /// answer a job before its deadline. A job that runs gets what is left of its deadline for every call it makes.
 public final class PostgresPool: Sendable {
+    /// The pool's connections and admission (see the type); the binary reads them from `DB_*` variables.
     public struct Configuration: Sendable, Hashable {
         public var connection: PostgresConnection.Settings
+        /// Work connections, each on its own thread (`DB_POOL_SIZE`); the control connection comes on top.
         public var size = 8
         /// Jobs that may wait for a connection (`DB_QUEUE_LIMIT`); further ones are refused at once.
         public var queueLimit = 256
@@ -257,6 +204,7 @@ public final class PostgresPool: Sendable {
         /// The `pool` label of its metrics.
         public var name = "main"
 
+        /// - Parameter url: A libpq connection string or `postgres://` URL; every other setting has its default.
         public init(url: String) { self.connection = .init(url: url) }
     }
 
@@ -267,6 +215,11 @@ public final class PostgresPool: Sendable {
     private let reaper: DeadlineReaper
     private let metrics: PoolMetrics
 
+    /// Starts one thread per connection; the work connections connect at once (the control one on first use), and
+    /// again after a failure, with backoff.
+    /// - Parameters:
+    ///   - configuration: Connections, queue limit and request timeout.
+    ///   - logger: Where connections lost and re-established are reported.
     public init(configuration: Configuration, logger: Logger) {
         self.configuration = configuration
         let queue = JobQueue(limit: max(1, configuration.queueLimit))
@@ -335,11 +288,17 @@ public final class PostgresSession: Sendable {
     private let queue = JobQueue()
     private let worker: ConnectionWorker
 
+    /// Starts the session's thread, which connects at once.
+    /// - Parameters:
+    ///   - settings: Where to connect.
+    ///   - logger: Where connections lost and re-established are reported.
+    ///   - name: The thread's name, as logs show it.
     public init(settings: PostgresConnection.Settings, logger: Logger, name: String = "pg-session") {
         worker = ConnectionWorker(name: name, settings: settings, queue: queue, logger: logger)
         worker.start()
     }
 
+    /// Runs `body` on the session's thread with its connection (or the reason there is none) and returns its value.
     public func withConnection<T: Sendable>(_ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
         await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
             let job = JobQueue.Job(body: { connection in continuation.resume(returning: body(connection)) }, enqueued: .now, deadline: nil)
@@ -349,6 +308,7 @@ public final class PostgresSession: Sendable {
         }
     }
 
+    /// Stops taking work, lets queued work finish, closes the connection. Blocks until done.
     public func close() {
         queue.close()
         worker.join()

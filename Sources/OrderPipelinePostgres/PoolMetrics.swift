@@ -6,6 +6,7 @@ import Synchronization
 /// `orderpipeline_db_rejected_total{reason=queue_full|deadline|stalled}` and `orderpipeline_db_no_answer_total`
 /// (statements abandoned at their deadline), each labelled with the pool's name. Also counted here for tests.
 public final class PoolMetrics: Sendable {
+    /// Why admission refused a job (the `reason` label).
     public enum Rejection: String, Sendable, CaseIterable {
         /// `DB_QUEUE_LIMIT` jobs were already waiting.
         case queueFull = "queue_full"
@@ -15,6 +16,7 @@ public final class PoolMetrics: Sendable {
         case stalled
     }
 
+    /// What admission refused since the pool started.
     public struct Statistics: Sendable, Hashable {
         public var rejectedQueueFull = 0
         public var rejectedDeadline = 0

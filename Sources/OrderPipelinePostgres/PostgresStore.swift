@@ -6,26 +6,31 @@ import OrderPipelineCore
 public final class PostgresStore: Sendable {
     public let pool: PostgresPool
 
+    /// A store on an existing pool (which it closes in `close()`).
     public init(pool: PostgresPool) {
         self.pool = pool
     }
 
+    /// A store on a pool of its own.
+    /// - Parameters:
+    ///   - configuration: The pool's connections, queue limit and request timeout.
+    ///   - logger: Where the pool reports connections lost and re-established.
     public convenience init(configuration: PostgresPool.Configuration, logger: Logger) {
         self.init(pool: PostgresPool(configuration: configuration, logger: logger))
     }
 
-    /// Performs one store command as one transaction. The caller's `TraceContext.current` goes with the outbox rows
-    /// it inserts.
+    /// Performs one store command as one transaction.
     public func perform(_ command: StoreCommand) async -> StoreResult {
-        let trace = TraceContext.current
-        return await pool.withConnection { connection in
+        await pool.withConnection { connection in
             switch connection {
-            case .success(let connection): StoreRecipes.perform(command, on: connection, trace: trace)
+            case .success(let connection): StoreRecipes.perform(command, on: connection)
             case .failure(let error): .failed(StoreRecipes.failure(error))
             }
         }
     }
 
+    /// The order with `id`, nil when there is none.
+    /// - Throws: `PostgresError` when the database fails or does not answer in time.
     public func order(_ id: OrderID) async throws(PostgresError) -> Order? {
         try await run { c throws(PostgresError) in try StoreRecipes.loadOrder(id, c, forUpdate: false) }
     }
@@ -48,6 +53,7 @@ public final class PostgresStore: Sendable {
         try await run(control: true) { c throws(PostgresError) in try Migrations.currentVersion(on: c) }
     }
 
+    /// Closes the pool: queued work finishes, then every connection closes. Blocks until done.
     public func close() { pool.close() }
 
     private func run<T: Sendable>(control: Bool = false, _ body: @escaping @Sendable (PostgresConnection) throws(PostgresError) -> T) async throws(PostgresError) -> T {
@@ -68,6 +74,7 @@ public final class PostgresStore: Sendable {
 public struct OrderCursor: Hashable, Sendable {
     public var createdAt: Instant
     public var id: OrderID
+    /// The position after the order created at `createdAt` with `id`.
     public init(createdAt: Instant, id: OrderID) {
         self.createdAt = createdAt
         self.id = id

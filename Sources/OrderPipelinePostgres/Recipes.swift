@@ -10,12 +10,10 @@ public enum TransactionMode: Sendable, Hashable {
 /// The store recipes of `StoreCommand` (see `Effects/Store.swift` in the core) over one libpq connection.
 /// Every function blocks its (dedicated) thread.
 public enum StoreRecipes {
-    /// `trace`: the request's trace (`TraceContext.current` of the caller), written with the outbox rows that
-    /// `createOrder` and `transition` insert.
-    public static func perform(_ command: StoreCommand, on connection: PostgresConnection, mode: TransactionMode = .commit, trace: TraceParent? = nil) -> StoreResult {
+    public static func perform(_ command: StoreCommand, on connection: PostgresConnection, mode: TransactionMode = .commit) -> StoreResult {
         switch command {
-        case .createOrder(let new): createOrder(new, connection, mode, trace)
-        case .transition(let change): transition(change, connection, mode, trace)
+        case .createOrder(let new): createOrder(new, connection, mode)
+        case .transition(let change): transition(change, connection, mode)
         case .claimOutbox(let request): claim(request, connection, mode)
         case .settleOutbox(let settlement): settle(settlement, connection, mode)
         case .releaseClaims(let outbox, let owner): release(outbox, owner, connection, mode)
@@ -37,24 +35,16 @@ public enum StoreRecipes {
 
     // MARK: recipes
 
-    static func createOrder(_ new: NewOrder, _ c: PostgresConnection, _ mode: TransactionMode, _ trace: TraceParent?) -> StoreResult {
+    static func createOrder(_ new: NewOrder, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
         let order = new.order
         var items = JSONWriter()
-        items.array { json in
-            for item in order.items {
-                json.object { json in
-                    json.field("productName", item.productName)
-                    json.field("quantity", item.quantity)
-                    json.key("unitPrice"); json.number(text: item.unitPrice.description)
-                }
-            }
-        }
+        OrderItem.write(order.items, to: &items)
         let parameters: [PostgresValue] = [
             .text(new.idempotencyKey), .text(new.fingerprint), .text(order.id.description),
             .text(order.customerName), .text(order.customerEmail), .text(order.totalAmount.description),
             .text(order.createdAt.description), .text(items.string),
             .text(new.event.id.description), .text(new.event.type.rawValue), .bytes(new.event.payload),
-            .optional((new.event.traceParent ?? trace)?.description),
+            .optional(new.event.traceParent?.description),
         ]
         return singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             let inserted = try c.execute(SQL.createOrder, parameters)
@@ -72,7 +62,7 @@ public enum StoreRecipes {
         }
     }
 
-    static func transition(_ t: OrderTransition, _ c: PostgresConnection, _ mode: TransactionMode, _ trace: TraceParent?) -> StoreResult {
+    static func transition(_ t: OrderTransition, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
         transaction(c, mode) { () throws(PostgresError) -> Outcome in
             guard var order = try loadOrder(t.orderID, c, forUpdate: true) else { return .rollback(.orderNotFound) }
             let from = order.status
@@ -90,12 +80,12 @@ public enum StoreRecipes {
             if t.to == .failed { order.failureReason = failureReason }
             if let type = EventType(announcing: t.to) {
                 var event = PipelineEvent(type: type, order: order, at: t.at, includeOrder: false)
-                event.traceParent = trace
+                event.traceParent = t.traceParent
                 try append(event, to: .kafka, c)
             }
             if t.to == .fulfilled {
                 var event = PipelineEvent(type: .orderFulfilled, orderID: t.orderID, at: t.at, status: .fulfilled)
-                event.traceParent = trace
+                event.traceParent = t.traceParent
                 try append(event, to: .serviceBus, c)
             }
             return .commit(.transitioned(order))
@@ -155,7 +145,7 @@ public enum StoreRecipes {
             let rows = try c.execute(SQL.fulfil, [
                 array(\.envelope.id.description), array(\.envelope.type.rawValue), array(\.envelope.orderID.description),
                 array(\.at.description), array(\.fulfilmentEvent.id.description), array(\.fulfilmentEvent.payload.hexString),
-                array { $0.traceParent?.description ?? "" },
+                array { $0.fulfilmentEvent.traceParent?.description ?? "" },
             ])
             guard rows.count == batch.count else {
                 throw PostgresError(code: .protocolViolation, message: "fulfil answered \(rows.count) rows for \(batch.count) records")

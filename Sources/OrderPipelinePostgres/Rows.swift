@@ -7,18 +7,23 @@ public final class PostgresRows {
     init(_ handle: OpaquePointer) { self.handle = handle }
     deinit { PQclear(handle) }
 
+    /// Rows returned.
     public var count: Int { Int(PQntuples(handle)) }
+    /// Columns of each row.
     public var columns: Int { Int(PQnfields(handle)) }
     /// Rows changed by an INSERT/UPDATE/DELETE.
     public var affected: Int { Int(String(cString: PQcmdTuples(handle))) ?? 0 }
 
+    /// Whether the value is SQL NULL.
     public func isNull(_ row: Int, _ column: Int) -> Bool { PQgetisnull(handle, Int32(row), Int32(column)) == 1 }
 
+    /// The value as PostgreSQL prints it; nil for NULL or a row or column out of range.
     public func string(_ row: Int, _ column: Int) -> String? {
         guard row < count, column < columns, !isNull(row, column) else { return nil }
         return String(cString: PQgetvalue(handle, Int32(row), Int32(column)))
     }
 
+    /// The value as an integer; nil for NULL, out of range, or not an integer.
     public func int(_ row: Int, _ column: Int) -> Int64? { string(row, column).flatMap { Int64($0) } }
 
     /// A `bytea` column read in text format. Every session pins `bytea_output = hex`; the `escape` format is

@@ -52,8 +52,11 @@ public struct RuntimeConfiguration: Sendable {
                          how often the reconciler looks (default 30)
         """
 
+    /// A setting that is missing or malformed (every configuration read from the environment throws this): says what
+    /// to fix.
     public struct Problem: Error, CustomStringConvertible {
         public var description: String
+        public init(description: String) { self.description = description }
     }
 
     public static func fromEnvironment(_ environment: [String: String]) throws(Problem) -> RuntimeConfiguration {

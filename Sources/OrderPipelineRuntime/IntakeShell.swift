@@ -29,18 +29,22 @@ public final class IntakeShell: Sendable {
         self.runner = Mutex(runner)
     }
 
-    /// `POST /api/orders`: the raw body, as the client sent it.
-    public func createOrder(body: [UInt8], idempotencyKey: String?) async -> IntakeResponse {
+    /// `POST /api/orders`: the raw body, as the client sent it, and the caller's `traceparent` if it sent a valid
+    /// one (the request's trace continues it, or starts a new one).
+    public func createOrder(body: [UInt8], idempotencyKey: String?, traceParent: TraceParent? = nil) async -> IntakeResponse {
         let request = nextRequest.add(1, ordering: .relaxed).newValue
         var random = SystemRandomNumberGenerator()
         let id = OrderID(UUID128.random(using: &random))
-        return await drive(request, .createOrder(request, body: body, idempotencyKey: idempotencyKey, newOrderID: id))
+        let trace = TraceParent.forRequest(traceParent, using: &random)
+        return await drive(request, .createOrder(request, body: body, idempotencyKey: idempotencyKey, newOrderID: id, trace: trace))
     }
 
-    /// `PATCH /api/orders/{id}/status`: the raw body, as the client sent it.
-    public func changeStatus(_ id: OrderID, body: [UInt8]) async -> IntakeResponse {
+    /// `PATCH /api/orders/{id}/status`: the raw body, as the client sent it, and the caller's `traceparent`.
+    public func changeStatus(_ id: OrderID, body: [UInt8], traceParent: TraceParent? = nil) async -> IntakeResponse {
         let request = nextRequest.add(1, ordering: .relaxed).newValue
-        return await drive(request, .changeStatus(request, id, body: body))
+        var random = SystemRandomNumberGenerator()
+        let trace = TraceParent.forRequest(traceParent, using: &random)
+        return await drive(request, .changeStatus(request, id, body: body, trace: trace))
     }
 
     private func drive(_ request: RequestID, _ input: Input) async -> IntakeResponse {

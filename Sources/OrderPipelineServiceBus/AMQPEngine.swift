@@ -130,8 +130,9 @@ public struct AMQPMessage: Hashable, Sendable {
 /// One AMQP 1.0 connection with one session and one link (a sender or a receiver), run by a qpid-proton proactor
 /// on its own thread. Other threads only enqueue work and interrupt the proactor; every proton object is touched
 /// on that thread alone. Reconnects after a lost connection (sends in flight then have an unknown outcome).
-final class AMQPEngine: @unchecked Sendable {
-    enum Role {
+/// `package`: the tests' receiver (OrderPipelineTestSupport) runs one as a receiver; the pipeline only sends.
+package final class AMQPEngine: @unchecked Sendable {
+    package enum Role {
         case sender
         /// `credit` messages may be outstanding; each received message is accepted after `handler` ran.
         case receiver(credit: Int32, handler: @Sendable (AMQPMessage) -> Void)
@@ -180,7 +181,7 @@ final class AMQPEngine: @unchecked Sendable {
     /// The SAS token's lifetime; it is renewed after three quarters of it.
     static let tokenLifetime: Int64 = 3_600
 
-    init(configuration: ServiceBusConfiguration, address: String, role: Role, logger: Logger) throws(ServiceBusError) {
+    package init(configuration: ServiceBusConfiguration, address: String, role: Role, logger: Logger) throws(ServiceBusError) {
         self.configuration = configuration
         self.address = address
         self.role = role
@@ -229,9 +230,9 @@ final class AMQPEngine: @unchecked Sendable {
         }
     }
 
-    var isReady: Bool { state.withLock { $0.ready } }
+    package var isReady: Bool { state.withLock { $0.ready } }
 
-    func shutdown() async {
+    package func shutdown() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let done = state.withLock { state -> Bool in
                 state.stopping = true

@@ -7,6 +7,7 @@ import Foundation
 ///   SharedAccessKey=…[;EntityPath=…][;UseDevelopmentEmulator=true]` (TLS on 5671; the emulator: no TLS, 5672);
 /// - a URL for a generic AMQP 1.0 broker, `amqp://user:password@host:port` or `amqps://…` (SASL PLAIN).
 public struct ServiceBusConfiguration: Sendable, Hashable {
+    /// How the connection authenticates.
     public enum Authentication: Sendable, Hashable {
         /// SASL ANONYMOUS (no credentials).
         case anonymous
@@ -30,6 +31,7 @@ public struct ServiceBusConfiguration: Sendable, Hashable {
     /// Wait between reconnection attempts.
     public var reconnectDelay: Duration = .seconds(1)
 
+    /// A configuration built by hand; `parse(_:)` reads a connection string.
     public init(host: String, port: Int, useTLS: Bool, authentication: Authentication) {
         self.host = host
         self.port = port
@@ -64,6 +66,11 @@ public struct ServiceBusConfiguration: Sendable, Hashable {
         }
     }
 
+    /// Reads either form (see the type).
+    /// - Parameter text: An Azure connection string or an `amqp://` / `amqps://` URL.
+    /// - Returns: The configuration, with the queue from `EntityPath` when the string names one.
+    /// - Throws: `ServiceBusError` with `.configuration` for a string that is neither form, or that sends a
+    ///   password in clear text to another machine.
     public static func parse(_ text: String) throws(ServiceBusError) -> ServiceBusConfiguration {
         let trimmed = text.trimmingWhitespace
         if trimmed.lowercased().hasPrefix("amqp://") || trimmed.lowercased().hasPrefix("amqps://") {
@@ -153,14 +160,24 @@ public struct ServiceBusConfiguration: Sendable, Hashable {
     }
 }
 
+/// An adapter error: what kind, and what happened (never a C type). The same shape as `PostgresError` and
+/// `KafkaError`.
 public struct ServiceBusError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What kind of failure.
     public enum Code: String, Hashable, Sendable {
+        /// A connection string or setting that cannot be used (malformed, or unsafe: a password in clear text).
         case configuration
+        /// Something this qpid-proton build cannot do (TLS).
         case unsupported
+        /// qpid-proton could not start the connection's engine.
         case connection
     }
     public var code: Code
+    /// What happened, for logs and operators (never a key or password).
     public var message: String
+    /// - Parameters:
+    ///   - code: What kind of failure.
+    ///   - message: What happened (never a key or password).
     public init(code: Code, message: String) {
         self.code = code
         self.message = message

@@ -17,6 +17,8 @@ public final class ServiceBusSender: Sendable {
     private let engine: AMQPEngine
     private let logger: Logger
 
+    /// Starts the connection (on its own thread; it connects and reconnects in the background).
+    /// - Throws: `ServiceBusError` when the configuration is unsafe (`checkTransportSecurity`) or TLS cannot be set up.
     public init(configuration: ServiceBusConfiguration, logger: Logger) throws(ServiceBusError) {
         self.configuration = configuration
         self.logger = logger
@@ -73,18 +75,5 @@ public final class ServiceBusSender: Sendable {
     }
 
     /// Closes the connection; sends still in flight end as unknown outcomes.
-    public func shutdown() async { await engine.shutdown() }
-}
-
-/// Receives messages from a queue and accepts them (tests and the end-to-end check; the pipeline itself only sends).
-public final class ServiceBusReceiver: Sendable {
-    private let engine: AMQPEngine
-
-    public init(configuration: ServiceBusConfiguration, queue: String? = nil, credit: Int32 = 100, logger: Logger, handler: @escaping @Sendable (AMQPMessage) -> Void) throws(ServiceBusError) {
-        self.engine = try AMQPEngine(configuration: configuration, address: queue ?? configuration.queue, role: .receiver(credit: credit, handler: handler), logger: logger)
-    }
-
-    public var isReady: Bool { engine.isReady }
-
     public func shutdown() async { await engine.shutdown() }
 }

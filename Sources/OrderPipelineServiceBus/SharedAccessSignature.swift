@@ -5,6 +5,12 @@ import Foundation
 /// `SharedAccessSignature sr=<enc resource>&sig=<enc base64 HMAC-SHA256(key, enc resource + "\n" + expiry)>&se=<expiry>&skn=<key name>`.
 /// The key is the UTF-8 bytes of `SharedAccessKey` as written in the connection string (not base64-decoded).
 public enum SharedAccessSignature {
+    /// - Parameters:
+    ///   - resource: The audience, e.g. `sb://NAME.servicebus.windows.net/QUEUE`.
+    ///   - keyName: `SharedAccessKeyName`.
+    ///   - key: `SharedAccessKey`, as written in the connection string.
+    ///   - expiry: Unix seconds after which the token is refused.
+    /// - Returns: The token for a CBS put-token.
     public static func token(resource: String, keyName: String, key: String, expiry: Int64) -> String {
         let encodedResource = percentEncoded(resource)
         let toSign = encodedResource + "\n" + String(expiry)

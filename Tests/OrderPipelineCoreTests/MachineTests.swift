@@ -1,4 +1,5 @@
 import OrderPipelineCore
+import OrderPipelineTestSupport
 import Testing
 
 let t0 = Instant(microseconds: 1_767_225_600_000_000)
@@ -6,14 +7,10 @@ let orderA = OrderID("11111111-2222-4333-8444-555555555555")!
 let orderB = OrderID("11111111-2222-4333-8444-666666666666")!
 let seedBody = Array(ValidationTests.seedRequest.utf8)
 
-func sampleOrder(_ id: OrderID = orderA, status: OrderStatus = .pending) -> Order {
-    Order(id: id, customerName: "John Smith", customerEmail: "john@example.com",
-          items: [OrderItem(productName: "Laptop", quantity: 1, unitPrice: Money(cents: 99_999))], totalAmount: Money(cents: 99_999),
-          status: status, createdAt: t0)
-}
+func sampleOrder(_ id: OrderID = orderA, status: OrderStatus = .pending) -> Order { Sample.order(id, status: status, at: t0) }
 
 func row(_ sequence: Int64, _ order: OrderID = orderA, attempts: Int = 1) -> OutboxMessage {
-    OutboxMessage(sequence: sequence, event: PipelineEvent(type: .orderCreated, order: sampleOrder(order), at: t0, includeOrder: true), attempts: attempts)
+    Sample.row(sequence, order: order, at: t0, attempts: attempts)
 }
 
 func stores(_ effects: [Effect]) -> [(Ticket, StoreCommand)] {
@@ -76,11 +73,11 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
             let (ticket, _) = try #require(stores(intake.handle(input, now: t0)).first)
             return responses(intake.handle(.stored(ticket, reply), now: t0)).first
         }
-        let create = Input.createOrder(1, body: seedBody, idempotencyKey: "k", newOrderID: orderA)
+        let create = Input.createOrder(1, body: seedBody, idempotencyKey: "k", newOrderID: orderA, trace: nil)
         #expect(try answer(.committed(.orderReplayed(sampleOrder())), for: create) == .replayed(sampleOrder()))
         #expect(try answer(.committed(.idempotencyKeyReused), for: create) == .idempotencyKeyReused)
         #expect(try answer(.failed(.timedOut), for: create) == .unavailable("the database did not answer in time"))
-        let change = Input.changeStatus(2, orderA, body: Array(#"{"status":"Fulfilled"}"#.utf8))
+        let change = Input.changeStatus(2, orderA, body: Array(#"{"status":"Fulfilled"}"#.utf8), trace: nil)
         #expect(try answer(.committed(.orderNotFound), for: change) == .notFound(orderA))
         #expect(try answer(.committed(.illegalTransition(from: .pending)), for: change) == .illegalTransition(orderA, from: .pending, to: .fulfilled))
         #expect(try answer(.committed(.transitioned(sampleOrder(status: .failed))), for: change) == .statusChanged(sampleOrder(status: .failed)))
@@ -88,7 +85,7 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
 
     @Test func statusChangeBodiesAreParsedByTheMachine() {
         var intake = OrderIntake()
-        func answer(_ body: String) -> [Effect] { intake.handle(.changeStatus(3, orderA, body: Array(body.utf8)), now: t0) }
+        func answer(_ body: String) -> [Effect] { intake.handle(.changeStatus(3, orderA, body: Array(body.utf8), trace: nil), now: t0) }
         #expect(answer("not json") == [.respond(3, .rejected(.malformed("the body is not valid JSON")))])
         #expect(answer("[1]") == [.respond(3, .rejected(.malformed("the body must be a JSON object")))])
         #expect(answer(#"{"status":7}"#) == [.respond(3, .rejected(.invalid([FieldError(field: "status", message: "must be a string")])))])

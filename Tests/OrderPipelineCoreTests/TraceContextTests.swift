@@ -48,11 +48,33 @@ struct TraceParentTests {
             let fulfilment = try #require(consumer.handle(.fetched(fetch, [record]), now: Instant(microseconds: 3)).compactMap { effect -> Fulfilment? in
                 if case .store(_, .fulfil(let batch)) = effect { return batch.first } else { return nil }
             }.first)
-            #expect(fulfilment.traceParent?.traceID == expected)
+            #expect(fulfilment.fulfilmentEvent.traceParent?.traceID == expected)
             if expected != nil {
-                #expect(fulfilment.traceParent?.parentID != "00f067aa0ba902b7", "the consumer's own span")
-                #expect(fulfilment.traceParent == record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid))
+                #expect(fulfilment.fulfilmentEvent.traceParent?.parentID != "00f067aa0ba902b7", "the consumer's own span")
+                #expect(fulfilment.fulfilmentEvent.traceParent == record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid))
             }
         }
+    }
+
+    @Test("the intake machine puts the request's trace on the order's event and on a status change")
+    func intakeCarriesTrace() throws {
+        let trace = try #require(TraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+        let order = OrderID(UUID128(high: 5, low: 6))
+        var intake = OrderIntake()
+        let created = intake.handle(.createOrder(1, body: seedBody, idempotencyKey: nil, newOrderID: order, trace: trace), now: Instant(microseconds: 1))
+        let new = try #require(created.compactMap { effect -> NewOrder? in
+            if case .store(_, .createOrder(let new)) = effect { return new } else { return nil }
+        }.first)
+        #expect(new.event.traceParent == trace)
+        let changed = intake.handle(.changeStatus(2, order, body: Array(#"{"status":"Failed"}"#.utf8), trace: trace), now: Instant(microseconds: 2))
+        let transition = try #require(changed.compactMap { effect -> OrderTransition? in
+            if case .store(_, .transition(let transition)) = effect { return transition } else { return nil }
+        }.first)
+        #expect(transition.traceParent == trace)
+        // The shell's rule: the caller's trace continued by a new span, or a new trace.
+        var random = SplitMix64(seed: 3)
+        let continued = TraceParent.forRequest(trace, using: &random)
+        #expect(continued.traceID == trace.traceID && continued.parentID != trace.parentID)
+        #expect(TraceParent.forRequest(nil, using: &random).traceID != trace.traceID)
     }
 }

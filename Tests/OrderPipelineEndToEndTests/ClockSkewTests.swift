@@ -1,6 +1,7 @@
 import Foundation
 import OrderPipelineCore
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
@@ -11,7 +12,8 @@ import Testing
 @Suite(
     "Hostile world on the real services: clock skew",
     .enabled(if: EndToEnd.isConfigured && ClockSkew.library != nil, "the real services or libfaketime (Debian's faketime) are missing"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct ClockSkewTests {
     @Test("2 relays, one 45 s ahead, under load: every order fulfilled within the bound, extra queue copies ≤ 1%")

@@ -12,7 +12,8 @@ import FoundationNetworking
 @Suite(
     "Health and honest metrics of relay and consume",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct HealthTests {
     /// Status and body of one GET (no retry).

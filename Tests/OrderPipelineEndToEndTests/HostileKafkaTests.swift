@@ -1,5 +1,6 @@
 import Foundation
 import OrderPipelineCore
+import OrderPipelineTestSupport
 import Testing
 
 /// Kafka faults of the hostile world (issue 8) on the real broker (Tansu) with the binary's `relay` and `consume`
@@ -7,8 +8,9 @@ import Testing
 /// and does not implement DeleteRecords (it closes the connection), so the faults are made as described per test.
 @Suite(
     "Hostile world on the real services: Kafka",
-    .enabled(if: EndToEnd.isConfigured && RefusingPeer.python != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
-    .serialized
+    .enabled(if: EndToEnd.isConfigured && TestEnvironment.value("SERVICES_PYTHON") != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct HostileKafkaTests {
     /// The run's environment on a fresh scratch topic of 2 partitions.
@@ -129,13 +131,13 @@ enum KafkaAdmin {
 
     static func run(_ action: String, _ topic: String, _ value: String? = nil) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: RefusingPeer.python!)
+        process.executableURL = URL(fileURLWithPath: TestEnvironment.value("SERVICES_PYTHON")!)
         process.arguments = ["-c", script, Restart.environment["KAFKA_BROKERS"]!, action, topic] + (value.map { [$0] } ?? [])
         try process.run()
         let deadline = Date().addingTimeInterval(30)
         while process.isRunning, Date() < deadline { usleep(20_000) }
         if process.isRunning { process.terminate() }
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw Failure("kafka \(action) \(topic) failed with \(process.terminationStatus)") }
+        guard process.terminationStatus == 0 else { throw TestFailure("kafka \(action) \(topic) failed with \(process.terminationStatus)") }
     }
 }

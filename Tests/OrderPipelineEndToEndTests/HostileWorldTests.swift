@@ -4,6 +4,7 @@ import OrderPipelineCore
 import OrderPipelinePostgres
 import OrderPipelineRuntime
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import ServiceLifecycle
 import Testing
 
@@ -15,16 +16,17 @@ import Glibc
 /// a scratch database, group and queue (`RestartTests.Run`), injects one fault and checks the promise still holds.
 @Suite(
     "Hostile world on the real services",
-    .enabled(if: EndToEnd.isConfigured && RefusingPeer.python != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
-    .serialized
+    .enabled(if: EndToEnd.isConfigured && ScriptedAMQPPeer.python != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct HostileWorldTests {
     /// The Service Bus relay (in this process) sends to a scripted AMQP peer that rejects the first `rejects` sends
     /// with `condition`; the Kafka relay and the consumer run as processes. Answers once every order is Fulfilled
     /// and the Service Bus outbox has nothing left to send.
-    private func refusedSends(orders: Int, rejects: Int, condition: String) async throws -> (RestartTests.Run, RefusingPeer, [OrderID]) {
+    private func refusedSends(orders: Int, rejects: Int, condition: String) async throws -> (RestartTests.Run, ScriptedAMQPPeer, [OrderID]) {
         let run = try await RestartTests.Run.make()
-        let peer = try RefusingPeer(rejects: rejects, condition: condition)
+        let peer = try ScriptedAMQPPeer(rejects: rejects, condition: condition)
         var kafkaOnly = run.environment
         kafkaOnly["SERVICEBUS_CONNECTION_STRING"] = nil
         let relay = PipelineProcess(role: "relay", environment: kafkaOnly, name: run.name)
@@ -32,7 +34,7 @@ struct HostileWorldTests {
         defer { relay.stop(); consumer.stop() }
 
         var configuration = try ServiceBusConfiguration.parse(
-            "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=\(RefusingPeer.key);UseDevelopmentEmulator=true")
+            "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=\(peer.key);UseDevelopmentEmulator=true")
         configuration.queue = run.queue
         configuration.sendTimeout = .seconds(5)
         let sender = try ServiceBusSender(configuration: configuration, logger: Restart.logger)
@@ -95,48 +97,3 @@ struct HostileWorldTests {
     }
 }
 
-/// `cbs_peer.py` (the ServiceBus tests' scripted AMQP peer) with its refusal options, on a random port.
-final class RefusingPeer: @unchecked Sendable {
-    static let key = "s3cret+key="
-    static var python: String? {
-        guard let python = Restart.environment["SERVICES_PYTHON"], !python.isEmpty else { return nil }
-        return python
-    }
-
-    private(set) var port = 0
-    private var process = Process()
-    let output: URL
-
-    init(rejects: Int, condition: String) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(Restart.randomName("refusing-peer-"))
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        output = directory.appendingPathComponent("out.jsonl")
-        let ready = directory.appendingPathComponent("ready")
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-            .appendingPathComponent("../OrderPipelineServiceBusTests/Peers/cbs_peer.py").standardized
-        // A random port that turns out taken (the peer exits before it is ready) is replaced, up to five times.
-        for _ in 0..<5 {
-            port = Int.random(in: 41_000...48_000)
-            process = Process()
-            process.executableURL = URL(fileURLWithPath: Self.python!)
-            process.arguments = ["-B", script.path, String(port), Self.key, output.path, ready.path, "202", String(rejects), condition]
-            try process.run()
-            let deadline = Date().addingTimeInterval(10)
-            while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning { usleep(20_000) }
-            if FileManager.default.fileExists(atPath: ready.path), process.isRunning { return }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        }
-        throw Failure("the scripted AMQP peer did not start")
-    }
-
-    func records() -> [[String: Any]] {
-        guard let text = try? String(contentsOf: output, encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-    }
-
-    func stop() {
-        // The proton reactor does not stop on SIGTERM.
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-    }
-}

@@ -1,4 +1,5 @@
 import Foundation
+import OrderPipelineTestSupport
 import Testing
 
 /// The live page in a real browser: `orderpipeline all` (its own database, topic, consumer group, queue and relay
@@ -9,7 +10,8 @@ import Testing
 @Suite(
     "Live page in headless Chromium against the real pipeline",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct LivePageBrowserTests {
     static let script = URL(fileURLWithPath: #filePath)

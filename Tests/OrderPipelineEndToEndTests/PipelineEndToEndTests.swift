@@ -5,6 +5,7 @@ import OrderPipelineKafka
 import OrderPipelinePostgres
 import OrderPipelineRuntime
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import ServiceLifecycle
 import Synchronization
 import Testing
@@ -14,16 +15,12 @@ import Testing
 /// runs by a fresh schema, its own consumer group and its own queue (the Kafka topic is shared: records of other
 /// schemas find no order here and are passed over).
 enum EndToEnd {
-    static let environment = ProcessInfo.processInfo.environment
+    static let environment = TestEnvironment.variables
     static var isConfigured: Bool {
-        ["DATABASE_URL", "KAFKA_BROKERS", "SERVICEBUS_CONNECTION_STRING"].allSatisfy { !(environment[$0] ?? "").isEmpty }
+        ["DATABASE_URL", "KAFKA_BROKERS", "SERVICEBUS_CONNECTION_STRING"].allSatisfy { TestEnvironment.value($0) != nil }
     }
 
-    static let logger: Logger = {
-        var logger = Logger(label: "test.e2e")
-        logger.logLevel = .warning
-        return logger
-    }()
+    static let logger = TestEnvironment.logger("test.e2e")
 
     static func freshSchema(url: String) async throws -> (PostgresConnection.Settings, @Sendable () async -> Void) {
         let schema = "e2e_" + String(UInt64.random(in: 0...UInt64.max) & 0xFFFF_FFFF_FFFF, radix: 16)
@@ -47,7 +44,7 @@ enum EndToEnd {
     }
 }
 
-@Suite("End to end: order → Kafka → fulfilment → Service Bus", .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"))
+@Suite("End to end: order → Kafka → fulfilment → Service Bus", .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"), .timeLimit(.minutes(10)))
 struct PipelineEndToEndTests {
     @Test("orders reach Fulfilled and exactly one message per order, with the derived MessageId, lands on the queue")
     func ordersFlowThrough() async throws {

@@ -4,6 +4,7 @@ import OrderPipelineCore
 import OrderPipelinePostgres
 import OrderPipelineRuntime
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import ServiceLifecycle
 import Synchronization
 import Testing
@@ -23,13 +24,8 @@ import Glibc
 /// The binary is `$ORDERPIPELINE_BIN`, or `orderpipeline` next to the test bundle (the build directory); `swift
 /// test` does not build executables, so `swift build` must run first.
 enum Restart {
-    static let environment = ProcessInfo.processInfo.environment
-
-    static let logger: Logger = {
-        var logger = Logger(label: "test.restart")
-        logger.logLevel = .warning
-        return logger
-    }()
+    static let environment = TestEnvironment.variables
+    static let logger = TestEnvironment.logger("test.restart")
 
     /// The `orderpipeline` executable of this build.
     static var binary: URL? {
@@ -120,7 +116,7 @@ final class PipelineProcess: @unchecked Sendable {
     }
 
     func start() throws {
-        guard let binary = Restart.binary else { throw Failure("the orderpipeline binary was not found (run `swift build` first)") }
+        guard let binary = Restart.binary else { throw TestFailure("the orderpipeline binary was not found (run `swift build` first)") }
         let process = Process()
         process.executableURL = viaShell ? URL(fileURLWithPath: "/bin/sh") : binary
         process.arguments = viaShell ? ["-c", #"exec "$0" "$@""#, binary.path, role] : [role]
@@ -138,13 +134,13 @@ final class PipelineProcess: @unchecked Sendable {
 
     /// SIGKILL, then wait (bounded) until the kernel has reaped it.
     func kill9() throws {
-        guard let process, process.isRunning else { throw Failure("\(role) is not running") }
+        guard let process, process.isRunning else { throw TestFailure("\(role) is not running") }
         #if canImport(Glibc)
         _ = Glibc.kill(process.processIdentifier, SIGKILL)
         #endif
         let deadline = Date().addingTimeInterval(10)
         while process.isRunning, Date() < deadline { usleep(10_000) }
-        guard !process.isRunning else { throw Failure("\(role) survived SIGKILL") }
+        guard !process.isRunning else { throw TestFailure("\(role) survived SIGKILL") }
     }
 
     /// SIGTERM (graceful shutdown), SIGKILL after 10 s.
@@ -168,7 +164,7 @@ final class PipelineProcess: @unchecked Sendable {
         while isRunning, Date() < deadline { usleep(10_000) }
         guard let process, !process.isRunning else {
             stop()
-            throw Failure("\(role) did not finish within \(timeout) s")
+            throw TestFailure("\(role) did not finish within \(timeout) s")
         }
         return process.terminationStatus
     }
@@ -188,44 +184,6 @@ func httpGet(port: Int, path: String, upTo seconds: TimeInterval = 10) async -> 
         try? await Task.sleep(for: .milliseconds(100))
     }
     return nil
-}
-
-/// The whole test run shares PostgreSQL's connections (100 by default) and the PostgreSQL suites alone reach ~96
-/// while their tests run in parallel, so the restart tests wait, once per test process, until those are done: sessions
-/// named `test_…` (PostgresUnderTest names its sessions after its schema) were seen and are gone, with at most 30
-/// client sessions in all, for 3 polls in a row (1 s apart) — or none was seen within 20 s (a filtered run). At
-/// most 180 s, then go on. Each poll is a connection of its own, closed at once.
-enum ConnectionGate {
-    static let once = Task {
-        guard let url = ProcessInfo.processInfo.environment["DATABASE_URL"], !url.isEmpty else { return }
-        let start = Date()
-        var seen = false
-        var calm = 0
-        while Date() < start.addingTimeInterval(180) {
-            let connection = PostgresConnection(settings: .init(url: url))
-            var tests: Int64 = -1
-            var total: Int64 = 100
-            if (try? connection.connect()) != nil, let rows = try? connection.query("""
-                SELECT count(*) FILTER (WHERE application_name LIKE 'test\\_%'), count(*)
-                FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-                """) {
-                tests = rows.int(0, 0) ?? -1
-                total = rows.int(0, 1) ?? 100
-            }
-            connection.close()
-            if tests > 0 { seen = true }
-            calm = tests == 0 && total <= 30 ? calm + 1 : 0
-            if calm >= 3, seen || Date() > start.addingTimeInterval(20) { return }
-            try? await Task.sleep(for: .seconds(1))
-        }
-    }
-
-    static func wait() async { await once.value }
-}
-
-struct Failure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }
 
 /// Creates orders through the intake shell at a steady pace in the background (the "stream"), until `total` or
@@ -277,7 +235,8 @@ final class OrderStream: Sendable {
 @Suite(
     "Restart: kill -9 the consumer or the relay mid-stream, every order is still fulfilled exactly once",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct RestartTests {
     /// Cap of one stream; it is stopped 1.5 s after the restart, so a run has orders created before, while and
@@ -308,7 +267,7 @@ struct RestartTests {
             environment["DB_POOL_SIZE"] = "2"
             let migrate = PipelineProcess(role: "migrate", environment: environment, name: name)
             let status = try migrate.runToCompletion(timeout: 60)
-            guard status == 0 else { throw Failure("migrate exited with \(status):\n\(migrate.tail())") }
+            guard status == 0 else { throw TestFailure("migrate exited with \(status):\n\(migrate.tail())") }
             var pool = PostgresPool.Configuration(url: database.url)
             pool.size = 1
             var serviceBus = try BrokerConfiguration.fromEnvironment(base, needsServiceBus: true).serviceBus!

@@ -3,6 +3,7 @@ import Logging
 import OrderPipelineCore
 import OrderPipelineRuntime
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
@@ -16,7 +17,8 @@ import FoundationNetworking
 @Suite(
     "Trace context: POST → Kafka header → consumer → Service Bus application properties",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct TraceContextTests {
     static let headersScript = LivePageBrowserTests.script.deletingLastPathComponent().appendingPathComponent("kafka_record_headers.py")
@@ -44,7 +46,7 @@ struct TraceContextTests {
             }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw Failure("order \(id) was not sent within 60 s")
+        throw TestFailure("order \(id) was not sent within 60 s")
     }
 
     @Test("one trace id from the POST to the Kafka header and the Service Bus application properties")

@@ -7,21 +7,13 @@ import OrderPipelineCore
 import OrderPipelineHTTP
 import OrderPipelinePostgres
 import OrderPipelineRuntime
+import OrderPipelineTestSupport
 import Testing
 
 enum HTTPTestDatabase {
-    static var url: String? {
-        guard let url = ProcessInfo.processInfo.environment["DATABASE_URL"], !url.isEmpty else { return nil }
-        return url
-    }
-
+    static var url: String? { TestEnvironment.value("DATABASE_URL") }
     static var isConfigured: Bool { url != nil }
-
-    static let logger: Logger = {
-        var logger = Logger(label: "test.http")
-        logger.logLevel = .warning
-        return logger
-    }()
+    static let logger = TestEnvironment.logger("test.http")
 }
 
 /// A migrated schema of its own, the real store on it, the API in front: one per test.
@@ -110,13 +102,18 @@ extension TestResponse {
     }
 }
 
+/// The API in front of a database that refuses every connection at once (port 1 on loopback), under test.
+func withUnreachableDatabase(_ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    var configuration = PostgresPool.Configuration(url: "postgres://postgres@127.0.0.1:1/none")
+    configuration.size = 1
+    configuration.connection.connectTimeoutSeconds = 1
+    let store = PostgresStore(configuration: configuration, logger: HTTPTestDatabase.logger)
+    let metrics = PipelineMetrics()
+    let api = OrderAPI(shell: IntakeShell(store: store, logger: HTTPTestDatabase.logger, metrics: metrics), reads: store, metrics: metrics)
+    let app = Application(router: api.makeRouter(), logger: HTTPTestDatabase.logger)
+    try await withTearDown(app, tearDown: { _ in store.close() }) { app in try await app.test(.router, body) }
+}
+
 func withAPI(migrate: Bool = true, _ body: (APIFixture) async throws -> Void) async throws {
-    let fixture = try await APIFixture(migrate: migrate)
-    do {
-        try await body(fixture)
-    } catch {
-        await fixture.tearDown()
-        throw error
-    }
-    await fixture.tearDown()
+    try await withTearDown(try await APIFixture(migrate: migrate), tearDown: { await $0.tearDown() }, body)
 }

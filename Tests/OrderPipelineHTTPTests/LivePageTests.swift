@@ -5,6 +5,7 @@ import HummingbirdTesting
 import OrderPipelineCore
 import OrderPipelinePostgres
 import OrderPipelineRuntime
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
@@ -19,9 +20,9 @@ struct LivePageUnitTests {
         #expect(try !LivePage.Configuration.fromEnvironment(["UI_ENABLED": "false"]).enabled)
         #expect(try LivePage.Configuration.fromEnvironment(["UI_REPLAY_TOKEN": "0123456789abcdef"]).replayToken == "0123456789abcdef")
         #expect(try LivePage.Configuration.fromEnvironment(["UI_MAX_STREAMS": "2"]).maxStreams == 2)
-        #expect(throws: LivePage.ConfigurationError.self) { try LivePage.Configuration.fromEnvironment(["UI_ENABLED": "maybe"]) }
-        #expect(throws: LivePage.ConfigurationError.self) { try LivePage.Configuration.fromEnvironment(["UI_REPLAY_TOKEN": "short"]) }
-        #expect(throws: LivePage.ConfigurationError.self) { try LivePage.Configuration.fromEnvironment(["UI_MAX_STREAMS": "0"]) }
+        #expect(throws: RuntimeConfiguration.Problem.self) { try LivePage.Configuration.fromEnvironment(["UI_ENABLED": "maybe"]) }
+        #expect(throws: RuntimeConfiguration.Problem.self) { try LivePage.Configuration.fromEnvironment(["UI_REPLAY_TOKEN": "short"]) }
+        #expect(throws: RuntimeConfiguration.Problem.self) { try LivePage.Configuration.fromEnvironment(["UI_MAX_STREAMS": "0"]) }
     }
 
     @Test("consumer lag per partition from the registry's gauges")
@@ -81,7 +82,7 @@ struct LivePageUnitTests {
     }
 }
 
-@Suite("Live page over PostgreSQL", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: live page tests are skipped"))
+@Suite("Live page over PostgreSQL", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: live page tests are skipped"), .timeLimit(.minutes(5)))
 struct LivePageTests {
     static let token = "test-replay-token-0123456789"
 
@@ -96,7 +97,7 @@ struct LivePageTests {
     }
 
     func perform(_ fixture: APIFixture, _ command: StoreCommand) async throws -> StoreReply {
-        guard case .committed(let reply) = await fixture.store.perform(command) else { throw LiveTestFailure("\(command) did not commit") }
+        guard case .committed(let reply) = await fixture.store.perform(command) else { throw TestFailure("\(command) did not commit") }
         return reply
     }
 
@@ -109,7 +110,7 @@ struct LivePageTests {
         }
         _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", published: rows.map(\.sequence))))
         for row in rows {
-            guard case .success(let envelope) = EventEnvelope.decode(row.event.payload) else { throw LiveTestFailure("undecodable row") }
+            guard case .success(let envelope) = EventEnvelope.decode(row.event.payload) else { throw TestFailure("undecodable row") }
             _ = try await perform(fixture, .fulfil([Fulfilment(envelope: envelope, at: WallClock.now())]))
         }
         guard case .claimed(let sent) = try await perform(fixture, .claimOutbox(.init(outbox: .serviceBus, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
@@ -234,9 +235,4 @@ struct LivePageTests {
             #expect(await !page.hub.isPolling)
         }
     }
-}
-
-struct LiveTestFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }

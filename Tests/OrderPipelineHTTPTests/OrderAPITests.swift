@@ -8,7 +8,7 @@ import OrderPipelinePostgres
 import OrderPipelineRuntime
 import Testing
 
-@Suite("HTTP API", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: HTTP API tests are skipped"))
+@Suite("HTTP API", .enabled(if: HTTPTestDatabase.isConfigured, "DATABASE_URL is not set: HTTP API tests are skipped"), .timeLimit(.minutes(5)))
 struct OrderAPITests {
     @Test("POST creates an order (201, Location, JSON); GET returns it Pending; the list shows it")
     func createAndRead() async throws {
@@ -237,15 +237,7 @@ struct OpenAPIDocumentTests {
 struct UnavailableDatabaseTests {
     @Test("a database that cannot be reached answers 503 problem+json (and liveness stays 200)")
     func databaseDown() async throws {
-        // Port 1 on loopback refuses connections at once.
-        var configuration = PostgresPool.Configuration(url: "postgres://postgres@127.0.0.1:1/none")
-        configuration.size = 1
-        configuration.connection.connectTimeoutSeconds = 1
-        let store = PostgresStore(configuration: configuration, logger: HTTPTestDatabase.logger)
-        let metrics = PipelineMetrics()
-        let api = OrderAPI(shell: IntakeShell(store: store, logger: HTTPTestDatabase.logger, metrics: metrics), reads: store, metrics: metrics)
-        let app = Application(router: api.makeRouter(), logger: HTTPTestDatabase.logger)
-        try await app.test(.router) { client in
+        try await withUnreachableDatabase { client in
             let post = try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer(string: johnSmith))
             post.expectProblem(.serviceUnavailable)
             #expect(post.headers[.retryAfter] == "1")
@@ -257,6 +249,5 @@ struct UnavailableDatabaseTests {
             // Validation still answers without the database.
             try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer(string: "{}")).expectProblem(.unprocessableContent)
         }
-        store.close()
     }
 }

@@ -101,7 +101,7 @@ struct DatabaseFailureTests {
 }
 
 @Suite("HTTP API with PostgreSQL frozen (a private server)",
-       .enabled(if: HTTPTestDatabase.isConfigured && PrivatePostgres.isAvailable, "needs the services and PostgreSQL's server binaries"))
+       .enabled(if: HTTPTestDatabase.isConfigured && PrivatePostgres.isAvailable, "needs the services and PostgreSQL's server binaries"), .timeLimit(.minutes(5)))
 struct FrozenDatabaseTests {
     @Test("frozen: every request is answered 503 within the deadline and the queue stays bounded; thawed, retries with the same keys create each order once")
     func frozen() async throws {

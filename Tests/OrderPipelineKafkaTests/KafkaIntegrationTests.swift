@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import OrderPipelineCore
 import OrderPipelineKafka
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
@@ -9,27 +10,19 @@ import Testing
 /// KAFKA_BROKERS is set (CI sets it; `eval "$(scripts/services env)"` does locally, together with the
 /// LD_LIBRARY_PATH that loads librdkafka 2.16).
 enum TestKafka {
-    static var brokers: String? {
-        guard let value = ProcessInfo.processInfo.environment["KAFKA_BROKERS"], !value.isEmpty else { return nil }
-        return value
-    }
+    static var brokers: String? { TestEnvironment.value("KAFKA_BROKERS") }
 
     static var isConfigured: Bool { brokers != nil }
 
     static var configuration: KafkaConfiguration {
         var configuration = KafkaConfiguration(brokers: brokers ?? "127.0.0.1:59092")
-        let environment = ProcessInfo.processInfo.environment
-        if let topic = environment["KAFKA_TOPIC"], !topic.isEmpty { configuration.topic = topic }
-        if let topic = environment["KAFKA_DEAD_LETTER_TOPIC"], !topic.isEmpty { configuration.deadLetterTopic = topic }
+        if let topic = TestEnvironment.value("KAFKA_TOPIC") { configuration.topic = topic }
+        if let topic = TestEnvironment.value("KAFKA_DEAD_LETTER_TOPIC") { configuration.deadLetterTopic = topic }
         configuration.groupID = "test-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         return configuration
     }
 
-    static let logger: Logger = {
-        var logger = Logger(label: "test.kafka")
-        logger.logLevel = .warning
-        return logger
-    }()
+    static let logger = TestEnvironment.logger("test.kafka")
 
     static func message(sequence: Int64) -> OutboxMessage {
         var random = SystemRandomNumberGenerator()
@@ -110,7 +103,7 @@ struct ConsumerDriver {
     }
 }
 
-@Suite("Kafka adapter against a real broker", .enabled(if: TestKafka.isConfigured, "KAFKA_BROKERS is not set"), .serialized)
+@Suite("Kafka adapter against a real broker", .enabled(if: TestKafka.isConfigured, "KAFKA_BROKERS is not set"), .serialized, .timeLimit(.minutes(5)))
 struct KafkaIntegrationTests {
     @Test("librdkafka 2.16 is the one loaded (Debian's 2.0.2 cannot talk to Tansu)")
     func version() {

@@ -59,7 +59,7 @@ func outcome(_ pool: PostgresPool, _ sql: String) async -> PostgresError.Code? {
 }
 
 @Suite("PostgreSQL admission: bounded queue, deadlines, dead connections",
-       .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+       .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct AdmissionTests {
     @Test("a full queue refuses at once, nothing sent; queued work still runs")
     func fullQueue() async throws {
@@ -161,7 +161,7 @@ struct AdmissionTests {
     }
 }
 
-@Suite("PostgreSQL session settings", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("PostgreSQL session settings", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct SessionSettingsTests {
     /// Payload bytes that differ between the hex and escape forms: NUL, backslash, quote, high bytes.
     static let awkward: [UInt8] = [0, 1, 0x5C, 0x27, 0x22, 0x7F, 0x80, 0xFF, 0x5C, 0x5C, 0x30] + Array("€ ok".utf8)

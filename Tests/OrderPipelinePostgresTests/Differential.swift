@@ -2,6 +2,7 @@ import Foundation
 import OrderPipelineCore
 import OrderPipelinePostgres
 import OrderPipelineSimulation
+import OrderPipelineTestSupport
 
 /// What one implementation answered to a sequence, and what it holds afterwards.
 struct Outcome: Hashable, Sendable {
@@ -27,7 +28,7 @@ enum Differential {
     static var firstSeed: UInt64 { environment("ORDERPIPELINE_DIFF_SEED") ?? 0 }
 
     private static func environment<T: LosslessStringConvertible>(_ name: String) -> T? {
-        ProcessInfo.processInfo.environment[name].flatMap { T($0) }
+        TestEnvironment.value(name).flatMap { T($0) }
     }
 
     /// Steps per sequence for `seed`: mostly short (where most bugs show), some long (where state piles up).
@@ -154,14 +155,7 @@ final class DifferentialDatabase: Sendable {
 
     /// Runs `body` on a fresh scratch schema and always drops it.
     static func with(_ body: (DifferentialDatabase) async throws -> Void) async throws {
-        let database = try await DifferentialDatabase()
-        do {
-            try await body(database)
-        } catch {
-            await database.tearDown()
-            throw error
-        }
-        await database.tearDown()
+        try await withTearDown(try await DifferentialDatabase(), tearDown: { await $0.tearDown() }, body)
     }
 
     func tearDown() async {

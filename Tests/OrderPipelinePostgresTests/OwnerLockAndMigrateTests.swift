@@ -3,7 +3,7 @@ import OrderPipelineCore
 import OrderPipelinePostgres
 import Testing
 
-@Suite("Relay owner lock and concurrent migrations", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("Relay owner lock and concurrent migrations", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct OwnerLockAndMigrateTests {
     @Test("a second live process with the same RELAY_ID is refused, naming it; another owner is not; released, it is free")
     func ownerLock() async throws {

@@ -3,7 +3,7 @@ import OrderPipelineCore
 import OrderPipelinePostgres
 import Testing
 
-@Suite("PostgreSQL adapter", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("PostgreSQL adapter", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct PostgresIntegrationTests {
     @Test("migrations are recorded and applying them again changes nothing")
     func migrationsIdempotent() async throws {
@@ -74,7 +74,7 @@ struct PostgresIntegrationTests {
     }
 }
 
-@Suite("PostgreSQL outcomes", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("PostgreSQL outcomes", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct PostgresOutcomeTests {
     /// Makes every COMMIT that touched order_status_transitions take two seconds (a deferred constraint trigger that
     /// sleeps), so a test can kill the session while it is committing.

@@ -2,21 +2,13 @@ import Foundation
 import Logging
 import OrderPipelineCore
 import OrderPipelinePostgres
+import OrderPipelineTestSupport
 
 enum TestDatabase {
     /// Integration tests run only when DATABASE_URL names a reachable PostgreSQL (CI always sets it).
-    static var url: String? {
-        guard let url = ProcessInfo.processInfo.environment["DATABASE_URL"], !url.isEmpty else { return nil }
-        return url
-    }
-
+    static var url: String? { TestEnvironment.value("DATABASE_URL") }
     static var isConfigured: Bool { url != nil }
-
-    static let logger: Logger = {
-        var logger = Logger(label: "test.postgres")
-        logger.logLevel = .warning
-        return logger
-    }()
+    static let logger = TestEnvironment.logger("test.postgres")
 
     /// A fresh schema with the migrations applied: every test gets its own, so tests may run in parallel.
     static func freshSchema() async throws -> (settings: PostgresConnection.Settings, drop: @Sendable () async -> Void) {

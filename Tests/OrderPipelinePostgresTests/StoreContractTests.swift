@@ -1,4 +1,5 @@
 import OrderPipelineCore
+import OrderPipelineTestSupport
 import Testing
 
 /// The implementations the contract suite runs against. The simulator's PostgreSQL model joins as another case.
@@ -26,14 +27,7 @@ enum Implementation: String, CaseIterable, Sendable, CustomTestStringConvertible
 
 /// Runs `body` on a fresh store and always tears it down.
 func withStore(_ implementation: Implementation, _ body: (any StoreUnderTest) async throws -> Void) async throws {
-    let store = try await implementation.make()
-    do {
-        try await body(store)
-    } catch {
-        await store.tearDown()
-        throw error
-    }
-    await store.tearDown()
+    try await withTearDown(try await implementation.make(), tearDown: { await $0.tearDown() }, body)
 }
 
 // MARK: fixtures
@@ -42,7 +36,7 @@ let t0 = Instant(microseconds: 1_800_000_000_000_000)
 
 func at(_ seconds: Double) -> Instant { Instant(microseconds: t0.microseconds + Int64(seconds * 1_000_000)) }
 
-func orderID(_ n: UInt64) -> OrderID { OrderID(UUID128(high: 0x1111_0000_0000_4000 | n << 16, low: 0x8000_0000_0000_0000 | n)) }
+func orderID(_ n: UInt64) -> OrderID { Sample.orderID(n) }
 
 func newOrder(_ n: UInt64, key: String? = nil, name: String = "John Smith", created: Instant = t0) -> NewOrder {
     let body = #"{"customerName":"\#(name)","customerEmail":"john@example.com","items":[{"productName":"Laptop","quantity":1,"unitPrice":999.99},{"productName":"Mouse \"pro\"","quantity":2,"unitPrice":10.50}]}"#
@@ -95,7 +89,7 @@ struct PostgresConfiguration {
     }
 }
 
-@Suite("Store contract")
+@Suite("Store contract", .timeLimit(.minutes(5)))
 struct StoreContractTests {
     @Test("an order, its items, its creation transition and its outbox row commit together", arguments: Implementation.available)
     func orderAndOutboxAtomic(_ implementation: Implementation) async throws {

@@ -5,7 +5,8 @@ import Testing
 /// Random differential testing of the store: the same seeded sequences of store commands run against the
 /// simulator's model and against PostgreSQL; every reply and the final state must agree. A difference is reported
 /// with its seed and a shrunk sequence to paste into a regression test below. See docs/POSTGRES.md.
-@Suite("Store differential", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("Store differential", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"),
+       .timeLimit(.minutes(max(5, Differential.sequences / 200))))  // longer runs (ORDERPIPELINE_DIFF_SEQUENCES) get longer
 struct StoreDifferentialTests {
     /// Shards run in parallel, each on its own scratch schema and connection.
     static let shards = 4

@@ -39,11 +39,11 @@ import Testing
             let numbers: [UInt64] = [5, 2, 7, 1]
             for n in numbers { _ = await store.perform(.createOrder(newOrder(n))) }
             var batch = numbers.map(created)
-            batch[1].traceParent = TraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            batch[1].fulfilmentEvent.traceParent = TraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
             #expect(await store.perform(.fulfil(batch)) == .committed(.fulfilments(Array(repeating: .fulfilled, count: 4))))
             let rows = await store.perform(claim(.serviceBus)).claimed
             #expect(rows.map(\.event.orderID) == numbers.map(orderID))
-            #expect(rows.map(\.event.traceParent) == batch.map(\.traceParent))
+            #expect(rows.map(\.event.traceParent) == batch.map(\.fulfilmentEvent.traceParent))
         }
     }
 }

@@ -10,7 +10,7 @@ import Testing
 /// locks); the last then runs until it finishes or waits on a lock (seen in `pg_stat_activity`, no sleeping);
 /// then the held transactions commit in order and the last one completes. The outcome (the group's replies and
 /// the final state) must be one of the model's serial orders of the group.
-@Suite("Store interleavings", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("Store interleavings", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct StoreInterleavingTests {
     /// A tenth of the sequences, in two parallel shards.
     static let shards = 2

@@ -1,68 +1,12 @@
 import Logging
 import OrderPipelineCore
 import OrderPipelineRuntime
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
-/// A store that answers the relay's recipes from memory, with a delay drawn per call so that results complete out
-/// of order, as the pool's do.
-final class FakeOutboxStore: StorePerforming {
-    struct State {
-        var unpublished: [OutboxMessage]
-        var published: [Int64] = []
-        var retried: [Int64] = []
-        var rejected: [Int64] = []
-        var claims = 0
-    }
-    let state: Mutex<State>
-
-    init(rows: [OutboxMessage]) { state = Mutex(State(unpublished: rows)) }
-
-    func perform(_ command: StoreCommand) async -> StoreResult {
-        try? await Task.sleep(for: .milliseconds(Int.random(in: 0...3)))
-        return state.withLock { state in
-            switch command {
-            case .releaseClaims: return .committed(.released(rows: 0))
-            case .claimOutbox(let claim):
-                state.claims += 1
-                let batch = Array(state.unpublished.prefix(claim.limit))
-                state.unpublished.removeFirst(batch.count)
-                return .committed(.claimed(batch))
-            case .settleOutbox(let settlement):
-                state.published += settlement.published
-                state.retried += settlement.retries.map(\.sequence)
-                state.rejected += settlement.rejections.map(\.sequence)
-                return .committed(.settled(rows: settlement.published.count + settlement.retries.count + settlement.rejections.count))
-            default:
-                return .failed(.unavailable("not a relay recipe"))
-            }
-        }
-    }
-}
-
-/// A broker that delivers everything, or refuses the first `refusals` messages with `com.microsoft:server-busy`.
-final class FakePublisher: OutboxPublishing {
-    let sent = Mutex<[Int64]>([])
-    let refusals: Mutex<Int>
-    init(refusals: Int = 0) { self.refusals = Mutex(refusals) }
-
-    func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
-        try? await Task.sleep(for: .milliseconds(Int.random(in: 0...3)))
-        return messages.map { message in
-            if refusals.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) {
-                return .refused(condition: "com.microsoft:server-busy", description: "The server is busy.")
-            }
-            sent.withLock { $0.append(message.sequence) }
-            return .delivered
-        }
-    }
-}
-
 func rows(_ count: Int) -> [OutboxMessage] {
-    (1...count).map { n in
-        let order = OrderID(UUID128(high: 0x2222_0000_0000_4000 | UInt64(n) << 16, low: 0x8000_0000_0000_0000 | UInt64(n)))
-        return OutboxMessage(sequence: Int64(n), event: PipelineEvent(type: .orderCreated, orderID: order, at: Instant(microseconds: 0), status: .pending), attempts: 1)
-    }
+    (1...count).map { n in Sample.row(Int64(n), order: Sample.orderID(UInt64(n)), at: Instant(microseconds: 0)) }
 }
 
 let logger = Logger(label: "test.shell")

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import OrderPipelineCore
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import Testing
 
 @Suite("SAS tokens")
@@ -19,16 +20,16 @@ struct SharedAccessSignatureTests {
 
 /// The CBS exchange against a scripted AMQP 1.0 peer (no local broker speaks `$cbs`): the peer runs under the
 /// Python of `scripts/services` (python-qpid-proton), which `scripts/services env` exports as SERVICES_PYTHON.
-@Suite("CBS put-token against a scripted AMQP peer", .enabled(if: CBSPeer.python != nil, "SERVICES_PYTHON is not set"), .serialized)
+@Suite("CBS put-token against a scripted AMQP peer", .enabled(if: ScriptedAMQPPeer.python != nil, "SERVICES_PYTHON is not set"), .serialized, .timeLimit(.minutes(5)))
 struct CBSTests {
     @Test("put-token with a valid SAS token, then the queue link opens and the send is accepted")
     func putTokenThenSend() async throws {
-        let peer = try CBSPeer(status: 202)
+        let peer = try ScriptedAMQPPeer(status: 202)
         defer { peer.stop() }
         var configuration = try ServiceBusConfiguration.parse("Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=s3cret+key=;UseDevelopmentEmulator=true")
         configuration.queue = "order-fulfilment"
         configuration.sendTimeout = .seconds(5)
-        let sender = try ServiceBusSender(configuration: configuration, logger: CBSPeer.logger)
+        let sender = try ServiceBusSender(configuration: configuration, logger: TestEnvironment.logger("test.cbs"))
         let event = PipelineEvent(type: .orderFulfilled, orderID: OrderID(UUID128(high: 1, low: 2)), at: Instant(microseconds: 0), status: .fulfilled)
         let outcomes = await sender.publish([OutboxMessage(sequence: 1, event: event, attempts: 1)])
         await sender.shutdown()
@@ -54,11 +55,11 @@ struct CBSTests {
 
     @Test("a refused token: no queue link, the send fails (retriable) with the CBS status")
     func refused() async throws {
-        let peer = try CBSPeer(status: 401)
+        let peer = try ScriptedAMQPPeer(status: 401)
         defer { peer.stop() }
         var configuration = try ServiceBusConfiguration.parse("Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=wrong;UseDevelopmentEmulator=true")
         configuration.sendTimeout = .seconds(2)
-        let sender = try ServiceBusSender(configuration: configuration, logger: CBSPeer.logger)
+        let sender = try ServiceBusSender(configuration: configuration, logger: TestEnvironment.logger("test.cbs"))
         let outcome = await sender.send(AMQPMessage(messageID: "m1", subject: nil, contentType: nil, body: [1]))
         await sender.shutdown()
         guard case .failed(retriable: true, let reason) = outcome else {
@@ -67,55 +68,5 @@ struct CBSTests {
         }
         #expect(reason.contains("401"))
         #expect(!peer.records().contains { $0["event"] as? String == "message" })
-    }
-}
-
-final class CBSPeer: @unchecked Sendable {
-    static var python: String? {
-        guard let python = ProcessInfo.processInfo.environment["SERVICES_PYTHON"], !python.isEmpty else { return nil }
-        return python
-    }
-
-    static let logger: Logger = {
-        var logger = Logger(label: "test.cbs")
-        logger.logLevel = .warning
-        return logger
-    }()
-
-    private(set) var port = 0
-    private(set) var process = Process()
-    let output: URL
-
-    /// Starts the scripted peer on a random port; a port that turns out to be taken (the peer exits before it is
-    /// ready) is replaced by another, up to five times.
-    init(status: Int) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cbs-peer-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        output = directory.appendingPathComponent("out.jsonl")
-        let ready = directory.appendingPathComponent("ready")
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Peers/cbs_peer.py")
-        for _ in 0..<5 {
-            port = Int.random(in: 41_000...48_000)
-            process = Process()
-            process.executableURL = URL(fileURLWithPath: Self.python!)
-            process.arguments = ["-B", script.path, String(port), "s3cret+key=", output.path, ready.path, String(status)]
-            try process.run()
-            let deadline = Date().addingTimeInterval(10)
-            while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning { usleep(20_000) }
-            if FileManager.default.fileExists(atPath: ready.path), process.isRunning { break }
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        }
-        usleep(100_000)
-    }
-
-    func records() -> [[String: Any]] {
-        guard let text = try? String(contentsOf: output, encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-    }
-
-    func stop() {
-        // The proton reactor does not stop on SIGTERM.
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
     }
 }

@@ -2,22 +2,14 @@ import Foundation
 import Logging
 import OrderPipelineCore
 import OrderPipelineServiceBus
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
 enum TestServiceBus {
-    static var connectionString: String? {
-        guard let value = ProcessInfo.processInfo.environment["SERVICEBUS_CONNECTION_STRING"], !value.isEmpty else { return nil }
-        return value
-    }
-
+    static var connectionString: String? { TestEnvironment.value("SERVICEBUS_CONNECTION_STRING") }
     static var isConfigured: Bool { connectionString != nil }
-
-    static let logger: Logger = {
-        var logger = Logger(label: "test.servicebus")
-        logger.logLevel = .warning
-        return logger
-    }()
+    static let logger = TestEnvironment.logger("test.servicebus")
 }
 
 @Suite("Service Bus connection strings")
@@ -68,7 +60,7 @@ struct ConnectionStringTests {
     }
 }
 
-@Suite("Service Bus sender against a real AMQP 1.0 broker", .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .serialized)
+@Suite("Service Bus sender against a real AMQP 1.0 broker", .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .serialized, .timeLimit(.minutes(5)))
 struct ServiceBusIntegrationTests {
     @Test("send fulfilment events, receive them with message-id, subject, content-type and properties")
     func sendAndReceive() async throws {

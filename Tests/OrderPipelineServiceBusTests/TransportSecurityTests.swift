@@ -6,7 +6,7 @@ import Testing
 @Suite("Service Bus transport security: TLS fails closed, no clear-text password off this machine")
 struct TransportSecurityTests {
     @Test("amqps to a broker that speaks no TLS: nothing is delivered (no fall back to plaintext)",
-          .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"))
+          .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .timeLimit(.minutes(5)))
     func noPlaintextFallback() async throws {
         // The local broker accepts exactly this message over plain amqp (see the integration tests); over amqps
         // the TLS handshake must fail and the message stay unsent.

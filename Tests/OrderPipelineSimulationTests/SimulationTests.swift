@@ -1,6 +1,7 @@
 import Foundation
 import OrderPipelineCore
 import OrderPipelineSimulation
+import OrderPipelineTestSupport
 import PropertyBased
 import Testing
 
@@ -24,9 +25,9 @@ func options(seed: UInt64, orders: Int = 100, faults: FaultProfile = .all, trace
         }
     }
 
-    @Test(.enabled(if: ProcessInfo.processInfo.environment["ORDER_SIM_SOAK"] != nil))
+    @Test(.enabled(if: TestEnvironment.value("ORDER_SIM_SOAK") != nil))
     func soak() {
-        let count = UInt64(ProcessInfo.processInfo.environment["ORDER_SIM_SOAK"] ?? "") ?? 10_000
+        let count = UInt64(TestEnvironment.value("ORDER_SIM_SOAK") ?? "") ?? 10_000
         for seed in 1_000_000..<(1_000_000 + count) {
             let outcome = Simulation.run(options(seed: seed))
             #expect(outcome.violations.isEmpty, "seed \(seed): \(outcome.violations.prefix(3))")

@@ -119,3 +119,15 @@ public struct EventEnvelope: Hashable, Sendable {
         return .success(EventEnvelope(id: id, type: type, orderID: orderID))
     }
 }
+
+extension PipelineEvent {
+    /// The headers of this event's Kafka record: `event-id`, `event-type` and, when it has a trace, `traceparent`
+    /// (the producer writes them, the simulator's broker stores them, the consumer reads the trace back).
+    public var kafkaHeaders: [ConsumedRecord.Header] {
+        var headers: [ConsumedRecord.Header] = [
+            .init(name: "event-id", value: Array(id.description.utf8)), .init(name: "event-type", value: Array(type.rawValue.utf8)),
+        ]
+        if let traceParent { headers.append(.init(name: "traceparent", value: Array(traceParent.description.utf8))) }
+        return headers
+    }
+}

@@ -74,29 +74,33 @@ public struct UUID128: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The identity of an order. New ids come from the shell (the API server's system randomness, the simulator's seed).
-public struct OrderID: Hashable, Comparable, Sendable, CustomStringConvertible {
-    public var uuid: UUID128
-    public init(_ uuid: UUID128) { self.uuid = uuid }
+/// An identity that is a UUID: written and parsed as the UUID's text, ordered as the UUID.
+public protocol UUIDIdentity: Hashable, Comparable, Sendable, CustomStringConvertible {
+    var uuid: UUID128 { get }
+    init(_ uuid: UUID128)
+}
+
+extension UUIDIdentity {
+    /// Parses the UUID's text; nil when it is not a UUID.
     public init?(_ text: some StringProtocol) {
         guard let uuid = UUID128(text) else { return nil }
-        self.uuid = uuid
+        self.init(uuid)
     }
     public var description: String { uuid.description }
-    public static func < (lhs: OrderID, rhs: OrderID) -> Bool { lhs.uuid < rhs.uuid }
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.uuid < rhs.uuid }
+}
+
+/// The identity of an order. New ids come from the shell (the API server's system randomness, the simulator's seed).
+public struct OrderID: UUIDIdentity {
+    public var uuid: UUID128
+    public init(_ uuid: UUID128) { self.uuid = uuid }
 }
 
 /// The identity of an event. Always derived from (order, event type), so a re-sent event carries the same id; the
 /// id of `OrderFulfilled` is the Service Bus MessageId that duplicate detection keys on.
-public struct EventID: Hashable, Comparable, Sendable, CustomStringConvertible {
+public struct EventID: UUIDIdentity {
     public var uuid: UUID128
     public init(_ uuid: UUID128) { self.uuid = uuid }
-    public init?(_ text: some StringProtocol) {
-        guard let uuid = UUID128(text) else { return nil }
-        self.uuid = uuid
-    }
-    public var description: String { uuid.description }
-    public static func < (lhs: EventID, rhs: EventID) -> Bool { lhs.uuid < rhs.uuid }
 
     /// The namespace of every derived event id (a fixed, project-specific UUID).
     public static let namespace = UUID128("2b1f6f1e-8a3c-4c56-9d0e-5a7b3c9e4f10")!

@@ -48,6 +48,21 @@ public struct OrderItem: Hashable, Sendable {
     }
 
     public var lineTotal: Money { unitPrice.multiplied(by: quantity) ?? Money(cents: .max) }
+
+    /// The one way an order's items are written as JSON — in requests' fingerprints, events, API responses, the
+    /// `items` column and the simulator's requests: `[{"productName","quantity","unitPrice"}, …]`, the price as its
+    /// exact decimal text.
+    public static func write(_ items: [OrderItem], to json: inout JSONWriter) {
+        json.array { json in
+            for item in items {
+                json.object { json in
+                    json.field("productName", item.productName)
+                    json.field("quantity", item.quantity)
+                    json.key("unitPrice"); json.number(text: item.unitPrice.description)
+                }
+            }
+        }
+    }
 }
 
 public struct Order: Hashable, Sendable {
@@ -88,15 +103,7 @@ public struct Order: Hashable, Sendable {
             json.field("processedAt", processedAt?.description)
             json.field("failureReason", failureReason)
             json.key("items")
-            json.array { json in
-                for item in items {
-                    json.object { json in
-                        json.field("productName", item.productName)
-                        json.field("quantity", item.quantity)
-                        json.key("unitPrice"); json.number(text: item.unitPrice.description)
-                    }
-                }
-            }
+            OrderItem.write(items, to: &json)
         }
     }
 

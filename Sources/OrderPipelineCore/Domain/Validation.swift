@@ -44,15 +44,7 @@ public struct OrderRequest: Hashable, Sendable {
             json.field("customerName", customerName)
             json.field("customerEmail", customerEmail)
             json.key("items")
-            json.array { json in
-                for item in items {
-                    json.object { json in
-                        json.field("productName", item.productName)
-                        json.field("quantity", item.quantity)
-                        json.key("unitPrice"); json.number(text: item.unitPrice.description)
-                    }
-                }
-            }
+            OrderItem.write(items, to: &json)
         }
         return SHA1.hash(json.bytes).hexString
     }

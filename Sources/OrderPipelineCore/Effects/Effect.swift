@@ -124,10 +124,11 @@ public enum Input: Hashable, Sendable {
     /// The consumer group gave this member `partitions` in `generation` (an empty list revokes everything).
     case assigned(generation: Int64, partitions: [Int32])
     case offsetsCommitted(Ticket, CommitOutcome)
-    /// `POST /api/orders`: the raw body, the optional Idempotency-Key and a fresh id the shell drew for the order.
-    case createOrder(RequestID, body: [UInt8], idempotencyKey: String?, newOrderID: OrderID)
-    /// `PATCH /api/orders/{id}/status`: the raw body (`StatusChangeRequest`).
-    case changeStatus(RequestID, OrderID, body: [UInt8])
+    /// `POST /api/orders`: the raw body, the optional Idempotency-Key, a fresh id the shell drew for the order, and
+    /// the request's trace (`TraceParent.forRequest`), which the order's events carry from then on.
+    case createOrder(RequestID, body: [UInt8], idempotencyKey: String?, newOrderID: OrderID, trace: TraceParent? = nil)
+    /// `PATCH /api/orders/{id}/status`: the raw body (`StatusChangeRequest`) and the request's trace.
+    case changeStatus(RequestID, OrderID, body: [UInt8], trace: TraceParent? = nil)
 }
 
 public enum Effect: Hashable, Sendable {

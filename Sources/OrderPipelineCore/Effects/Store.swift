@@ -73,12 +73,15 @@ public struct OrderTransition: Hashable, Sendable {
     public var to: OrderStatus
     public var at: Instant
     public var reason: String?
+    /// The request's trace, carried by the events this move appends to the outboxes.
+    public var traceParent: TraceParent?
 
-    public init(orderID: OrderID, to: OrderStatus, at: Instant, reason: String? = nil) {
+    public init(orderID: OrderID, to: OrderStatus, at: Instant, reason: String? = nil, traceParent: TraceParent? = nil) {
         self.orderID = orderID
         self.to = to
         self.at = at
         self.reason = reason
+        self.traceParent = traceParent
     }
 }
 
@@ -158,10 +161,9 @@ public struct OutboxSettlement: Hashable, Sendable {
 public struct Fulfilment: Hashable, Sendable {
     public var envelope: EventEnvelope
     public var at: Instant
-    /// Written to the Service Bus outbox when this transaction fulfils the order.
+    /// Written to the Service Bus outbox when this transaction fulfils the order; its `traceParent` is the consumed
+    /// record's trace, continued by the consumer's span.
     public var fulfilmentEvent: PipelineEvent
-    /// The consumed record's trace, continued by the consumer's span; stored with the Service Bus outbox row.
-    public var traceParent: TraceParent? = nil
 
     public init(envelope: EventEnvelope, at: Instant) {
         self.envelope = envelope

@@ -185,7 +185,7 @@ public struct FulfilmentConsumer: Sendable {
             // Poison ends a batch; it is handled on its own, after the batch before it.
             guard case .success(let envelope) = EventEnvelope.decode(record.value) else { break }
             var fulfilment = Fulfilment(envelope: envelope, at: now)
-            fulfilment.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+            fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
             records.append(record)
             batch.append(fulfilment)
             notes.append(.note(.consumed(record)))

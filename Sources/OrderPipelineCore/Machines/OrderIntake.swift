@@ -34,14 +34,15 @@ public struct OrderIntake: Sendable {
         case .start:
             pending = [:]
             return []
-        case let .createOrder(requestID, body, idempotencyKey, newOrderID):
-            return create(requestID, body: body, key: idempotencyKey, id: newOrderID, now: now)
-        case let .changeStatus(requestID, orderID, body):
+        case let .createOrder(requestID, body, idempotencyKey, newOrderID, trace):
+            return create(requestID, body: body, key: idempotencyKey, id: newOrderID, trace: trace, now: now)
+        case let .changeStatus(requestID, orderID, body, trace):
             switch StatusChangeRequest.parse(body, maxReasonLength: configuration.maxReasonLength) {
             case .failure(let error):
                 return [.respond(requestID, .rejected(error))]
             case .success(let change):
-                return issue(requestID, .transition(OrderTransition(orderID: orderID, to: change.status, at: now, reason: change.reason)), attempts: 1)
+                let transition = OrderTransition(orderID: orderID, to: change.status, at: now, reason: change.reason, traceParent: trace)
+                return issue(requestID, .transition(transition), attempts: 1)
             }
         case let .stored(ticket, result):
             guard let request = pending.removeValue(forKey: ticket) else { return [] }
@@ -51,7 +52,7 @@ public struct OrderIntake: Sendable {
         }
     }
 
-    private mutating func create(_ requestID: RequestID, body: [UInt8], key: String?, id: OrderID, now: Instant) -> [Effect] {
+    private mutating func create(_ requestID: RequestID, body: [UInt8], key: String?, id: OrderID, trace: TraceParent?, now: Instant) -> [Effect] {
         if let key, let problem = keyProblem(key) {
             return [.respond(requestID, .rejected(.invalid([FieldError(field: "Idempotency-Key", message: problem)])))]
         }
@@ -62,7 +63,8 @@ public struct OrderIntake: Sendable {
             let order = Order(
                 id: id, customerName: request.customerName, customerEmail: request.customerEmail,
                 items: request.items, totalAmount: request.totalAmount, createdAt: now)
-            let event = PipelineEvent(type: .orderCreated, order: order, at: now, includeOrder: true)
+            var event = PipelineEvent(type: .orderCreated, order: order, at: now, includeOrder: true)
+            event.traceParent = trace
             let command = NewOrder(order: order, event: event, idempotencyKey: key ?? "order:\(id)", fingerprint: request.fingerprint)
             return issue(requestID, .createOrder(command), attempts: 1)
         }

@@ -66,11 +66,12 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The trace of the request being handled. The HTTP shell sets it around the intake machine's work; the PostgreSQL
-/// adapter writes it into the outbox rows that work inserts. A task-local, like swift-distributed-tracing's
-/// `ServiceContext`, so that no machine input has to carry it.
-public enum TraceContext {
-    @TaskLocal public static var current: TraceParent?
+extension TraceParent {
+    /// The trace of an API request: the caller's `traceparent` continued by this request's span, or a new trace
+    /// when it sent none (or an invalid one). The HTTP shell draws from the system, the simulator from its seed.
+    public static func forRequest(_ incoming: TraceParent?, using generator: inout some RandomNumberGenerator) -> TraceParent {
+        incoming?.child(using: &generator) ?? .newTrace(using: &generator)
+    }
 }
 
 extension ConsumedRecord {
