@@ -15,6 +15,8 @@ public final class PostgresModel {
         public var claimedUntil = Instant(microseconds: .min)
         public var lastError: String?
         public var publishedAt: Instant?
+        /// Where Kafka appended it, as its latest settlement said (nil for Service Bus rows).
+        public var publishedPosition: RecordPosition?
         public var deadLetteredAt: Instant?
         public var isSettled: Bool { publishedAt != nil || deadLetteredAt != nil }
     }
@@ -88,6 +90,7 @@ public final class PostgresModel {
             for sequence in settlement.published {
                 guard let i = owned(sequence) else { continue }
                 stored[i].publishedAt = now
+                stored[i].publishedPosition = settlement.positions[sequence]
                 stored[i].claimedBy = nil
                 settled(i)
                 changed += 1

@@ -278,15 +278,18 @@ extension World {
             serveParkedFetches()
             return rows.map { _ in .unknown("delivery report timed out") }
         }
-        for row in rows { appendToKafka(row.event) }
+        // The delivery report names where each record went, as librdkafka's does.
+        let positions = rows.map { appendToKafka($0.event) }
         history.record(now, node.name, .ok, "publish", rows.map(\.event.summary).joined(separator: " "))
         serveParkedFetches()
-        return rows.map { _ in .delivered }
+        return positions.map { .appended(RecordPosition(partition: $0.partition, offset: $0.offset)) }
     }
 
-    func appendToKafka(_ event: PipelineEvent) {
+    @discardableResult
+    func appendToKafka(_ event: PipelineEvent) -> ConsumedRecord {
         let record = kafka.append(event, at: instant)
         history.record(now, "kafka-p\(record.partition)", .ok, "append", "offset \(record.offset): \(event.summary)")
+        return record
     }
 
     func sendToServiceBus(_ rows: [OutboxMessage], by node: Node) -> [PublishOutcome] {

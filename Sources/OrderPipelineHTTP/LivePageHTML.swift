@@ -188,10 +188,15 @@ enum LivePageHTML {
         h("td", {}, h("span", { class: "badge " + j.status }, j.status)));
       for (const [key, name] of HOPS) {
         const at = j[key];
-        tr.append(h("td", { class: "hop" + (at ? " done" : ""), "data-hop": name, "data-label": name, "data-at": at, title: at ? clock(at) : "not yet" },
+        tr.append(h("td", { class: "hop" + (at ? " done" : ""), "data-hop": name, "data-label": name, "data-at": at, title: at ? clock(at) + where(j, name) : "not yet" },
           at ? (name === "created" ? clock(at) : since(at, j.createdAt)) : ""));
       }
       return tr;
+    }
+    // "published (partition 2, offset 117)": where Kafka appended the order's event.
+    function where(j, name) {
+      const p = name === "published" && j.publishedPosition;
+      return p ? ` (partition ${p.partition}, offset ${p.offset})` : "";
     }
     function renderDead(s) {
       $("dlCount").textContent = s.deadLetterCount ? "(" + s.deadLetterCount + " waiting)" : "(none)";
@@ -234,7 +239,9 @@ enum LivePageHTML {
         j.traceId ? h("div", { class: "note" }, "trace ", h("code", { "data-trace-id": j.traceId }, j.traceId)) : null,
         j.failureReason ? h("div", { class: "note" }, "failure: " + j.failureReason) : null,
         h("ol", { class: "journey" }, ...HOPS.map(([key, name]) => h("li", { class: j[key] ? "done" : "", "data-hop": name, "data-at": j[key] },
-          h("b", {}, name), j[key] ? clock(j[key]) + (name === "created" ? "" : " (" + since(j[key], j.createdAt) + ")") : "not yet"))),
+          h("b", { "data-position": name === "published" && j.publishedPosition ? j.publishedPosition.partition + "@" + j.publishedPosition.offset : null },
+            name + where(j, name)),
+          j[key] ? clock(j[key]) + (name === "created" ? "" : " (" + since(j[key], j.createdAt) + ")") : "not yet"))),
         ...rows.map(([label, o]) => h("div", { class: "note" }, `${label} #${o.sequence}: ${o.attempts} attempt(s)` + (o.lastError ? ", last error: " + o.lastError : "")
           + (o.deadLetteredAt ? `, dead-lettered (dead letter #${o.deadLetterId ?? "?"})` : "") + (o.claimedBy && !o.publishedAt ? ", claimed by " + o.claimedBy : "")))));
     }

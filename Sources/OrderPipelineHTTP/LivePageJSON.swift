@@ -84,6 +84,7 @@ enum LiveJSON {
             json.field("failureReason", j.failureReason)
             json.field("createdAt", j.createdAt.microseconds)
             instant("publishedAt", j.publishedAt, &json)
+            position("publishedPosition", j.kafkaRow?.publishedAt == nil ? nil : j.kafkaRow?.position, &json)
             instant("consumedAt", j.consumedAt, &json)
             instant("fulfilledAt", j.fulfilledAt, &json)
             instant("sentAt", j.sentAt, &json)
@@ -118,6 +119,17 @@ enum LiveJSON {
             instant("nextAttemptAt", row.nextAttemptAt, &json)
             json.key("deadLetterId")
             if let id = row.deadLetterID { json.int(id) } else { json.null() }
+            position("position", row.position, &json)
+        }
+    }
+
+    /// `{"partition": 2, "offset": 117}` or null.
+    static func position(_ name: String, _ value: RecordPosition?, _ json: inout JSONWriter) {
+        json.key(name)
+        guard let value else { json.null(); return }
+        json.object { json in
+            json.field("partition", Int(value.partition))
+            json.field("offset", value.offset)
         }
     }
 

@@ -31,15 +31,12 @@ public final class KafkaProducer: Sendable {
         ])
     }
 
-    /// One outcome per message, in order.
+    /// One outcome per message, in order; a delivered one says where it went (`.appended`).
     public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
         let items = messages.map { message in
-            ProducerSession.Item(
-                key: Array(message.event.orderID.description.utf8),
-                value: message.event.payload,
-                headers: message.event.kafkaHeaders.map { ($0.name, $0.value) },
-                orderID: message.event.orderID.description
-            )
+            let orderID = message.event.orderID.description
+            let headers = message.event.kafkaHeaders.map { ($0.name, $0.value) }
+            return ProducerSession.Item(key: Array(orderID.utf8), value: message.event.payload, headers: headers, orderID: orderID)
         }
         return await send(items, topic: configuration.topic)
     }
@@ -50,7 +47,9 @@ public final class KafkaProducer: Sendable {
         headers.append(("dead-letter-reason", Array(reason.utf8)))
         headers.append(("dead-letter-source", Array(record.source(topic: configuration.topic).utf8)))
         let item = ProducerSession.Item(key: record.key, value: record.value, headers: headers, orderID: nil)
-        return await send([item], topic: configuration.deadLetterTopic).first ?? .unknown("no delivery report")
+        // The copy's position is not kept anywhere: its outcome is plain `.delivered`.
+        let outcome = await send([item], topic: configuration.deadLetterTopic).first ?? .unknown("no delivery report")
+        return outcome.isDelivered ? .delivered : outcome
     }
 
     /// Flushes what is in flight (up to `timeout`) and destroys the producer. Later publishes fail (retriable).
@@ -256,9 +255,8 @@ final class ProducerSession: Sendable {
     fileprivate func delivered(token: UInt64, error: rd_kafka_resp_err_t, partition: Int32, offset: Int64) {
         let outcome: PublishOutcome
         if error == RD_KAFKA_RESP_ERR_NO_ERROR {
-            outcome = .delivered
-            let slot = pending.withLock { $0.slots[token] }
-            if let slot {
+            outcome = .appended(RecordPosition(partition: partition, offset: offset))
+            if logger.logLevel <= .debug, let slot = pending.withLock({ $0.slots[token] }) {
                 if let order = slot.orderID {
                     logger.debug("Order published to Kafka", metadata: [
                         "order.id": "\(order)", "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",

@@ -80,6 +80,10 @@ public final class PostgresConnection {
         public var keepalivesCount = 3
         /// Sent data unacknowledged for this long breaks the connection (`tcp_user_timeout`).
         public var tcpUserTimeout: Duration = .seconds(10)
+        /// Whether this session's inserts into the outboxes NOTIFY the relays (the outbox triggers, migration 3).
+        /// `all` turns it off for its API and consumer and wakes its relays in-process instead: every notifying
+        /// commit takes one database-wide lock and holds it through its WAL flush, which serialises them.
+        public var notifiesOutbox = true
 
         /// - Parameter url: A libpq connection string or `postgres://` URL; every other setting has its default.
         public init(url: String) { self.url = url }
@@ -222,14 +226,14 @@ public final class PostgresConnection {
     var socket: Int32 { handle.map { PQsocket($0) } ?? -1 }
 
     /// Reads what arrived on the socket and returns the channels of the notifications received.
-    func consumeNotifications() throws(PostgresError) -> [(channel: String, payload: String)] {
+    func consumeNotifications() throws(PostgresError) -> [(channel: String, payload: String, sender: Int32)] {
         guard let handle else { throw PostgresError(code: .connectionLost, message: "not connected") }
         guard PQconsumeInput(handle) == 1 else {
             throw PostgresError(code: .connectionLost, message: Self.trimmed(PQerrorMessage(handle)))
         }
-        var out: [(String, String)] = []
+        var out: [(String, String, Int32)] = []
         while let notify = PQnotifies(handle) {
-            out.append((String(cString: notify.pointee.relname), String(cString: notify.pointee.extra)))
+            out.append((String(cString: notify.pointee.relname), String(cString: notify.pointee.extra), notify.pointee.be_pid))
             PQfreemem(notify)
         }
         return out

@@ -42,6 +42,7 @@ struct ConnectionParameters {
         parts.append("-c tcp_keepalives_idle=\(settings.keepalivesIdleSeconds) -c tcp_keepalives_interval=\(settings.keepalivesIntervalSeconds)")
         parts.append("-c tcp_keepalives_count=\(settings.keepalivesCount)")
         if let schema = settings.schema { parts.append("-c search_path=\(schema)") }
+        if !settings.notifiesOutbox { parts.append("-c orderpipeline.notify=off") }
         return parts.joined(separator: " ")
     }
 

@@ -81,6 +81,8 @@ public enum Dashboard {
         /// The waiting dead letter of this row (the id `orderpipeline outbox replay` takes).
         public var deadLetterID: Int64?
         public var traceParent: TraceParent?
+        /// Where Kafka appended it (Kafka outbox rows published since migration 3).
+        public var position: RecordPosition?
     }
 
     // MARK: reads
@@ -163,7 +165,10 @@ public enum Dashboard {
             OutboxRow(
                 sequence: rows.int(row, 1) ?? 0, attempts: Int(rows.int(row, 3) ?? 0), lastError: rows.string(row, 4),
                 publishedAt: instant(rows, row, 2), deadLetteredAt: instant(rows, row, 5), claimedBy: rows.string(row, 6),
-                nextAttemptAt: instant(rows, row, 7), deadLetterID: rows.int(row, 8), traceParent: rows.string(row, 9).flatMap { TraceParent($0) })
+                nextAttemptAt: instant(rows, row, 7), deadLetterID: rows.int(row, 8), traceParent: rows.string(row, 9).flatMap { TraceParent($0) },
+                position: rows.int(row, 10).flatMap { partition in
+                    rows.int(row, 11).map { RecordPosition(partition: Int32(truncatingIfNeeded: partition), offset: $0) }
+                })
         }
         let kafka = try c.execute(Statements.outboxRows(.kafka), [created])
         each(kafka) { journey, row in
@@ -212,7 +217,8 @@ public enum Dashboard {
         static func outboxRows(_ kind: OutboxKind) -> PreparedStatement {
             PreparedStatement("op_dash_rows_\(SQL.name(kind))", """
                 SELECT o.order_id, o.sequence, \(SQL.micros("o.published_at")), o.attempts, o.last_error,
-                       \(SQL.micros("o.dead_lettered_at")), o.claimed_by, \(SQL.micros("o.next_attempt_at")), d.id, o.traceparent
+                       \(SQL.micros("o.dead_lettered_at")), o.claimed_by, \(SQL.micros("o.next_attempt_at")), d.id, o.traceparent,
+                       \(kind == .kafka ? "o.published_partition, o.published_offset" : "NULL::int, NULL::int8")
                 FROM \(SQL.table(kind)) o
                 LEFT JOIN dead_letters d ON d.source = '\(kind.rawValue)-outbox/' || o.sequence AND d.replayed_at IS NULL
                 WHERE o.event_id = ANY($1::uuid[])

@@ -73,6 +73,9 @@ public final class PostgresListener: Sendable {
         done.wait()
     }
 
+    /// A wake from this process (`all`: a committed write of outbox rows whose session does not NOTIFY).
+    public func wake(_ kind: OutboxKind) { deliver([kind]) }
+
     private var isStopped: Bool { state.withLock { $0.stopped } }
 
     private func deliver(_ kinds: [OutboxKind]) {

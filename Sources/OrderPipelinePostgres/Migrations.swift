@@ -99,6 +99,7 @@ public enum Migrations {
         ALTER TABLE kafka_outbox ADD COLUMN traceparent text;
         ALTER TABLE service_bus_outbox ADD COLUMN traceparent text;
         """),
+        relay,
     ]
 
     /// Both outboxes have the same shape.

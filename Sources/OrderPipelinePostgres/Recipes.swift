@@ -106,10 +106,8 @@ public enum StoreRecipes {
                       let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
                       let occurred = rows.int(row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6)
                 else { throw PostgresError(code: .protocolViolation, message: "malformed outbox row") }
-                var event = PipelineEvent(type: type, orderID: orderID, at: Instant(microseconds: occurred), status: .pending)
-                event.id = eventID
-                event.payload = payload
-                event.traceParent = rows.string(row, 7).flatMap { TraceParent($0) }
+                let event = PipelineEvent(stored: eventID, type: type, orderID: orderID, at: Instant(microseconds: occurred), payload: payload,
+                                          traceParent: rows.string(row, 7).flatMap { TraceParent($0) })
                 messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
             }
             messages.sort { $0.sequence < $1.sequence }
@@ -120,13 +118,18 @@ public enum StoreRecipes {
     static func settle(_ s: OutboxSettlement, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
         singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             guard !s.isEmpty else { return .settled(rows: 0) }
-            func ints(_ values: [Int64]) -> PostgresValue { .text("{" + values.map(String.init).joined(separator: ",") + "}") }
-            let rows = try c.execute(s.outbox == .kafka ? SQL.settleKafka : SQL.settleServiceBus, [
+            func ints(_ values: [Int64?]) -> PostgresValue { .text("{" + values.map { $0.map(String.init) ?? "NULL" }.joined(separator: ",") + "}") }
+            var parameters: [PostgresValue] = [
                 .text(s.owner), ints(s.published),
                 ints(s.retries.map(\.sequence)), ints(s.retries.map(\.delay.microseconds)),
                 .text(SQL.arrayLiteral(s.retries.map(\.error))),
                 ints(s.rejections.map(\.sequence)), .text(SQL.arrayLiteral(s.rejections.map(\.reason))),
-            ])
+            ]
+            if s.outbox == .kafka {
+                let positions = s.published.map { s.positions[$0] }
+                parameters += [ints(positions.map { $0.map { Int64($0.partition) } }), ints(positions.map { $0?.offset })]
+            }
+            let rows = try c.execute(s.outbox == .kafka ? SQL.settleKafka : SQL.settleServiceBus, parameters)
             return .settled(rows: Int(rows.int(0, 0) ?? 0))
         }
     }

@@ -135,14 +135,25 @@ enum SQL {
 
     // MARK: settle — fenced by owner.
     // $1 owner, $2 published int8[], $3 retry seqs, $4 retry delays (microseconds), $5 retry errors, $6 rejected seqs,
-    // $7 reasons. Every time is the database's own clock.
+    // $7 reasons, $8 and $9 (Kafka only) the partition and offset of each published row (NULL when not reported).
+    // Every time is the database's own clock.
     static func settle(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
         let fence = "o.claimed_by = $1::text AND o.published_at IS NULL AND o.dead_lettered_at IS NULL"
-        return PreparedStatement("op_settle_\(name(kind))", """
-            WITH pub AS (
+        let published = kind == .kafka
+            ? """
+                UPDATE \(t) o SET published_at = now(), claimed_by = NULL, claimed_until = NULL,
+                    published_partition = p.part, published_offset = p.off
+                FROM unnest($2::int8[], $8::int4[], $9::int8[]) AS p(seq, part, off)
+                WHERE o.sequence = p.seq AND \(fence)
+                """
+            : """
                 UPDATE \(t) o SET published_at = now(), claimed_by = NULL, claimed_until = NULL
                 WHERE o.sequence = ANY($2::int8[]) AND \(fence)
+                """
+        return PreparedStatement("op_settle_\(name(kind))", """
+            WITH pub AS (
+                \(published)
                 RETURNING 1
             ), ret AS (
                 UPDATE \(t) o SET next_attempt_at = now() + r.delay * interval '1 microsecond', last_error = r.error,

@@ -11,6 +11,17 @@ public struct RuntimeConfiguration: Sendable {
     public var httpPort = 5125
     /// `DB_POOL_SIZE` — connections (each on its own thread) for the API's transactions and reads.
     public var poolSize = 8
+    /// `DB_RELAY_POOL_SIZE` — connections of the outbox relays (`relay`, `all`): their own pool and queue, so that
+    /// claims and settlements never wait behind the API's work. Each relay has up to one claim and two batches out.
+    /// Default 4, at most `DB_POOL_SIZE` (a process told to use few connections uses few everywhere).
+    public var relayPoolSize: Int?
+    /// `DB_CONSUMER_POOL_SIZE` — connections of the fulfilment consumer (`consume`, `all`), a pool of its own too.
+    /// Default 2, at most `DB_POOL_SIZE`.
+    public var consumerPoolSize: Int?
+    /// `RELAY_BATCH_SIZE` and `RELAY_PIPELINE_DEPTH` — rows per claim and batches in the air per relay (nil: the
+    /// machine's defaults: 500 for Kafka, 100 for Service Bus, and 2).
+    public var relayBatchSize: Int?
+    public var relayPipelineDepth: Int?
     /// `DB_STATEMENT_TIMEOUT_MS` — statement and lock timeout of every session.
     public var statementTimeout: Duration = .seconds(5)
     /// `DB_QUEUE_LIMIT` — requests that may wait for a connection; more are refused at once (HTTP 503).
@@ -34,7 +45,20 @@ public struct RuntimeConfiguration: Sendable {
                          e.g. postgres://postgres@127.0.0.1:55432/orderpipeline
           HTTP_HOST      address the API binds (default 127.0.0.1)
           HTTP_PORT      port the API listens on (default 5125)
-          DB_POOL_SIZE   database connections, one thread each (default 8)
+          DB_POOL_SIZE   database connections of the API, one thread each
+                         (default 8)
+          DB_RELAY_POOL_SIZE
+                         relay/all: the outbox relays' own connections
+                         (default 4, at most DB_POOL_SIZE)
+          DB_CONSUMER_POOL_SIZE
+                         consume/all: the consumer's own connections
+                         (default 2, at most DB_POOL_SIZE)
+          RELAY_BATCH_SIZE
+                         relay/all: outbox rows per claim (default 500
+                         for Kafka, 100 for Service Bus)
+          RELAY_PIPELINE_DEPTH
+                         relay/all: batches a relay has in the air at once
+                         (default 2; 1 = claim, publish, settle in turn)
           DB_STATEMENT_TIMEOUT_MS
                          statement and lock timeout in ms (default 5000)
           DB_QUEUE_LIMIT requests that may wait for a connection; more get
@@ -73,6 +97,22 @@ public struct RuntimeConfiguration: Sendable {
             guard let size = Int(text), (1...256).contains(size) else { throw Problem(description: "DB_POOL_SIZE must be 1…256, not \(text)") }
             configuration.poolSize = size
         }
+        if let text = environment["DB_RELAY_POOL_SIZE"] {
+            guard let size = Int(text), (1...256).contains(size) else { throw Problem(description: "DB_RELAY_POOL_SIZE must be 1…256, not \(text)") }
+            configuration.relayPoolSize = size
+        }
+        if let text = environment["DB_CONSUMER_POOL_SIZE"] {
+            guard let size = Int(text), (1...256).contains(size) else { throw Problem(description: "DB_CONSUMER_POOL_SIZE must be 1…256, not \(text)") }
+            configuration.consumerPoolSize = size
+        }
+        if let text = environment["RELAY_BATCH_SIZE"] {
+            guard let size = Int(text), (1...10_000).contains(size) else { throw Problem(description: "RELAY_BATCH_SIZE must be 1…10000, not \(text)") }
+            configuration.relayBatchSize = size
+        }
+        if let text = environment["RELAY_PIPELINE_DEPTH"] {
+            guard let depth = Int(text), (1...16).contains(depth) else { throw Problem(description: "RELAY_PIPELINE_DEPTH must be 1…16, not \(text)") }
+            configuration.relayPipelineDepth = depth
+        }
         if let text = environment["DB_STATEMENT_TIMEOUT_MS"] {
             guard let ms = Int64(text), ms > 0 else { throw Problem(description: "DB_STATEMENT_TIMEOUT_MS must be a positive number") }
             configuration.statementTimeout = .milliseconds(ms)
@@ -100,9 +140,24 @@ public struct RuntimeConfiguration: Sendable {
         return configuration
     }
 
-    public var pool: PostgresPool.Configuration {
+    /// The API's pool (`main` in the metrics).
+    public var pool: PostgresPool.Configuration { pool(for: .api) }
+
+    /// Who uses a pool: each role has its own connections and queue (`pool` label of the metrics).
+    public enum PoolRole: String, Sendable {
+        case api = "main"
+        case relay
+        case consumer
+    }
+
+    public func pool(for role: PoolRole) -> PostgresPool.Configuration {
         var pool = PostgresPool.Configuration(url: databaseURL)
-        pool.size = poolSize
+        switch role {
+        case .api: pool.size = poolSize
+        case .relay: pool.size = relayPoolSize ?? min(4, poolSize)
+        case .consumer: pool.size = consumerPoolSize ?? min(2, poolSize)
+        }
+        pool.name = role.rawValue
         pool.connection.statementTimeout = statementTimeout
         pool.queueLimit = queueLimit
         pool.requestTimeout = requestTimeout

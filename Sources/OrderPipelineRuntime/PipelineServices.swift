@@ -16,6 +16,9 @@ public struct RelayService: Service {
     let logger: Logger
     let metrics: PipelineMetrics
     let onStop: @Sendable () async -> Void
+    /// Rows per claim and batches in the air (`RELAY_BATCH_SIZE`, `RELAY_PIPELINE_DEPTH`); nil: the machine's defaults.
+    public var batchSize: Int?
+    public var pipelineDepth: Int?
 
     public init(
         outbox: OutboxKind, owner: String, store: any StorePerforming, publisher: any OutboxPublishing, listener: PostgresListener?,
@@ -33,10 +36,16 @@ public struct RelayService: Service {
 
     public func run() async throws {
         let loop = MachineLoop(name: "relay-\(outbox.rawValue)")
-        let relay = OutboxRelay(configuration: .init(outbox: outbox, owner: "\(owner)-\(outbox.rawValue)"), seed: UInt64.random(in: 0...UInt64.max))
+        var configuration = OutboxRelay.Configuration(outbox: outbox, owner: "\(owner)-\(outbox.rawValue)")
+        if let batchSize { configuration.batchSize = batchSize }
+        if let pipelineDepth { configuration.pipelineDepth = pipelineDepth }
+        let relay = OutboxRelay(configuration: configuration, seed: UInt64.random(in: 0...UInt64.max))
         var logger = logger
         logger[metadataKey: "outbox"] = "\(outbox.rawValue)"
-        logger.info("Outbox relay started", metadata: ["relay.owner": "\(relay.configuration.owner)"])
+        logger.info("Outbox relay started", metadata: [
+            "relay.owner": "\(relay.configuration.owner)", "relay.batch_size": "\(configuration.batchSize)",
+            "relay.pipeline_depth": "\(configuration.pipelineDepth)",
+        ])
         await withDiscardingTaskGroup { group in
             if let listener {
                 group.addTask { for await _ in listener.wakes(for: outbox) { loop.deliver(.wake) } }
@@ -92,6 +101,7 @@ public struct ConsumerService: Service {
 
     public func run() async throws {
         let loop = MachineLoop(name: "consumer")
+        loop.progress.awaitAssignment()  // `/health/live`: a member the group never assigns is not live
         let consumer = try KafkaConsumer(configuration: configuration, logger: logger, sink: { loop.deliver($0) })
         var machineConfiguration = FulfilmentConsumer.Configuration()
         machineConfiguration.topic = configuration.topic
@@ -120,6 +130,38 @@ public struct ConsumerService: Service {
             for (partition, records) in lag { gauge(partition).record(records) }
             shown = Set(lag.keys)
             try? await Task.sleep(for: .seconds(2))
+        }
+    }
+}
+
+/// A store whose committed writes of outbox rows wake this process's relays directly (`all`), for sessions that do
+/// not NOTIFY (`PostgresConnection.Settings.notifiesOutbox`). A spurious wake costs one claim; a missed one, never
+/// expected, the relay's fallback poll.
+public struct InProcessWakingStore: StorePerforming {
+    let store: any StorePerforming
+    let wake: @Sendable (OutboxKind) -> Void
+
+    public init(store: any StorePerforming, wake: @escaping @Sendable (OutboxKind) -> Void) {
+        self.store = store
+        self.wake = wake
+    }
+
+    public func perform(_ command: StoreCommand) async -> StoreResult {
+        let result = await store.perform(command)
+        if case .committed(let reply) = result {
+            for kind in Self.outboxesWritten(by: command, reply) { wake(kind) }
+        }
+        return result
+    }
+
+    /// The outboxes a committed command may have written rows to (the recipes in `Effects/Store.swift`).
+    static func outboxesWritten(by command: StoreCommand, _ reply: StoreReply) -> [OutboxKind] {
+        switch (command, reply) {
+        case (.createOrder, .orderCreated): [.kafka]
+        case (.transition(let t), .transitioned): t.to == .fulfilled ? [.kafka, .serviceBus] : [.kafka]
+        case (.fulfil, .fulfilments(let outcomes)) where outcomes.contains(.fulfilled): [.serviceBus]
+        case (.reannounceOverdue, .reannounced(let orders)) where !orders.isEmpty: [.kafka]
+        default: []
         }
     }
 }

@@ -19,10 +19,15 @@ public final class ServiceBusSender: Sendable {
 
     /// Starts the connection (on its own thread; it connects and reconnects in the background).
     /// - Throws: `ServiceBusError` when the configuration is unsafe (`checkTransportSecurity`) or TLS cannot be set up.
-    public init(configuration: ServiceBusConfiguration, logger: Logger) throws(ServiceBusError) {
+    public convenience init(configuration: ServiceBusConfiguration, logger: Logger) throws(ServiceBusError) {
+        try self.init(configuration: configuration, logger: logger, tls: .standard)
+    }
+
+    /// `tls`: how TLS is set up (tests make it fail, to see that nothing goes out in plaintext).
+    init(configuration: ServiceBusConfiguration, logger: Logger, tls: TLSSetup) throws(ServiceBusError) {
         self.configuration = configuration
         self.logger = logger
-        self.engine = try AMQPEngine(configuration: configuration, address: configuration.queue, role: .sender, logger: logger)
+        self.engine = try AMQPEngine(configuration: configuration, address: configuration.queue, role: .sender, logger: logger, tls: tls)
         logger.info("Service Bus sender started", metadata: [
             "servicebus.endpoint": "\(configuration.redactedDescription)", "servicebus.queue": "\(configuration.queue)",
         ])

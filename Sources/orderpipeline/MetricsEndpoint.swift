@@ -18,6 +18,8 @@ enum MetricsEndpoint {
           METRICS_HOST   address it binds (default 127.0.0.1)
           LIVENESS_STALL_SECONDS  /health/live answers 503 when a machine loop awaits an answer
                          and has heard nothing back for this long (default 30)
+          LIVENESS_UNASSIGNED_SECONDS  also 503 when the consumer has held no Kafka partition for
+                         this long (default 60: ten session timeouts; 0: off, for standby members)
         """
 
     static func service(
@@ -39,8 +41,9 @@ enum MetricsEndpoint {
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
         }
         let stallSeconds = try stallBound(environment)
+        let unassignedSeconds = try unassignedBound(environment)
         router.get("/health/live") { _, _ -> Response in
-            let (live, json) = Liveness.shared.report(stallSeconds: stallSeconds)
+            let (live, json) = Liveness.shared.report(stallSeconds: stallSeconds, unassignedSeconds: unassignedSeconds)
             return Self.json(live ? .ok : .serviceUnavailable, json)
         }
         // Each dependency in its own field; ready when PostgreSQL answers (migrated) and every loop is live.
@@ -54,7 +57,7 @@ enum MetricsEndpoint {
             } catch {
                 postgres = #"{"status":"down"}"#  // details stay in the store's log, not in the body
             }
-            let (live, loops) = Liveness.shared.report(stallSeconds: stallSeconds)
+            let (live, loops) = Liveness.shared.report(stallSeconds: stallSeconds, unassignedSeconds: unassignedSeconds)
             let ready = migrated && live
             return Self.json(ready ? .ok : .serviceUnavailable, #"{"status":"\#(ready ? "ready" : "not ready")","postgres":\#(postgres),"loops":\#(loops)}"#)
         }
@@ -66,6 +69,15 @@ enum MetricsEndpoint {
     static func stallBound(_ environment: [String: String]) throws -> Double {
         guard let text = environment["LIVENESS_STALL_SECONDS"], !text.isEmpty else { return Liveness.defaultStallSeconds }
         guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else { throw ValidationError("LIVENESS_STALL_SECONDS must be a number of seconds in 1...3600, not \(text)") }
+        return seconds
+    }
+
+    /// `LIVENESS_UNASSIGNED_SECONDS`: a consumer holding no partition that long is not live (0: never).
+    static func unassignedBound(_ environment: [String: String]) throws -> Double {
+        guard let text = environment["LIVENESS_UNASSIGNED_SECONDS"], !text.isEmpty else { return Liveness.defaultUnassignedSeconds }
+        guard let seconds = Double(text), seconds == 0 || (1...86_400).contains(seconds) else {
+            throw ValidationError("LIVENESS_UNASSIGNED_SECONDS must be 0 (off) or a number of seconds in 1...86400, not \(text)")
+        }
         return seconds
     }
 

@@ -28,7 +28,8 @@ enum BrokerBootstrap {
     /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY. First takes the lock
     /// of `RELAY_ID` (refused: another live process uses it), which a service then watches.
     static func relayServices(
-        configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics
+        configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics,
+        listener given: PostgresListener? = nil
     ) async throws -> (services: [ServiceGroupConfiguration.ServiceConfiguration], listener: PostgresListener) {
         let lock: OwnerLock
         do {
@@ -44,19 +45,24 @@ enum BrokerBootstrap {
                 "servicebus.queue": "\(serviceBus.queue)",
             ])
         }
-        let listener = PostgresListener(settings: configuration.pool.connection, logger: logger)
+        let listener = given ?? PostgresListener(settings: configuration.pool.connection, logger: logger)
         let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
-        let kafkaRelay = RelayService(
+        var kafkaRelay = RelayService(
             outbox: .kafka, owner: brokers.relayID, store: store, publisher: producer, listener: listener, logger: logger, metrics: metrics,
             onStop: { await producer.shutdown() }
         )
+        kafkaRelay.batchSize = configuration.relayBatchSize
+        kafkaRelay.pipelineDepth = configuration.relayPipelineDepth
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: OwnerLockService(lock: lock, logger: logger)), .init(service: kafkaRelay)]
         if let serviceBus = brokers.serviceBus {
             let sender = try ServiceBusSender(configuration: serviceBus, logger: logger)
-            services.append(.init(service: RelayService(
+            var serviceBusRelay = RelayService(
                 outbox: .serviceBus, owner: brokers.relayID, store: store, publisher: sender, listener: listener, logger: logger, metrics: metrics,
                 onStop: { await sender.shutdown() }
-            )))
+            )
+            serviceBusRelay.batchSize = configuration.relayBatchSize
+            serviceBusRelay.pipelineDepth = configuration.relayPipelineDepth
+            services.append(.init(service: serviceBusRelay))
         }
         if let reconciler = configuration.reconciler {
             services.append(.init(service: ReconcilerService(configuration: reconciler, store: store, logger: logger, metrics: metrics)))
@@ -64,7 +70,7 @@ enum BrokerBootstrap {
         return (services, listener)
     }
 
-    static func consumerService(brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics) throws -> ConsumerService {
+    static func consumerService(brokers: BrokerConfiguration, store: any StorePerforming, logger: Logger, metrics: PipelineMetrics) throws -> ConsumerService {
         let deadLetters = try KafkaProducer(configuration: brokers.kafka, logger: logger)
         return ConsumerService(configuration: brokers.kafka, store: store, deadLetters: deadLetters, logger: logger, metrics: metrics)
     }
@@ -115,7 +121,7 @@ struct Relay: AsyncParsableCommand {
         let logger = Bootstrap.logger("orderpipeline.relay", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
-        let store = PostgresStore(configuration: configuration.pool, logger: logger)
+        let store = PostgresStore(configuration: configuration.pool(for: .relay), logger: logger)
         let (relays, listener) = try await BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: metrics)
         if brokers.serviceBus == nil { logger.warning("SERVICEBUS_CONNECTION_STRING is not set: only the Kafka outbox is relayed") }
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
@@ -142,7 +148,7 @@ struct Consume: AsyncParsableCommand {
         let logger = Bootstrap.logger("orderpipeline.consume", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
-        let store = PostgresStore(configuration: configuration.pool, logger: logger)
+        let store = PostgresStore(configuration: configuration.pool(for: .consumer), logger: logger)
         let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: metrics)
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         let group = ServiceGroup(configuration: .init(
@@ -166,8 +172,17 @@ struct All: AsyncParsableCommand {
         let logger = Bootstrap.logger("orderpipeline", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
-        let store = PostgresStore(configuration: configuration.pool, logger: logger)
-        let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
+        // One pool per role: the relays' claims and the consumer's fulfilments never queue behind the POSTs. The API's
+        // and the consumer's sessions do not NOTIFY (each notifying commit holds one database-wide lock through its
+        // WAL flush): their committed outbox writes wake the relays of this process directly.
+        var apiPool = configuration.pool(for: .api), consumerPool = configuration.pool(for: .consumer)
+        apiPool.connection.notifiesOutbox = false
+        consumerPool.connection.notifiesOutbox = false
+        let store = PostgresStore(configuration: apiPool, logger: logger)
+        let relayStore = PostgresStore(configuration: configuration.pool(for: .relay), logger: logger)
+        let consumerStore = PostgresStore(configuration: consumerPool, logger: logger)
+        let wakes = PostgresListener(settings: configuration.pool.connection, logger: logger)
+        let shell = IntakeShell(store: InProcessWakingStore(store: store, wake: { wakes.wake($0) }), logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
         let router = api.makeRouter()
         // The consumer of this process keeps its per-partition lag in the metrics registry.
@@ -177,17 +192,19 @@ struct All: AsyncParsableCommand {
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )
-        let (relays, listener) = try await BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: metrics)
-        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: metrics)
+        let (relays, listener) = try await BrokerBootstrap.relayServices(
+            configuration: configuration, brokers: brokers, store: relayStore, logger: logger, metrics: metrics, listener: wakes)
+        let consumer = try BrokerBootstrap.consumerService(
+            brokers: brokers, store: InProcessWakingStore(store: consumerStore, wake: { wakes.wake($0) }), logger: logger, metrics: metrics)
         logger.info("Starting the pipeline", metadata: [
             "http.address": "\(configuration.httpHost):\(configuration.httpPort)", "db.url": "\(configuration.redactedDatabaseURL)",
             "kafka.brokers": "\(brokers.kafka.brokers)", "kafka.topic": "\(brokers.kafka.topic)",
             "servicebus.endpoint": "\(brokers.serviceBus?.redactedDescription ?? "-")",
         ])
-        // Services stop in reverse order: API first, then consumer and relays, then LISTEN and the pool.
+        // Services stop in reverse order: API first, then consumer and relays, then LISTEN and the pools.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: ListenerService(listener: listener))]
-                + relays + [.init(service: consumer), .init(service: app)],
+            services: [store, relayStore, consumerStore].map { ServiceGroupConfiguration.ServiceConfiguration(service: DatabaseService(store: $0, logger: logger)) }
+                + [.init(service: ListenerService(listener: listener))] + relays + [.init(service: consumer), .init(service: app)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

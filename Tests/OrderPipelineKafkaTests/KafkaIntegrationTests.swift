@@ -110,12 +110,14 @@ struct KafkaIntegrationTests {
         #expect(!KafkaConfiguration.librdkafkaVersion.hasPrefix("2.0."), "LD_LIBRARY_PATH must put $RDKAFKA_LIB_DIR first")
     }
 
-    @Test("publish a batch: one delivered outcome per message")
+    @Test("publish a batch: one delivered outcome per message, each with its own position")
     func publishBatch() async throws {
         let producer = try KafkaProducer(configuration: TestKafka.configuration, logger: TestKafka.logger)
         let messages = (1...20).map { TestKafka.message(sequence: Int64($0)) }
         let outcomes = await producer.publish(messages)
-        #expect(outcomes == Array(repeating: .delivered, count: 20))
+        let positions = outcomes.compactMap { if case .appended(let position) = $0 { position } else { nil } }
+        #expect(positions.count == 20, "\(outcomes)")
+        #expect(Set(positions).count == 20, "no two records at one position")
         #expect(await producer.publish([]) == [])
         await producer.shutdown()
         // After shutdown nothing is sent, and that is a retriable failure.
@@ -129,7 +131,8 @@ struct KafkaIntegrationTests {
         let configuration = TestKafka.configuration
         let producer = try KafkaProducer(configuration: configuration, logger: TestKafka.logger)
         let first = TestKafka.message(sequence: 1)
-        #expect(await producer.publish([first]) == [.delivered])
+        let firstOutcome = await producer.publish([first])
+        guard case .appended(let firstPosition)? = firstOutcome.first else { Issue.record("expected a position, got \(firstOutcome)"); return }
 
         func isMessage(_ record: ConsumedRecord, _ message: OutboxMessage) -> Bool {
             record.headers.contains { $0.name == "event-id" && $0.value == Array(message.event.id.description.utf8) }
@@ -141,6 +144,7 @@ struct KafkaIntegrationTests {
         var driver = ConsumerDriver(consumer: consumer, probe: probe)
         let seen = await driver.fetch(until: { $0.contains { isMessage($0, first) } })
         let record = try #require(seen.first { isMessage($0, first) })
+        #expect(RecordPosition(partition: record.partition, offset: record.offset) == firstPosition, "the delivery report names where it is")
         #expect(record.key == Array(first.event.orderID.description.utf8))
         #expect(record.value == first.event.payload)
         #expect(record.headers.first { $0.name == "event-type" }?.value == Array("OrderCreated".utf8))
@@ -163,7 +167,7 @@ struct KafkaIntegrationTests {
 
         // A second message with the same key lands on the same partition, right after the first.
         let second = OutboxMessage(sequence: 2, event: PipelineEvent(type: .orderFulfilled, orderID: first.event.orderID, at: first.event.occurredAt, status: .fulfilled), attempts: 1)
-        #expect(await producer.publish([second]) == [.delivered])
+        #expect(await producer.publish([second]).allSatisfy(\.isDelivered))
         await producer.shutdown()
 
         // Second consumer in the same group resumes from the committed offsets: the first message never comes again.

@@ -136,10 +136,17 @@ enum Step: Hashable, Sendable {
         case .claim(let outbox, let owner, let limit, _, let lease):
             return .claimOutbox(OutboxClaim(outbox: outbox, owner: owner, limit: limit, lease: .microseconds(lease)))
         case .settle(let outbox, let owner, _, let published, let retries, let rejections):
-            return .settleOutbox(OutboxSettlement(
+            var settlement = OutboxSettlement(
                 outbox: outbox, owner: owner, published: published,
                 retries: retries.map { .init(sequence: $0.sequence, delay: .microseconds($0.delay), error: $0.error) },
-                rejections: rejections.map { .init(sequence: $0.sequence, reason: $0.reason) }))
+                rejections: rejections.map { .init(sequence: $0.sequence, reason: $0.reason) })
+            // Kafka reports a position for most deliveries (a function of the sequence: replay files stay as they are).
+            if outbox == .kafka {
+                for sequence in published where sequence % 4 != 0 {
+                    settlement.positions[sequence] = RecordPosition(partition: Int32(sequence % 3), offset: sequence * 7)
+                }
+            }
+            return .settleOutbox(settlement)
         case .release(let outbox, let owner):
             return .releaseClaims(outbox: outbox, owner: owner)
         case .fulfil(let deliveries, let at):

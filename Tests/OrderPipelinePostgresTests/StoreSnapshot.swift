@@ -32,9 +32,10 @@ struct StoreSnapshot: Hashable, Sendable {
         var lastError: String?
         var publishedAt: Instant?
         var deadLetteredAt: Instant?
+        var position: RecordPosition?
 
         init(sequence: Int64, event: PipelineEvent, attempts: Int, nextAttemptAt: Instant, claimedBy: String?, claimedUntil: Instant?,
-             lastError: String?, publishedAt: Instant?, deadLetteredAt: Instant?) {
+             lastError: String?, publishedAt: Instant?, deadLetteredAt: Instant?, position: RecordPosition?) {
             self.sequence = sequence
             self.event = event
             self.attempts = attempts
@@ -43,12 +44,14 @@ struct StoreSnapshot: Hashable, Sendable {
             self.lastError = lastError
             self.publishedAt = publishedAt
             self.deadLetteredAt = deadLetteredAt
+            self.position = position
         }
 
         var description: String {
             "#\(sequence) \(event.type.rawValue) of \(event.orderID) at \(event.occurredAt) id \(event.id) payload \(printable(event.payload)); "
                 + "attempts \(attempts), due \(due), claim \(claim ?? "none"), last error \(lastError.map { String(reflecting: $0) } ?? "nil"), "
-                + "published \(publishedAt.map(\.description) ?? "nil"), dead-lettered \(deadLetteredAt.map(\.description) ?? "nil")"
+                + "published \(publishedAt.map(\.description) ?? "nil") at \(position.map(\.description) ?? "no position"), "
+                + "dead-lettered \(deadLetteredAt.map(\.description) ?? "nil")"
         }
     }
 
@@ -118,7 +121,7 @@ extension StoreSnapshot {
             table.rows.map {
                 OutboxRow(sequence: $0.sequence, event: $0.event, attempts: $0.attempts, nextAttemptAt: $0.nextAttemptAt,
                           claimedBy: $0.claimedBy, claimedUntil: $0.claimedUntil, lastError: $0.lastError,
-                          publishedAt: $0.publishedAt, deadLetteredAt: $0.deadLetteredAt)
+                          publishedAt: $0.publishedAt, deadLetteredAt: $0.deadLetteredAt, position: $0.publishedPosition)
             }
         }
         kafka = rows(model.kafkaOutbox)
@@ -152,9 +155,11 @@ extension StoreSnapshot {
             keys.append(Key(key: key, fingerprint: fingerprint, order: id))
         }
         func outbox(_ table: String) throws(PostgresError) -> [OutboxRow] {
+            let position = table == "kafka_outbox" ? "published_partition, published_offset" : "NULL::int, NULL::int8"
             let rows = try c.query("""
                 SELECT sequence, event_id, event_type, order_id, \(Self.micros("occurred_at")), payload, attempts, \(Self.micros("next_attempt_at")),
-                       claimed_by, \(Self.micros("claimed_until")), last_error, \(Self.micros("published_at")), \(Self.micros("dead_lettered_at"))
+                       claimed_by, \(Self.micros("claimed_until")), last_error, \(Self.micros("published_at")), \(Self.micros("dead_lettered_at")),
+                       \(position)
                 FROM \(table)
                 """)
             var out: [OutboxRow] = []
@@ -169,7 +174,8 @@ extension StoreSnapshot {
                 event.payload = payload
                 out.append(OutboxRow(sequence: sequence, event: event, attempts: Int(attempts), nextAttemptAt: next,
                                      claimedBy: rows.string(row, 8), claimedUntil: instant(rows, row, 9), lastError: rows.string(row, 10),
-                                     publishedAt: instant(rows, row, 11), deadLetteredAt: instant(rows, row, 12)))
+                                     publishedAt: instant(rows, row, 11), deadLetteredAt: instant(rows, row, 12),
+                                     position: rows.int(row, 13).flatMap { p in rows.int(row, 14).map { RecordPosition(partition: Int32(p), offset: $0) } }))
             }
             return out
         }

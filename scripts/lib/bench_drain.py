@@ -8,7 +8,7 @@ import psycopg
 from bench_common import Pipeline, drain_limit, kafka_producer, log, pgbench, scalar, scratch_database, scratch_topic, wait_until
 
 NAMESPACE = "2b1f6f1e-8a3c-4c56-9d0e-5a7b3c9e4f10"  # EventID.namespace
-BATCH = 100  # OutboxRelay.Configuration.batchSize
+BATCH = 500  # OutboxRelay.Configuration.batchSize of the Kafka relay
 
 # N Pending orders, each with its OrderCreated row in the Kafka outbox, shaped as the API writes them (the payload
 # carries the order; the event id is the derived v5 UUID, so the consumer takes the records as genuine).
@@ -32,7 +32,8 @@ SELECT uuid_generate_v5('{NAMESPACE}'::uuid, t.id::text || '/OrderCreated'), t.i
 FROM t ORDER BY t.n
 """
 
-# SQL.claim(.kafka) then SQL.settle(.kafka) with every row published, as one relay round (owner per client).
+# SQL.claim(.kafka) then SQL.settle(.kafka) with every row published (with a partition and offset each), as one relay
+# round (owner per client).
 CLAIM_SETTLE = """
 WITH c AS (
     WITH candidates AS (
@@ -45,7 +46,7 @@ WITH c AS (
               WHERE p.order_id = o.order_id AND p.sequence < o.sequence
                 AND p.published_at IS NULL AND p.dead_lettered_at IS NULL)
         ORDER BY o.sequence
-        LIMIT 100
+        LIMIT BATCH
         FOR UPDATE OF o SKIP LOCKED
     )
     UPDATE kafka_outbox o SET claimed_by = 'pgbench-' || :client_id::text, claimed_until = now() + interval '30 seconds', attempts = o.attempts + 1
@@ -54,8 +55,10 @@ WITH c AS (
 )
 SELECT coalesce(array_agg(sequence), '{}') AS seqs, sum(octet_length(payload)) AS bytes FROM c \\gset
 WITH pub AS (
-    UPDATE kafka_outbox o SET published_at = now(), claimed_by = NULL, claimed_until = NULL
-    WHERE o.sequence = ANY(:seqs::int8[]) AND o.claimed_by = 'pgbench-' || :client_id::text AND o.published_at IS NULL AND o.dead_lettered_at IS NULL
+    UPDATE kafka_outbox o SET published_at = now(), claimed_by = NULL, claimed_until = NULL,
+        published_partition = p.part, published_offset = p.off
+    FROM unnest(:seqs::int8[], array_fill(0, ARRAY[cardinality(:seqs::int8[])]), :seqs::int8[]) AS p(seq, part, off)
+    WHERE o.sequence = p.seq AND o.claimed_by = 'pgbench-' || :client_id::text AND o.published_at IS NULL AND o.dead_lettered_at IS NULL
     RETURNING 1
 ), ret AS (
     UPDATE kafka_outbox o SET next_attempt_at = r.not_before, last_error = r.error, claimed_by = NULL, claimed_until = NULL
@@ -133,7 +136,7 @@ def relay(settings, figures):
         make_backlog(url, rows)
         ceilings = {}
         for clients in (1, 2):
-            _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE, clients, transactions=math.ceil(rows / BATCH / clients) + 2)
+            _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(BATCH)), clients, transactions=math.ceil(rows / BATCH / clients) + 2)
             published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
             if published != rows:
                 raise RuntimeError(f"pgbench claim+settle published {published} of {rows} rows")

@@ -18,8 +18,11 @@ IS_ROOT = os.geteuid() == 0
 T0 = time.monotonic()
 
 
+NAME = ENV.get("ORDERPIPELINE_RUN_NAME", "chaos")  # the prefix of every log line (scripts/frozen-postgres: its own)
+
+
 def log(msg):
-    print(f"chaos: [{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    print(f"{NAME}: [{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def die(msg):

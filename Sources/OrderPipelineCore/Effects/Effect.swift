@@ -34,8 +34,10 @@ public enum Channel: String, Hashable, Sendable {
 }
 
 public enum PublishOutcome: Hashable, Sendable {
-    /// The broker acknowledged it (Kafka delivery report without error, Service Bus `accepted`).
+    /// The broker acknowledged it (Service Bus `accepted`; a Kafka delivery report that names no position).
     case delivered
+    /// Kafka acknowledged it and says where it is: the delivery report's partition and offset.
+    case appended(RecordPosition)
     /// The broker refused it. Retriable failures (down, throttled, queue full) are retried forever with backoff;
     /// permanent ones (too large, rejected) dead-letter the row.
     case failed(retriable: Bool, reason: String)
@@ -45,6 +47,27 @@ public enum PublishOutcome: Hashable, Sendable {
     /// The broker answered with a refusal and its condition (an AMQP `rejected` disposition's error condition).
     /// The adapter does not judge it: the relay classifies it (`Refusal.isTransient`).
     case refused(condition: String, description: String)
+}
+
+/// Where Kafka appended a record: `partition 2, offset 117`.
+public struct RecordPosition: Hashable, Sendable, CustomStringConvertible {
+    public var partition: Int32
+    public var offset: Int64
+    public init(partition: Int32, offset: Int64) {
+        self.partition = partition
+        self.offset = offset
+    }
+    public var description: String { "partition \(partition), offset \(offset)" }
+}
+
+extension PublishOutcome {
+    /// The broker has it (with or without a position).
+    public var isDelivered: Bool {
+        switch self {
+        case .delivered, .appended: true
+        case .failed, .unknown, .refused: false
+        }
+    }
 }
 
 /// How a relay judges a broker's refusal (AMQP error conditions, and Kafka error names as `kafka:<NAME>`).

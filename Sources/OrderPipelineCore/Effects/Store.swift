@@ -136,13 +136,19 @@ public struct OutboxSettlement: Hashable, Sendable {
     public var outbox: OutboxKind
     public var owner: String
     public var published: [Int64]
+    /// Where Kafka appended published rows (by sequence), stored with them; absent for Service Bus.
+    public var positions: [Int64: RecordPosition]
     public var retries: [Retry]
     public var rejections: [Rejection]
 
-    public init(outbox: OutboxKind, owner: String, published: [Int64] = [], retries: [Retry] = [], rejections: [Rejection] = []) {
+    public init(
+        outbox: OutboxKind, owner: String, published: [Int64] = [], positions: [Int64: RecordPosition] = [:], retries: [Retry] = [],
+        rejections: [Rejection] = []
+    ) {
         self.outbox = outbox
         self.owner = owner
         self.published = published
+        self.positions = positions
         self.retries = retries
         self.rejections = rejections
     }

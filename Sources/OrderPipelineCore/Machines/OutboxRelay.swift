@@ -1,4 +1,5 @@
-/// Drains one outbox into its broker: claim → publish → wait for every ack → settle, one batch at a time.
+/// Drains one outbox into its broker: claim → publish → wait for every ack → settle, with up to
+/// `pipelineDepth` batches in the air — the next batch is claimed while the current one is being published.
 ///
 /// The same machine relays both outboxes: the Kafka outbox (order events, channel `.orders`) and the Service Bus
 /// outbox (fulfilment events, channel `.fulfilment`); they differ only in the channel and the store table.
@@ -6,7 +7,9 @@
 ///   event id), which the consumer's inbox and Service Bus duplicate detection remove.
 /// - Claims are leases fenced by owner: a relay paused past its lease is overtaken, and its late settlement
 ///   changes nothing. A restarted relay first releases what its past life held.
-/// - The claim takes only the head row of each order, so several relays keep one order's events in order.
+/// - The claim takes only the head row of each order (the oldest unsettled one, claimed or not), so neither several
+///   relays nor this relay's own batches in flight ever have two rows of one order out at once: order per order is
+///   kept. Leases keep the batches apart (not even the owner re-claims a row within its lease).
 /// - Retriable failures and unknown outcomes back off with jitter and are retried forever; only a permanent
 ///   refusal dead-letters a row. Nothing is stranded.
 public struct OutboxRelay: Sendable {
@@ -14,7 +17,12 @@ public struct OutboxRelay: Sendable {
         public var outbox: OutboxKind
         /// Unique per relay process, stable across its restarts (e.g. `relay-1`).
         public var owner: String
-        public var batchSize = 100
+        /// Rows per claim: 500 for Kafka (measured: a 100k backlog drains about twice as fast as with 100, at
+        /// half the relay's CPU per event; librdkafka packs them into a few produce requests), 100 for Service Bus.
+        public var batchSize: Int
+        /// Batches claimed and not yet settled at once. A full claim is followed at once by the next claim while
+        /// the first batch is published; a NOTIFY claims whenever a slot is free.
+        public var pipelineDepth = 2
         public var lease: Duration = .seconds(30)
         /// Fallback poll when no NOTIFY arrives.
         public var pollInterval: Duration = .seconds(1)
@@ -22,39 +30,43 @@ public struct OutboxRelay: Sendable {
         public var backoff = Backoff()
         /// After a batch of which nothing was delivered (the broker may be unreachable from here, not the rows at
         /// fault) the relay hands the rows back due at once, waits a growing backoff before its next claim, and until
-        /// a delivery succeeds ignores NOTIFYs and claims one row at a time (a probe): a relay cut from its broker
-        /// leaves the outbox to the relays that can reach theirs, and never pushes rows into their future.
+        /// a delivery succeeds ignores NOTIFYs and claims one row at a time, one batch in the air (a probe): a relay
+        /// cut from its broker leaves the outbox to the relays that can reach theirs, and never pushes rows into
+        /// their future.
         public var backOffWhileBrokerUnreachable = true
 
         public init(outbox: OutboxKind, owner: String) {
             self.outbox = outbox
             self.owner = owner
+            self.batchSize = outbox == .kafka ? 500 : 100
         }
 
         public var channel: Channel { outbox == .kafka ? .orders : .fulfilment }
     }
 
-    /// What the relay is doing; a store call that failed is retried as the same step after a backoff.
-    enum Step: Hashable, Sendable {
+    /// An effect the relay waits for; a store call that failed is done again, as the same work, after a backoff.
+    enum Work: Hashable, Sendable {
         case release
         case claim
         case publish([OutboxMessage])
         case settle(OutboxSettlement)
     }
 
-    enum Phase: Hashable, Sendable {
-        case stopped
-        /// Waiting for the poll timer or a NOTIFY.
-        case idle
-        /// Waiting for the result of `step`.
-        case awaiting(Ticket, Step)
-        /// Waiting for the retry timer before doing `step` again.
-        case backingOff(Step, failures: Int)
-    }
-
     public let configuration: Configuration
-    private(set) var phase: Phase = .stopped
+    /// The release of the past life's claims is done: claims may start.
+    private var released = false
     private var nextTicket: UInt64 = 0
+    /// Effects out, by ticket (looked up only, never iterated for a decision).
+    private var awaiting: [Ticket: Work] = [:]
+    /// Store work that failed, done again when the retry timer fires at `retryAt`.
+    private var retrying: [Work] = []
+    private var retryAt: Instant?
+    /// No claim before this time: nothing was delivered on the latest batch.
+    private var pausedUntil: Instant?
+    /// Rows may be waiting: claim as soon as a slot is free.
+    private var wantsClaim = false
+    /// Idle: the poll timer is set.
+    private var polling = false
     private var storeFailures = 0
     /// Consecutive batches of which nothing was delivered.
     private var brokerFailures = 0
@@ -66,7 +78,8 @@ public struct OutboxRelay: Sendable {
         self.random = SplitMix64(seed: seed)
     }
 
-    public var isIdle: Bool { phase == .idle }
+    /// Started, nothing in flight, nothing to retry: waiting for a NOTIFY or the poll.
+    public var isIdle: Bool { released && awaiting.isEmpty && retrying.isEmpty && pausedUntil == nil }
 
     /// Nothing got through on the latest batch: the broker may be unreachable from here.
     private var suspectsBroker: Bool { configuration.backOffWhileBrokerUnreachable && brokerFailures > 0 }
@@ -74,35 +87,57 @@ public struct OutboxRelay: Sendable {
     public mutating func handle(_ input: Input, now: Instant) -> [Effect] {
         switch input {
         case .start:
+            released = false
+            awaiting = [:]
+            retrying = []
+            retryAt = nil
+            pausedUntil = nil
+            wantsClaim = false
+            polling = false
             storeFailures = 0
             brokerFailures = 0
-            return perform(.release, now: now)
+            return issue(.release)
         case .wake:
-            guard phase == .idle, !suspectsBroker else { return [] }
-            return [.cancelTimer(.poll)] + perform(.claim, now: now)
+            guard released, !suspectsBroker else { return [] }
+            wantsClaim = true
+            let wasPolling = polling
+            let claim = claimIfPossible(now: now)
+            return wasPolling && !claim.isEmpty ? [.cancelTimer(.poll)] + claim : claim
         case .timer(.poll):
-            guard phase == .idle else { return [] }
-            return perform(.claim, now: now)
+            guard polling else { return [] }
+            polling = false
+            wantsClaim = true
+            return claimIfPossible(now: now)
         case .timer(.retry):
-            guard case .backingOff(let step, _) = phase else { return [] }
-            return perform(step, now: now)
+            return retryTimerFired(now: now)
         case let .stored(ticket, result):
-            guard case .awaiting(ticket, let step) = phase else { return [] }
-            return stored(step, result, now: now)
+            guard let work = awaiting[ticket], !work.isPublish else { return [] }
+            awaiting[ticket] = nil
+            return stored(work, result, now: now)
         case let .published(ticket, outcomes):
-            guard case .awaiting(ticket, .publish(let rows)) = phase, outcomes.count == rows.count else { return [] }
+            guard case .publish(let rows)? = awaiting[ticket], outcomes.count == rows.count else { return [] }
+            awaiting[ticket] = nil
             return settle(rows, outcomes, now: now)
         case .fetched, .assigned, .offsetsCommitted, .createOrder, .changeStatus:
             return []
         }
     }
 
-    private mutating func perform(_ step: Step, now: Instant) -> [Effect] {
+    // MARK: bookkeeping
+
+    private var claimOutstanding: Bool { awaiting.values.contains(.claim) || retrying.contains(.claim) }
+
+    /// Batches claimed and not yet settled: being published, being settled, or waiting to settle again.
+    private var batchesInFlight: Int {
+        awaiting.values.reduce(0) { count, work in work.isBatch ? count + 1 : count } + retrying.reduce(0) { $1.isBatch ? $0 + 1 : $0 }
+    }
+
+    private mutating func issue(_ work: Work) -> [Effect] {
         nextTicket += 1
         let ticket = Ticket(nextTicket)
-        phase = .awaiting(ticket, step)
+        awaiting[ticket] = work
         let c = configuration
-        switch step {
+        switch work {
         case .release:
             return [.store(ticket, .releaseClaims(outbox: c.outbox, owner: c.owner))]
         case .claim:
@@ -114,38 +149,88 @@ public struct OutboxRelay: Sendable {
         }
     }
 
-    private mutating func stored(_ step: Step, _ result: StoreResult, now: Instant) -> [Effect] {
+    /// Claims when rows may be waiting, no claim is out, a batch slot is free and no broker backoff holds it.
+    /// With nothing at all to do, goes idle on the poll timer.
+    private mutating func claimIfPossible(now: Instant) -> [Effect] {
+        let depth = suspectsBroker ? 1 : max(1, configuration.pipelineDepth)
+        if wantsClaim, released, pausedUntil == nil, !claimOutstanding, batchesInFlight < depth {
+            wantsClaim = false
+            polling = false
+            return issue(.claim)
+        }
+        guard released, !wantsClaim, !polling, awaiting.isEmpty, retrying.isEmpty, pausedUntil == nil else { return [] }
+        polling = true
+        return [.setTimer(.poll, at: now + configuration.pollInterval)]
+    }
+
+    /// The one retry timer serves both the store backoff (`retryAt`) and the broker backoff (`pausedUntil`).
+    private func armRetryTimer() -> [Effect] {
+        let times = [retryAt, pausedUntil].compactMap { $0 }
+        guard let at = times.min() else { return [] }
+        return [.setTimer(.retry, at: at)]
+    }
+
+    private mutating func retryTimerFired(now: Instant) -> [Effect] {
+        // The timer was set for the earliest of the two: that one is due even if the clock reads a little earlier.
+        guard let earliest = [retryAt, pausedUntil].compactMap({ $0 }).min() else { return [] }
+        let due = max(now, earliest)
+        var effects: [Effect] = []
+        if let at = retryAt, at <= due {
+            retryAt = nil
+            let works = retrying
+            retrying = []
+            for work in works { effects += issue(work) }
+        }
+        if let until = pausedUntil, until <= due {
+            pausedUntil = nil
+            wantsClaim = true
+        }
+        return effects + claimIfPossible(now: now) + armRetryTimer()
+    }
+
+    // MARK: results
+
+    private mutating func stored(_ work: Work, _ result: StoreResult, now: Instant) -> [Effect] {
         guard case .committed(let reply) = result else {
             storeFailures += 1
-            phase = .backingOff(step, failures: storeFailures)
-            let delay = configuration.backoff.delay(attempt: storeFailures, using: &random)
-            let what = result == .unknown ? Note.unknownOutcome("\(configuration.owner) \(step.name)") : .storeRetry("\(configuration.owner) \(step.name)")
-            return [.note(what), .setTimer(.retry, at: now + delay)]
+            retrying.append(work)
+            let at = now + configuration.backoff.delay(attempt: storeFailures, using: &random)
+            retryAt = min(retryAt ?? at, at)
+            let step = "\(configuration.owner) \(work.name)"
+            return [.note(result == .unknown ? .unknownOutcome(step) : .storeRetry(step))] + armRetryTimer()
         }
         storeFailures = 0
-        switch (step, reply) {
+        switch (work, reply) {
+        case (.release, .released):
+            released = true
+            wantsClaim = true
+            return claimIfPossible(now: now)
         case (.claim, .claimed(let rows)) where rows.isEmpty:
-            phase = .idle
-            return [.setTimer(.poll, at: now + configuration.pollInterval)]
+            return claimIfPossible(now: now)
         case (.claim, .claimed(let rows)):
-            return perform(.publish(rows), now: now)
+            // A full batch: more rows are likely waiting, so the next claim goes out while this batch is published.
+            if rows.count >= configuration.batchSize { wantsClaim = true }
+            return issue(.publish(rows)) + claimIfPossible(now: now)
         case (.settle(let settlement), .settled(let rows)):
             let expected = settlement.published.count + settlement.retries.count + settlement.rejections.count
             let lost: [Effect] = rows < expected ? [.note(.leaseLost(configuration.outbox, rows: expected - rows))] : []
             let nothingDelivered = settlement.published.isEmpty && settlement.rejections.isEmpty && !settlement.retries.isEmpty
             brokerFailures = nothingDelivered ? brokerFailures + 1 : 0
             if nothingDelivered, configuration.backOffWhileBrokerUnreachable {
-                phase = .backingOff(.claim, failures: brokerFailures)
-                let delay = configuration.backoff.delay(attempt: brokerFailures, using: &random)
-                return lost + [.setTimer(.retry, at: now + delay)]
+                let at = now + configuration.backoff.delay(attempt: brokerFailures, using: &random)
+                pausedUntil = max(pausedUntil ?? at, at)
+                return lost + armRetryTimer()
             }
-            // More rows may be waiting: claim again at once rather than waiting for the poll.
-            return lost + perform(.claim, now: now)
-        case (.release, .released):
-            return perform(.claim, now: now)
+            // A delivery ends any broker backoff; more rows may be waiting (and this batch's orders have their next
+            // rows at the head now): claim again at once rather than waiting for the poll.
+            pausedUntil = nil
+            wantsClaim = true
+            return lost + claimIfPossible(now: now)
         default:
-            // Never expected: a reply that does not fit the step. Start over from a claim, and say so.
-            return [.note(.unexpected("\(step.name) answered \(reply.summary)"))] + perform(.claim, now: now)
+            // Never expected: a reply that does not fit the work. Carry on from a claim, and say so.
+            wantsClaim = true
+            released = true
+            return [.note(.unexpected("\(work.name) answered \(reply.summary)"))] + claimIfPossible(now: now)
         }
     }
 
@@ -157,6 +242,10 @@ public struct OutboxRelay: Sendable {
             switch outcome {
             case .delivered:
                 settlement.published.append(row.sequence)
+                notes.append(.note(.published(channel, row)))
+            case .appended(let position):
+                settlement.published.append(row.sequence)
+                settlement.positions[row.sequence] = position
                 notes.append(.note(.published(channel, row)))
             case .failed(retriable: true, let reason), .unknown(let reason):
                 let delay = configuration.backoff.delay(attempt: row.attempts, using: &random)
@@ -180,17 +269,29 @@ public struct OutboxRelay: Sendable {
             // Nothing got through: suspect this relay's broker, not the rows. Others may take them at once.
             for index in settlement.retries.indices { settlement.retries[index].delay = .zero }
         }
-        return notes + perform(.settle(settlement), now: now)
+        return notes + issue(.settle(settlement))
     }
 }
 
-extension OutboxRelay.Step {
+extension OutboxRelay.Work {
     var name: String {
         switch self {
         case .release: "release"
         case .claim: "claim"
         case .publish: "publish"
         case .settle: "settle"
+        }
+    }
+
+    var isPublish: Bool {
+        if case .publish = self { true } else { false }
+    }
+
+    /// Publishing or settling a claimed batch.
+    var isBatch: Bool {
+        switch self {
+        case .publish, .settle: true
+        case .release, .claim: false
         }
     }
 }

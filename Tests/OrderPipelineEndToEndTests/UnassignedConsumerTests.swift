@@ -1,0 +1,95 @@
+import Foundation
+import OrderPipelineTestSupport
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `consume` as a real process against a Kafka broker of this test's own, frozen before the consumer can join its
+/// group: the join never completes, the consumer awaits nothing, and only the unassigned bound sees it.
+@Suite(
+    "A consume process that the group never assigns is not live",
+    .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
+    .serialized,
+    .timeLimit(.minutes(5))
+)
+struct UnassignedConsumerTests {
+    @Test("Kafka frozen before the join: /health/live 503 once unassigned past the bound; thawed, the consumer is assigned and live")
+    func wedgedJoin() async throws {
+        let run = try await RestartTests.Run.make()
+        defer { run.store.close() }
+        let kafka = try PrivateTansu()
+        defer { kafka.stop() }
+        try kafka.createTopic("orders", partitions: 3)
+        kafka.signal(SIGSTOP)
+        let port = Int.random(in: 30_000..<32_000)
+        let consumer = PipelineProcess(role: "consume", environment: run.environment.merging([
+            "METRICS_PORT": "\(port)", "KAFKA_BROKERS": kafka.address, "KAFKA_TOPIC": "orders", "LIVENESS_UNASSIGNED_SECONDS": "3",
+        ]) { $1 }, name: run.name)
+        defer { consumer.stop() }
+        try consumer.start()
+
+        let stuck = await HealthTests.poll(port: port, path: "/health/live", upTo: 30) { status, _ in status == 503 }
+        #expect(stuck.status == 503, "consume /health/live: \(stuck)\n\(consumer.tail())")
+        #expect(stuck.body.contains(#""name":"consumer","live":false"#) && stuck.body.contains(#""secondsUnassigned":"#), "\(stuck.body)")
+        #expect(stuck.body.contains(#""awaiting":0"#), "the stall rule has nothing to judge: \(stuck.body)")
+
+        kafka.signal(SIGCONT)
+        let live = await HealthTests.poll(port: port, path: "/health/live", upTo: 60) { status, _ in status == 200 }
+        #expect(live.status == 200, "after the thaw: \(live)\n\(consumer.tail())")
+        #expect(!live.body.contains("secondsUnassigned"), "\(live.body)")
+    }
+}
+
+/// A Tansu broker of this test's own on a free port (the shared one is never frozen); Tansu's binary is found next
+/// to the shared broker's pid file (`scripts/services env`).
+final class PrivateTansu {
+    let port: Int
+    private let process = Process()
+    var address: String { "127.0.0.1:\(port)" }
+    private let binary: URL
+
+    init() throws {
+        let pidFile = try #require(Restart.environment["TANSU_PID_FILE"], "TANSU_PID_FILE is not set (scripts/services env)")
+        binary = URL(fileURLWithPath: pidFile).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("bin/tansu")
+        port = Int.random(in: 32_000..<34_000)
+        process.executableURL = binary
+        process.arguments = ["broker", "--listener-url", "tcp://\(address)", "--advertised-listener-url", "tcp://\(address)"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while !Self.listening(port), Date() < deadline { usleep(50_000) }
+        guard Self.listening(port) else { throw TestFailure("tansu did not listen on \(port)") }
+    }
+
+    func createTopic(_ name: String, partitions: Int) throws {
+        let create = Process()
+        create.executableURL = binary
+        create.arguments = ["topic", "create", name, "--partitions", "\(partitions)", "--broker", "tcp://\(address)"]
+        create.standardOutput = FileHandle.nullDevice
+        try create.run()
+        create.waitUntilExit()
+        guard create.terminationStatus == 0 else { throw TestFailure("tansu topic create \(name) failed") }
+    }
+
+    func signal(_ signal: Int32) { _ = kill(process.processIdentifier, signal) }
+
+    func stop() {
+        guard process.isRunning else { return }
+        signal(SIGCONT)
+        signal(SIGKILL)
+        process.waitUntilExit()
+    }
+
+    private static func listening(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+    }
+}
