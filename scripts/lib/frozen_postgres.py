@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PostgreSQL frozen under wrk load (run by scripts/frozen-postgres; see docs/RELIABILITY.md).
 
-Starts a PRIVATE PostgreSQL and Tansu (own directories, ports from ORDERPIPELINE_FROZEN_PORT_BASE, default 57440:
+Starts a PRIVATE PostgreSQL and Tansu (own directories, ports from ORDERPIPELINE_FROZEN_PORT_BASE, default 19440:
 the shared database is never frozen) and `orderpipeline all` against them (Service Bus: the shared RabbitMQ, a queue
 of this run's own). wrk POSTs orders on 64 connections, each with a fresh Idempotency-Key; a few seconds in, every
 PostgreSQL process gets SIGSTOP for FREEZE seconds, then SIGCONT; wrk goes on after the thaw. Checked:
@@ -29,7 +29,7 @@ import time
 import urllib.request
 import uuid
 
-os.environ["ORDERPIPELINE_CHAOS_PORT_BASE"] = os.environ.get("ORDERPIPELINE_FROZEN_PORT_BASE", "57440")
+os.environ["ORDERPIPELINE_CHAOS_PORT_BASE"] = os.environ.get("ORDERPIPELINE_FROZEN_PORT_BASE", "19440")
 os.environ["ORDERPIPELINE_RUN_NAME"] = "frozen-postgres"
 from chaos_servers import ENV, HTTP_PORT, KAFKA_PORT, PG_PORT, Postgres, Tansu, log, port_open, wait_for  # noqa: E402
 from services_check import declare_queue  # noqa: E402
