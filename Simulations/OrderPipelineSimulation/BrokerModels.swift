@@ -101,7 +101,7 @@ public final class KafkaModel {
     }
 
     public func commit(member: Int, offsets: [PartitionOffset], generation claimed: Int64) -> CommitOutcome {
-        guard claimed == generation, offsets.allSatisfy({ owner[Int($0.partition)] == member }) else { return .rebalanced }
+        if let fenced = CommitOutcome.fence(offsets, generation: claimed, current: generation, owns: { owner[Int($0)] == member }) { return fenced }
         for offset in offsets { committed[Int(offset.partition)] = offset.offset }
         return .committed
     }

@@ -182,7 +182,7 @@ struct MarkBeforeAckRelay: PipelineMachine {
 /// transaction is expressed with the store's "record an event id" recipe (a non-OrderCreated envelope).
 struct OptimisticInboxConsumer: PipelineMachine {
     var inner: FulfilmentConsumer
-    private var work: [Ticket: Fulfilment] = [:]
+    private var work: [Ticket: [Fulfilment]] = [:]
     private var held: [Ticket: Input] = [:]
     private var next = wrapperTickets
 
@@ -193,17 +193,21 @@ struct OptimisticInboxConsumer: PipelineMachine {
             guard let original = held.removeValue(forKey: ticket) else { return [] }
             return track(inner.handle(original, now: now))
         }
-        if case .stored(let ticket, .committed(.fulfilled)) = input, let fulfilment = work.removeValue(forKey: ticket) {
-            next += 1
-            held[Ticket(next)] = input
-            let envelope = EventEnvelope(id: fulfilment.envelope.id, type: .orderFailed, orderID: fulfilment.envelope.orderID)
-            return [.store(Ticket(next), .fulfil(Fulfilment(envelope: envelope, at: now)))]
+        if case .stored(let ticket, .committed(.fulfilments(let outcomes))) = input, let batch = work.removeValue(forKey: ticket) {
+            let done = zip(batch, outcomes).filter { $0.1 == .fulfilled }.map(\.0)
+            if !done.isEmpty {
+                next += 1
+                held[Ticket(next)] = input
+                return [.store(Ticket(next), .fulfil(done.map {
+                    Fulfilment(envelope: EventEnvelope(id: $0.envelope.id, type: .orderFailed, orderID: $0.envelope.orderID), at: now)
+                }))]
+            }
         }
         return track(inner.handle(input, now: now))
     }
 
     private mutating func track(_ effects: [Effect]) -> [Effect] {
-        for case .store(let ticket, .fulfil(let fulfilment)) in effects { work[ticket] = fulfilment }
+        for case .store(let ticket, .fulfil(let batch)) in effects { work[ticket] = batch }
         return effects
     }
 }

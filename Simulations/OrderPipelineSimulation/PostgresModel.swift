@@ -189,6 +189,8 @@ public final class PostgresModel {
     public struct Reservation: Sendable, Hashable {
         public var kafka: Int64?
         public var serviceBus: Int64?
+        /// One Service Bus sequence per record of a `.fulfil` batch (a record that fulfils nothing leaves a gap).
+        public var fulfilments: [Int64] = []
         public init(kafka: Int64? = nil, serviceBus: Int64? = nil) {
             self.kafka = kafka
             self.serviceBus = serviceBus
@@ -198,10 +200,13 @@ public final class PostgresModel {
     /// `nextval` for the outbox rows `command` may insert, taken when its transaction starts.
     public func reserve(for command: StoreCommand) -> Reservation {
         switch command {
-        case .createOrder: Reservation(kafka: kafkaOutbox.reserve())
-        case .transition: Reservation(kafka: kafkaOutbox.reserve(), serviceBus: serviceBusOutbox.reserve())
-        case .fulfil: Reservation(serviceBus: serviceBusOutbox.reserve())
-        default: Reservation()
+        case .createOrder: return Reservation(kafka: kafkaOutbox.reserve())
+        case .transition: return Reservation(kafka: kafkaOutbox.reserve(), serviceBus: serviceBusOutbox.reserve())
+        case .fulfil(let batch):
+            var reservation = Reservation()
+            reservation.fulfilments = batch.map { _ in serviceBusOutbox.reserve() }
+            return reservation
+        default: return Reservation()
         }
     }
 
@@ -263,26 +268,9 @@ public final class PostgresModel {
             let released = kind == .kafka ? kafkaOutbox.release(owner: owner) : serviceBusOutbox.release(owner: owner)
             return (.released(rows: released), nil)
 
-        case .fulfil(let fulfilment):
-            let envelope = fulfilment.envelope
-            guard !inbox.contains(envelope.id) else { return (.duplicate, nil) }
-            let optimistic = recipeVariants.optimisticInbox && envelope.type == .orderCreated
-            if !optimistic { inbox.insert(envelope.id) }
-            guard envelope.type == .orderCreated else { return (.recorded, nil) }
-            guard var order = orders[envelope.orderID] else { return (.orderMissing, nil) }
-            if !optimistic {
-                guard order.status == .pending else { return (.skipped(order.status), nil) }
-            }
-            transitions.append(Transition(orderID: order.id, from: order.status, to: .processing, at: fulfilment.at, committedAt: now))
-            order.status = .processing
-            order.processedAt = fulfilment.at
-            order.status = .fulfilled
-            transitions.append(Transition(orderID: order.id, from: .processing, to: .fulfilled, at: fulfilment.at, committedAt: now))
-            orders[order.id] = order
-            var event = fulfilment.fulfilmentEvent
-            if recipeVariants.fulfilWithoutTrace { event.traceParent = nil }
-            serviceBusOutbox.insert(event, sequence: reserved.serviceBus, at: now)
-            return (.fulfilled, .serviceBus)
+        case .fulfil(let batch):
+            let outcomes = batch.indices.map { fulfil(batch[$0], sequence: $0 < reserved.fulfilments.count ? reserved.fulfilments[$0] : nil) }
+            return (.fulfilments(outcomes), outcomes.contains(.fulfilled) ? .serviceBus : nil)
 
         case .deadLetter(let letter):
             record(letter)
@@ -298,6 +286,29 @@ public final class PostgresModel {
             }
             return (.reannounced(reannounced), reannounced.isEmpty ? nil : .kafka)
         }
+    }
+
+    /// One record of a `.fulfil` batch, in order (the batch's records see each other's inbox rows).
+    private func fulfil(_ fulfilment: Fulfilment, sequence: Int64?) -> FulfilmentOutcome {
+        let envelope = fulfilment.envelope
+        guard !inbox.contains(envelope.id) else { return .duplicate }
+        let optimistic = recipeVariants.optimisticInbox && envelope.type == .orderCreated
+        if !optimistic { inbox.insert(envelope.id) }
+        guard envelope.type == .orderCreated else { return .recorded }
+        guard var order = orders[envelope.orderID] else { return .orderMissing }
+        if !optimistic {
+            guard order.status == .pending else { return .skipped(order.status) }
+        }
+        transitions.append(Transition(orderID: order.id, from: order.status, to: .processing, at: fulfilment.at, committedAt: now))
+        order.status = .processing
+        order.processedAt = fulfilment.at
+        order.status = .fulfilled
+        transitions.append(Transition(orderID: order.id, from: .processing, to: .fulfilled, at: fulfilment.at, committedAt: now))
+        orders[order.id] = order
+        var event = fulfilment.fulfilmentEvent
+        if recipeVariants.fulfilWithoutTrace { event.traceParent = nil }
+        serviceBusOutbox.insert(event, sequence: sequence, at: now)
+        return .fulfilled
     }
 
     private func record(_ letter: DeadLetter) {

@@ -249,6 +249,7 @@ public final class World {
         case .consumer:
             var configuration = FulfilmentConsumer.Configuration()
             configuration.fetchMax = 20
+            configuration.batchMax = 8  // a fetch is split into several transactions now and then
             return FulfilmentConsumer(configuration: configuration, seed: machineSeeds.next())
         }
     }

@@ -12,10 +12,13 @@ import Synchronization
 /// - `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`; offsets are
 ///   committed only when the machine asks, explicitly, synchronously (on a dedicated commit thread).
 /// - Eager rebalancing (`partition.assignment.strategy=range`): every assignment starts a new generation (a
-///   counter of this adapter) and drops what the adapter had buffered; a commit for an older generation answers
-///   `.rebalanced` and commits nothing.
+///   counter of this adapter) and drops what the adapter had buffered. A commit is judged by the group's rule in
+///   the core (`CommitOutcome.fence`, which the simulator's group model applies too): one for an older generation,
+///   or for a partition not assigned now, answers `.rebalanced` and commits nothing.
 /// - One dedicated thread polls continuously (rebalance callbacks and heartbeats-by-poll happen there), buffering
 ///   records ahead of the machine; when the buffer is full it pauses the assigned partitions and keeps polling.
+///   A fetch request (and shutdown) cuts its poll short (`rd_kafka_queue_yield`), so buffered records go to the
+///   machine at once rather than when the poll slice ends.
 public final class KafkaConsumer: Sendable {
     public let configuration: KafkaConfiguration
     private let logger: Logger
@@ -30,6 +33,8 @@ public final class KafkaConsumer: Sendable {
 
     private struct Shared {
         var generation: Int64 = 0
+        /// The partitions of `generation`.
+        var assigned: [Int32] = []
         var fetch: (ticket: Ticket, max: Int, deadline: ContinuousClock.Instant)?
         var stopping = false
     }
@@ -95,7 +100,10 @@ public final class KafkaConsumer: Sendable {
     /// Ask for up to `max` records; answered through the sink with `.fetched(ticket, records)` (empty after
     /// `fetchWait` without records).
     public func fetch(_ ticket: Ticket, max: Int) {
-        shared.withLock { $0.fetch = (ticket, Swift.max(max, 1), ContinuousClock.now + configuration.fetchWait) }
+        shared.withLock { state in
+            state.fetch = (ticket, Swift.max(max, 1), ContinuousClock.now + configuration.fetchWait)
+            if !state.stopping { handle.wakePoller() }
+        }
     }
 
     /// Commit the next offsets to read; answered through the sink with `.offsetsCommitted`.
@@ -107,6 +115,7 @@ public final class KafkaConsumer: Sendable {
     public func shutdown() async {
         let first = shared.withLock { state -> Bool in
             defer { state.stopping = true }
+            if !state.stopping { handle.wakePoller() }
             return !state.stopping
         }
         if first { commits.close() }
@@ -120,18 +129,17 @@ public final class KafkaConsumer: Sendable {
         }
     }
 
-    var currentGeneration: Int64 { shared.withLock { $0.generation } }
-
     /// Records behind the partitions' high watermarks counted from the committed offset (the work not yet done
     /// for good, what a restart would fetch again), per assigned partition whose committed offset is known;
     /// refreshed about once a second by the poll thread from librdkafka's cached watermarks.
     public var lag: [Int32: Int64] { lagByPartition.withLock { $0 } }
 
-    fileprivate func newGeneration() -> Int64 {
+    fileprivate func newGeneration(_ assigned: [Int32]) -> Int64 {
         committedOffsets.withLock { $0 = [:] }
         lagByPartition.withLock { $0 = [:] }  // revoked partitions lose their gauge at once
         return shared.withLock { state in
             state.generation += 1
+            state.assigned = assigned
             return state.generation
         }
     }
@@ -162,6 +170,8 @@ public final class KafkaConsumer: Sendable {
             if stopping { break }
             if let fetch {
                 if !state.buffer.isEmpty {
+                    // Take what else librdkafka already holds, without waiting: one bigger batch, not several.
+                    while state.buffer.count < fetch.max, let message = rd_kafka_consumer_poll(rk, 0) { receive(message, state) }
                     let records = Array(state.buffer.prefix(fetch.max))
                     state.buffer.removeFirst(records.count)
                     answer(fetch.ticket, records, state)
@@ -175,18 +185,25 @@ public final class KafkaConsumer: Sendable {
                 paused = full
             }
             guard let message = rd_kafka_consumer_poll(rk, 50) else { continue }
-            defer { rd_kafka_message_destroy(message) }
-            let m = message.pointee
-            if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                state.buffer.append(Self.record(m, message))
-            } else if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                logger.warning("Kafka consumer error", metadata: ["kafka.error": "\(errorText(m.err))", "kafka.code": "\(m.err.rawValue)"])
-            }
+            receive(message, state)
         }
-        // Leave the group: the revoke callback runs here; nothing more goes to the sink.
+        // Leave the group: the revoke callback runs here; nothing more goes to the sink. No wake-up can come any
+        // more (`stopping` is set under the same lock), and the queue reference must go before the close.
+        shared.withLock { _ in handle.releaseConsumerQueue() }
         state.closing = true
         rd_kafka_consumer_close(rk)
         threadFinished()
+    }
+
+    /// Buffers a polled record (or logs the error it carries) and frees the message.
+    private func receive(_ message: UnsafeMutablePointer<rd_kafka_message_t>, _ state: ConsumerThreadState) {
+        defer { rd_kafka_message_destroy(message) }
+        let m = message.pointee
+        if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+            state.buffer.append(Self.record(m, message))
+        } else if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+            logger.warning("Kafka consumer error", metadata: ["kafka.error": "\(errorText(m.err))", "kafka.code": "\(m.err.rawValue)"])
+        }
     }
 
     private func measureLag(_ rk: OpaquePointer) {
@@ -274,7 +291,10 @@ public final class KafkaConsumer: Sendable {
     }
 
     private func perform(_ commit: Commit) -> CommitOutcome {
-        guard commit.generation == currentGeneration else { return .rebalanced }
+        let (current, assigned) = shared.withLock { ($0.generation, $0.assigned) }
+        if let fenced = CommitOutcome.fence(commit.offsets, generation: commit.generation, current: current, owns: assigned.contains) {
+            return fenced
+        }
         guard !commit.offsets.isEmpty else { return .committed }
         let list = rd_kafka_topic_partition_list_new(Int32(commit.offsets.count))
         defer { rd_kafka_topic_partition_list_destroy(list) }
@@ -323,8 +343,8 @@ final class ConsumerThreadState: @unchecked Sendable {
             rd_kafka_assign(rk, nil)
         }
         guard !closing, let consumer else { return }
-        let generation = consumer.newGeneration()
         assigned.sort()
+        let generation = consumer.newGeneration(assigned)
         logger.info("Kafka partitions \(error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assigned" : "revoked")", metadata: [
             "kafka.topic": "\(topic)", "kafka.partitions": "\(assigned)", "kafka.generation": "\(generation)",
         ])
@@ -332,13 +352,31 @@ final class ConsumerThreadState: @unchecked Sendable {
     }
 }
 
-/// Owns the consumer's `rd_kafka_t`.
+/// Owns the consumer's `rd_kafka_t` and a reference to its consumer queue (the one `rd_kafka_consumer_poll` serves).
 final class ConsumerHandle: @unchecked Sendable {
     let rk: OpaquePointer
     let state: ConsumerThreadState
+    /// Used under the consumer's `shared` lock only; nil once released.
+    private var consumerQueue: OpaquePointer?
+
     init(_ rk: OpaquePointer, state: ConsumerThreadState) {
         self.rk = rk
         self.state = state
+        self.consumerQueue = rd_kafka_queue_get_consumer(rk)
     }
-    deinit { rd_kafka_destroy(rk) }
+
+    /// Makes the poll in progress (or the next one) return at once.
+    func wakePoller() {
+        if let consumerQueue { rd_kafka_queue_yield(consumerQueue) }
+    }
+
+    func releaseConsumerQueue() {
+        if let consumerQueue { rd_kafka_queue_destroy(consumerQueue) }
+        consumerQueue = nil
+    }
+
+    deinit {
+        releaseConsumerQueue()
+        rd_kafka_destroy(rk)
+    }
 }

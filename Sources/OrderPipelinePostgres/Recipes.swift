@@ -17,7 +17,7 @@ public enum StoreRecipes {
         case .claimOutbox(let request): claim(request, connection, mode)
         case .settleOutbox(let settlement): settle(settlement, connection, mode)
         case .releaseClaims(let outbox, let owner): release(outbox, owner, connection, mode)
-        case .fulfil(let fulfilment): fulfil(fulfilment, connection, mode)
+        case .fulfil(let batch): fulfil(batch, connection, mode)
         case .deadLetter(let letter): deadLetter(letter, connection, mode)
         case let .reannounceOverdue(overdueAfter, limit): reannounce(overdueAfter: overdueAfter, limit: limit, connection, mode)
         }
@@ -27,7 +27,7 @@ public enum StoreRecipes {
     public static func finish(on connection: PostgresConnection, commit: Bool) -> StoreResult {
         do {
             try connection.execute(constant: commit ? "COMMIT" : "ROLLBACK")
-            return .committed(.recorded)
+            return .committed(.fulfilments([]))  // the reply carries nothing: it only says the COMMIT went through
         } catch {
             return error.code == .connectionLost && commit ? .unknown : .failed(failure(error))
         }
@@ -141,22 +141,36 @@ public enum StoreRecipes {
         }
     }
 
-    static func fulfil(_ f: Fulfilment, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+    static func fulfil(_ batch: [Fulfilment], _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
         singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
-            let envelope = f.envelope
-            let event = f.fulfilmentEvent
+            guard !batch.isEmpty else { return .fulfilments([]) }
+            func array(_ values: (Fulfilment) -> String) -> PostgresValue { .text(SQL.arrayLiteral(batch.map(values))) }
             let rows = try c.execute(SQL.fulfil, [
-                .text(envelope.id.description), .text(envelope.type.rawValue), .text(envelope.orderID.description),
-                .text(f.at.description), .text(event.id.description), .bytes(event.payload), .optional(event.traceParent?.description),
+                array(\.envelope.id.description), array(\.envelope.type.rawValue), array(\.envelope.orderID.description),
+                array(\.at.description), array(\.fulfilmentEvent.id.description), array(\.fulfilmentEvent.payload.hexString),
+                array { $0.fulfilmentEvent.traceParent?.description ?? "" },
             ])
-            guard rows.int(0, 0) == 1 else { return .duplicate }
-            guard envelope.type == .orderCreated else { return .recorded }
-            guard let statusText = rows.string(0, 1) else { return .orderMissing }
-            guard let status = OrderStatus(rawValue: statusText) else {
-                throw PostgresError(code: .protocolViolation, message: "unknown status \(statusText)")
+            guard rows.count == batch.count else {
+                throw PostgresError(code: .protocolViolation, message: "fulfil answered \(rows.count) rows for \(batch.count) records")
             }
-            guard status == .pending, rows.int(0, 2) == 1 else { return .skipped(status) }
-            return .fulfilled
+            var fulfilledHere: Set<OrderID> = []
+            var outcomes: [FulfilmentOutcome] = []
+            for (row, f) in batch.enumerated() {
+                guard rows.string(row, 0) == "t" else { outcomes.append(.duplicate); continue }
+                guard f.envelope.type == .orderCreated else { outcomes.append(.recorded); continue }
+                guard let statusText = rows.string(row, 1) else { outcomes.append(.orderMissing); continue }
+                guard let status = OrderStatus(rawValue: statusText) else {
+                    throw PostgresError(code: .protocolViolation, message: "unknown status \(statusText)")
+                }
+                if rows.string(row, 2) == "t" {
+                    fulfilledHere.insert(f.envelope.orderID)
+                    outcomes.append(.fulfilled)
+                } else {
+                    // A later OrderCreated of an order this batch fulfilled sees it Fulfilled, as a serial run would.
+                    outcomes.append(.skipped(fulfilledHere.contains(f.envelope.orderID) ? .fulfilled : status))
+                }
+            }
+            return .fulfilments(outcomes)
         }
     }
 

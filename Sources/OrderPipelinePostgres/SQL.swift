@@ -189,32 +189,49 @@ enum SQL {
     static let releaseServiceBus = release(.serviceBus)
 
     // MARK: fulfil
-    /// The whole consumer transaction as one statement (one round trip, one commit): the inbox insert first;
-    /// everything else is conditional on it having inserted, so a redelivery writes nothing.
-    /// $1 event id, $2 event type, $3 order id, $4 at, $5 fulfilment event id, $6 fulfilment payload, $7 traceparent.
-    static let fulfil = PreparedStatement("op_fulfil", """
-        WITH ins AS (
+    /// The whole consumer transaction over a batch of records as one statement (one round trip, one commit), set
+    /// based: the inbox inserts first; everything else is conditional on a record's insert, so a redelivery writes
+    /// nothing. Arrays, one element per record in order: $1 event ids, $2 event types, $3 order ids, $4 at, $5
+    /// fulfilment event ids, $6 fulfilment payloads (hex), $7 traceparents ('' for none). Answers per record, in
+    /// order: whether its inbox row is new (the first record of an event id the inbox lacked), its order's status
+    /// (locked; only for a new OrderCreated) and whether it fulfilled the order (only the first new OrderCreated of
+    /// an order can). Rows, transitions and outbox rows are written in record order.
+    static let fulfil = PreparedStatement("op_fulfil_batch", """
+        WITH input AS (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[])
+                WITH ORDINALITY AS i(event_id, event_type, order_id, at, fulfilment_id, payload, traceparent, n)
+        ), ins AS (
             INSERT INTO consumer_inbox (event_id, event_type, order_id, received_at)
-            VALUES ($1::uuid, $2::text, $3::uuid, $4::timestamptz) ON CONFLICT (event_id) DO NOTHING
+            SELECT event_id, event_type, order_id, at FROM input ORDER BY n
+            ON CONFLICT (event_id) DO NOTHING
             RETURNING event_id
+        ), fresh AS (
+            SELECT DISTINCT ON (i.event_id) i.* FROM input i JOIN ins ON ins.event_id = i.event_id ORDER BY i.event_id, i.n
+        ), creates AS (
+            SELECT DISTINCT ON (order_id) * FROM fresh WHERE event_type = 'OrderCreated' ORDER BY order_id, n
         ), target AS (
-            SELECT o.id, o.status FROM orders o
-            WHERE o.id = $3::uuid AND $2::text = 'OrderCreated' AND EXISTS (SELECT 1 FROM ins)
-            FOR UPDATE
+            SELECT o.id, o.status FROM orders o JOIN creates c ON c.order_id = o.id ORDER BY o.id FOR UPDATE OF o
         ), upd AS (
-            UPDATE orders o SET status = 'Fulfilled', processed_at = $4::timestamptz
-            FROM target t WHERE o.id = t.id AND t.status = 'Pending'
-            RETURNING o.id
+            UPDATE orders o SET status = 'Fulfilled', processed_at = c.at
+            FROM target t JOIN creates c ON c.order_id = t.id
+            WHERE o.id = t.id AND t.status = 'Pending'
+            RETURNING o.id, c.n, c.at, c.fulfilment_id, c.payload, c.traceparent
         ), tr AS (
             INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
-            SELECT upd.id, v.from_status, v.to_status, $4::timestamptz
-            FROM upd, (VALUES (1, 'Pending', 'Processing'), (2, 'Processing', 'Fulfilled')) AS v(n, from_status, to_status)
-            ORDER BY v.n
+            SELECT upd.id, v.from_status, v.to_status, upd.at
+            FROM upd, (VALUES (1, 'Pending', 'Processing'), (2, 'Processing', 'Fulfilled')) AS v(step, from_status, to_status)
+            ORDER BY upd.n, v.step
         ), sb AS (
             INSERT INTO service_bus_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
-            SELECT $5::uuid, upd.id, 'OrderFulfilled', $4::timestamptz, $6::bytea, now(), $7::text FROM upd
+            SELECT fulfilment_id, id, 'OrderFulfilled', at, decode(payload, 'hex'), now(), NULLIF(traceparent, '')
+            FROM upd ORDER BY n
         )
-        SELECT (SELECT count(*) FROM ins), (SELECT status FROM target), (SELECT count(*) FROM upd)
+        SELECT f.n IS NOT NULL, t.status, u.n IS NOT NULL
+        FROM input i
+        LEFT JOIN fresh f ON f.n = i.n
+        LEFT JOIN target t ON t.id = i.order_id
+        LEFT JOIN upd u ON u.n = i.n
+        ORDER BY i.n
         """)
 
     // MARK: reconciler — reopen the OrderCreated row of orders published but still Pending after $1 µs.

@@ -134,10 +134,11 @@ public struct ConsumerService: Service {
     }
 }
 
-/// A store whose committed writes of outbox rows wake this process's relays directly (`all`), for sessions that do
-/// not NOTIFY (`PostgresConnection.Settings.notifiesOutbox`). A spurious wake costs one claim; a missed one, never
-/// expected, the relay's fallback poll.
-public struct InProcessWakingStore: StorePerforming {
+/// A store whose committed writes of outbox rows wake the relays — this process's through its listener (`all`),
+/// other processes' through a coalesced NOTIFY (`PostgresNotifier`) — for sessions that do not NOTIFY inside their
+/// transactions (`PostgresConnection.Settings.notifiesOutbox`). A spurious wake costs one claim; a missed one, the
+/// relay's fallback poll.
+public struct OutboxWakingStore: StorePerforming {
     let store: any StorePerforming
     let wake: @Sendable (OutboxKind) -> Void
 
@@ -159,7 +160,7 @@ public struct InProcessWakingStore: StorePerforming {
         switch (command, reply) {
         case (.createOrder, .orderCreated): [.kafka]
         case (.transition(let t), .transitioned): t.to == .fulfilled ? [.kafka, .serviceBus] : [.kafka]
-        case (.fulfil, .fulfilled): [.serviceBus]
+        case (.fulfil, .fulfilments(let outcomes)) where outcomes.contains(.fulfilled): [.serviceBus]
         case (.reannounceOverdue, .reannounced(let orders)) where !orders.isEmpty: [.kafka]
         default: []
         }

@@ -61,8 +61,13 @@ struct Serve: AsyncParsableCommand {
         let logger = Bootstrap.logger("orderpipeline.serve", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
-        let store = PostgresStore(configuration: configuration.pool, logger: logger)
-        let shell = IntakeShell(store: store, logger: logger, metrics: metrics)
+        // Orders do not NOTIFY inside their transactions (PostgreSQL would run those commits one at a time): the
+        // coalescing notifier wakes the relays after them (`PostgresNotifier`).
+        var pool = configuration.pool
+        pool.connection.notifiesOutbox = false
+        let store = PostgresStore(configuration: pool, logger: logger)
+        let notifier = PostgresNotifier(settings: configuration.pool.connection, logger: logger)
+        let shell = IntakeShell(store: OutboxWakingStore(store: store, wake: notifier.notify), logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
         let router = api.makeRouter()
         try Bootstrap.livePage(store: store).register(on: router)
@@ -77,7 +82,7 @@ struct Serve: AsyncParsableCommand {
         ])
         // Services stop in reverse order: the HTTP server drains first, then the pool closes.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: app)],
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: notifier.close)), .init(service: app)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

@@ -101,11 +101,12 @@ struct OwnerLockService: Service {
 }
 
 /// Closes the LISTEN connection at shutdown (after the relays that use it).
-struct ListenerService: Service {
-    let listener: PostgresListener
+/// Closes a connection-owning helper (the LISTEN connection, the notifier) at graceful shutdown.
+struct CloseOnShutdown: Service {
+    let close: @Sendable () -> Void
     func run() async throws {
         try? await gracefulShutdown()
-        listener.close()
+        close()
     }
 }
 
@@ -127,7 +128,7 @@ struct Relay: AsyncParsableCommand {
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         // The metrics endpoint stops first, the pool last.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: ListenerService(listener: listener))] + relays
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: listener.close))] + relays
                 + (endpoint.map { [$0] } ?? []),
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
@@ -148,11 +149,17 @@ struct Consume: AsyncParsableCommand {
         let logger = Bootstrap.logger("orderpipeline.consume", level: configuration.logLevel)
         let metrics = PipelineMetrics()
         metrics.bootstrapMetricsSystem()
-        let store = PostgresStore(configuration: configuration.pool(for: .consumer), logger: logger)
-        let consumer = try BrokerBootstrap.consumerService(brokers: brokers, store: store, logger: logger, metrics: metrics)
+        // Fulfilments do not NOTIFY inside their transactions (see `PostgresNotifier`): the notifier wakes the relays.
+        var pool = configuration.pool(for: .consumer)
+        pool.connection.notifiesOutbox = false
+        let store = PostgresStore(configuration: pool, logger: logger)
+        let notifier = PostgresNotifier(settings: configuration.pool.connection, logger: logger)
+        let consumer = try BrokerBootstrap.consumerService(
+            brokers: brokers, store: OutboxWakingStore(store: store, wake: notifier.notify), logger: logger, metrics: metrics)
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: consumer)] + (endpoint.map { [$0] } ?? []),
+            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: notifier.close)), .init(service: consumer)]
+                + (endpoint.map { [$0] } ?? []),
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
@@ -174,7 +181,8 @@ struct All: AsyncParsableCommand {
         metrics.bootstrapMetricsSystem()
         // One pool per role: the relays' claims and the consumer's fulfilments never queue behind the POSTs. The API's
         // and the consumer's sessions do not NOTIFY (each notifying commit holds one database-wide lock through its
-        // WAL flush): their committed outbox writes wake the relays of this process directly.
+        // WAL flush): their committed outbox writes wake the relays of this process directly, and those of other
+        // processes through the coalescing notifier.
         var apiPool = configuration.pool(for: .api), consumerPool = configuration.pool(for: .consumer)
         apiPool.connection.notifiesOutbox = false
         consumerPool.connection.notifiesOutbox = false
@@ -182,7 +190,12 @@ struct All: AsyncParsableCommand {
         let relayStore = PostgresStore(configuration: configuration.pool(for: .relay), logger: logger)
         let consumerStore = PostgresStore(configuration: consumerPool, logger: logger)
         let wakes = PostgresListener(settings: configuration.pool.connection, logger: logger)
-        let shell = IntakeShell(store: InProcessWakingStore(store: store, wake: { wakes.wake($0) }), logger: logger, metrics: metrics)
+        let notifier = PostgresNotifier(settings: configuration.pool.connection, logger: logger)
+        let wake: @Sendable (OutboxKind) -> Void = { kind in
+            wakes.wake(kind)
+            notifier.notify(kind)
+        }
+        let shell = IntakeShell(store: OutboxWakingStore(store: store, wake: wake), logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
         let router = api.makeRouter()
         // The consumer of this process keeps its per-partition lag in the metrics registry.
@@ -195,7 +208,7 @@ struct All: AsyncParsableCommand {
         let (relays, listener) = try await BrokerBootstrap.relayServices(
             configuration: configuration, brokers: brokers, store: relayStore, logger: logger, metrics: metrics, listener: wakes)
         let consumer = try BrokerBootstrap.consumerService(
-            brokers: brokers, store: InProcessWakingStore(store: consumerStore, wake: { wakes.wake($0) }), logger: logger, metrics: metrics)
+            brokers: brokers, store: OutboxWakingStore(store: consumerStore, wake: wake), logger: logger, metrics: metrics)
         logger.info("Starting the pipeline", metadata: [
             "http.address": "\(configuration.httpHost):\(configuration.httpPort)", "db.url": "\(configuration.redactedDatabaseURL)",
             "kafka.brokers": "\(brokers.kafka.brokers)", "kafka.topic": "\(brokers.kafka.topic)",
@@ -204,7 +217,7 @@ struct All: AsyncParsableCommand {
         // Services stop in reverse order: API first, then consumer and relays, then LISTEN and the pools.
         let group = ServiceGroup(configuration: .init(
             services: [store, relayStore, consumerStore].map { ServiceGroupConfiguration.ServiceConfiguration(service: DatabaseService(store: $0, logger: logger)) }
-                + [.init(service: ListenerService(listener: listener))] + relays + [.init(service: consumer), .init(service: app)],
+                + [.init(service: CloseOnShutdown(close: listener.close)), .init(service: CloseOnShutdown(close: notifier.close))] + relays + [.init(service: consumer), .init(service: app)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))

@@ -46,7 +46,7 @@ struct TraceParentTests {
             }.first)
             let record = ConsumedRecord(partition: 0, offset: 0, key: nil, headers: headers, value: event.payload)
             let fulfilment = try #require(consumer.handle(.fetched(fetch, [record]), now: Instant(microseconds: 3)).compactMap { effect -> Fulfilment? in
-                if case .store(_, .fulfil(let fulfilment)) = effect { return fulfilment } else { return nil }
+                if case .store(_, .fulfil(let batch)) = effect { return batch.first } else { return nil }
             }.first)
             #expect(fulfilment.fulfilmentEvent.traceParent?.traceID == expected)
             if expected != nil {

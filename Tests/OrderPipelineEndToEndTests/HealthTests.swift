@@ -1,5 +1,6 @@
 import Foundation
 import OrderPipelineCore
+import OrderPipelineTestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
@@ -33,31 +34,15 @@ struct HealthTests {
         return last
     }
 
-    /// A topic of this test's own (3 partitions): on the shared `orders` topic a new group also works through every
-    /// other test's records, so its lag says nothing about this test's orders. Tansu's CLI, next to its pid file.
-    static func scratchTopic() throws -> String {
-        let environment = Restart.environment
-        let pidFile = try #require(environment["TANSU_PID_FILE"], "TANSU_PID_FILE is not set (scripts/services env)")
-        let tansu = URL(fileURLWithPath: pidFile).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("bin/tansu")
-        let name = Restart.randomName("health-")
-        let process = Process()
-        process.executableURL = tansu
-        process.arguments = ["topic", "create", name, "--partitions", "3", "--broker", "tcp://\(environment["KAFKA_BROKERS"] ?? "")"]
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        try #require(process.terminationStatus == 0, "tansu topic create \(name) failed")
-        return name
-    }
-
     @Test("live and ready list the loops and PostgreSQL; lag reaches 0 from the committed offset; gauges vanish with the database")
     func healthAndMetrics() async throws {
+        // The run's own topic: on the shared `orders` topic a new group also works through every other test's
+        // records, so its lag would say nothing about this test's orders.
         let run = try await RestartTests.Run.make()
-        let topic = try Self.scratchTopic()
         let relayPort = Int.random(in: 26_000..<28_000)
         let consumerPort = relayPort + 2_000
-        let relay = PipelineProcess(role: "relay", environment: run.environment.merging(["METRICS_PORT": "\(relayPort)", "KAFKA_TOPIC": topic]) { $1 }, name: run.name)
-        let consumer = PipelineProcess(role: "consume", environment: run.environment.merging(["METRICS_PORT": "\(consumerPort)", "KAFKA_TOPIC": topic]) { $1 }, name: run.name)
+        let relay = PipelineProcess(role: "relay", environment: run.environment.merging(["METRICS_PORT": "\(relayPort)"]) { $1 }, name: run.name)
+        let consumer = PipelineProcess(role: "consume", environment: run.environment.merging(["METRICS_PORT": "\(consumerPort)"]) { $1 }, name: run.name)
         defer { relay.stop(); consumer.stop() }
         try relay.start()
         try consumer.start()
@@ -96,5 +81,6 @@ struct HealthTests {
         relay.stop()
         consumer.stop()
         run.store.close()
+        ScratchTopic.delete(run.topic)
     }
 }

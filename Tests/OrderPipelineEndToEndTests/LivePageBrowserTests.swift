@@ -83,10 +83,12 @@ struct ScratchPipeline {
         } catch {
             pipeline.all.stop()
             await database.drop()
+            ScratchTopic.delete(name, name + ".dead-letter")
             throw error
         }
         pipeline.all.stop()
         await database.drop()
+        ScratchTopic.delete(name, name + ".dead-letter")
     }
 
     private func start() async throws {

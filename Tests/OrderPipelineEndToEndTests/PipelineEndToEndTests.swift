@@ -12,8 +12,7 @@ import Testing
 
 /// The whole pipeline in one process against the real servers of `scripts/services`: intake shell → PostgreSQL →
 /// Kafka relay → Kafka → fulfilment consumer → PostgreSQL → Service Bus relay → AMQP queue. Isolated from other
-/// runs by a fresh schema, its own consumer group and its own queue (the Kafka topic is shared: records of other
-/// schemas find no order here and are passed over).
+/// runs by a fresh schema and its own topic (`ScratchTopic`), consumer group and queue.
 enum EndToEnd {
     static let environment = TestEnvironment.variables
     static var isConfigured: Bool {
@@ -55,8 +54,11 @@ struct PipelineEndToEndTests {
         pool.size = 4
         let store = PostgresStore(configuration: pool, logger: EndToEnd.logger)
         var brokers = try BrokerConfiguration.fromEnvironment(environment, needsServiceBus: true)
-        brokers.kafka.groupID = "e2e-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        brokers.serviceBus!.queue = "e2e-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        let name = "e2e-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        try ScratchTopic.create(name)
+        brokers.kafka.topic = name
+        brokers.kafka.groupID = name
+        brokers.serviceBus!.queue = name
         let serviceBus = brokers.serviceBus!
 
         let listener = PostgresListener(settings: settings, logger: EndToEnd.logger)
@@ -110,6 +112,7 @@ struct PipelineEndToEndTests {
         listener.close()
         store.close()
         await drop()
+        ScratchTopic.delete(name)
 
         let messages = received.withLock { $0 }
         #expect(messages.count == orders.count)

@@ -19,7 +19,8 @@ import Glibc
 /// Crash/restart tests with real processes: the built `orderpipeline` binary runs as `relay` and `consume`, one of
 /// them is killed with SIGKILL while orders are flowing and started again, and every order must still be
 /// fulfilled exactly once. Each test has its own database (`CREATE DATABASE`, so the binary needs no schema
-/// setting), its own consumer group and its own AMQP queue (a group frozen during a join can wedge on Tansu).
+/// setting), its own Kafka topic (see `ScratchTopic`), consumer group and AMQP queue (a group frozen during a join
+/// can wedge on Tansu).
 ///
 /// The binary is `$ORDERPIPELINE_BIN`, or `orderpipeline` next to the test bundle (the build directory); `swift
 /// test` does not build executables, so `swift build` must run first.
@@ -243,9 +244,10 @@ struct RestartTests {
     /// after the process is down.
     static let orders = 400
 
-    /// The parts every run shares: a database migrated by the binary, a group, a queue, the child environment.
+    /// The parts every run shares: a database migrated by the binary, a topic, a group, a queue, the child environment.
     struct Run {
         let database: TestDatabase
+        let topic: String
         let store: PostgresStore
         let environment: [String: String]
         let queue: String
@@ -255,10 +257,12 @@ struct RestartTests {
         static func make() async throws -> Run {
             let base = Restart.environment
             await ConnectionGate.wait()
-            let database = try await TestDatabase(adminURL: base["DATABASE_URL"]!)
             let name = Restart.randomName("restart-")
+            try ScratchTopic.create(name)
+            let database = try await TestDatabase(adminURL: base["DATABASE_URL"]!)
             var environment = base
             environment["DATABASE_URL"] = database.url
+            environment["KAFKA_TOPIC"] = name
             environment["KAFKA_GROUP_ID"] = name
             environment["SERVICEBUS_QUEUE"] = name
             environment["RELAY_ID"] = name
@@ -273,7 +277,7 @@ struct RestartTests {
             var serviceBus = try BrokerConfiguration.fromEnvironment(base, needsServiceBus: true).serviceBus!
             serviceBus.queue = name
             return Run(
-                database: database, store: PostgresStore(configuration: pool, logger: Restart.logger), environment: environment,
+                database: database, topic: name, store: PostgresStore(configuration: pool, logger: Restart.logger), environment: environment,
                 queue: name, serviceBus: serviceBus, name: name)
         }
 
@@ -329,6 +333,7 @@ struct RestartTests {
         func close() async {
             store.close()
             await database.drop()
+            ScratchTopic.delete(topic)
         }
     }
 

@@ -18,7 +18,6 @@ struct UnassignedConsumerTests {
     @Test("Kafka frozen before the join: /health/live 503 once unassigned past the bound; thawed, the consumer is assigned and live")
     func wedgedJoin() async throws {
         let run = try await RestartTests.Run.make()
-        defer { run.store.close() }
         let kafka = try PrivateTansu()
         defer { kafka.stop() }
         try kafka.createTopic("orders", partitions: 3)
@@ -39,6 +38,8 @@ struct UnassignedConsumerTests {
         let live = await HealthTests.poll(port: port, path: "/health/live", upTo: 60) { status, _ in status == 200 }
         #expect(live.status == 200, "after the thaw: \(live)\n\(consumer.tail())")
         #expect(!live.body.contains("secondsUnassigned"), "\(live.body)")
+        consumer.stop()
+        await run.close()
     }
 }
 

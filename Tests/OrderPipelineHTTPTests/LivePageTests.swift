@@ -111,7 +111,7 @@ struct LivePageTests {
         _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", published: rows.map(\.sequence))))
         for row in rows {
             guard case .success(let envelope) = EventEnvelope.decode(row.event.payload) else { throw TestFailure("undecodable row") }
-            _ = try await perform(fixture, .fulfil(Fulfilment(envelope: envelope, at: WallClock.now())))
+            _ = try await perform(fixture, .fulfil([Fulfilment(envelope: envelope, at: WallClock.now())]))
         }
         guard case .claimed(let sent) = try await perform(fixture, .claimOutbox(.init(outbox: .serviceBus, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
         _ = try await perform(fixture, .settleOutbox(.init(outbox: .serviceBus, owner: "t", published: sent.map(\.sequence))))

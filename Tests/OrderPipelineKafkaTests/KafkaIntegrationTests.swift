@@ -128,7 +128,11 @@ struct KafkaIntegrationTests {
 
     @Test("produce with key and headers, consume them back, commit, and resume from the committed offset")
     func produceConsumeCommitResume() async throws {
-        let configuration = TestKafka.configuration
+        // A topic of its own: the new group reads from the earliest record, on `orders` through every other test's.
+        var configuration = TestKafka.configuration
+        configuration.topic = configuration.groupID
+        try ScratchTopic.create(configuration.topic)
+        defer { ScratchTopic.delete(configuration.topic) }
         let producer = try KafkaProducer(configuration: configuration, logger: TestKafka.logger)
         let first = TestKafka.message(sequence: 1)
         let firstOutcome = await producer.publish([first])
@@ -179,8 +183,7 @@ struct KafkaIntegrationTests {
         let secondRecord = try #require(resumed.first { isMessage($0, second) })
         #expect(secondRecord.partition == record.partition)
         #expect(!resumed.contains { isMessage($0, first) })
-        // Exactly at the committed offset (other tests may produce to the topic meanwhile, so not necessarily
-        // right after the first message).
+        // Exactly at the committed offset.
         let onPartition = resumed.filter { $0.partition == record.partition }.map(\.offset)
         let committed = next[record.partition]!
         #expect(committed > record.offset)

@@ -13,8 +13,8 @@ enum Step: Hashable, Sendable {
     case claim(OutboxKind, owner: String, limit: Int, at: Int64, lease: Int64)
     case settle(OutboxKind, owner: String, at: Int64, published: [Int64], retries: [Retry], rejections: [Rejection])
     case release(OutboxKind, owner: String)
-    /// A delivery of the event `type` of order `order` (its id is the derived one, as every copy's is).
-    case fulfil(order: UInt64, type: EventType, at: Int64)
+    /// Deliveries fulfilled as one batch, in order (the consumer's transaction over a fetched batch).
+    case fulfil([Delivery], at: Int64)
     case deadLetter(source: String, reason: String, payload: [UInt8], at: Int64)
     /// The step with its own time `by` microseconds off the database's clock (the API's or consumer's host clock
     /// skewed): what it stamps (an event's time, a transition's, a dead letter's) moves, `now()` does not.
@@ -28,6 +28,16 @@ enum Step: Hashable, Sendable {
             self.sequence = sequence
             self.delay = delay
             self.error = error
+        }
+    }
+
+    /// A delivery of the event `type` of order `order` (its id is the derived one, as every copy's is).
+    struct Delivery: Hashable, Sendable {
+        var order: UInt64
+        var type: EventType
+        init(_ order: UInt64, _ type: EventType) {
+            self.order = order
+            self.type = type
         }
     }
 
@@ -46,7 +56,7 @@ enum Step: Hashable, Sendable {
     var time: Int64? {
         switch self {
         case .create(_, _, _, let at), .transition(_, _, let at, _), .claim(_, _, _, let at, _), .settle(_, _, let at, _, _, _),
-             .fulfil(_, _, let at), .deadLetter(_, _, _, let at):
+             .fulfil(_, let at), .deadLetter(_, _, _, let at):
             at
         case .release:
             nil
@@ -60,7 +70,7 @@ enum Step: Hashable, Sendable {
         switch self {
         case .create(let n, let key, let body, let at): .create(order: n, key: key, body: body, at: at + skew)
         case .transition(let n, let to, let at, let reason): .transition(order: n, to: to, at: at + skew, reason: reason)
-        case .fulfil(let n, let type, let at): .fulfil(order: n, type: type, at: at + skew)
+        case .fulfil(let deliveries, let at): .fulfil(deliveries, at: at + skew)
         case .deadLetter(let source, let reason, let payload, let at): .deadLetter(source: source, reason: reason, payload: payload, at: at + skew)
         case .claim, .settle, .release, .skewed: self
         }
@@ -139,9 +149,12 @@ enum Step: Hashable, Sendable {
             return .settleOutbox(settlement)
         case .release(let outbox, let owner):
             return .releaseClaims(outbox: outbox, owner: owner)
-        case .fulfil(let n, let type, let at):
-            let id = orderID(n)
-            return .fulfil(Fulfilment(envelope: EventEnvelope(id: .derived(order: id, type: type), type: type, orderID: id), at: Step.instant(at)))
+        case .fulfil(let deliveries, let at):
+            return .fulfil(deliveries.map { delivery in
+                let id = orderID(delivery.order)
+                let envelope = EventEnvelope(id: .derived(order: id, type: delivery.type), type: delivery.type, orderID: id)
+                return Fulfilment(envelope: envelope, at: Step.instant(at))
+            })
         case .deadLetter(let source, let reason, let payload, let at):
             return .deadLetter(DeadLetter(source: source, reason: reason, payload: payload, at: Step.instant(at)))
         }
@@ -168,8 +181,8 @@ extension Step: CustomStringConvertible {
                 + "retries: [\(r.joined(separator: ", "))], rejections: [\(j.joined(separator: ", "))])"
         case .release(let outbox, let owner):
             return ".release(.\(outbox), owner: \(text(owner)))"
-        case .fulfil(let n, let type, let at):
-            return ".fulfil(order: \(n), type: .\(type), at: \(at))"
+        case .fulfil(let deliveries, let at):
+            return ".fulfil([\(deliveries.map { ".init(\($0.order), .\($0.type))" }.joined(separator: ", "))], at: \(at))"
         case .deadLetter(let source, let reason, let payload, let at):
             let bytes = payload.map { "0x" + String($0, radix: 16, uppercase: true) }
             return ".deadLetter(source: \(text(source)), reason: \(text(reason)), payload: [\(bytes.joined(separator: ", "))], at: \(at))"

@@ -121,7 +121,7 @@ struct OutboxAdminTests {
     func replayServiceBusRow() async throws {
         let f = try await Fixture()
         _ = await f.store.perform(.createOrder(newOrder(1)))
-        _ = await f.store.perform(.fulfil(created(1)))
+        _ = await f.store.perform(.fulfil([created(1)]))
         let rows = await f.store.perform(claim(.serviceBus, owner: "relay-a")).claimed
         guard rows.count == 1 else { Issue.record("nothing claimed"); await f.close(); return }
         #expect(rows.map(\.event.type) == [.orderFulfilled])

@@ -50,4 +50,38 @@ struct RelayNotifyTests {
         loud.close()
         await fixture.tearDown()
     }
+
+    @Test("the notifier wakes listeners from its own session, folding a burst of requests into a few NOTIFYs")
+    func notifierCoalesces() async throws {
+        let fixture = try await PostgresUnderTest()
+        var settings = fixture.settings
+        settings.applicationName = "orderpipeline-notifier-test-\(UInt32.random(in: 0...UInt32.max))"
+        let listening = PostgresConnection(settings: fixture.settings)
+        try listening.connect()
+        _ = try listening.execute(constant: "LISTEN orderpipeline_outbox")
+        let notifier = PostgresNotifier(settings: settings, logger: TestDatabase.logger)
+        for _ in 0..<1_000 { notifier.notify(.serviceBus) }
+
+        // Other suites notify on the same database: count only what the notifier's backend sent.
+        var notifierPID: Int32?
+        var heard = 0
+        let deadline = ContinuousClock.now + .seconds(3)
+        while ContinuousClock.now < deadline {
+            var descriptor = pollfd(fd: listening.socket, events: Int16(POLLIN), revents: 0)
+            guard poll(&descriptor, 1, 100) > 0 else { continue }
+            for notification in try listening.consumeNotifications() where notification.payload == "service-bus" {
+                if notifierPID == nil {
+                    let name = try listening.query("SELECT application_name FROM pg_stat_activity WHERE pid = $1", [.int(Int64(notification.sender))]).string(0, 0)
+                    if name == settings.applicationName { notifierPID = notification.sender }
+                }
+                if notification.sender == notifierPID { heard += 1 }
+            }
+        }
+        #expect(heard >= 1, "the notifier's NOTIFY was heard")
+        #expect(heard < 100, "1,000 requests folded into a few NOTIFYs (heard \(heard))")
+
+        notifier.close()
+        listening.close()
+        await fixture.tearDown()
+    }
 }

@@ -21,7 +21,7 @@ struct StoreCommandGenerator {
     private var keys: [(key: String, body: Int)] = []
     /// Every (outbox, sequence) each owner ever claimed, in claim order: its live claims and its stale ones.
     private var claimed: [String: [(OutboxKind, Int64)]] = [:]
-    private var delivered: [Step] = []
+    private var delivered: [Step.Delivery] = []
     private var sources: [String] = []
 
     static let owners = ["relay-1", "relay-2", "relay-3"]
@@ -71,8 +71,8 @@ struct StoreCommandGenerator {
             keys.append((key, body))
         case (.claim(let outbox, let owner, _, _, _), .claimed(let rows)):
             claimed[owner, default: []] += rows.map { (outbox, $0.sequence) }
-        case (.fulfil, _):
-            delivered.append(step.unskewed)
+        case (.fulfil(let deliveries, _), _):
+            delivered += deliveries
         case (.deadLetter(let source, _, _, _), _):
             sources.append(source)
         default:
@@ -148,15 +148,22 @@ struct StoreCommandGenerator {
 
     private mutating func release() -> Step { .release(outbox(), owner: owner()) }
 
+    /// A batch of one to five deliveries; a batch may carry the same event twice (a relay re-sent it).
     private mutating func fulfil() -> Step {
-        let roll = random.below(100)
-        if roll < 25, let again = pick(delivered), case .fulfil(let n, let type, _) = again {
-            return .fulfil(order: n, type: type, at: clock)  // a redelivery
+        var batch: [Step.Delivery] = []
+        for _ in 0..<(random.chance(0.4) ? 1 : 2 + Int(random.below(4))) {
+            let roll = random.below(100)
+            if roll < 10, let earlier = pick(batch) {
+                batch.append(earlier)
+            } else if roll < 30, let again = pick(delivered) {
+                batch.append(again)  // a redelivery
+            } else if roll < 90, let row = pick(shadow.kafkaOutbox.rows), let n = numbers[row.event.orderID] {
+                batch.append(.init(n, row.event.type))
+            } else {
+                batch.append(.init(nextOrder + 50, .orderCreated))  // its order was never stored
+            }
         }
-        if roll < 90, let row = pick(shadow.kafkaOutbox.rows), let n = numbers[row.event.orderID] {
-            return .fulfil(order: n, type: row.event.type, at: clock)
-        }
-        return .fulfil(order: nextOrder + 50, type: .orderCreated, at: clock)  // its order was never stored
+        return .fulfil(batch, at: clock)
     }
 
     private mutating func deadLetter() -> Step {
@@ -193,7 +200,10 @@ struct StoreCommandGenerator {
         switch random.below(8) {
         case 1:
             let row = pick(shadow.kafkaOutbox.rows.filter { $0.event.type == .orderCreated })
-            let step = Step.fulfil(order: row.flatMap { numbers[$0.event.orderID] } ?? nextOrder + 50, type: .orderCreated, at: clock)
+            let delivery = Step.Delivery(row.flatMap { numbers[$0.event.orderID] } ?? nextOrder + 50, .orderCreated)
+            let other = pick(created).map { Step.Delivery($0, .orderCreated) }
+            // Two consumers with overlapping batches (a rebalance hands a partition over mid-batch).
+            let step = Step.fulfil([delivery] + (other.map { [$0] } ?? []), at: clock)
             group = [step, step]
         case 2:
             let key = pick(keys) ?? ("key-\(nextKey)", Int(random.below(UInt64(Step.bodies.count))))
@@ -202,7 +212,7 @@ struct StoreCommandGenerator {
             nextOrder += 2
         case 3 where !pending.isEmpty:
             let n = pick(pending) ?? 1
-            group = shuffled([.transition(order: n, to: pick([.processing, .failed]) ?? .failed, at: clock, reason: nil), .fulfil(order: n, type: .orderCreated, at: clock)])
+            group = shuffled([.transition(order: n, to: pick([.processing, .failed]) ?? .failed, at: clock, reason: nil), .fulfil([.init(n, .orderCreated)], at: clock)])
         case 4 where !created.isEmpty:
             let n = pick(created) ?? 1
             group = [transition(of: n), transition(of: n)]

@@ -261,7 +261,7 @@ struct StoreContractTests {
             let x = newOrder(1)
             _ = await store.perform(.createOrder(x))
             let fulfilment = created(1)
-            #expect(await store.perform(.fulfil(fulfilment)) == .committed(.fulfilled))
+            #expect(await store.perform(.fulfil([fulfilment])) == .committed(.fulfilments([.fulfilled])))
             #expect(await store.history(of: x.order.id) == [
                 StatusChange(from: nil, to: .pending), StatusChange(from: .pending, to: .processing),
                 StatusChange(from: .processing, to: .fulfilled),
@@ -270,19 +270,19 @@ struct StoreContractTests {
             #expect(sb.map(\.event) == [fulfilment.fulfilmentEvent])
 
             // Redelivered: the inbox row is found, nothing else happens.
-            #expect(await store.perform(.fulfil(Fulfilment(envelope: fulfilment.envelope, at: at(5)))) == .committed(.duplicate))
+            #expect(await store.perform(.fulfil([Fulfilment(envelope: fulfilment.envelope, at: at(5))])) == .committed(.fulfilments([.duplicate])))
             #expect(await store.history(of: x.order.id).filter { $0.to == .fulfilled }.count == 1)
             // Within sb-1's lease, and no second row was written.
             #expect(await store.perform(claim(.serviceBus, owner: "sb-2")).claimed.isEmpty)
 
             // Other shapes of the recipe.
-            #expect(await store.perform(.fulfil(created(9))) == .committed(.orderMissing))
+            #expect(await store.perform(.fulfil([created(9)])) == .committed(.fulfilments([.orderMissing])))
             let y = newOrder(2)
             _ = await store.perform(.createOrder(y))
             _ = await store.perform(.transition(OrderTransition(orderID: y.order.id, to: .failed, at: at(1))))
-            #expect(await store.perform(.fulfil(created(2))) == .committed(.skipped(.failed)))
+            #expect(await store.perform(.fulfil([created(2)])) == .committed(.fulfilments([.skipped(.failed)])))
             let failedEvent = envelope(PipelineEvent(type: .orderFailed, orderID: y.order.id, at: at(1), status: .failed))
-            #expect(await store.perform(.fulfil(Fulfilment(envelope: failedEvent, at: at(2)))) == .committed(.recorded))
+            #expect(await store.perform(.fulfil([Fulfilment(envelope: failedEvent, at: at(2))])) == .committed(.fulfilments([.recorded])))
         }
     }
 
@@ -291,12 +291,12 @@ struct StoreContractTests {
         try await withStore(implementation) { store in
             _ = await store.perform(.createOrder(newOrder(1)))
             let a = try await store.openSession()
-            #expect(await a.performHoldingOpen(.fulfil(created(1))) == .committed(.fulfilled))
+            #expect(await a.performHoldingOpen(.fulfil([created(1)])) == .committed(.fulfilments([.fulfilled])))
             // A second consumer's transaction waits on the held inbox row until the first session dies.
-            async let second = store.perform(.fulfil(created(1)))
+            async let second = store.perform(.fulfil([created(1)]))
             try await Task.sleep(for: .milliseconds(200))
             await a.kill()
-            #expect(await second == .committed(.fulfilled))
+            #expect(await second == .committed(.fulfilments([.fulfilled])))
             #expect(await store.history(of: orderID(1)).filter { $0.to == .fulfilled }.count == 1)
         }
     }
@@ -348,7 +348,7 @@ struct StoreContractTests {
             let rows = await store.perform(claim(limit: 2)).claimed
             #expect(rows.map(\.event.orderID) == [lost.order.id, done.order.id])
             _ = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", published: rows.map(\.sequence))))
-            _ = await store.perform(.fulfil(Fulfilment(envelope: envelope(done.event), at: at(2))))
+            _ = await store.perform(.fulfil([Fulfilment(envelope: envelope(done.event), at: at(2))]))
             let reannounce = StoreCommand.reannounceOverdue(overdueAfter: .seconds(60), limit: 10)
             #expect(await store.perform(reannounce) == .committed(.reannounced([])), "not overdue yet")
             try await store.advanceClock(by: 61)

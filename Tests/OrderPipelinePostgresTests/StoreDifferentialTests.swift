@@ -31,7 +31,7 @@ struct StoreDifferentialTests {
         [
             .create(order: 4, key: "key-4", body: 4, at: 29716070),
             .transition(order: 4, to: .processing, at: 41931290, reason: nil),
-            .fulfil(order: 4, type: .orderCreated, at: 54447023),
+            .fulfil([.init(4, .orderCreated)], at: 54447023),
         ],
         // A retry by an owner that holds no claim on the row changes nothing (caught with the owner fence of the
         // retry part of SQL.settle removed).
@@ -63,6 +63,7 @@ struct StoreDifferentialTests {
         var replies: Set<String> = []
         var staleSettlements = 0
         var skewed = 0
+        var mixedBatches = 0
         for seed in UInt64(0)..<200 {
             let model = PostgresModel()
             model.now = Step.instant(0)
@@ -75,14 +76,21 @@ struct StoreDifferentialTests {
                     staleSettlements += 1
                 }
                 if case .skewed = step { skewed += 1 }
-                replies.insert(String(String(describing: Differential.reply(step, on: model)).prefix { $0 != "(" }))
+                let reply = Differential.reply(step, on: model)
+                replies.insert(String(String(describing: reply).prefix { $0 != "(" }))
+                if case .fulfilments(let outcomes) = reply {
+                    for outcome in outcomes { replies.insert("fulfil." + String(String(describing: outcome).prefix { $0 != "(" })) }
+                    if Set(outcomes).count > 1 { mixedBatches += 1 }
+                }
             }
         }
         let expected: Set<String> = [
             "orderCreated", "orderReplayed", "idempotencyKeyReused", "transitioned", "orderNotFound", "illegalTransition",
-            "claimed", "settled", "released", "fulfilled", "duplicate", "skipped", "recorded", "orderMissing", "deadLettered",
+            "claimed", "settled", "released", "fulfilments", "deadLettered",
+            "fulfil.fulfilled", "fulfil.duplicate", "fulfil.skipped", "fulfil.recorded", "fulfil.orderMissing",
         ]
         #expect(replies == expected)
+        #expect(mixedBatches > 50, "\(mixedBatches) fulfil batches with more than one kind of answer")
         #expect(staleSettlements > 10, "\(staleSettlements) settlements by a stale owner")
         #expect(skewed > 50, "\(skewed) steps stamped by a skewed clock")
     }

@@ -49,8 +49,8 @@ struct StoreInterleavingTests {
             .create(order: 1, key: "key-1", body: 3, at: 2233982),
             .transition(order: 1, to: .processing, at: 9733677, reason: nil),
         ], group: [
-            .fulfil(order: 1, type: .orderCreated, at: 27576905),
-            .fulfil(order: 1, type: .orderCreated, at: 27576905),
+            .fulfil([.init(1, .orderCreated)], at: 27576905),
+            .fulfil([.init(1, .orderCreated)], at: 27576905),
         ]),
         // Three claimers at once share the heads of three orders without overlap.
         Pinned(prefix: [

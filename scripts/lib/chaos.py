@@ -10,7 +10,7 @@ writes everything as a history in the simulator's JSON-lines format. The verdict
 `order-sim --check-history FILE` (Simulations/OrderPipelineSimulation/HistoryCheck.swift).
 
 Environment: ORDERPIPELINE_BIN, ORDER_SIM_BIN, TANSU_BIN (paths), ORDERPIPELINE_CHAOS_SECONDS (fault phase,
-default 100), ORDERPIPELINE_CHAOS_PORT_BASE (default 57400: 20 ports from there), ORDERPIPELINE_CHAOS_SEED,
+default 100), ORDERPIPELINE_CHAOS_PORT_BASE (default 19400: 20 ports from there), ORDERPIPELINE_CHAOS_SEED,
 ORDERPIPELINE_CHAOS_KEEP=1 (keep the state directory with every log).
 """
 import json

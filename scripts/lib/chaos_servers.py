@@ -1,5 +1,5 @@
 """Private servers and process helpers of the chaos test (scripts/lib/chaos.py): a PostgreSQL cluster, a Tansu
-broker and a RabbitMQ node of the run's own, on ports from ORDERPIPELINE_CHAOS_PORT_BASE (default 57400), so that
+broker and a RabbitMQ node of the run's own, on ports from ORDERPIPELINE_CHAOS_PORT_BASE (default 19400), so that
 freezing them never touches the shared services other test suites use at the same time."""
 import glob
 import os
@@ -11,7 +11,7 @@ import time
 import uuid
 
 ENV = os.environ
-PORT_BASE = int(ENV.get("ORDERPIPELINE_CHAOS_PORT_BASE", "57400"))
+PORT_BASE = int(ENV.get("ORDERPIPELINE_CHAOS_PORT_BASE", "19400"))
 PG_PORT, KAFKA_PORT, AMQP_PORT, DIST_PORT, EPMD_PORT, HTTP_PORT, METRICS_PORT = (PORT_BASE + i for i in (0, 1, 2, 3, 14, 15, 16))
 QUEUE = "order-fulfilment"
 IS_ROOT = os.geteuid() == 0

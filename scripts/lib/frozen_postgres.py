@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """PostgreSQL frozen under wrk load (run by scripts/frozen-postgres; see docs/RELIABILITY.md).
 
-Starts a PRIVATE PostgreSQL and Tansu (own directories, ports from ORDERPIPELINE_FROZEN_PORT_BASE, default 57440:
+Starts a PRIVATE PostgreSQL and Tansu (own directories, ports from ORDERPIPELINE_FROZEN_PORT_BASE, default 19440:
 the shared database is never frozen) and `orderpipeline all` against them (Service Bus: the shared RabbitMQ, a queue
-of this run's own). wrk POSTs orders on 64 connections, each with a fresh Idempotency-Key; a few seconds in, every
-PostgreSQL process gets SIGSTOP for FREEZE seconds, then SIGCONT; wrk goes on after the thaw. Checked:
+of this run's own, deleted at the end). wrk POSTs orders on 64 connections, each with a fresh Idempotency-Key; a few
+seconds in, every PostgreSQL process gets SIGSTOP for FREEZE seconds, then SIGCONT; wrk goes on after the thaw. Checked:
 - every answer is 201 or 503, every 503 carries Retry-After, and answers go on arriving during the freeze;
 - no request waits longer than the request deadline (DB_REQUEST_TIMEOUT_MS) plus a margin, none times out;
 - the process's peak RSS (VmHWM, and VmRSS sampled every 50 ms) stays under the stated bound;
@@ -29,7 +29,7 @@ import time
 import urllib.request
 import uuid
 
-os.environ["ORDERPIPELINE_CHAOS_PORT_BASE"] = os.environ.get("ORDERPIPELINE_FROZEN_PORT_BASE", "57440")
+os.environ["ORDERPIPELINE_CHAOS_PORT_BASE"] = os.environ.get("ORDERPIPELINE_FROZEN_PORT_BASE", "19440")
 os.environ["ORDERPIPELINE_RUN_NAME"] = "frozen-postgres"
 from chaos_servers import ENV, HTTP_PORT, KAFKA_PORT, PG_PORT, Postgres, Tansu, log, port_open, wait_for  # noqa: E402
 from services_check import declare_queue  # noqa: E402
@@ -94,6 +94,21 @@ def drain(url, queue, expected):
     return ids
 
 
+def delete_queue(queue):
+    """Best effort: the run's queue off the shared RabbitMQ (`scripts/services delete-queue`, of the services whose
+    TANSU_PID_FILE we were given); a failure is only a warning."""
+    env = dict(ENV)
+    if ENV.get("TANSU_PID_FILE"):
+        env["ORDERPIPELINE_SERVICES_DIR"] = os.path.dirname(os.path.dirname(ENV["TANSU_PID_FILE"]))
+    try:
+        done = subprocess.run([os.path.join(HERE, "..", "services"), "delete-queue", queue], env=env, capture_output=True,
+                              text=True, timeout=60)
+        if done.returncode != 0:
+            log(f"warning: queue {queue} not deleted: {done.stderr.strip()}")
+    except (OSError, subprocess.TimeoutExpired) as error:
+        log(f"warning: queue {queue} not deleted: {error}")
+
+
 def main():
     binary, amqp = ENV.get("ORDERPIPELINE_BIN", ""), ENV.get("SERVICEBUS_CONNECTION_STRING", "")
     if not os.access(binary, os.X_OK):
@@ -106,7 +121,7 @@ def main():
     os.chmod(state, 0o755)
     nonce = uuid.uuid4().hex[:12]
     queue = f"frozen-postgres-{nonce}"
-    failures, servers, process, ok = [], [], None, False
+    failures, servers, process, ok, declared = [], [], None, False, False
 
     def check(condition, text):
         log(("ok: " if condition else "FAILED: ") + text)
@@ -119,6 +134,7 @@ def main():
         pg.create_database()
         servers.append(Tansu(state))
         declare_queue(amqp, queue)
+        declared = True
         env = dict(ENV, DATABASE_URL=f"postgres://postgres@127.0.0.1:{PG_PORT}/chaos", KAFKA_BROKERS=f"127.0.0.1:{KAFKA_PORT}",
                    KAFKA_TOPIC="orders", KAFKA_DEAD_LETTER_TOPIC="orders.dead-letter", KAFKA_GROUP_ID=f"frozen-{nonce}",
                    SERVICEBUS_QUEUE=queue, HTTP_PORT=str(HTTP_PORT), LOG_LEVEL="warning", RELAY_ID=f"frozen-{nonce}",
@@ -217,6 +233,8 @@ def main():
                 server.stop()
             except Exception as error:  # go on: the other server must not outlive the run
                 log(f"could not stop a server: {error}")
+        if declared:
+            delete_queue(queue)
         if ok and ENV.get("ORDERPIPELINE_FROZEN_KEEP") != "1":
             shutil.rmtree(state, ignore_errors=True)
         else:

@@ -26,7 +26,7 @@ extension StoreCommand {
         case .claimOutbox(let c): "\(c.outbox.rawValue) owner=\(c.owner) limit=\(c.limit)"
         case .settleOutbox(let s): "\(s.outbox.rawValue) owner=\(s.owner) published=\(s.published) retry=\(s.retries.map(\.sequence)) dead=\(s.rejections.map(\.sequence))"
         case .releaseClaims(let kind, let owner): "\(kind.rawValue) owner=\(owner)"
-        case .fulfil(let f): "\(f.envelope.type.rawValue) order=\(f.envelope.orderID) event=\(f.envelope.id)"
+        case .fulfil(let batch): batch.map { "\($0.envelope.type.rawValue) order=\($0.envelope.orderID) event=\($0.envelope.id)" }.joined(separator: "; ")
         case .deadLetter(let d): "source=\(d.source) reason=\(d.reason)"
         case .reannounceOverdue(let after, let limit): "after=\(after) limit=\(limit)"
         }
@@ -45,13 +45,21 @@ extension StoreReply {
         case .claimed(let rows): "claimed \(rows.map { "\($0.sequence):\($0.event.summary)" })"
         case .settled(let rows): "settled \(rows)"
         case .released(let rows): "released \(rows)"
+        case .fulfilments(let outcomes): outcomes.map(\.summary).joined(separator: ", ")
+        case .deadLettered: "dead-lettered"
+        case .reannounced(let orders): "re-announced \(orders.count)"
+        }
+    }
+}
+
+extension FulfilmentOutcome {
+    public var summary: String {
+        switch self {
         case .fulfilled: "fulfilled"
         case .duplicate: "duplicate (inbox)"
         case .skipped(let status): "skipped (\(status.rawValue))"
         case .recorded: "recorded"
         case .orderMissing: "order missing"
-        case .deadLettered: "dead-lettered"
-        case .reannounced(let orders): "re-announced \(orders.count)"
         }
     }
 }

@@ -40,8 +40,9 @@ public enum StoreCommand: Hashable, Sendable {
     case settleOutbox(OutboxSettlement)
     /// Drop every claim held by `owner` (a relay restarting from durable state frees what its past life held).
     case releaseClaims(outbox: OutboxKind, owner: String)
-    /// The consumer's transaction (pessimistic inbox), see `Fulfilment`.
-    case fulfil(Fulfilment)
+    /// The consumer's transaction over a batch of records (pessimistic inbox per record), see `Fulfilment`;
+    /// answered with `.fulfilments`, one outcome per record, in order.
+    case fulfil([Fulfilment])
     /// Record a poison record in the dead-letter table (idempotent on its source).
     case deadLetter(DeadLetter)
     /// Re-announce overdue orders (the reconciler): up to `limit` orders that are still Pending although every
@@ -155,11 +156,14 @@ public struct OutboxSettlement: Hashable, Sendable {
     public var isEmpty: Bool { published.isEmpty && retries.isEmpty && rejections.isEmpty }
 }
 
-/// The consumer's transaction: insert `eventID` into the inbox (`ON CONFLICT DO NOTHING`); if it was already there,
-/// change nothing and answer `.duplicate`. Otherwise, for `OrderCreated`: lock the order; if Pending, move it to
-/// Processing (stamping `processed_at`) and then to Fulfilled, and append `fulfilmentEvent` to the Service Bus
-/// outbox, answering `.fulfilled`; if it is in any other status answer `.skipped(status)`. Other event types are
-/// only recorded (`.recorded`). An `OrderCreated` whose order does not exist answers `.orderMissing`.
+/// One record of the consumer's transaction. `.fulfil` takes a batch and handles each record in order, all in one
+/// commit: insert the envelope's event id into the inbox (`ON CONFLICT DO NOTHING`); if it was already there (or an
+/// earlier record of the batch inserted it), change nothing for this record and answer `.duplicate`. Otherwise, for
+/// `OrderCreated`: lock the order; if Pending, move it to Processing (stamping `processed_at`) and then to Fulfilled,
+/// and append `fulfilmentEvent` to the Service Bus outbox, answering `.fulfilled`; if it is in any other status
+/// answer `.skipped(status)`. Other event types are only recorded (`.recorded`). An `OrderCreated` whose order does
+/// not exist answers `.orderMissing`. Re-issuing the same batch after an unknown outcome is idempotent: every
+/// record then answers `.duplicate`.
 public struct Fulfilment: Hashable, Sendable {
     public var envelope: EventEnvelope
     public var at: Instant
@@ -199,13 +203,19 @@ public enum StoreReply: Hashable, Sendable {
     case claimed([OutboxMessage])
     case settled(rows: Int)
     case released(rows: Int)
+    /// One outcome per record of a `.fulfil` batch, in order.
+    case fulfilments([FulfilmentOutcome])
+    case deadLettered
+    case reannounced([OrderID])
+}
+
+/// What the fulfilment transaction did with one record (see `Fulfilment`).
+public enum FulfilmentOutcome: Hashable, Sendable {
     case fulfilled
     case duplicate
     case skipped(OrderStatus)
     case recorded
     case orderMissing
-    case deadLettered
-    case reannounced([OrderID])
 }
 
 /// Why a transaction did not happen. All of these are retriable: nothing was written.

@@ -1,15 +1,21 @@
 /// Fulfils orders from the Kafka topic, exactly once in effect.
 ///
-/// For each record, in partition order: decode it (poison goes to the dead-letter table and topic), run the
-/// fulfilment transaction (pessimistic inbox: the event id first, then Pending → Processing → Fulfilled and the
-/// Service Bus outbox row, one commit), and only once a fetched batch is fully handled commit the next offsets.
-/// A redelivered record finds its inbox row and changes nothing. Work for partitions revoked by a rebalance is
-/// never committed.
+/// Fetched records queue up per partition. Each partition has at most one piece of work in flight, so its records
+/// are handled in order, while different partitions are worked on at once: consecutive decodable records of a
+/// partition (up to `batchMax`) go to the store as one fulfilment transaction (pessimistic inbox per record: the
+/// event id first, then Pending → Processing → Fulfilled and the Service Bus outbox row; one commit for the
+/// batch); a poison record ends a batch and goes alone to the dead-letter table, then the dead-letter topic. A
+/// partition's next offset is committed only after its work. One fetch and one offset commit are in flight at a
+/// time, beside the work. A redelivered record finds its inbox row and changes nothing. Work for partitions revoked
+/// by a rebalance is never committed.
 public struct FulfilmentConsumer: Sendable {
     public struct Configuration: Sendable, Hashable {
         /// The topic name, for dead-letter sources ("orders/2@117").
         public var topic = "orders"
+        /// Records asked for per fetch; the next fetch goes out while fewer than this many wait for their turn.
         public var fetchMax = 100
+        /// Most records in one fulfilment transaction.
+        public var batchMax = 100
         public var backoff = Backoff()
         /// Attempts to copy a poison record to the dead-letter topic before moving on without the copy. The
         /// dead-letters table row, committed first, is the record of truth (`orderpipeline outbox dead-letters`);
@@ -19,34 +25,49 @@ public struct FulfilmentConsumer: Sendable {
     }
 
     enum Step: Hashable, Sendable {
-        case fetch
-        case store(ConsumedRecord, StoreCommand)
+        /// The records a store command stands for: a batch for `.fulfil`, one poison record for `.deadLetter`.
+        case store([ConsumedRecord], StoreCommand)
         case forward(ConsumedRecord, reason: String)
         case commit([PartitionOffset], generation: Int64)
     }
 
-    enum Phase: Hashable, Sendable {
-        case stopped
-        /// Nothing assigned: waiting for the group.
-        case unassigned
-        case awaiting(Ticket, Step)
-        case backingOff(Step, failures: Int)
+    /// A step in flight or waiting for its retry, with what its answer is judged by.
+    struct Work: Hashable, Sendable {
+        var step: Step
+        /// The generation its records were fetched in: work from before the latest assignment is never committed
+        /// (the group resets positions to the committed offsets, so the records come again).
+        var generation: Int64
+        var failures = 0
+        /// The step's transaction had an unknown outcome (its COMMIT may have happened).
+        var unknownOutcome = false
+
+        var partition: Int32? {
+            switch step {
+            case .store(let records, _): records.first?.partition
+            case .forward(let record, _): record.partition
+            case .commit: nil
+            }
+        }
+
+        var isCommit: Bool { partition == nil }
     }
 
     public let configuration: Configuration
-    private(set) var phase: Phase = .stopped
     private var generation: Int64 = -1
     private var partitions: [Int32] = []
-    private var buffer: [ConsumedRecord] = []
-    private var bufferStart = 0
+    /// Fetched records not yet handed to the store, per partition, in fetch order.
+    private var queued: [Int32: [ConsumedRecord]] = [:]
+    private var queuedCount = 0
+    /// Partitions with work in flight or waiting for its retry.
+    private var busy: Set<Int32> = []
     /// Next offset to commit per partition, handled but not yet committed.
     private var handled: [Int32: Int64] = [:]
-    /// The generation the record in hand was fetched in: work on a record from before the latest assignment is
-    /// never committed (the group resets positions to the committed offsets, so it comes again).
-    private var recordGeneration: Int64 = -1
-    private var failures = 0
-    /// The transaction of the record in hand had an unknown outcome (its COMMIT may have happened).
-    private var unknownOutcome = false
+    private var fetching: Ticket?
+    /// A commit is in flight or waiting for its retry.
+    private var committing = false
+    private var inFlight: [Ticket: Work] = [:]
+    /// Work waiting for its backoff, soonest first; one `.retry` timer stands for the soonest.
+    private var retries: [(at: Instant, work: Work)] = []
     private var nextTicket: UInt64 = 0
     private var random: SplitMix64
 
@@ -59,48 +80,51 @@ public struct FulfilmentConsumer: Sendable {
         switch input {
         case .start:
             self = FulfilmentConsumer(configuration: configuration, seed: random.next())
-            phase = .unassigned
             return []
         case let .assigned(generation, partitions):
             return assigned(generation, partitions.sorted(), now: now)
         case .timer(.retry):
-            guard case .backingOff(let step, _) = phase else { return [] }
-            return perform(step, now: now)
+            return retryDue(now: now)
         case let .fetched(ticket, records):
-            guard case .awaiting(ticket, .fetch) = phase else { return [] }
-            buffer.removeFirst(bufferStart)
-            bufferStart = 0
-            buffer += records.filter { partitions.contains($0.partition) }
-            return next(now: now)
+            guard fetching == ticket else { return [] }
+            fetching = nil
+            for record in records where partitions.contains(record.partition) {
+                queued[record.partition, default: []].append(record)
+                queuedCount += 1
+            }
+            return pump(now: now)
         case let .stored(ticket, result):
-            guard case .awaiting(ticket, let step) = phase, case .store(let record, _) = step else { return [] }
-            return stored(record, step, result, now: now)
+            guard let work = inFlight[ticket], case .store(let records, _) = work.step else { return [] }
+            inFlight[ticket] = nil
+            return stored(work, records, result, now: now)
         case let .published(ticket, outcomes):
-            guard case .awaiting(ticket, let step) = phase, case .forward(let record, _) = step else { return [] }
-            if outcomes.first == .delivered { return done(record, now: now) }
+            guard let work = inFlight[ticket], case .forward(let record, _) = work.step else { return [] }
+            inFlight[ticket] = nil
+            if outcomes.first == .delivered { return done(work, [record], now: now) }
             // The dead-letter producer's session is unusable (fenced): replace it before the next attempt.
             let reset: [Effect] = outcomes.contains(where: \.isSessionUnusable) ? [.resetPublisher(.deadLetters)] : []
-            if failures + 1 >= configuration.deadLetterForwardAttempts {
-                failures = 0
+            if work.failures + 1 >= configuration.deadLetterForwardAttempts {
                 let reason = outcomes.first.map { "\($0)" } ?? "no outcome"
-                return reset + [.note(.deadLetterCopySkipped(record, reason: reason))] + done(record, now: now)
+                return reset + [.note(.deadLetterCopySkipped(record, reason: reason))] + done(work, [record], now: now)
             }
-            return reset + backOff(step, note: .storeRetry("dead-letter topic"), now: now)
+            return reset + backOff(work, note: .storeRetry("dead-letter topic"), now: now)
         case let .offsetsCommitted(ticket, outcome):
-            guard case .awaiting(ticket, .commit(let offsets, _)) = phase else { return [] }
+            guard let work = inFlight[ticket], case .commit(let offsets, _) = work.step else { return [] }
+            inFlight[ticket] = nil
             switch outcome {
             case .committed:
+                committing = false
                 for committed in offsets where handled[committed.partition] == committed.offset {
                     handled[committed.partition] = nil
                 }
-                failures = 0
-                return next(now: now)
+                return pump(now: now)
             case .rebalanced:
                 // The group moved on; the new owner of these partitions redoes the work (the inbox dedupes it).
+                committing = false
                 handled = [:]
-                return [.note(.offsetsFenced)] + next(now: now)
+                return [.note(.offsetsFenced)] + pump(now: now)
             case .failed(let reason):
-                return backOff(.commit(offsets, generation: generation), note: .storeRetry("commit: \(reason)"), now: now)
+                return backOff(work, note: .storeRetry("commit: \(reason)"), now: now)
             }
         case .timer(.poll), .wake, .createOrder, .changeStatus:
             return []
@@ -110,107 +134,169 @@ public struct FulfilmentConsumer: Sendable {
     private mutating func assigned(_ newGeneration: Int64, _ newPartitions: [Int32], now: Instant) -> [Effect] {
         generation = newGeneration
         partitions = newPartitions
-        // Eager rebalancing revokes everything and every partition restarts from its committed offset: buffered
-        // records and uncommitted progress are dropped, and will be delivered again (the inbox dedupes them).
-        buffer = []
-        bufferStart = 0
+        // Eager rebalancing revokes everything and every partition restarts from its committed offset: queued
+        // records and uncommitted progress are dropped, and will be delivered again (the inbox dedupes them). Work
+        // in flight finishes (a partition stays busy until it has) but is never committed. A commit under the old
+        // generation is fenced anyway: its answer and its retry are dropped.
+        queued = [:]
+        queuedCount = 0
         handled = [:]
-        switch phase {
-        case .stopped, .unassigned:
-            guard !newPartitions.isEmpty else { phase = .unassigned; return [] }
-            return next(now: now)
-        case .awaiting(_, .commit), .backingOff(.commit, _):
-            // A commit under the old generation is fenced anyway: drop it and read from the new assignment.
-            return next(now: now)
-        default:
-            return []
-        }
+        inFlight = inFlight.filter { !$0.value.isCommit }
+        retries.removeAll { $0.work.isCommit }
+        committing = false
+        return pump(now: now)
     }
 
-    private mutating func next(now: Instant) -> [Effect] {
-        guard !partitions.isEmpty else {
-            phase = .unassigned
-            return []
+    /// Starts what can start: a batch on every idle partition with queued records, a commit of the progress, and
+    /// the next fetch while few records wait.
+    private mutating func pump(now: Instant) -> [Effect] {
+        guard !partitions.isEmpty else { return [] }
+        var effects: [Effect] = []
+        for partition in partitions where !busy.contains(partition) {
+            effects += startBatch(partition, now: now)
         }
-        if bufferStart < buffer.count {
-            let record = buffer[bufferStart]
-            bufferStart += 1
-            recordGeneration = generation
-            unknownOutcome = false
-            guard partitions.contains(record.partition) else { return next(now: now) }
-            switch EventEnvelope.decode(record.value) {
-            case .success(let envelope):
-                var fulfilment = Fulfilment(envelope: envelope, at: now)
-                fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
-                return [.note(.consumed(record))] + perform(.store(record, .fulfil(fulfilment)), now: now)
-            case .failure(let error):
-                let reason = error.description
-                let letter = DeadLetter(source: record.source(topic: configuration.topic), reason: reason, payload: record.value, at: now)
-                return [.note(.poison(record, reason: reason))] + perform(.store(record, .deadLetter(letter)), now: now)
-            }
+        if !committing, !handled.isEmpty {
+            committing = true
+            effects += perform(Work(step: .commit(progress, generation: generation), generation: generation), now: now)
         }
-        if !handled.isEmpty {
-            let offsets = handled.keys.sorted().map { PartitionOffset(partition: $0, offset: handled[$0]!) }
-            return perform(.commit(offsets, generation: generation), now: now)
+        if fetching == nil, queuedCount < configuration.fetchMax {
+            nextTicket += 1
+            fetching = Ticket(nextTicket)
+            effects.append(.fetch(Ticket(nextTicket), max: configuration.fetchMax))
         }
-        return perform(.fetch, now: now)
+        return effects
     }
 
-    private mutating func perform(_ step: Step, now: Instant) -> [Effect] {
+    private var progress: [PartitionOffset] {
+        handled.keys.sorted().map { PartitionOffset(partition: $0, offset: handled[$0]!) }
+    }
+
+    /// The partition's next batch: its consecutive decodable records, or the poison record at its head alone.
+    private mutating func startBatch(_ partition: Int32, now: Instant) -> [Effect] {
+        guard let queue = queued[partition], let head = queue.first else { return [] }
+        if case .failure(let error) = EventEnvelope.decode(head.value) {
+            take(1, from: partition)
+            let reason = error.description
+            let letter = DeadLetter(source: head.source(topic: configuration.topic), reason: reason, payload: head.value, at: now)
+            return [.note(.poison(head, reason: reason))] + perform(Work(step: .store([head], .deadLetter(letter)), generation: generation), now: now)
+        }
+        var records: [ConsumedRecord] = []
+        var batch: [Fulfilment] = []
+        var notes: [Effect] = []
+        for record in queue.prefix(configuration.batchMax) {
+            // Poison ends a batch; it is handled on its own, after the batch before it.
+            guard case .success(let envelope) = EventEnvelope.decode(record.value) else { break }
+            var fulfilment = Fulfilment(envelope: envelope, at: now)
+            fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+            records.append(record)
+            batch.append(fulfilment)
+            notes.append(.note(.consumed(record)))
+        }
+        take(records.count, from: partition)
+        return notes + perform(Work(step: .store(records, .fulfil(batch)), generation: generation), now: now)
+    }
+
+    private mutating func take(_ count: Int, from partition: Int32) {
+        queued[partition]?.removeFirst(count)
+        if queued[partition]?.isEmpty == true { queued[partition] = nil }
+        queuedCount -= count
+    }
+
+    private mutating func perform(_ work: Work, now: Instant) -> [Effect] {
         nextTicket += 1
         let ticket = Ticket(nextTicket)
-        phase = .awaiting(ticket, step)
-        switch step {
-        case .fetch: return [.fetch(ticket, max: configuration.fetchMax)]
+        inFlight[ticket] = work
+        if let partition = work.partition { busy.insert(partition) }
+        switch work.step {
         case .store(_, let command): return [.store(ticket, command)]
         case .forward(let record, let reason): return [.forwardDeadLetter(ticket, record, reason: reason)]
         case .commit(let offsets, let generation): return [.commitOffsets(ticket, offsets, generation: generation)]
         }
     }
 
-    private mutating func stored(_ record: ConsumedRecord, _ step: Step, _ result: StoreResult, now: Instant) -> [Effect] {
+    private mutating func stored(_ work: Work, _ records: [ConsumedRecord], _ result: StoreResult, now: Instant) -> [Effect] {
+        var work = work
         switch result {
         case .failed(let failure):
-            return backOff(step, note: .storeRetry("fulfil: \(OrderIntake.describe(failure))"), now: now)
+            return backOff(work, note: .storeRetry("fulfil: \(OrderIntake.describe(failure))"), now: now)
         case .unknown:
-            unknownOutcome = true
-            // Maybe committed: the same transaction again either does the work or finds the inbox row.
-            return backOff(step, note: .unknownOutcome("fulfil"), now: now)
+            work.unknownOutcome = true
+            // Maybe committed: the same transaction again either does the work or finds the inbox rows.
+            return backOff(work, note: .unknownOutcome("fulfil"), now: now)
         case .committed(let reply):
-            failures = 0
             var notes: [Effect] = []
-            switch reply {
-            case .fulfilled:
-                if case .store(_, .fulfil(let f)) = step { notes.append(.note(.fulfilled(f.envelope.orderID))) }
-            case .duplicate:
-                // After an unknown outcome of this very transaction, the inbox row is (almost always) its own: the
-                // earlier attempt committed, and that fulfilment is counted now, once.
-                if case .store(_, .fulfil(let f)) = step {
-                    notes.append(.note(unknownOutcome && f.envelope.type == .orderCreated ? .fulfilled(f.envelope.orderID) : .redeliveryDeduplicated(f.envelope.id)))
+            switch (reply, work.step) {
+            case (.fulfilments(let outcomes), .store(_, .fulfil(let batch))):
+                for (f, outcome) in zip(batch, outcomes) {
+                    if let note = note(outcome, f, afterUnknownOutcome: work.unknownOutcome) { notes.append(.note(note)) }
                 }
-            case .skipped(let status):
-                if case .store(_, .fulfil(let f)) = step { notes.append(.note(.skipped(f.envelope.orderID, status))) }
-            case .deadLettered:
-                if case .store(_, .deadLetter(let letter)) = step {
-                    return perform(.forward(record, reason: letter.reason), now: now)
-                }
+            case (.deadLettered, .store(let records, .deadLetter(let letter))):
+                work.step = .forward(records[0], reason: letter.reason)
+                work.failures = 0
+                return perform(work, now: now)
             default:
                 break
             }
-            return notes + done(record, now: now)
+            return notes + done(work, records, now: now)
         }
     }
 
-    private mutating func done(_ record: ConsumedRecord, now: Instant) -> [Effect] {
-        if recordGeneration == generation, partitions.contains(record.partition) {
-            handled[record.partition] = max(handled[record.partition] ?? 0, record.offset + 1)
+    private func note(_ outcome: FulfilmentOutcome, _ f: Fulfilment, afterUnknownOutcome: Bool) -> Note? {
+        switch outcome {
+        case .fulfilled: .fulfilled(f.envelope.orderID)
+        // After an unknown outcome of this very transaction, the inbox row is (almost always) its own: the earlier
+        // attempt committed, and that fulfilment is counted now, once.
+        case .duplicate: afterUnknownOutcome && f.envelope.type == .orderCreated ? .fulfilled(f.envelope.orderID) : .redeliveryDeduplicated(f.envelope.id)
+        case .skipped(let status): .skipped(f.envelope.orderID, status)
+        case .recorded, .orderMissing: nil
         }
-        return next(now: now)
     }
 
-    private mutating func backOff(_ step: Step, note: Note, now: Instant) -> [Effect] {
-        failures += 1
-        phase = .backingOff(step, failures: failures)
-        return [.note(note), .setTimer(.retry, at: now + configuration.backoff.delay(attempt: failures, using: &random))]
+    /// The work on `records` is over: their partition is free, and their offsets count if still ours.
+    private mutating func done(_ work: Work, _ records: [ConsumedRecord], now: Instant) -> [Effect] {
+        if let partition = work.partition { busy.remove(partition) }
+        if work.generation == generation {
+            for record in records where partitions.contains(record.partition) {
+                handled[record.partition] = max(handled[record.partition] ?? 0, record.offset + 1)
+            }
+        }
+        return pump(now: now)
+    }
+
+    private mutating func backOff(_ work: Work, note: Note, now: Instant) -> [Effect] {
+        var work = work
+        work.failures += 1
+        let at = now + configuration.backoff.delay(attempt: work.failures, using: &random)
+        boundRetries(now: now)
+        let index = retries.firstIndex { $0.at > at } ?? retries.count
+        retries.insert((at, work), at: index)
+        return [.note(note), .setTimer(.retry, at: retries[0].at)]
+    }
+
+    /// Re-issues the work whose backoff is over (a commit with the progress made since) and re-arms for the rest.
+    /// The timer was armed for the soonest, so that one goes even if the clock now reads earlier (it stepped back).
+    private mutating func retryDue(now: Instant) -> [Effect] {
+        var effects: [Effect] = []
+        var armedFor = true
+        while let first = retries.first, armedFor || first.at <= now {
+            armedFor = false
+            retries.removeFirst()
+            var work = first.work
+            if work.isCommit {
+                guard !handled.isEmpty else { committing = false; continue }
+                work.step = .commit(progress, generation: generation)
+            }
+            effects += perform(work, now: now)
+        }
+        boundRetries(now: now)
+        if let next = retries.first { effects.append(.setTimer(.retry, at: next.at)) }
+        return effects
+    }
+
+    /// No backoff is longer than the cap, so a retry due later than that from now was timed by a clock that has
+    /// stepped back since: it goes at the cap instead of waiting out the step. (Order is kept: those become ties.)
+    private mutating func boundRetries(now: Instant) {
+        let latest = now + configuration.backoff.cap
+        for index in retries.indices where retries[index].at > latest { retries[index].at = latest }
     }
 }

@@ -1,0 +1,79 @@
+import Foundation
+import Logging
+import OrderPipelineCore
+import Synchronization
+
+/// Sends the outbox wake-up (`NOTIFY orderpipeline_outbox, '<outbox>'`) on a connection of its own, outside the
+/// transactions that wrote the rows, coalescing bursts.
+///
+/// Why: PostgreSQL serialises every commit that sends a NOTIFY on one database-wide lock held through its WAL
+/// flush, so a trigger's NOTIFY inside each order's transaction makes the API's commits run one at a time (measured:
+/// most waiting createOrders waited on that lock). Sessions that do not NOTIFY
+/// (`PostgresConnection.Settings.notifiesOutbox = false`) hand their committed outbox writes to this notifier
+/// instead: while one NOTIFY is on its way, every further request for the same outbox folds into the next one, so a
+/// thousand commits a second cost a few hundred small notify-only transactions, none of them holding a writer.
+/// A lost wake costs nothing but latency: relays keep their fallback poll.
+public final class PostgresNotifier: Sendable {
+    private struct State {
+        var pending: [OutboxKind] = []
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    private let signal = DispatchSemaphore(value: 0)
+    private let done = DispatchSemaphore(value: 0)
+    private let settings: PostgresConnection.Settings
+    private let logger: Logger
+
+    /// Starts the notifying thread; it connects on the first wake and reconnects after a lost connection.
+    /// - Parameters:
+    ///   - settings: Where to connect (a session of its own, outside any pool).
+    ///   - logger: Where failed notifications are reported (at debug: the relays' poll covers them).
+    public init(settings: PostgresConnection.Settings, logger: Logger) {
+        self.settings = settings
+        self.logger = logger
+        let thread = Thread { [self] in self.run() }
+        thread.name = "pg-notify"
+        thread.start()
+    }
+
+    /// Asks for one NOTIFY for `kind` soon; requests made before it is sent are folded into it. Never blocks.
+    public func notify(_ kind: OutboxKind) {
+        let queued = state.withLock { state -> Bool in
+            guard !state.stopped, !state.pending.contains(kind) else { return false }
+            state.pending.append(kind)
+            return true
+        }
+        if queued { signal.signal() }
+    }
+
+    /// Stops the thread (pending wakes are dropped) and returns once its connection is closed.
+    public func close() {
+        state.withLock { $0.stopped = true }
+        signal.signal()
+        done.wait()
+    }
+
+    private func run() {
+        let connection = PostgresConnection(settings: settings)
+        while true {
+            signal.wait()
+            let (kinds, stopped) = state.withLock { state in
+                defer { state.pending = [] }
+                return (state.pending, state.stopped)
+            }
+            if stopped { break }
+            for kind in kinds {
+                do {
+                    if !connection.isConnected { try connection.connect() }
+                    _ = try connection.query("SELECT pg_notify('orderpipeline_outbox', $1)", [.text(kind.rawValue)])
+                } catch {
+                    logger.debug("NOTIFY failed; the relays' poll finds the rows", metadata: ["db.error": "\(error.message)"])
+                    connection.close()
+                }
+            }
+        }
+        connection.close()
+        done.signal()
+    }
+}
