@@ -101,9 +101,10 @@ public struct TracedPublisher: OutboxPublishing {
     }
 }
 
-/// A store whose `.fulfil` (the consumer's work on a record) runs in a consumer span, child of the record's
-/// trace; the Service Bus outbox row it writes carries the span's context. Other commands pass straight through,
-/// and everything does with the no-op tracer.
+/// A store whose `.fulfil` (the consumer's transaction over a batch of records) runs with a consumer span per
+/// record, child of that record's trace (per record, as the relay's spans are per row: each belongs to another
+/// order's trace); the Service Bus outbox row a record writes carries its span's context. Other commands pass
+/// straight through, and everything does with the no-op tracer.
 public struct TracedFulfilmentStore: StorePerforming {
     let store: any StorePerforming
     let tracer: any Tracer
@@ -114,9 +115,12 @@ public struct TracedFulfilmentStore: StorePerforming {
     }
 
     public func perform(_ command: StoreCommand) async -> StoreResult {
-        guard case .fulfil(var fulfilment) = command, !(tracer is NoOpTracer) else { return await store.perform(command) }
-        let context = TraceCarrier.context(continuing: fulfilment.consumedTrace, tracer: tracer)
-        return await tracer.withSpan("process \(Channel.orders.rawValue)", context: context, ofKind: .consumer) { span in
+        guard case .fulfil(var batch) = command, !(tracer is NoOpTracer) else { return await store.perform(command) }
+        var spans: [any Span] = []
+        for index in batch.indices {
+            let fulfilment = batch[index]
+            let context = TraceCarrier.context(continuing: fulfilment.consumedTrace, tracer: tracer)
+            let span = tracer.startSpan("process \(Channel.orders.rawValue)", context: context, ofKind: .consumer)
             span.attributes[SpanKey.system] = "kafka"
             span.attributes[SpanKey.operation] = "process"
             span.attributes[SpanKey.messageID] = fulfilment.envelope.id.description
@@ -126,9 +130,14 @@ public struct TracedFulfilmentStore: StorePerforming {
                 span.attributes[SpanKey.partition] = "\(position.partition)"
                 span.attributes[SpanKey.offset] = Int(position.offset)
             }
-            if let own = TraceCarrier.traceParent(of: span, tracer: tracer) { fulfilment.fulfilmentEvent.traceParent = own }
-            let result = await store.perform(.fulfil(fulfilment))
+            if let own = TraceCarrier.traceParent(of: span, tracer: tracer) { batch[index].fulfilmentEvent.traceParent = own }
+            spans.append(span)
+        }
+        let result = await store.perform(.fulfil(batch))
+        for (index, span) in spans.enumerated() {
             switch result {
+            case .committed(.fulfilments(let outcomes)) where index < outcomes.count:
+                span.attributes[SpanKey.outcome] = outcomes[index].summary
             case .committed(let reply):
                 span.attributes[SpanKey.outcome] = reply.summary
             case .failed(let failure):
@@ -138,8 +147,9 @@ public struct TracedFulfilmentStore: StorePerforming {
                 span.attributes[SpanKey.outcome] = "unknown"
                 span.setStatus(SpanStatus(code: .error, message: "the commit's outcome is unknown"))
             }
-            return result
+            span.end()
         }
+        return result
     }
 }
 

@@ -32,14 +32,14 @@ struct SpanTests {
             switch command {
             case .createOrder(let new): return .committed(.orderCreated(new.order))
             case .transition(let t): return .committed(.transitioned(Sample.order(t.orderID, status: t.to, at: t.at)))
-            case .fulfil: return .committed(.fulfilled)
+            case .fulfil(let batch): return .committed(.fulfilments(batch.map { _ in .fulfilled }))
             default: return .failed(.unavailable("not an intake or consumer recipe"))
             }
         }
 
         var created: NewOrder? { commands.withLock { $0.lazy.compactMap { if case .createOrder(let new) = $0 { new } else { nil } }.first } }
         var transition: OrderTransition? { commands.withLock { $0.lazy.compactMap { if case .transition(let t) = $0 { t } else { nil } }.first } }
-        var fulfilment: Fulfilment? { commands.withLock { $0.lazy.compactMap { if case .fulfil(let f) = $0 { f } else { nil } }.first } }
+        var fulfilment: Fulfilment? { commands.withLock { $0.lazy.compactMap { if case .fulfil(let batch) = $0 { batch.first } else { nil } }.first } }
     }
 
     struct NoReads: OrderReading {
@@ -64,8 +64,8 @@ struct SpanTests {
         }
     }
 
-    /// The consumer machine's `.fulfil` for `record`, as it issues it (assigned partition 2, then the fetch answered).
-    func fulfil(_ record: ConsumedRecord) throws -> StoreCommand {
+    /// The consumer machine's `.fulfil` for `records`, as it issues it (assigned partition 2, then the fetch answered).
+    func fulfil(_ records: ConsumedRecord...) throws -> StoreCommand {
         struct Effects: EffectPerformers {
             var fetches: [Ticket] = []
             var stores: [StoreCommand] = []
@@ -78,7 +78,7 @@ struct SpanTests {
         let now = Instant(microseconds: 1_000_000)
         runner.handle(.start, now: now, performers: &effects)
         runner.handle(.assigned(generation: 1, partitions: [2]), now: now, performers: &effects)
-        runner.handle(.fetched(try #require(effects.fetches.last), [record]), now: now, performers: &effects)
+        runner.handle(.fetched(try #require(effects.fetches.last), records), now: now, performers: &effects)
         return try #require(effects.stores.last)
     }
 
@@ -132,7 +132,7 @@ struct SpanTests {
         // The consumer: the machine's `.fulfil` for that record, in a consumer span whose parent is the record's trace.
         let record = ConsumedRecord(partition: 2, offset: 117, key: nil, headers: sent.event.kafkaHeaders, value: sent.event.payload)
         let consumerStore = Store()
-        #expect(await TracedFulfilmentStore(consumerStore, tracer: tracer).perform(try fulfil(record)) == .committed(.fulfilled))
+        #expect(await TracedFulfilmentStore(consumerStore, tracer: tracer).perform(try fulfil(record)) == .committed(.fulfilments([.fulfilled])))
         let process = try #require(tracer.span(named: "process orders"))
         #expect(process.kind == .consumer)
         #expect(process.parentID == send.ids.spanID)
@@ -201,6 +201,31 @@ struct SpanTests {
         #expect(process.status == SpanStatus(code: .error, message: "database unavailable"))
     }
 
+    /// Answers a `.fulfil` batch with the given outcomes.
+    struct Outcomes: StorePerforming {
+        let outcomes: [FulfilmentOutcome]
+        func perform(_ command: StoreCommand) async -> StoreResult { .committed(.fulfilments(outcomes)) }
+    }
+
+    @Test("a batch of records from two orders: a consumer span per record, each in its record's trace, with its own outcome")
+    func consumerBatch() async throws {
+        let tracer = RecordingTracer()
+        let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        let records = [Self.caller, other].enumerated().map { n, trace in
+            var event = PipelineEvent(type: .orderCreated, order: Sample.order(Sample.orderID(UInt64(n + 1)), at: Instant(microseconds: 0)), at: Instant(microseconds: 0), includeOrder: true)
+            event.traceParent = TraceParent(trace)
+            return ConsumedRecord(partition: 2, offset: Int64(10 + n), key: nil, headers: event.kafkaHeaders, value: event.payload)
+        }
+        let command = try fulfil(records[0], records[1])
+        guard case .fulfil(let batch) = command else { Issue.record("\(command)"); return }
+        #expect(batch.count == 2, "one transaction for both")
+        _ = await TracedFulfilmentStore(Outcomes(outcomes: [.fulfilled, .duplicate]), tracer: tracer).perform(command)
+        let spans = tracer.spans.filter { $0.operationName == "process orders" }.sorted { $0.attribute("messaging.kafka.offset") ?? "" < $1.attribute("messaging.kafka.offset") ?? "" }
+        #expect(spans.map(\.ids.traceID) == [Self.traceID, "0af7651916cd43dd8448eb211c80319c"])
+        #expect(spans.map(\.parentID) == [Self.callerSpan, "b7ad6b7169203331"])
+        #expect(spans.map { $0.attribute("orderpipeline.outcome") } == ["fulfilled", "duplicate (inbox)"])
+    }
+
     @Test("the no-op tracer changes nothing: our own ids, messages and commands as they were")
     func noOpTracer() async throws {
         let store = Store()
@@ -220,7 +245,7 @@ struct SpanTests {
         let consumerStore = Store()
         _ = await TracedFulfilmentStore(consumerStore, tracer: NoOpTracer()).perform(command)
         #expect(consumerStore.commands.withLock { $0 } == [command])
-        guard case .fulfil(let fulfilment) = command else { Issue.record("\(command)"); return }
+        guard case .fulfil(let batch) = command, let fulfilment = batch.first else { Issue.record("\(command)"); return }
         #expect(fulfilment.fulfilmentEvent.traceParent == trace.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid), "the derived span id, as before")
     }
 }
