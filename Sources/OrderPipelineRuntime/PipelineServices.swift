@@ -93,7 +93,7 @@ public struct ConsumerService: Service {
     let deadLetters: KafkaProducer
     let logger: Logger
     let metrics: PipelineMetrics
-    /// Records a consumer span per fulfilled record (`TracedFulfilmentStore`).
+    /// Records a consumer span per record of the fulfilment transaction (`TracedFulfilmentStore`).
     public var tracer: any Tracer = InstrumentationSystem.tracer
 
     public init(configuration: KafkaConfiguration, store: any StorePerforming, deadLetters: KafkaProducer, logger: Logger, metrics: PipelineMetrics = PipelineMetrics()) {
