@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.4.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        // Spans at the pipeline's hops (docs/TRACING.md); already in the graph through Hummingbird.
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
         // HMAC-SHA256 of Azure SAS tokens (Service Bus adapter only; never in order-sim's closure).
         .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
     ],
@@ -60,6 +62,7 @@ let package = Package(
                 "OrderPipelineRuntime",
                 "OrderPipelineServiceBus",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             path: "Tests/OrderPipelineTestSupport",
             exclude: ["Peers"]
@@ -92,6 +95,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         .target(
@@ -131,10 +135,12 @@ let package = Package(
                 "OrderPipelinePostgres",
                 "OrderPipelineRuntime",
                 "OrderPipelineHTTP",
+                "OrderPipelineServiceBus",
                 "OrderPipelineTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         .testTarget(

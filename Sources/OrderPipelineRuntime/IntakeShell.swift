@@ -1,6 +1,7 @@
 import Logging
 import OrderPipelineCore
 import Synchronization
+import Tracing
 
 /// The production shell of `OrderIntake`: one `MachineRunner` serves every request. A request's input goes in
 /// with a fresh order id and the wall clock; the store effects it causes are performed by the request's own task
@@ -15,12 +16,15 @@ public final class IntakeShell: Sendable {
     private let store: any StorePerforming
     private let observer: NoteObserver
     private let clock: @Sendable () -> Instant
+    private let tracer: any Tracer
 
     public init(
         store: any StorePerforming, configuration: OrderIntake.Configuration = .init(), logger: Logger,
-        metrics: PipelineMetrics = PipelineMetrics(), clock: @escaping @Sendable () -> Instant = WallClock.now
+        metrics: PipelineMetrics = PipelineMetrics(), clock: @escaping @Sendable () -> Instant = WallClock.now,
+        tracer: any Tracer = InstrumentationSystem.tracer
     ) {
         self.store = store
+        self.tracer = tracer
         self.observer = NoteObserver(logger: logger, metrics: metrics)
         self.clock = clock
         var runner = MachineRunner(OrderIntake(configuration: configuration))
@@ -32,19 +36,46 @@ public final class IntakeShell: Sendable {
     /// `POST /api/orders`: the raw body, as the client sent it, and the caller's `traceparent` if it sent a valid
     /// one (the request's trace continues it, or starts a new one).
     public func createOrder(body: [UInt8], idempotencyKey: String?, traceParent: TraceParent? = nil) async -> IntakeResponse {
-        let request = nextRequest.add(1, ordering: .relaxed).newValue
-        var random = SystemRandomNumberGenerator()
-        let id = OrderID(UUID128.random(using: &random))
-        let trace = TraceParent.forRequest(traceParent, using: &random)
-        return await drive(request, .createOrder(request, body: body, idempotencyKey: idempotencyKey, newOrderID: id, trace: trace))
+        await serve("POST", "/api/orders", caller: traceParent) { request, trace, random in
+            let id = OrderID(UUID128.random(using: &random))
+            return .createOrder(request, body: body, idempotencyKey: idempotencyKey, newOrderID: id, trace: trace)
+        }
     }
 
     /// `PATCH /api/orders/{id}/status`: the raw body, as the client sent it, and the caller's `traceparent`.
     public func changeStatus(_ id: OrderID, body: [UInt8], traceParent: TraceParent? = nil) async -> IntakeResponse {
-        let request = nextRequest.add(1, ordering: .relaxed).newValue
-        var random = SystemRandomNumberGenerator()
-        let trace = TraceParent.forRequest(traceParent, using: &random)
-        return await drive(request, .changeStatus(request, id, body: body, trace: trace))
+        await serve("PATCH", "/api/orders/{id}/status", caller: traceParent) { request, trace, _ in
+            .changeStatus(request, id, body: body, trace: trace)
+        }
+    }
+
+    /// One request in its server span, a child of the caller's. The trace the request writes is the span's own
+    /// context when the tracer propagates W3C; otherwise (the no-op tracer) our own: `TraceParent.forRequest`.
+    private func serve(
+        _ method: String, _ route: String, caller: TraceParent?,
+        _ input: (RequestID, TraceParent, inout SystemRandomNumberGenerator) -> Input
+    ) async -> IntakeResponse {
+        let context = TraceCarrier.context(continuing: caller, tracer: tracer, base: .current ?? .topLevel)
+        return await tracer.withSpan("\(method) \(route)", context: context, ofKind: .server) { span in
+            span.attributes["http.request.method"] = method
+            span.attributes["http.route"] = route
+            let request = nextRequest.add(1, ordering: .relaxed).newValue
+            var random = SystemRandomNumberGenerator()
+            let trace = TraceCarrier.traceParent(of: span, tracer: tracer) ?? TraceParent.forRequest(caller, using: &random)
+            let response = await drive(request, input(request, trace, &random))
+            switch response {
+            case .created(let order), .replayed(let order), .statusChanged(let order):
+                span.attributes[SpanKey.orderID] = order.id.description
+            case .notFound(let id), .illegalTransition(let id, _, _):
+                span.attributes[SpanKey.orderID] = id.description
+            case .unavailable:
+                span.setStatus(SpanStatus(code: .error, message: "database unavailable"))  // the reason is logged, not traced
+            case .rejected, .idempotencyKeyReused:
+                break  // the client's mistake: not a server error
+            }
+            span.attributes[SpanKey.outcome] = response.outcome
+            return response
+        }
     }
 
     private func drive(_ request: RequestID, _ input: Input) async -> IntakeResponse {
@@ -71,4 +102,20 @@ struct RequestPerformers: EffectPerformers {
     mutating func store(_ command: StoreCommand, ticket: Ticket) { stores.append((ticket, command)) }
     mutating func respond(_ response: IntakeResponse, to request: RequestID) { responses.append((request, response)) }
     mutating func observe(_ note: Note) { observer.observe(note) }
+}
+
+extension IntakeResponse {
+    /// The answer's kind, for the request's span.
+    var outcome: String {
+        switch self {
+        case .created: "created"
+        case .replayed: "replayed"
+        case .statusChanged: "status-changed"
+        case .rejected: "rejected"
+        case .idempotencyKeyReused: "idempotency-key-reused"
+        case .notFound: "not-found"
+        case .illegalTransition: "illegal-transition"
+        case .unavailable: "unavailable"
+        }
+    }
 }

@@ -4,6 +4,7 @@ import OrderPipelineCore
 import OrderPipelineKafka
 import OrderPipelinePostgres
 import ServiceLifecycle
+import Tracing
 
 /// Runs `OutboxRelay` for one outbox: PostgreSQL for the store, Kafka or Service Bus for the publishes, woken by
 /// the outbox trigger's NOTIFY (with the machine's fallback poll).
@@ -19,6 +20,8 @@ public struct RelayService: Service {
     /// Rows per claim and batches in the air (`RELAY_BATCH_SIZE`, `RELAY_PIPELINE_DEPTH`); nil: the machine's defaults.
     public var batchSize: Int?
     public var pipelineDepth: Int?
+    /// Records a producer span per published row (`TracedPublisher`).
+    public var tracer: any Tracer = InstrumentationSystem.tracer
 
     public init(
         outbox: OutboxKind, owner: String, store: any StorePerforming, publisher: any OutboxPublishing, listener: PostgresListener?,
@@ -50,7 +53,7 @@ public struct RelayService: Service {
             if let listener {
                 group.addTask { for await _ in listener.wakes(for: outbox) { loop.deliver(.wake) } }
             }
-            await loop.run(relay, performers: Performers(store: store, publisher: publisher), observer: NoteObserver(logger: logger, metrics: metrics))
+            await loop.run(relay, performers: Performers(store: store, publisher: TracedPublisher(publisher, outbox: outbox, tracer: tracer)), observer: NoteObserver(logger: logger, metrics: metrics))
             group.cancelAll()
         }
         await onStop()
@@ -90,6 +93,8 @@ public struct ConsumerService: Service {
     let deadLetters: KafkaProducer
     let logger: Logger
     let metrics: PipelineMetrics
+    /// Records a consumer span per record of the fulfilment transaction (`TracedFulfilmentStore`).
+    public var tracer: any Tracer = InstrumentationSystem.tracer
 
     public init(configuration: KafkaConfiguration, store: any StorePerforming, deadLetters: KafkaProducer, logger: Logger, metrics: PipelineMetrics = PipelineMetrics()) {
         self.configuration = configuration
@@ -106,7 +111,7 @@ public struct ConsumerService: Service {
         var machineConfiguration = FulfilmentConsumer.Configuration()
         machineConfiguration.topic = configuration.topic
         let machine = FulfilmentConsumer(configuration: machineConfiguration, seed: UInt64.random(in: 0...UInt64.max))
-        let performers = Performers(store: store, deadLetters: deadLetters, group: consumer)
+        let performers = Performers(store: TracedFulfilmentStore(store, tracer: tracer), deadLetters: deadLetters, group: consumer)
         await withDiscardingTaskGroup { group in
             group.addTask { await reportLag(of: consumer) }
             await loop.run(machine, performers: performers, observer: NoteObserver(logger: logger, metrics: metrics))

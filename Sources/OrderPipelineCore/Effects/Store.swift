@@ -170,6 +170,10 @@ public struct Fulfilment: Hashable, Sendable {
     /// Written to the Service Bus outbox when this transaction fulfils the order; its `traceParent` is the consumed
     /// record's trace, continued by the consumer's span.
     public var fulfilmentEvent: PipelineEvent
+    /// Where the record was read and the trace it carried: for the consumer's span (`TracedFulfilmentStore`); no
+    /// recipe writes them.
+    public var consumedFrom: RecordPosition? = nil
+    public var consumedTrace: TraceParent? = nil
 
     public init(envelope: EventEnvelope, at: Instant) {
         self.envelope = envelope

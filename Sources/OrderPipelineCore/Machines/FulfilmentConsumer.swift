@@ -188,6 +188,8 @@ public struct FulfilmentConsumer: Sendable {
             guard case .success(let envelope) = EventEnvelope.decode(record.value) else { break }
             var fulfilment = Fulfilment(envelope: envelope, at: now)
             fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+            fulfilment.consumedFrom = RecordPosition(partition: record.partition, offset: record.offset)
+            fulfilment.consumedTrace = record.traceParent
             records.append(record)
             batch.append(fulfilment)
             notes.append(.note(.consumed(record)))
