@@ -94,11 +94,17 @@ public struct TracedPublisher: OutboxPublishing {
             case .refused(let condition, _):
                 span.attributes[SpanKey.outcome] = "refused"
                 span.setStatus(SpanStatus(code: .error, message: condition))
+            case .sessionUnusable(let reason):
+                span.attributes[SpanKey.outcome] = "session-unusable"
+                span.setStatus(SpanStatus(code: .error, message: reason))
             }
             span.end()
         }
         return outcomes
     }
+
+    /// The relay's decision reaches the wrapped publisher (the Kafka producer recreates its session).
+    public func reset() { publisher.reset() }
 }
 
 /// A store whose `.fulfil` (the consumer's transaction over a batch of records) runs with a consumer span per

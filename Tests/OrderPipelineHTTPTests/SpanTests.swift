@@ -62,6 +62,8 @@ struct SpanTests {
                 return messages.indices.map { .appended(RecordPosition(partition: 2, offset: Int64(117 + sent.count + $0))) }
             }
         }
+
+        func reset() {}
     }
 
     /// The consumer machine's `.fulfil` for `records`, as it issues it (assigned partition 2, then the fetch answered).

@@ -49,3 +49,12 @@ extension ShellTests {
         #expect(state.rejected.isEmpty, "nothing dead-lettered")
     }
 }
+
+extension ShellTests {
+    @Test("the tracing wrapper passes the relay's reset on to the publisher it wraps")
+    func tracedPublisherForwardsReset() {
+        let publisher = FencedPublisher()
+        TracedPublisher(publisher, outbox: .kafka).reset()
+        #expect(publisher.log == [.reset])
+    }
+}
