@@ -87,11 +87,19 @@ extension KafkaConfiguration {
 /// `ServiceBusError`.
 public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What kind of failure.
-    public enum Code: String, Hashable, Sendable {
+    /// Opaque, as swift-service-lifecycle's and postgres-nio's error codes: a kind can be added without breaking a
+    /// caller's `switch` (compare with `==` or match `case .unavailable:` with a `default`).
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Kind: String, Hashable, Sendable { case configuration, client }
+        private let kind: Kind
+        private init(_ kind: Kind) { self.kind = kind }
+
         /// A setting librdkafka or this adapter refuses (`KAFKA_PROPERTIES`, a property librdkafka does not know).
-        case configuration
+        public static let configuration = Code(.configuration)
         /// librdkafka could not create the client, or the consumer could not subscribe.
-        case client
+        public static let client = Code(.client)
+
+        public var description: String { kind.rawValue }
     }
 
     public var code: Code
@@ -110,7 +118,7 @@ public struct KafkaError: Error, Hashable, Sendable, CustomStringConvertible {
         self.message = message
     }
 
-    public var description: String { "Kafka \(code.rawValue) error: \(message)" }
+    public var description: String { "Kafka \(code) error: \(message)" }
 }
 
 /// Owns a `rd_kafka_conf_t` until it is handed to `rd_kafka_new` (which takes ownership on success).

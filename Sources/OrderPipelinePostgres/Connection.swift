@@ -4,17 +4,25 @@ import Foundation
 /// An error from PostgreSQL or libpq, with the SQLSTATE when the server sent one.
 public struct PostgresError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What kind of failure: it decides whether a write may have happened and whether a retry is safe.
-    public enum Code: String, Hashable, Sendable {
+    /// Opaque, as swift-service-lifecycle's and postgres-nio's error codes: a kind can be added without breaking a
+    /// caller's `switch` (compare with `==` or match `case .unavailable:` with a `default`).
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Kind: String, Hashable, Sendable { case connectionLost, unavailable, server, protocolViolation }
+        private let kind: Kind
+        private init(_ kind: Kind) { self.kind = kind }
+
         /// The connection broke, or the server did not answer in time, after a statement was sent: a write may or
         /// may not have happened.
-        case connectionLost
+        public static let connectionLost = Code(.connectionLost)
         /// Nothing was sent: no connection (the server is down or unreachable), a connection found broken before
         /// use, a full queue, or a request that waited past its deadline. Always safe to retry.
-        case unavailable
+        public static let unavailable = Code(.unavailable)
         /// The server answered with an error (see `sqlState`).
-        case server
+        public static let server = Code(.server)
         /// A reply that does not have the expected shape (a bug, or a schema that is not migrated).
-        case protocolViolation
+        public static let protocolViolation = Code(.protocolViolation)
+
+        public var description: String { kind.rawValue }
     }
 
     public var code: Code
@@ -34,7 +42,7 @@ public struct PostgresError: Error, Hashable, Sendable, CustomStringConvertible 
     }
 
     public var description: String {
-        "\(code.rawValue)\(sqlState.map { " [\($0)]" } ?? ""): \(message)"
+        "\(code)\(sqlState.map { " [\($0)]" } ?? ""): \(message)"
     }
 
     /// The statement was cancelled by `statement_timeout` (57014) or `lock_timeout` (55P03).

@@ -164,13 +164,21 @@ public struct ServiceBusConfiguration: Sendable, Hashable {
 /// `KafkaError`.
 public struct ServiceBusError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What kind of failure.
-    public enum Code: String, Hashable, Sendable {
+    /// Opaque, as swift-service-lifecycle's and postgres-nio's error codes: a kind can be added without breaking a
+    /// caller's `switch` (compare with `==` or match `case .unavailable:` with a `default`).
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        private enum Kind: String, Hashable, Sendable { case configuration, unsupported, connection }
+        private let kind: Kind
+        private init(_ kind: Kind) { self.kind = kind }
+
         /// A connection string or setting that cannot be used (malformed, or unsafe: a password in clear text).
-        case configuration
+        public static let configuration = Code(.configuration)
         /// Something this qpid-proton build cannot do (TLS).
-        case unsupported
+        public static let unsupported = Code(.unsupported)
         /// qpid-proton could not start the connection's engine.
-        case connection
+        public static let connection = Code(.connection)
+
+        public var description: String { kind.rawValue }
     }
     public var code: Code
     /// What happened, for logs and operators (never a key or password).
@@ -182,7 +190,7 @@ public struct ServiceBusError: Error, Hashable, Sendable, CustomStringConvertibl
         self.code = code
         self.message = message
     }
-    public var description: String { "Service Bus \(code.rawValue) error: \(message)" }
+    public var description: String { "Service Bus \(code) error: \(message)" }
 }
 
 extension StringProtocol {
