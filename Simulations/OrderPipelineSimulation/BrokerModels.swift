@@ -89,6 +89,11 @@ public final class KafkaModel {
         return records
     }
 
+    /// Whether the broker ever took a copy of `event` (it is in its order's partition).
+    public func holds(_ event: PipelineEvent) -> Bool {
+        partitions[partition(for: event.orderID)].contains { $0.event?.id == event.id }
+    }
+
     public func hasRecords(for member: Int) -> Bool {
         (0..<partitions.count).contains { owner[$0] == member && position[$0] < partitions[$0].count }
     }
@@ -131,6 +136,9 @@ public final class ServiceBusModel {
     public init(duplicateDetectionWindow: Duration) {
         self.duplicateDetectionWindow = duplicateDetectionWindow
     }
+
+    /// Whether the queue ever accepted a message with this MessageId.
+    public func accepted(_ id: EventID) -> Bool { seen[id] != nil }
 
     /// Returns the message if it was enqueued, nil if duplicate detection dropped it.
     public func send(_ event: PipelineEvent, at now: Instant) -> Message? {

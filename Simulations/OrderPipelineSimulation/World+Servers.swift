@@ -90,8 +90,12 @@ extension World {
     func refuseOversized(_ rows: [OutboxMessage], outbox: OutboxKind, by node: Node, deliver: ([OutboxMessage]) -> [PublishOutcome]) -> [PublishOutcome]? {
         // Only a message still unsettled (not one a paused relay re-sends after another relay published it).
         func unsettled(_ row: OutboxMessage) -> Bool { database.outbox(outbox).row(row.sequence).map { !$0.isSettled } ?? false }
+        // Size is a property of the bytes: a message the broker already took once (a copy whose settlement has not
+        // landed yet, re-sent after its lease ran out) is never too large afterwards.
+        func takenBefore(_ event: PipelineEvent) -> Bool { outbox == .kafka ? kafka.holds(event) : serviceBus.accepted(event.id) }
         if let first = rows.first, options.enabled(.transientRefusal), !inLiveness, !oversized.contains(first.event.id), unsettled(first),
-           faultStreams[FaultKind.transientRefusal.index].chance(options.rates.transientRefusal / 5), permit(.transientRefusal) {
+           faultStreams[FaultKind.transientRefusal.index].chance(options.rates.transientRefusal / 5), !takenBefore(first.event),
+           permit(.transientRefusal) {
             oversized.append(first.event.id)
             if !parkedOrders.contains(first.event.orderID) { parkedOrders.append(first.event.orderID) }
             fired(.transientRefusal, "\(first.event.summary) is too large for the \(outbox.rawValue) broker, for good")
