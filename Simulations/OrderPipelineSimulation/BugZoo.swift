@@ -145,11 +145,13 @@ struct RandomMessageIDRelay: PipelineMachine {
     mutating func handle(_ input: Input, now: Instant) -> [Effect] {
         inner.handle(input, now: now).map { effect in
             guard case .publish(let ticket, .fulfilment, let rows) = effect else { return effect }
-            return .publish(ticket, .fulfilment, rows.map { row in
-                var row = row
-                row.event.id = EventID(UUID128.random(using: &random))
-                return row
-            })
+            return .publish(
+                ticket, .fulfilment,
+                rows.map { row in
+                    var row = row
+                    row.event.id = EventID(UUID128.random(using: &random))
+                    return row
+                })
         }
     }
 }
@@ -198,9 +200,14 @@ struct OptimisticInboxConsumer: PipelineMachine {
             if !done.isEmpty {
                 next += 1
                 held[Ticket(next)] = input
-                return [.store(Ticket(next), .fulfil(done.map {
-                    Fulfilment(envelope: EventEnvelope(id: $0.envelope.id, type: .orderFailed, orderID: $0.envelope.orderID), at: now)
-                }))]
+                return [
+                    .store(
+                        Ticket(next),
+                        .fulfil(
+                            done.map {
+                                Fulfilment(envelope: EventEnvelope(id: $0.envelope.id, type: .orderFailed, orderID: $0.envelope.orderID), at: now)
+                            }))
+                ]
             }
         }
         return track(inner.handle(input, now: now))

@@ -80,7 +80,8 @@ public enum Checker {
             if db.orders[order] == nil {
                 violations.append(Violation(.downstreamExactlyOnce, "downstream got a fulfilment of \(order), which was never committed"))
             } else if ids.count > 1 {
-                violations.append(Violation(.downstreamExactlyOnce, "downstream got \(ids.count) distinct MessageIds for \(order): \(ids.map(\.description).joined(separator: ", "))"))
+                violations.append(
+                    Violation(.downstreamExactlyOnce, "downstream got \(ids.count) distinct MessageIds for \(order): \(ids.map(\.description).joined(separator: ", "))"))
             } else if ids[0] != EventID.derived(order: order, type: .orderFulfilled) {
                 violations.append(Violation(.downstreamExactlyOnce, "\(order)'s fulfilment MessageId \(ids[0]) is not the derived one"))
             }
@@ -114,7 +115,7 @@ public enum Checker {
         // The inbox holds derived event ids only (a random or foreign id would defeat deduplication).
         var derived: Set<EventID> = []
         for id in db.orderIDs { for type in EventType.allCases { derived.insert(EventID.derived(order: id, type: type)) } }
-        for id in db.inbox.sorted(by: { $0.description < $1.description }) where !derived.contains(id) {
+        for id in db.inbox.sorted() where !derived.contains(id) {
             violations.append(Violation(.inboxKeysDerived, "inbox key \(id) is not the derived id of any order's event"))
         }
 
@@ -137,7 +138,11 @@ public enum Checker {
             for record in log {
                 guard let event = record.event, event.type == .orderCreated, let expected = world.requestTraces[event.orderID] else { continue }
                 if record.record.traceParent != expected {
-                    violations.append(Violation(.traceCarried, "\(event.orderID)'s record \(p)@\(record.record.offset) carries trace \(record.record.traceParent?.description ?? "none"), its request had \(expected)"))
+                    violations.append(
+                        Violation(
+                            .traceCarried,
+                            "\(event.orderID)'s record \(p)@\(record.record.offset) carries trace \(record.record.traceParent?.description ?? "none"), its request had \(expected)")
+                    )
                 }
             }
         }
@@ -145,7 +150,8 @@ public enum Checker {
             guard let created = world.requestTraces[message.orderID] else { continue }
             let expected = created.child(derivedFrom: message.messageID.uuid)
             if message.traceParent != expected {
-                violations.append(Violation(.traceCarried, "\(message.messageID) for \(message.orderID) carries trace \(message.traceParent?.description ?? "none"), expected \(expected)"))
+                violations.append(
+                    Violation(.traceCarried, "\(message.messageID) for \(message.orderID) carries trace \(message.traceParent?.description ?? "none"), expected \(expected)"))
             }
         }
 
@@ -161,9 +167,13 @@ public enum Checker {
             for id in db.orderIDs where !world.parkedOrders.contains(id) {
                 let fulfilled = db.orders[id]?.status == .fulfilled
                 if fulfilled, (fulfilments[id] ?? 0) == 0 { violations.append(Violation(.exactlyOneFulfilment, "\(id) was never fulfilled")) }
-                if !fulfilled, (fulfilments[id] ?? 0) > 0 { violations.append(Violation(.statusNeverBackwards, "\(id) was fulfilled and is now \(db.orders[id]!.status.rawValue)")) }
+                if !fulfilled, (fulfilments[id] ?? 0) > 0 {
+                    violations.append(Violation(.statusNeverBackwards, "\(id) was fulfilled and is now \(db.orders[id]!.status.rawValue)"))
+                }
                 if fulfilled, messageIDs[id] == nil { violations.append(Violation(.downstreamExactlyOnce, "downstream never got a fulfilment of \(id)")) }
-                if !fulfilled, let ids = messageIDs[id] { violations.append(Violation(.downstreamExactlyOnce, "downstream got \(ids.count) fulfilment(s) of \(id), which is \(db.orders[id]!.status.rawValue)")) }
+                if !fulfilled, let ids = messageIDs[id] {
+                    violations.append(Violation(.downstreamExactlyOnce, "downstream got \(ids.count) fulfilment(s) of \(id), which is \(db.orders[id]!.status.rawValue)"))
+                }
             }
             for source in world.poisonSources where !db.deadLetters.contains(where: { $0.source == source }) && !world.lostSources.contains(source) {
                 violations.append(Violation(.nothingPending, "poison record \(source) was never dead-lettered"))

@@ -280,7 +280,8 @@ public final class PostgresModel {
             var reannounced: [OrderID] = []
             for id in orderIDs where reannounced.count < limit && orders[id]?.status == .pending && !kafkaOutbox.hasUnsettled(id) {
                 guard let created = kafkaOutbox.rows.first(where: { $0.event.orderID == id && $0.event.type == .orderCreated }),
-                      let published = created.publishedAt, published + overdueAfter <= now else { continue }
+                    let published = created.publishedAt, published + overdueAfter <= now
+                else { continue }
                 kafkaOutbox.reopen(created.sequence, at: now)
                 reannounced.append(id)
             }

@@ -63,7 +63,8 @@ public enum Timeline {
             let radius = entry.process == "nemesis" ? 5.0 : (mark.highlighted ? 4.5 : 2.6)
             let stroke = mark.highlighted ? " stroke=\"#000\" stroke-width=\"1.5\"" : ""
             let tip = "t=\(formatSeconds(entry.time)) \(entry.process) \(entry.type.rawValue) \(entry.function) \(entry.value)"
-            svg += "<circle class=\"m\(mark.highlighted ? " hl" : "")\" data-i=\"\(index)\" cx=\"\(x(mark.time))\" cy=\"\(y)\" r=\"\(radius)\" fill=\"\(color)\"\(stroke)><title>\(escape(tip))</title></circle>"
+            svg +=
+                "<circle class=\"m\(mark.highlighted ? " hl" : "")\" data-i=\"\(index)\" cx=\"\(x(mark.time))\" cy=\"\(y)\" r=\"\(radius)\" fill=\"\(color)\"\(stroke)><title>\(escape(tip))</title></circle>"
         }
         svg += "</svg>"
 
@@ -76,7 +77,8 @@ public enum Timeline {
             story += "<li class=\"\(entry.process == "nemesis" ? "fault" : entry.type.rawValue)\">\(escape(line))</li>"
         }
         let faults = entries.filter { $0.process == "nemesis" && $0.function != "heal" }.count
-        let verdict = violation.map { "<div class=\"violation\"><b>\(escape($0.invariant.rawValue))</b>: \(escape($0.detail))</div>" }
+        let verdict =
+            violation.map { "<div class=\"violation\"><b>\(escape($0.invariant.rawValue))</b>: \(escape($0.detail))</div>" }
             ?? "<div class=\"pass\">every invariant held</div>"
         let options = outcome.options
 

@@ -53,7 +53,7 @@ extension World {
             let backoff = latency(50_000...500_000)
             clients[index] = client
             queue.schedule(at: now + backoff, .clientSend(client: index))
-            // Invalidate the pending timeout of this attempt: the resend bumps the attempt number.
+        // Invalidate the pending timeout of this attempt: the resend bumps the attempt number.
         default:
             history.record(now, client.key, .fail, "createOrder", "unexpected response \(response)")
             clientViolations.append(Violation(.badInputWroteNothing, "\(client.key): unexpected response \(response)"))

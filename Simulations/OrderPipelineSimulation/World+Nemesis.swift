@@ -9,7 +9,8 @@ extension World {
         let members = nodes.indices.filter { nodes[$0].role == .consumer && nodes[$0].alive }
         let assignments = kafka.rebalance(members: members)
         if asFault { fired(.rebalance, "generation \(kafka.generation)") }
-        history.record(now, "kafka", .info, "rebalance", "generation \(kafka.generation): \(assignments.map { "\(nodes[$0.member].name)=\($0.partitions)" }.joined(separator: " "))")
+        history.record(
+            now, "kafka", .info, "rebalance", "generation \(kafka.generation): \(assignments.map { "\(nodes[$0.member].name)=\($0.partitions)" }.joined(separator: " "))")
         for (member, partitions) in assignments {
             reply(to: member, incarnation: nodes[member].incarnation, .assigned(generation: kafka.generation, partitions: partitions))
         }

@@ -94,14 +94,16 @@ extension World {
         // landed yet, re-sent after its lease ran out) is never too large afterwards.
         func takenBefore(_ event: PipelineEvent) -> Bool { outbox == .kafka ? kafka.holds(event) : serviceBus.accepted(event.id) }
         if let first = rows.first, options.enabled(.transientRefusal), !inLiveness, !oversized.contains(first.event.id), unsettled(first),
-           faultStreams[FaultKind.transientRefusal.index].chance(options.rates.transientRefusal / 5), !takenBefore(first.event),
-           permit(.transientRefusal) {
+            faultStreams[FaultKind.transientRefusal.index].chance(options.rates.transientRefusal / 5), !takenBefore(first.event),
+            permit(.transientRefusal)
+        {
             oversized.append(first.event.id)
             if !parkedOrders.contains(first.event.orderID) { parkedOrders.append(first.event.orderID) }
             fired(.transientRefusal, "\(first.event.summary) is too large for the \(outbox.rawValue) broker, for good")
         }
         guard rows.contains(where: { oversized.contains($0.event.id) }) else { return nil }
-        let (condition, description) = outbox == .kafka
+        let (condition, description) =
+            outbox == .kafka
             ? ("kafka:MSG_SIZE_TOO_LARGE", "Broker: Message size too large") : ("amqp:link:message-size-exceeded", "The message is too large.")
         for row in rows where oversized.contains(row.event.id) && unsettled(row) {
             let source = "\(outbox.rawValue)-outbox/\(row.sequence)"
@@ -204,7 +206,9 @@ extension World {
             }
             fired(.hang, "\(node.name) publish hangs until its deadline (\(written)/\(rows.count) written)")
             if channel == .orders { serveParkedFetches() }
-            reply(to: index, incarnation: node.incarnation, .published(ticket, rows.map { _ in .unknown("no answer before the deadline") }), after: World.publishDeadline.microseconds)
+            reply(
+                to: index, incarnation: node.incarnation, .published(ticket, rows.map { _ in .unknown("no answer before the deadline") }), after: World.publishDeadline.microseconds
+            )
             return true
         default:
             return false
@@ -233,7 +237,8 @@ extension World {
             return .failed(.unavailable("connection refused"))
         }
         if roll(.storeFailure) {
-            let failure: StoreFailure = [.conflict("could not serialize access"), .timedOut, .unavailable("server closed the connection unexpectedly")][Int(faultStreams[FaultKind.storeFailure.index].below(3))]
+            let failure: StoreFailure = [.conflict("could not serialize access"), .timedOut, .unavailable("server closed the connection unexpectedly")][
+                Int(faultStreams[FaultKind.storeFailure.index].below(3))]
             fired(.storeFailure, "\(node.name) \(command.name): \(failure)")
             history.record(now, node.name, .fail, command.name, "\(failure)")
             return .failed(failure)

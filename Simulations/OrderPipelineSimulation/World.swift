@@ -349,7 +349,8 @@ public final class World {
         case .poison:
             let partition = Int(faultStreams[FaultKind.poison.index].below(UInt64(kafka.partitionCount)))
             kafka.appendPoison(partition: partition, value: Array("{\"not\":\"an order event\"".utf8), at: instant)
-            poisonSources.append(ConsumedRecord(partition: Int32(partition), offset: Int64(kafka.partitions[partition].count - 1), key: nil, headers: [], value: []).source(topic: "orders"))
+            poisonSources.append(
+                ConsumedRecord(partition: Int32(partition), offset: Int64(kafka.partitions[partition].count - 1), key: nil, headers: [], value: []).source(topic: "orders"))
             fired(.poison, "foreign record on partition \(partition)")
             serveParkedFetches()
 

@@ -119,7 +119,9 @@ struct OrderSim: ParsableCommand {
         var shrinker = Shrinker(invariant: invariant)
         let result = shrinker.shrink(options)
         let minimal = result.options
-        say("minimal run after \(result.runs) runs: \(minimal.orders) orders, \(minimal.apiInstances) api, \(minimal.relays) relays, \(minimal.serviceBusRelays) sb-relays, \(minimal.consumers) consumers, \(minimal.partitions) partitions, \(result.outcome.schedule.count) faults")
+        say(
+            "minimal run after \(result.runs) runs: \(minimal.orders) orders, \(minimal.apiInstances) api, \(minimal.relays) relays, \(minimal.serviceBusRelays) sb-relays, \(minimal.consumers) consumers, \(minimal.partitions) partitions, \(result.outcome.schedule.count) faults"
+        )
         say("  \(result.outcome.violations.first.map(String.init(describing:)) ?? "no violation?")")
         say("schedule:")
         for entry in result.outcome.history.entries where entry.process == "nemesis" || (entry.type == .invoke && entry.process.hasPrefix("client-")) {
@@ -184,7 +186,8 @@ struct OrderSim: ParsableCommand {
                 lastProgress = clock.now
                 let wall = (clock.now - start).seconds
                 let rate = Double(n + 1) / max(wall, 0.001)
-                let line = String(format: "progress: %d/%d seeds, %d failures, %.0f seeds/s, eta %.0fs", n + 1, count, report.failures.count, rate, Double(count - n - 1) / max(rate, 0.001))
+                let line = String(
+                    format: "progress: %d/%d seeds, %d failures, %.0f seeds/s, eta %.0fs", n + 1, count, report.failures.count, rate, Double(count - n - 1) / max(rate, 0.001))
                 if interactive {
                     // One live line on a terminal; a plain line per period when piped or logged.
                     // stdout on a terminal is line-buffered, so earlier lines are out already.
@@ -196,7 +199,10 @@ struct OrderSim: ParsableCommand {
         }
         let wall = (clock.now - start).seconds
         printCoverage(base, fired: summary.faultsFired, recoveries: summary.recoveries)
-        say(String(format: "seeds=%d orders=%d failures=%d sim_seconds=%.1f wall_seconds=%.2f", count, summary.ordersPersisted, report.failures.count, Double(summary.simulatedMicroseconds) / 1e6, wall))
+        say(
+            String(
+                format: "seeds=%d orders=%d failures=%d sim_seconds=%.1f wall_seconds=%.2f", count, summary.ordersPersisted, report.failures.count,
+                Double(summary.simulatedMicroseconds) / 1e6, wall))
         return report
     }
 
@@ -208,8 +214,13 @@ struct OrderSim: ParsableCommand {
         let path = (failuresDir as NSString).appendingPathComponent("order-sim-failure-\(outcome.seed).json")
         let file = ReplayFile(options: options, expectedViolation: first.invariant, note: first.detail)
         if (try? file.write(to: path)) != nil { say("  replay file: \(path)") }
-        let shape = faults == "swarm" ? "" : " --apis \(options.apiInstances) --relays \(options.relays) --sb-relays \(options.serviceBusRelays) --consumers \(options.consumers) --partitions \(options.partitions)"
-        say("  replay: order-sim --seed \(outcome.seed) --orders \(options.orders) --faults \(faults)\(options.bug.map { " --bug \($0.rawValue)" } ?? "")\(shape) --trace seed-\(outcome.seed).jsonl")
+        let shape =
+            faults == "swarm"
+            ? ""
+            : " --apis \(options.apiInstances) --relays \(options.relays) --sb-relays \(options.serviceBusRelays) --consumers \(options.consumers) --partitions \(options.partitions)"
+        say(
+            "  replay: order-sim --seed \(outcome.seed) --orders \(options.orders) --faults \(faults)\(options.bug.map { " --bug \($0.rawValue)" } ?? "")\(shape) --trace seed-\(outcome.seed).jsonl"
+        )
         say("      or: order-sim --replay \(path)")
     }
 

@@ -93,11 +93,13 @@ public struct LivePage: Sendable {
     // MARK: handlers
 
     static func page() -> Response {
-        Response(status: .ok, headers: [
-            .contentType: "text/html; charset=utf-8", .cacheControl: "no-store",
-            // Nothing leaves this origin: inline style and script only, no external asset can load.
-            .contentSecurityPolicy: "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:",
-        ], body: ResponseBody(byteBuffer: ByteBuffer(string: LivePageHTML.document)))
+        Response(
+            status: .ok,
+            headers: [
+                .contentType: "text/html; charset=utf-8", .cacheControl: "no-store",
+                // Nothing leaves this origin: inline style and script only, no external asset can load.
+                .contentSecurityPolicy: "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+            ], body: ResponseBody(byteBuffer: ByteBuffer(string: LivePageHTML.document)))
     }
 
     func snapshot() async -> Response {
@@ -114,29 +116,31 @@ public struct LivePage: Sendable {
         let hub = self.hub
         let lifetime = configuration.streamLifetime
         let maxEvents = configuration.maxEventsPerStream
-        return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-store"], body: ResponseBody { writer in
-            guard let subscription = await hub.subscribe() else {
-                try await writer.write(ByteBuffer(string: "event: full\ndata: {}\n\n"))
-                try await writer.finish(nil)
-                return
-            }
-            do {
-                try await request.body.consumeWithCancellationOnInboundClose { _ in
-                    try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
-                    let deadline = ContinuousClock.now + lifetime
-                    var sent = 0
-                    for await snapshot in subscription.stream.cancelOnGracefulShutdown() {
-                        try await writer.write(ByteBuffer(bytes: Array("event: snapshot\ndata: ".utf8) + snapshot + Array("\n\n".utf8)))
-                        sent += 1
-                        if sent >= maxEvents || ContinuousClock.now >= deadline { break }
-                    }
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-store"],
+            body: ResponseBody { writer in
+                guard let subscription = await hub.subscribe() else {
+                    try await writer.write(ByteBuffer(string: "event: full\ndata: {}\n\n"))
+                    try await writer.finish(nil)
+                    return
                 }
-            } catch {
-                // The client went away, or the server is shutting down.
-            }
-            await hub.unsubscribe(subscription.id)
-            try? await writer.finish(nil)
-        })
+                do {
+                    try await request.body.consumeWithCancellationOnInboundClose { _ in
+                        try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
+                        let deadline = ContinuousClock.now + lifetime
+                        var sent = 0
+                        for await snapshot in subscription.stream.cancelOnGracefulShutdown() {
+                            try await writer.write(ByteBuffer(bytes: Array("event: snapshot\ndata: ".utf8) + snapshot + Array("\n\n".utf8)))
+                            sent += 1
+                            if sent >= maxEvents || ContinuousClock.now >= deadline { break }
+                        }
+                    }
+                } catch {
+                    // The client went away, or the server is shutting down.
+                }
+                await hub.unsubscribe(subscription.id)
+                try? await writer.finish(nil)
+            })
     }
 
     func journey(_ context: BasicRequestContext) async -> Response {
@@ -165,12 +169,16 @@ public struct LivePage: Sendable {
             return Problem.malformed("the dead letter id must be a positive integer").response()
         }
         guard let token = configuration.replayToken else {
-            return Problem(.forbidden, type: "urn:orderpipeline:problem:replay-disabled", title: "Replay from the page is disabled",
-                           detail: "run `orderpipeline outbox replay \(id)`, or start the server with UI_REPLAY_TOKEN set").response()
+            return Problem(
+                .forbidden, type: "urn:orderpipeline:problem:replay-disabled", title: "Replay from the page is disabled",
+                detail: "run `orderpipeline outbox replay \(id)`, or start the server with UI_REPLAY_TOKEN set"
+            ).response()
         }
         guard let given = request.headers[.replayToken], Self.constantTimeEqual(given, token) else {
-            return Problem(.forbidden, type: "urn:orderpipeline:problem:replay-token", title: "Replay token missing or wrong",
-                           detail: "send the UI_REPLAY_TOKEN value in the X-Replay-Token header").response()
+            return Problem(
+                .forbidden, type: "urn:orderpipeline:problem:replay-token", title: "Replay token missing or wrong",
+                detail: "send the UI_REPLAY_TOKEN value in the X-Replay-Token header"
+            ).response()
         }
         let result: Result<OutboxAdmin.ReplayResult, PostgresError> = await store.pool.withConnection { connection in
             Result { () throws(PostgresError) in try OutboxAdmin.replay(id: id, try connection.get()) }
@@ -207,7 +215,8 @@ public struct LivePage: Sendable {
         for line in String(decoding: text, as: UTF8.self).split(separator: "\n") where line.hasPrefix(prefix) {
             let rest = line.dropFirst(prefix.count)
             guard let quote = rest.firstIndex(of: "\""), let partition = Int32(rest[..<quote]),
-                  let value = rest.split(separator: " ").last.flatMap({ Double($0) }) else { continue }
+                let value = rest.split(separator: " ").last.flatMap({ Double($0) })
+            else { continue }
             lag[partition] = Int64(value)
         }
         return lag

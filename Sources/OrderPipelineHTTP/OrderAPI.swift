@@ -36,8 +36,10 @@ public struct OrderAPI: Sendable {
     public let limits: Limits
     public let requiredSchemaVersion: Int
 
-    public init(shell: IntakeShell, reads: any OrderReading, metrics: PipelineMetrics, limits: Limits = .init(),
-                requiredSchemaVersion: Int = Migrations.latest) {
+    public init(
+        shell: IntakeShell, reads: any OrderReading, metrics: PipelineMetrics, limits: Limits = .init(),
+        requiredSchemaVersion: Int = Migrations.latest
+    ) {
         self.shell = shell
         self.reads = reads
         self.metrics = metrics
@@ -158,7 +160,9 @@ public struct OrderAPI: Sendable {
         do {
             let version = try await reads.schemaVersion()
             guard let version, version >= requiredSchemaVersion else {
-                return Problem.unavailable("the database schema is at version \(version.map(String.init) ?? "none"), this build needs \(requiredSchemaVersion): run `orderpipeline migrate`").response()
+                return Problem.unavailable(
+                    "the database schema is at version \(version.map(String.init) ?? "none"), this build needs \(requiredSchemaVersion): run `orderpipeline migrate`"
+                ).response()
             }
             return Self.json(.ok, Array(#"{"status":"ready","schemaVersion":\#(version)}"#.utf8))
         } catch {
@@ -174,8 +178,9 @@ public struct OrderAPI: Sendable {
                 metrics.forgetOutbox(kind)  // absent, not stale
             }
         }
-        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                        body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
     }
 
     static func openAPI() -> Response {
@@ -253,7 +258,7 @@ public struct OrderAPI: Sendable {
 
     /// Creation times a cursor may carry: 0001-01-01 to 9999-12-31 (µs since 1970). Outside, PostgreSQL's
     /// timestamp arithmetic would fail: a made-up cursor is a bad request, not a database failure.
-    static let cursorTimes: ClosedRange<Int64> = -62_135_596_800_000_000 ... 253_402_300_799_999_999
+    static let cursorTimes: ClosedRange<Int64> = -62_135_596_800_000_000...253_402_300_799_999_999
 
     static func decodeCursor(_ text: String) -> OrderCursor? {
         guard text.count <= 128 else { return nil }

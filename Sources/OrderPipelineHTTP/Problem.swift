@@ -13,8 +13,10 @@ public struct Problem: Error, Sendable, Hashable {
     /// The id of the request in the server's log (an extension member, `requestId`), where the details are.
     public var requestID: String?
 
-    public init(_ status: HTTPResponse.Status, type: String = "about:blank", title: String? = nil, detail: String? = nil, errors: [FieldError] = [],
-                requestID: String? = nil) {
+    public init(
+        _ status: HTTPResponse.Status, type: String = "about:blank", title: String? = nil, detail: String? = nil, errors: [FieldError] = [],
+        requestID: String? = nil
+    ) {
         self.status = status
         self.type = type
         self.title = title ?? status.reasonPhrase
@@ -60,8 +62,9 @@ public struct Problem: Error, Sendable, Hashable {
     }
 
     public static func validation(_ errors: [FieldError]) -> Problem {
-        Problem(.unprocessableContent, type: "urn:orderpipeline:problem:validation", title: "The request is not valid",
-                detail: "\(errors.count) field\(errors.count == 1 ? "" : "s") failed validation", errors: errors)
+        Problem(
+            .unprocessableContent, type: "urn:orderpipeline:problem:validation", title: "The request is not valid",
+            detail: "\(errors.count) field\(errors.count == 1 ? "" : "s") failed validation", errors: errors)
     }
 
     public static let idempotencyKeyReused = Problem(
@@ -73,18 +76,21 @@ public struct Problem: Error, Sendable, Hashable {
     }
 
     public static func illegalTransition(_ id: OrderID, from: OrderStatus, to: OrderStatus) -> Problem {
-        Problem(.conflict, type: "urn:orderpipeline:problem:illegal-transition", title: "Illegal status transition",
-                detail: "order \(id) is \(from.rawValue) and cannot move to \(to.rawValue)")
+        Problem(
+            .conflict, type: "urn:orderpipeline:problem:illegal-transition", title: "Illegal status transition",
+            detail: "order \(id) is \(from.rawValue) and cannot move to \(to.rawValue)")
     }
 
     public static func unsupportedMediaType(_ received: String?) -> Problem {
-        Problem(.unsupportedMediaType, type: "urn:orderpipeline:problem:unsupported-media-type", title: "Unsupported media type",
-                detail: "the body must be application/json\(received.map { ", not \($0)" } ?? "")")
+        Problem(
+            .unsupportedMediaType, type: "urn:orderpipeline:problem:unsupported-media-type", title: "Unsupported media type",
+            detail: "the body must be application/json\(received.map { ", not \($0)" } ?? "")")
     }
 
     public static func tooLarge(limit: Int) -> Problem {
-        Problem(.contentTooLarge, type: "urn:orderpipeline:problem:body-too-large", title: "Request body too large",
-                detail: "the body must be at most \(limit) bytes")
+        Problem(
+            .contentTooLarge, type: "urn:orderpipeline:problem:body-too-large", title: "Request body too large",
+            detail: "the body must be at most \(limit) bytes")
     }
 
     public static func unavailable(_ detail: String) -> Problem {
@@ -94,8 +100,9 @@ public struct Problem: Error, Sendable, Hashable {
     /// The database failed, is overloaded or did not answer in time. What went wrong (libpq's text: host names,
     /// addresses, user names) is logged under the request id and never sent; the client learns only to retry.
     public static func databaseUnavailable(requestID: String) -> Problem {
-        Problem(.serviceUnavailable, type: "urn:orderpipeline:problem:unavailable", title: "Service unavailable",
-                detail: "database unavailable", requestID: requestID)
+        Problem(
+            .serviceUnavailable, type: "urn:orderpipeline:problem:unavailable", title: "Service unavailable",
+            detail: "database unavailable", requestID: requestID)
     }
 
     /// Seconds a client should wait before retrying a 503.

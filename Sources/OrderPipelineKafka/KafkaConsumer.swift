@@ -85,10 +85,12 @@ public final class KafkaConsumer: Sendable {
         guard code == RD_KAFKA_RESP_ERR_NO_ERROR else {
             throw KafkaError(code: .client, librdkafkaCode: code.rawValue, message: "subscribe \(configuration.topic): \(errorText(code))")
         }
-        logger.info("Kafka consumer subscribed", metadata: [
-            "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
-            "kafka.group": "\(configuration.groupID)", "kafka.librdkafka": "\(KafkaConfiguration.librdkafkaVersion)",
-        ])
+        logger.info(
+            "Kafka consumer subscribed",
+            metadata: [
+                "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
+                "kafka.group": "\(configuration.groupID)", "kafka.librdkafka": "\(KafkaConfiguration.librdkafkaVersion)",
+            ])
         let poller = Thread { [self] in self.pollLoop() }
         poller.name = "kafka-consumer"
         poller.start()
@@ -246,9 +248,11 @@ public final class KafkaConsumer: Sendable {
         }
         guard current else { return }
         for record in records {
-            logger.debug("Record fetched", metadata: [
-                "kafka.topic": "\(configuration.topic)", "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)",
-            ])
+            logger.debug(
+                "Record fetched",
+                metadata: [
+                    "kafka.topic": "\(configuration.topic)", "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)",
+                ])
         }
         state.sink(.fetched(ticket, records))
     }
@@ -345,9 +349,11 @@ final class ConsumerThreadState: @unchecked Sendable {
         guard !closing, let consumer else { return }
         assigned.sort()
         let generation = consumer.newGeneration(assigned)
-        logger.info("Kafka partitions \(error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assigned" : "revoked")", metadata: [
-            "kafka.topic": "\(topic)", "kafka.partitions": "\(assigned)", "kafka.generation": "\(generation)",
-        ])
+        logger.info(
+            "Kafka partitions \(error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assigned" : "revoked")",
+            metadata: [
+                "kafka.topic": "\(topic)", "kafka.partitions": "\(assigned)", "kafka.generation": "\(generation)",
+            ])
         sink(.assigned(generation: generation, partitions: assigned))
     }
 }

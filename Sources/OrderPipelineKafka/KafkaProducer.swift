@@ -26,10 +26,12 @@ public final class KafkaProducer: Sendable {
         self.logger = logger
         let first = try ProducerSession(configuration: configuration, number: 1, logger: logger)
         self.session = Mutex(first)
-        logger.info("Kafka producer ready", metadata: [
-            "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
-            "kafka.librdkafka": "\(KafkaConfiguration.librdkafkaVersion)",
-        ])
+        logger.info(
+            "Kafka producer ready",
+            metadata: [
+                "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
+                "kafka.librdkafka": "\(KafkaConfiguration.librdkafkaVersion)",
+            ])
     }
 
     /// One outcome per message, in order; a delivered one says where it went (`.appended`).
@@ -77,9 +79,11 @@ public final class KafkaProducer: Sendable {
             }
         }
         guard let retired else { return }
-        logger.warning("Recreated the Kafka producer", metadata: [
-            "kafka.producer": "\(retired.number + 1)", "kafka.reason": "\(retired.brokenReason ?? "reset while usable")",
-        ])
+        logger.warning(
+            "Recreated the Kafka producer",
+            metadata: [
+                "kafka.producer": "\(retired.number + 1)", "kafka.reason": "\(retired.brokenReason ?? "reset while usable")",
+            ])
         Task.detached { await retired.stop(flushTimeout: .seconds(1)) }
     }
 
@@ -263,13 +267,17 @@ final class ProducerSession: Sendable {
             outcome = .appended(RecordPosition(partition: partition, offset: offset))
             if logger.logLevel <= .debug, let slot = pending.withLock({ $0.slots[token] }) {
                 if let order = slot.orderID {
-                    logger.debug("Order published to Kafka", metadata: [
-                        "order.id": "\(order)", "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
-                    ])
+                    logger.debug(
+                        "Order published to Kafka",
+                        metadata: [
+                            "order.id": "\(order)", "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
+                        ])
                 } else {
-                    logger.debug("Record forwarded to Kafka", metadata: [
-                        "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
-                    ])
+                    logger.debug(
+                        "Record forwarded to Kafka",
+                        metadata: [
+                            "kafka.topic": "\(slot.topic)", "kafka.partition": "\(partition)", "kafka.offset": "\(offset)",
+                        ])
                 }
             }
         } else {

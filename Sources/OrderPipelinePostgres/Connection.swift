@@ -215,7 +215,7 @@ public final class PostgresConnection {
         if !prepared.contains(statement.name) {
             do {
                 _ = try run { handle in PQsendPrepare(handle, statement.name, statement.sql, 0, nil) }
-            } catch where error.code == .connectionLost {
+            } catch  where error.code == .connectionLost {
                 // Lost while preparing: the statement itself was never sent.
                 throw PostgresError(code: .unavailable, sqlState: error.sqlState, message: error.message)
             }
@@ -327,8 +327,9 @@ public final class PostgresConnection {
     private func check(_ result: OpaquePointer?) throws(PostgresError) -> PostgresRows {
         guard let handle else { throw PostgresError(code: .connectionLost, message: "not connected") }
         guard let result else {
-            throw PostgresError(code: PQstatus(handle) == CONNECTION_OK ? .server : .connectionLost,
-                                message: Self.trimmed(PQerrorMessage(handle)))
+            throw PostgresError(
+                code: PQstatus(handle) == CONNECTION_OK ? .server : .connectionLost,
+                message: Self.trimmed(PQerrorMessage(handle)))
         }
         let rows = PostgresRows(result)
         switch PQresultStatus(result) {

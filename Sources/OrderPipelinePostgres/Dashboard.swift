@@ -141,11 +141,12 @@ public enum Dashboard {
         var journeys: [Journey] = []
         for row in 0..<heads.count {
             guard let id = heads.string(row, 0).flatMap({ OrderID($0) }), let status = heads.string(row, 1).flatMap({ OrderStatus(rawValue: $0) }),
-                  let created = heads.int(row, 3)
+                let created = heads.int(row, 3)
             else { throw PostgresError(code: .protocolViolation, message: "malformed order row") }
-            journeys.append(Journey(
-                orderID: id, status: status, totalAmount: heads.string(row, 2) ?? "", failureReason: heads.string(row, 4),
-                createdAt: Instant(microseconds: created)))
+            journeys.append(
+                Journey(
+                    orderID: id, status: status, totalAmount: heads.string(row, 2) ?? "", failureReason: heads.string(row, 4),
+                    createdAt: Instant(microseconds: created)))
         }
         guard !journeys.isEmpty else { return [] }
         func array(_ values: [String]) -> PostgresValue { .text("{" + values.joined(separator: ",") + "}") }
@@ -203,19 +204,23 @@ public enum Dashboard {
     enum Statements {
         static let now = PreparedStatement("op_dash_now", "SELECT \(SQL.micros("now()"))")
 
-        static let deadLetterCount = PreparedStatement("op_dash_dead_letters",
+        static let deadLetterCount = PreparedStatement(
+            "op_dash_dead_letters",
             "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL")
 
         static let heads = "id, status, total_amount::text, \(SQL.micros("created_at")), failure_reason"
 
-        static let latest = PreparedStatement("op_dash_latest",
+        static let latest = PreparedStatement(
+            "op_dash_latest",
             "SELECT \(heads) FROM orders ORDER BY created_at DESC, id DESC LIMIT $1::int")
 
         static let order = PreparedStatement("op_dash_order", "SELECT \(heads) FROM orders WHERE id = $1::uuid")
 
         /// The rows of one outbox with these event ids, with their waiting dead letter (`source` is unique).
         static func outboxRows(_ kind: OutboxKind) -> PreparedStatement {
-            PreparedStatement("op_dash_rows_\(SQL.name(kind))", """
+            PreparedStatement(
+                "op_dash_rows_\(SQL.name(kind))",
+                """
                 SELECT o.order_id, o.sequence, \(SQL.micros("o.published_at")), o.attempts, o.last_error,
                        \(SQL.micros("o.dead_lettered_at")), o.claimed_by, \(SQL.micros("o.next_attempt_at")), d.id, o.traceparent,
                        \(kind == .kafka ? "o.published_partition, o.published_offset" : "NULL::int, NULL::int8")
@@ -225,10 +230,13 @@ public enum Dashboard {
                 """)
         }
 
-        static let inbox = PreparedStatement("op_dash_inbox",
+        static let inbox = PreparedStatement(
+            "op_dash_inbox",
             "SELECT order_id, \(SQL.micros("received_at")) FROM consumer_inbox WHERE event_id = ANY($1::uuid[])")
 
-        static let fulfilledTransitions = PreparedStatement("op_dash_fulfilled", """
+        static let fulfilledTransitions = PreparedStatement(
+            "op_dash_fulfilled",
+            """
             SELECT order_id, \(SQL.micros("min(at)")) FROM order_status_transitions
             WHERE order_id = ANY($1::uuid[]) AND to_status = 'Fulfilled' GROUP BY order_id
             """)
@@ -238,7 +246,9 @@ public enum Dashboard {
         /// Each window is the newest rows of an index (orders by created_at, outboxes by sequence), capped at $1.
         /// Orders created more than 10 minutes ago are not in the latency (a backlog that old shows as outbox age).
         /// `date_part` (float8), not `extract` (numeric): about half the time over 10,000 rows (101 → 44–60 ms, measured).
-        static let minute = PreparedStatement("op_dash_minute", """
+        static let minute = PreparedStatement(
+            "op_dash_minute",
+            """
             WITH o AS (
                 SELECT id, status, created_at, processed_at FROM orders
                 WHERE created_at > now() - interval '10 minutes' ORDER BY created_at DESC, id DESC LIMIT $1::int

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 import Logging
 import OrderPipelineCore
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// A dedicated `LISTEN` connection on its own thread. Relays subscribe and are woken by the outbox triggers'
 /// `NOTIFY` (payload: which outbox). After a reconnect every subscriber gets a wake for every outbox, since

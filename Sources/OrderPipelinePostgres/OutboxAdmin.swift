@@ -82,33 +82,39 @@ public enum OutboxAdmin {
         var result: [OutboxStatus] = []
         for kind in OutboxKind.allCases {
             let t = table(kind)
-            let summary = try c.query("""
+            let summary = try c.query(
+                """
                 SELECT count(*), count(*) FILTER (WHERE last_error IS NOT NULL),
                        coalesce(extract(epoch from now() - min(created_at)), 0)::float8
                 FROM \(t) WHERE published_at IS NULL AND dead_lettered_at IS NULL
                 """)
-            let dead = try c.query("""
+            let dead = try c.query(
+                """
                 SELECT count(*) FROM dead_letters WHERE source LIKE $1::text AND replayed_at IS NULL
                 """, [.text("\(kind.rawValue)-outbox/%")])
-            let claims = try c.query("""
+            let claims = try c.query(
+                """
                 SELECT claimed_by, count(*), count(*) FILTER (WHERE claimed_until <= now()), max(claimed_until)::text
                 FROM \(t) WHERE claimed_by IS NOT NULL AND published_at IS NULL AND dead_lettered_at IS NULL
                 GROUP BY claimed_by ORDER BY claimed_by
                 """)
-            result.append(OutboxStatus(
-                outbox: kind, pending: Int(summary.int(0, 0) ?? 0), retrying: Int(summary.int(0, 1) ?? 0),
-                oldestPendingAgeSeconds: summary.string(0, 2).flatMap(Double.init) ?? 0, deadLettered: Int(dead.int(0, 0) ?? 0),
-                claims: (0..<claims.count).map { row in
-                    Claim(owner: claims.string(row, 0) ?? "", rows: Int(claims.int(row, 1) ?? 0), expired: Int(claims.int(row, 2) ?? 0),
-                          leaseUntil: claims.string(row, 3) ?? "")
-                }))
+            result.append(
+                OutboxStatus(
+                    outbox: kind, pending: Int(summary.int(0, 0) ?? 0), retrying: Int(summary.int(0, 1) ?? 0),
+                    oldestPendingAgeSeconds: summary.string(0, 2).flatMap(Double.init) ?? 0, deadLettered: Int(dead.int(0, 0) ?? 0),
+                    claims: (0..<claims.count).map { row in
+                        Claim(
+                            owner: claims.string(row, 0) ?? "", rows: Int(claims.int(row, 1) ?? 0), expired: Int(claims.int(row, 2) ?? 0),
+                            leaseUntil: claims.string(row, 3) ?? "")
+                    }))
         }
         return result
     }
 
     /// Dead letters, oldest first; replayed ones only when asked.
     public static func deadLetters(includeReplayed: Bool, limit: Int, _ c: PostgresConnection) throws(PostgresError) -> [DeadLetterEntry] {
-        let rows = try c.query("""
+        let rows = try c.query(
+            """
             SELECT id, source, reason, at::text, octet_length(payload), replayed_at::text FROM dead_letters
             WHERE $1::bool OR replayed_at IS NULL ORDER BY id LIMIT $2::int
             """, [.text(includeReplayed ? "true" : "false"), .int(limit)])
@@ -164,7 +170,8 @@ public enum OutboxAdmin {
         let result: ReplayResult
         switch Source(sourceText) {
         case let .outbox(kind, sequence):
-            let updated = try c.query("""
+            let updated = try c.query(
+                """
                 UPDATE \(table(kind)) SET dead_lettered_at = NULL, claimed_by = NULL, claimed_until = NULL,
                        attempts = 0, next_attempt_at = now()
                 WHERE sequence = $1::int8 AND dead_lettered_at IS NOT NULL AND published_at IS NULL
@@ -179,7 +186,8 @@ public enum OutboxAdmin {
             case .failure(let error): return .stillUndecodable(error.description)
             }
             // The trigger on kafka_outbox notifies the relays.
-            let inserted = try c.query("""
+            let inserted = try c.query(
+                """
                 INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
                 VALUES ($1::uuid, $2::uuid, $3::text, now(), $4::bytea, now())
                 ON CONFLICT (event_id) DO NOTHING RETURNING sequence

@@ -32,8 +32,10 @@ public final class OwnerLock: Sendable {
 
     /// Takes the lock, or throws `Refusal` when another session still holds it after `patience` (a process
     /// restarted right after a kill -9 may find its former session not yet ended), or a `PostgresError`.
-    public static func acquire(owner: String, settings: PostgresConnection.Settings, logger: Logger,
-                               patience: Duration = .seconds(10)) async throws -> OwnerLock {
+    public static func acquire(
+        owner: String, settings: PostgresConnection.Settings, logger: Logger,
+        patience: Duration = .seconds(10)
+    ) async throws -> OwnerLock {
         var settings = settings
         settings.applicationName = "orderpipeline-owner-lock"
         let lock = OwnerLock(owner: owner, session: PostgresSession(settings: settings, logger: logger, name: "pg-owner-lock"))

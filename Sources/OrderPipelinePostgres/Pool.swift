@@ -57,8 +57,10 @@ final class ConnectionWorker: @unchecked Sendable {
     private let metrics: PoolMetrics?
     private let finished = DispatchSemaphore(value: 0)
 
-    init(name: String, settings: PostgresConnection.Settings, queue: JobQueue, logger: Logger, connectEagerly: Bool = true,
-         stall: StallGuard? = nil, metrics: PoolMetrics? = nil) {
+    init(
+        name: String, settings: PostgresConnection.Settings, queue: JobQueue, logger: Logger, connectEagerly: Bool = true,
+        stall: StallGuard? = nil, metrics: PoolMetrics? = nil
+    ) {
         self.name = name
         self.settings = settings
         self.queue = queue
@@ -100,9 +102,11 @@ final class ConnectionWorker: @unchecked Sendable {
                 // 50 ms, 100 ms, … capped at 5 s.
                 let delay = Duration.milliseconds(min(50 << min(failures - 1, 10), 5_000))
                 retryAt = ContinuousClock.now + delay
-                logger.warning("PostgreSQL connection failed", metadata: [
-                    "db.worker": "\(name)", "db.error": "\(error.message)", "db.retry_in_ms": "\(delay.milliseconds)",
-                ])
+                logger.warning(
+                    "PostgreSQL connection failed",
+                    metadata: [
+                        "db.worker": "\(name)", "db.error": "\(error.message)", "db.retry_in_ms": "\(delay.milliseconds)",
+                    ])
                 return false
             }
         }
@@ -230,8 +234,10 @@ public final class PostgresPool: Sendable {
         var workers = (0..<max(1, configuration.size)).map {
             ConnectionWorker(name: "pg-\($0)", settings: configuration.connection, queue: queue, logger: logger, stall: stall, metrics: metrics)
         }
-        workers.append(ConnectionWorker(name: "pg-control", settings: configuration.connection, queue: controlQueue, logger: logger,
-                                        connectEagerly: false, stall: stall))
+        workers.append(
+            ConnectionWorker(
+                name: "pg-control", settings: configuration.connection, queue: controlQueue, logger: logger,
+                connectEagerly: false, stall: stall))
         self.workers = workers
         self.reaper = DeadlineReaper(queues: [queue, controlQueue], timeout: configuration.requestTimeout, metrics: metrics)
         for worker in workers { worker.start() }
@@ -252,8 +258,9 @@ public final class PostgresPool: Sendable {
         let metrics = self.metrics
         return await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
             let now = ContinuousClock.now
-            let job = JobQueue.Job(body: { connection in continuation.resume(returning: body(connection)) },
-                                   enqueued: now, deadline: now + configuration.requestTimeout)
+            let job = JobQueue.Job(
+                body: { connection in continuation.resume(returning: body(connection)) },
+                enqueued: now, deadline: now + configuration.requestTimeout)
             switch queue.push(job) {
             case .queued:
                 // The gauge is the main queue's (the control queue holds a probe or two at most).

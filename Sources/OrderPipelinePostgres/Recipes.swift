@@ -95,19 +95,22 @@ public enum StoreRecipes {
     static func claim(_ claim: OutboxClaim, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
         singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             guard claim.limit > 0 else { return .claimed([]) }
-            let rows = try c.execute(claim.outbox == .kafka ? SQL.claimKafka : SQL.claimServiceBus, [
-                .text(claim.owner), .int(claim.lease.microseconds), .int(claim.limit),
-            ])
+            let rows = try c.execute(
+                claim.outbox == .kafka ? SQL.claimKafka : SQL.claimServiceBus,
+                [
+                    .text(claim.owner), .int(claim.lease.microseconds), .int(claim.limit),
+                ])
             var messages: [OutboxMessage] = []
             messages.reserveCapacity(rows.count)
             for row in 0..<rows.count {
                 guard let sequence = rows.int(row, 0), let eventID = rows.string(row, 1).flatMap({ EventID($0) }),
-                      let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }),
-                      let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
-                      let occurred = rows.int(row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6)
+                    let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }),
+                    let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
+                    let occurred = rows.int(row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6)
                 else { throw PostgresError(code: .protocolViolation, message: "malformed outbox row") }
-                let event = PipelineEvent(stored: eventID, type: type, orderID: orderID, at: Instant(microseconds: occurred), payload: payload,
-                                          traceParent: rows.string(row, 7).flatMap { TraceParent($0) })
+                let event = PipelineEvent(
+                    stored: eventID, type: type, orderID: orderID, at: Instant(microseconds: occurred), payload: payload,
+                    traceParent: rows.string(row, 7).flatMap { TraceParent($0) })
                 messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
             }
             messages.sort { $0.sequence < $1.sequence }
@@ -145,11 +148,13 @@ public enum StoreRecipes {
         singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
             guard !batch.isEmpty else { return .fulfilments([]) }
             func array(_ values: (Fulfilment) -> String) -> PostgresValue { .text(SQL.arrayLiteral(batch.map(values))) }
-            let rows = try c.execute(SQL.fulfil, [
-                array(\.envelope.id.description), array(\.envelope.type.rawValue), array(\.envelope.orderID.description),
-                array(\.at.description), array(\.fulfilmentEvent.id.description), array(\.fulfilmentEvent.payload.hexString),
-                array { $0.fulfilmentEvent.traceParent?.description ?? "" },
-            ])
+            let rows = try c.execute(
+                SQL.fulfil,
+                [
+                    array(\.envelope.id.description), array(\.envelope.type.rawValue), array(\.envelope.orderID.description),
+                    array(\.at.description), array(\.fulfilmentEvent.id.description), array(\.fulfilmentEvent.payload.hexString),
+                    array { $0.fulfilmentEvent.traceParent?.description ?? "" },
+                ])
             guard rows.count == batch.count else {
                 throw PostgresError(code: .protocolViolation, message: "fulfil answered \(rows.count) rows for \(batch.count) records")
             }
@@ -230,8 +235,8 @@ public enum StoreRecipes {
 
     static func decodeOrder(_ rows: PostgresRows, row: Int) throws(PostgresError) -> Order {
         guard let id = rows.string(row, 0).flatMap({ OrderID($0) }), let name = rows.string(row, 1), let email = rows.string(row, 2),
-              let status = rows.string(row, 3).flatMap({ OrderStatus(rawValue: $0) }),
-              let total = rows.string(row, 4).flatMap({ Money(decimalText: $0) }), let created = rows.int(row, 5)
+            let status = rows.string(row, 3).flatMap({ OrderStatus(rawValue: $0) }),
+            let total = rows.string(row, 4).flatMap({ Money(decimalText: $0) }), let created = rows.int(row, 5)
         else { throw PostgresError(code: .protocolViolation, message: "malformed order row") }
         return Order(
             id: id, customerName: name, customerEmail: email, items: [], totalAmount: total, status: status,
@@ -241,7 +246,7 @@ public enum StoreRecipes {
 
     static func decodeItem(_ rows: PostgresRows, row: Int, from column: Int) throws(PostgresError) -> OrderItem {
         guard let name = rows.string(row, column), let quantity = rows.int(row, column + 1),
-              let price = rows.string(row, column + 2).flatMap({ Money(decimalText: $0) })
+            let price = rows.string(row, column + 2).flatMap({ Money(decimalText: $0) })
         else { throw PostgresError(code: .protocolViolation, message: "malformed order item row") }
         return OrderItem(productName: name, quantity: Int(quantity), unitPrice: price)
     }
@@ -255,10 +260,12 @@ public enum StoreRecipes {
     }
 
     static func append(_ event: PipelineEvent, to kind: OutboxKind, _ c: PostgresConnection) throws(PostgresError) {
-        try c.execute(kind == .kafka ? SQL.appendKafka : SQL.appendServiceBus, [
-            .text(event.id.description), .text(event.orderID.description), .text(event.type.rawValue),
-            .text(event.occurredAt.description), .bytes(event.payload), .optional(event.traceParent?.description),
-        ])
+        try c.execute(
+            kind == .kafka ? SQL.appendKafka : SQL.appendServiceBus,
+            [
+                .text(event.id.description), .text(event.orderID.description), .text(event.type.rawValue),
+                .text(event.occurredAt.description), .bytes(event.payload), .optional(event.traceParent?.description),
+            ])
     }
 
     /// BEGIN … COMMIT. A connection lost before COMMIT wrote nothing (`.failed`); lost during COMMIT, maybe (`.unknown`).

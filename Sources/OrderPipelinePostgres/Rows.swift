@@ -77,7 +77,7 @@ enum ByteaText {
                 continue
             }
             guard index + 3 < text.count, let a = octal(text[index + 1]), let b = octal(text[index + 2]), let c = octal(text[index + 3]),
-                  a <= 3
+                a <= 3
             else { return nil }
             out.append(a << 6 | b << 3 | c)
             index += 4

@@ -21,7 +21,9 @@ enum SQL {
     // MARK: createOrder — one statement, one implicit transaction, one round trip.
     // $1 key, $2 fingerprint, $3 order id, $4 name, $5 email, $6 total, $7 created_at, $8 items json,
     // $9 event id, $10 event type, $11 payload (bytea, binary), $12 traceparent.
-    static let createOrder = PreparedStatement("op_create_order", """
+    static let createOrder = PreparedStatement(
+        "op_create_order",
+        """
         WITH k AS (
             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)
             VALUES ($1::text, $2::text, $3::uuid, $7::timestamptz)
@@ -45,7 +47,8 @@ enum SQL {
         SELECT count(*) FROM k
         """)
 
-    static let idempotencyKey = PreparedStatement("op_idempotency_key",
+    static let idempotencyKey = PreparedStatement(
+        "op_idempotency_key",
         "SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1::text")
 
     static let orderColumns = """
@@ -54,37 +57,49 @@ enum SQL {
         """
 
     /// One row per item (an order always has at least one).
-    static let loadOrder = PreparedStatement("op_load_order", """
+    static let loadOrder = PreparedStatement(
+        "op_load_order",
+        """
         SELECT \(orderColumns), i.product_name, i.quantity, i.unit_price::text
         FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
         WHERE o.id = $1::uuid ORDER BY i.position
         """)
 
-    static let loadOrderForUpdate = PreparedStatement("op_load_order_for_update", """
+    static let loadOrderForUpdate = PreparedStatement(
+        "op_load_order_for_update",
+        """
         SELECT \(orderColumns), i.product_name, i.quantity, i.unit_price::text
         FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
         WHERE o.id = $1::uuid ORDER BY i.position
         FOR UPDATE OF o
         """)
 
-    static let listFirst = PreparedStatement("op_list_first", """
+    static let listFirst = PreparedStatement(
+        "op_list_first",
+        """
         SELECT \(orderColumns) FROM orders o ORDER BY o.created_at DESC, o.id DESC LIMIT $1::int
         """)
 
-    static let listAfter = PreparedStatement("op_list_after", """
+    static let listAfter = PreparedStatement(
+        "op_list_after",
+        """
         SELECT \(orderColumns) FROM orders o
         WHERE (o.created_at, o.id) < (timestamptz 'epoch' + $2::int8 * interval '1 microsecond', $3::uuid)
         ORDER BY o.created_at DESC, o.id DESC LIMIT $1::int
         """)
 
-    static let listItems = PreparedStatement("op_list_items", """
+    static let listItems = PreparedStatement(
+        "op_list_items",
+        """
         SELECT order_id, product_name, quantity, unit_price::text FROM order_items
         WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, position
         """)
 
     // MARK: transition
     // $1 id, $2 status, $3 at, $4 reason
-    static let updateStatus = PreparedStatement("op_update_status", """
+    static let updateStatus = PreparedStatement(
+        "op_update_status",
+        """
         UPDATE orders SET status = $2::text,
             processed_at = CASE WHEN $2::text IN ('Processing', 'Fulfilled') THEN coalesce(processed_at, $3::timestamptz) ELSE processed_at END,
             failure_reason = CASE WHEN $2::text = 'Failed' THEN $4::text ELSE failure_reason END
@@ -92,14 +107,18 @@ enum SQL {
         """)
 
     // $1 id, $2 from, $3 to, $4 at, $5 reason
-    static let recordTransition = PreparedStatement("op_record_transition", """
+    static let recordTransition = PreparedStatement(
+        "op_record_transition",
+        """
         INSERT INTO order_status_transitions (order_id, from_status, to_status, at, reason)
         VALUES ($1::uuid, $2::text, $3::text, $4::timestamptz, $5::text)
         """)
 
     // $1 event id, $2 order id, $3 type, $4 occurred_at, $5 payload, $6 traceparent
     static func appendOutbox(_ kind: OutboxKind) -> PreparedStatement {
-        PreparedStatement("op_append_\(name(kind))", """
+        PreparedStatement(
+            "op_append_\(name(kind))",
+            """
             INSERT INTO \(table(kind)) (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
             VALUES ($1::uuid, $2::uuid, $3::text, $4::timestamptz, $5::bytea, now(), $6::text)
             """)
@@ -111,7 +130,9 @@ enum SQL {
     // $1 owner, $2 lease (microseconds), $3 limit. Every time is the database's own clock.
     static func claim(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
-        return PreparedStatement("op_claim_\(name(kind))", """
+        return PreparedStatement(
+            "op_claim_\(name(kind))",
+            """
             WITH candidates AS (
                 SELECT o.sequence FROM \(t) o
                 WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
@@ -140,18 +161,21 @@ enum SQL {
     static func settle(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
         let fence = "o.claimed_by = $1::text AND o.published_at IS NULL AND o.dead_lettered_at IS NULL"
-        let published = kind == .kafka
+        let published =
+            kind == .kafka
             ? """
-                UPDATE \(t) o SET published_at = now(), claimed_by = NULL, claimed_until = NULL,
-                    published_partition = p.part, published_offset = p.off
-                FROM unnest($2::int8[], $8::int4[], $9::int8[]) AS p(seq, part, off)
-                WHERE o.sequence = p.seq AND \(fence)
-                """
+            UPDATE \(t) o SET published_at = now(), claimed_by = NULL, claimed_until = NULL,
+                published_partition = p.part, published_offset = p.off
+            FROM unnest($2::int8[], $8::int4[], $9::int8[]) AS p(seq, part, off)
+            WHERE o.sequence = p.seq AND \(fence)
+            """
             : """
-                UPDATE \(t) o SET published_at = now(), claimed_by = NULL, claimed_until = NULL
-                WHERE o.sequence = ANY($2::int8[]) AND \(fence)
-                """
-        return PreparedStatement("op_settle_\(name(kind))", """
+            UPDATE \(t) o SET published_at = now(), claimed_by = NULL, claimed_until = NULL
+            WHERE o.sequence = ANY($2::int8[]) AND \(fence)
+            """
+        return PreparedStatement(
+            "op_settle_\(name(kind))",
+            """
             WITH pub AS (
                 \(published)
                 RETURNING 1
@@ -180,7 +204,9 @@ enum SQL {
     static let settleServiceBus = settle(.serviceBus)
 
     static func release(_ kind: OutboxKind) -> PreparedStatement {
-        PreparedStatement("op_release_\(name(kind))", """
+        PreparedStatement(
+            "op_release_\(name(kind))",
+            """
             UPDATE \(table(kind)) SET claimed_by = NULL, claimed_until = NULL
             WHERE claimed_by = $1::text AND published_at IS NULL AND dead_lettered_at IS NULL
             """)
@@ -196,7 +222,9 @@ enum SQL {
     /// order: whether its inbox row is new (the first record of an event id the inbox lacked), its order's status
     /// (locked; only for a new OrderCreated) and whether it fulfilled the order (only the first new OrderCreated of
     /// an order can). Rows, transitions and outbox rows are written in record order.
-    static let fulfil = PreparedStatement("op_fulfil_batch", """
+    static let fulfil = PreparedStatement(
+        "op_fulfil_batch",
+        """
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::uuid[], $6::text[], $7::text[])
                 WITH ORDINALITY AS i(event_id, event_type, order_id, at, fulfilment_id, payload, traceparent, n)
@@ -236,7 +264,9 @@ enum SQL {
 
     // MARK: reconciler — reopen the OrderCreated row of orders published but still Pending after $1 µs.
     // $1 overdue after (microseconds), $2 limit. Oldest orders first; NOTIFY wakes the relays.
-    static let reannounceOverdue = PreparedStatement("op_reannounce_overdue", """
+    static let reannounceOverdue = PreparedStatement(
+        "op_reannounce_overdue",
+        """
         WITH overdue AS (
             SELECT k.sequence, k.order_id FROM orders o
             JOIN kafka_outbox k ON k.order_id = o.id AND k.event_type = 'OrderCreated'
@@ -260,14 +290,18 @@ enum SQL {
         """)
 
     // MARK: dead letters
-    static let deadLetter = PreparedStatement("op_dead_letter", """
+    static let deadLetter = PreparedStatement(
+        "op_dead_letter",
+        """
         INSERT INTO dead_letters (source, reason, payload, at) VALUES ($1::text, $2::text, $3::bytea, $4::timestamptz)
         ON CONFLICT (source) DO NOTHING
         """)
 
     // MARK: observability
     static func pending(_ kind: OutboxKind) -> PreparedStatement {
-        PreparedStatement("op_pending_\(name(kind))", """
+        PreparedStatement(
+            "op_pending_\(name(kind))",
+            """
             SELECT count(*), coalesce(extract(epoch from now() - min(created_at)), 0)::float8
             FROM \(table(kind)) WHERE published_at IS NULL AND dead_lettered_at IS NULL
             """)

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import OrderPipelineKafka
 import OrderPipelineServiceBus
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Kafka and Service Bus settings of the `relay`, `consume` and `all` roles, from the environment.
 public struct BrokerConfiguration: Sendable {

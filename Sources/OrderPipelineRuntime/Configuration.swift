@@ -1,5 +1,5 @@
-import OrderPipelineCore
 import Logging
+import OrderPipelineCore
 import OrderPipelinePostgres
 
 /// Everything the deployable binary reads from its environment. Defaults suit a developer machine.
@@ -197,7 +197,8 @@ public enum Redaction {
             let authorityEnd = text[scheme.upperBound...].firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" || separators.contains($0) }) ?? text.endIndex
             searchFrom = scheme.upperBound
             guard let at = text[scheme.upperBound..<authorityEnd].lastIndex(of: "@"),
-                  let colon = text[scheme.upperBound..<at].firstIndex(of: ":") else { continue }
+                let colon = text[scheme.upperBound..<at].firstIndex(of: ":")
+            else { continue }
             let resume = text.distance(from: text.startIndex, to: colon) + 4
             text.replaceSubrange(text.index(after: colon)..<at, with: "***")
             searchFrom = text.index(text.startIndex, offsetBy: resume)

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import OrderPipelineCore
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Whether a `MachineLoop` is making progress, for `/health/live`: when it last handled an input ("turned"), how
 /// many requests (store, publish, dead-letter, fetch, commit — not timers) await their answer, and since when it
@@ -122,8 +123,12 @@ extension Liveness {
             let s = loop.snapshot
             func rounded(_ seconds: Double) -> Double { (seconds * 1000).rounded() / 1000 }
             let unassigned = s.secondsUnassigned.map { #","secondsUnassigned":\#(rounded($0))"# } ?? ""
-            return #"{"name":"\#(loop.name)","live":\#(s.live(stallSeconds: stallSeconds, unassignedSeconds: unassignedSeconds)),"secondsSinceTurn":\#(rounded(s.secondsSinceTurn)),"awaiting":\#(s.awaiting),"secondsWaiting":\#(rounded(s.secondsWaiting))\#(unassigned)}"#
+            return
+                #"{"name":"\#(loop.name)","live":\#(s.live(stallSeconds: stallSeconds, unassignedSeconds: unassignedSeconds)),"secondsSinceTurn":\#(rounded(s.secondsSinceTurn)),"awaiting":\#(s.awaiting),"secondsWaiting":\#(rounded(s.secondsWaiting))\#(unassigned)}"#
         }
-        return (live, #"{"status":"\#(live ? "live" : "stuck")","stallSeconds":\#(stallSeconds),"unassignedSeconds":\#(unassignedSeconds),"loops":[\#(entries.joined(separator: ","))]}"#)
+        return (
+            live,
+            #"{"status":"\#(live ? "live" : "stuck")","stallSeconds":\#(stallSeconds),"unassignedSeconds":\#(unassignedSeconds),"loops":[\#(entries.joined(separator: ","))]}"#
+        )
     }
 }

@@ -1,13 +1,14 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import OrderPipelineCore
 import OrderPipelineKafka
 import OrderPipelinePostgres
 import OrderPipelineServiceBus
 import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The wall clock as the machines see it: microseconds since the Unix epoch.
 public enum WallClock {

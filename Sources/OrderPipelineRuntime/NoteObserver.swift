@@ -57,9 +57,11 @@ public struct NoteObserver: Sendable {
             logger.info(replayed ? "Order replayed for a retried request" : "Order created and outbox message queued", metadata: ["order.id": "\(id)"])
         case let .published(channel, row):
             published[channel.outbox]?.increment()
-            logger.debug("Outbox row published", metadata: [
-                "outbox": "\(channel.outbox.rawValue)", "outbox.sequence": "\(row.sequence)", "order.id": "\(row.event.orderID)", "event.type": "\(row.event.type.rawValue)",
-            ])
+            logger.debug(
+                "Outbox row published",
+                metadata: [
+                    "outbox": "\(channel.outbox.rawValue)", "outbox.sequence": "\(row.sequence)", "order.id": "\(row.event.orderID)", "event.type": "\(row.event.type.rawValue)",
+                ])
         case let .publishRetry(channel, sequence, reason):
             retried[channel.outbox]?.increment()
             logger.warning("Publish will be retried", metadata: ["outbox": "\(channel.outbox.rawValue)", "outbox.sequence": "\(sequence)", "error": "\(reason)"])
@@ -82,14 +84,18 @@ public struct NoteObserver: Sendable {
             logger.info("Order not fulfilled: not pending", metadata: ["order.id": "\(order)", "order.status": "\(status.rawValue)"])
         case let .poison(record, reason):
             poison.increment()
-            logger.error("Poison record sent to the dead letters", metadata: [
-                "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)", "error": "\(reason)",
-            ])
+            logger.error(
+                "Poison record sent to the dead letters",
+                metadata: [
+                    "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)", "error": "\(reason)",
+                ])
         case let .deadLetterCopySkipped(record, reason):
             deadLetterCopiesSkipped.increment()
-            logger.error("Dead-letter topic refused a poison record; it is kept in the dead-letters table only", metadata: [
-                "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)", "error": "\(reason)",
-            ])
+            logger.error(
+                "Dead-letter topic refused a poison record; it is kept in the dead-letters table only",
+                metadata: [
+                    "kafka.partition": "\(record.partition)", "kafka.offset": "\(record.offset)", "error": "\(reason)",
+                ])
         case let .storeRetry(step):
             storeRetries.increment()
             logger.warning("Step failed; retrying after a backoff", metadata: ["step": "\(step)"])
@@ -100,9 +106,11 @@ public struct NoteObserver: Sendable {
             logger.info("Offset commit fenced by a rebalance; the new owner redoes the work")
         case let .reannounced(orders):
             reannounced.increment(by: orders.count)
-            logger.warning("Overdue orders re-announced: published but not fulfilled in time (broker data loss?)", metadata: [
-                "orders.count": "\(orders.count)", "order.ids": "\(orders.prefix(10).map(\.description).joined(separator: ","))",
-            ])
+            logger.warning(
+                "Overdue orders re-announced: published but not fulfilled in time (broker data loss?)",
+                metadata: [
+                    "orders.count": "\(orders.count)", "order.ids": "\(orders.prefix(10).map(\.description).joined(separator: ","))",
+                ])
         case let .unexpected(what):
             unexpected.increment()
             logger.error("Unexpected machine input; recovered", metadata: ["detail": "\(what)"])

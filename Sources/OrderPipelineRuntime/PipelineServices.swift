@@ -45,15 +45,19 @@ public struct RelayService: Service {
         let relay = OutboxRelay(configuration: configuration, seed: UInt64.random(in: 0...UInt64.max))
         var logger = logger
         logger[metadataKey: "outbox"] = "\(outbox.rawValue)"
-        logger.info("Outbox relay started", metadata: [
-            "relay.owner": "\(relay.configuration.owner)", "relay.batch_size": "\(configuration.batchSize)",
-            "relay.pipeline_depth": "\(configuration.pipelineDepth)",
-        ])
+        logger.info(
+            "Outbox relay started",
+            metadata: [
+                "relay.owner": "\(relay.configuration.owner)", "relay.batch_size": "\(configuration.batchSize)",
+                "relay.pipeline_depth": "\(configuration.pipelineDepth)",
+            ])
         await withDiscardingTaskGroup { group in
             if let listener {
                 group.addTask { for await _ in listener.wakes(for: outbox) { loop.deliver(.wake) } }
             }
-            await loop.run(relay, performers: Performers(store: store, publisher: TracedPublisher(publisher, outbox: outbox, tracer: tracer)), observer: NoteObserver(logger: logger, metrics: metrics))
+            await loop.run(
+                relay, performers: Performers(store: store, publisher: TracedPublisher(publisher, outbox: outbox, tracer: tracer)),
+                observer: NoteObserver(logger: logger, metrics: metrics))
             group.cancelAll()
         }
         await onStop()
@@ -76,10 +80,12 @@ public struct ReconcilerService: Service {
     }
 
     public func run() async throws {
-        logger.info("Reconciler started", metadata: [
-            "reconciler.overdue_after_seconds": "\(configuration.overdueAfter.microseconds / 1_000_000)",
-            "reconciler.interval_seconds": "\(configuration.interval.microseconds / 1_000_000)",
-        ])
+        logger.info(
+            "Reconciler started",
+            metadata: [
+                "reconciler.overdue_after_seconds": "\(configuration.overdueAfter.microseconds / 1_000_000)",
+                "reconciler.interval_seconds": "\(configuration.interval.microseconds / 1_000_000)",
+            ])
         await MachineLoop().run(Reconciler(configuration: configuration), performers: Performers(store: store), observer: NoteObserver(logger: logger, metrics: metrics))
         logger.info("Reconciler stopped")
     }

@@ -222,7 +222,9 @@ package final class AMQPEngine: @unchecked Sendable {
             putToken()
             return
         }
-        state.withLock { $0.ready = true; $0.lastError = nil }
+        state.withLock {
+            $0.ready = true; $0.lastError = nil
+        }
         if case .receiver(let credit, _) = role { pn_link_flow(opened, credit) }
         logger.debug("AMQP link open", metadata: ["amqp.address": "\(address)", "amqp.host": "\(configuration.host):\(configuration.port)"])
         sendQueued()
@@ -241,9 +243,11 @@ package final class AMQPEngine: @unchecked Sendable {
 
     private func remoteClosed(_ event: OpaquePointer, _ type: pn_event_type_t) {
         let condition: OpaquePointer? =
-            type == PN_LINK_REMOTE_CLOSE ? pn_link_remote_condition(pn_event_link(event))
-            : type == PN_SESSION_REMOTE_CLOSE ? pn_session_remote_condition(pn_event_session(event))
-            : pn_connection_remote_condition(pn_event_connection(event))
+            type == PN_LINK_REMOTE_CLOSE
+            ? pn_link_remote_condition(pn_event_link(event))
+            : type == PN_SESSION_REMOTE_CLOSE
+                ? pn_session_remote_condition(pn_event_session(event))
+                : pn_connection_remote_condition(pn_event_connection(event))
         let closedByUs = connection.map { pn_connection_state($0) & PN_LOCAL_CLOSED != 0 } ?? false
         if state.withLock({ $0.stopping }) || closedByUs {
             // Our own close (shutdown, refused token) coming back: keep the reason we closed for.
@@ -268,9 +272,11 @@ package final class AMQPEngine: @unchecked Sendable {
         for pending in inflight { pending.continuation.resume(returning: .unknown("connection lost before the disposition: \(error ?? "closed")")) }
         if stopping { return true }
         nextAttempt = .now + configuration.reconnectDelay
-        logger.warning("AMQP connection closed; reconnecting", metadata: [
-            "amqp.host": "\(configuration.host):\(configuration.port)", "amqp.error": "\(error ?? "none")",
-        ])
+        logger.warning(
+            "AMQP connection closed; reconnecting",
+            metadata: [
+                "amqp.host": "\(configuration.host):\(configuration.port)", "amqp.error": "\(error ?? "none")",
+            ])
         return false
     }
 

@@ -77,9 +77,11 @@ struct ClaimsBasedSecurity {
         let id = "\(containerID)-put-token-\(counter)"
         pendingID = id
         let expiry = Int64(Date().timeIntervalSince1970) + Self.tokenLifetime
-        var request = AMQPMessage(messageID: id, subject: nil, contentType: nil, applicationProperties: [
-            "operation": "put-token", "type": "servicebus.windows.net:sastoken", "name": audience,
-        ], body: [])
+        var request = AMQPMessage(
+            messageID: id, subject: nil, contentType: nil,
+            applicationProperties: [
+                "operation": "put-token", "type": "servicebus.windows.net:sastoken", "name": audience,
+            ], body: [])
         request.bodyText = SharedAccessSignature.token(resource: audience, keyName: keyName, key: key, expiry: expiry)
         request.replyTo = replyTo
         request.to = "$cbs"

@@ -62,7 +62,9 @@ public struct ServiceBusConfiguration: Sendable, Hashable {
     /// `AMQPEngine`): an `amqps` connection that cannot set up TLS is not made.
     public func checkTransportSecurity() throws(ServiceBusError) {
         if case .plain = authentication, !useTLS, !isLoopback {
-            throw ServiceBusError(code: .configuration, message: "amqp:// with a user and password sends the password in clear text; use amqps:// for \(host) (plain amqp:// is allowed only to localhost)")
+            throw ServiceBusError(
+                code: .configuration,
+                message: "amqp:// with a user and password sends the password in clear text; use amqps:// for \(host) (plain amqp:// is allowed only to localhost)")
         }
     }
 

@@ -28,9 +28,11 @@ public final class ServiceBusSender: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.engine = try AMQPEngine(configuration: configuration, address: configuration.queue, role: .sender, logger: logger, tls: tls)
-        logger.info("Service Bus sender started", metadata: [
-            "servicebus.endpoint": "\(configuration.redactedDescription)", "servicebus.queue": "\(configuration.queue)",
-        ])
+        logger.info(
+            "Service Bus sender started",
+            metadata: [
+                "servicebus.endpoint": "\(configuration.redactedDescription)", "servicebus.queue": "\(configuration.queue)",
+            ])
     }
 
     /// The AMQP message for an outbox row.
@@ -61,13 +63,17 @@ public final class ServiceBusSender: Sendable {
                 outcomes[index] = outcome
                 let event = messages[index].event
                 if outcome == .delivered {
-                    logger.debug("Fulfilment event published to Service Bus", metadata: [
-                        "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.queue": "\(configuration.queue)",
-                    ])
+                    logger.debug(
+                        "Fulfilment event published to Service Bus",
+                        metadata: [
+                            "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.queue": "\(configuration.queue)",
+                        ])
                 } else {
-                    logger.warning("Service Bus send did not succeed", metadata: [
-                        "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.outcome": "\(outcome)",
-                    ])
+                    logger.warning(
+                        "Service Bus send did not succeed",
+                        metadata: [
+                            "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.outcome": "\(outcome)",
+                        ])
                 }
             }
             return outcomes

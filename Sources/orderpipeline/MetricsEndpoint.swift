@@ -37,8 +37,9 @@ enum MetricsEndpoint {
                     metrics.forgetOutbox(kind)
                 }
             }
-            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
         }
         let stallSeconds = try stallBound(environment)
         let unassignedSeconds = try unassignedBound(environment)
@@ -68,7 +69,9 @@ enum MetricsEndpoint {
 
     static func stallBound(_ environment: [String: String]) throws -> Double {
         guard let text = environment["LIVENESS_STALL_SECONDS"], !text.isEmpty else { return Liveness.defaultStallSeconds }
-        guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else { throw ValidationError("LIVENESS_STALL_SECONDS must be a number of seconds in 1...3600, not \(text)") }
+        guard let seconds = Double(text), seconds >= 1, seconds <= 3600 else {
+            throw ValidationError("LIVENESS_STALL_SECONDS must be a number of seconds in 1...3600, not \(text)")
+        }
         return seconds
     }
 

@@ -76,16 +76,19 @@ struct Serve: AsyncParsableCommand {
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )
-        logger.info("Starting the API", metadata: [
-            "http.address": "\(configuration.httpHost):\(configuration.httpPort)",
-            "db.url": "\(configuration.redactedDatabaseURL)", "db.pool_size": "\(configuration.poolSize)",
-        ])
+        logger.info(
+            "Starting the API",
+            metadata: [
+                "http.address": "\(configuration.httpHost):\(configuration.httpPort)",
+                "db.url": "\(configuration.redactedDatabaseURL)", "db.pool_size": "\(configuration.poolSize)",
+            ])
         // Services stop in reverse order: the HTTP server drains first, then the pool closes.
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: notifier.close)), .init(service: app)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: notifier.close)), .init(service: app)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
         try await group.run()
         logger.info("Stopped")
     }

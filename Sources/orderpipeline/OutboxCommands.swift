@@ -56,8 +56,9 @@ struct OutboxStatusCommand: AsyncParsableCommand {
         let statuses = try await Outbox.withConnection("status") { c throws(PostgresError) in try OutboxAdmin.status(c) }
         print(Outbox.pad("outbox", 13) + Outbox.pad("pending", 9) + Outbox.pad("retrying", 10) + Outbox.pad("oldest pending", 16) + "dead-lettered")
         for status in statuses {
-            print(Outbox.pad(status.outbox.rawValue, 13) + Outbox.pad("\(status.pending)", 9) + Outbox.pad("\(status.retrying)", 10)
-                + Outbox.pad(status.pending == 0 ? "-" : Outbox.age(status.oldestPendingAgeSeconds), 16) + "\(status.deadLettered)")
+            print(
+                Outbox.pad(status.outbox.rawValue, 13) + Outbox.pad("\(status.pending)", 9) + Outbox.pad("\(status.retrying)", 10)
+                    + Outbox.pad(status.pending == 0 ? "-" : Outbox.age(status.oldestPendingAgeSeconds), 16) + "\(status.deadLettered)")
         }
         let claims = statuses.flatMap { status in status.claims.map { (status.outbox, $0) } }
         if claims.isEmpty {
@@ -66,8 +67,9 @@ struct OutboxStatusCommand: AsyncParsableCommand {
             print("\nClaimed rows:")
             print(Outbox.pad("outbox", 13) + Outbox.pad("owner", 32) + Outbox.pad("rows", 6) + Outbox.pad("expired", 9) + "lease until")
             for (kind, claim) in claims {
-                print(Outbox.pad(kind.rawValue, 13) + Outbox.pad(claim.owner, 32) + Outbox.pad("\(claim.rows)", 6)
-                    + Outbox.pad("\(claim.expired)", 9) + claim.leaseUntil)
+                print(
+                    Outbox.pad(kind.rawValue, 13) + Outbox.pad(claim.owner, 32) + Outbox.pad("\(claim.rows)", 6)
+                        + Outbox.pad("\(claim.expired)", 9) + claim.leaseUntil)
             }
         }
     }
@@ -95,12 +97,14 @@ struct DeadLettersCommand: AsyncParsableCommand {
             print(includeReplayed ? "No dead letters." : "No dead letters waiting (--all lists replayed ones too).")
             return
         }
-        print(Outbox.pad("id", 8) + Outbox.pad("source", 28) + Outbox.pad("at", 31) + Outbox.pad("bytes", 8)
-            + (includeReplayed ? Outbox.pad("replayed at", 31) : "") + "reason")
+        print(
+            Outbox.pad("id", 8) + Outbox.pad("source", 28) + Outbox.pad("at", 31) + Outbox.pad("bytes", 8)
+                + (includeReplayed ? Outbox.pad("replayed at", 31) : "") + "reason")
         for letter in letters {
             let reason = String(letter.reason.map { $0.isNewline ? " " : $0 }.prefix(200))
-            print(Outbox.pad("\(letter.id)", 8) + Outbox.pad(letter.source, 28) + Outbox.pad(letter.at, 31) + Outbox.pad("\(letter.payloadBytes)", 8)
-                + (includeReplayed ? Outbox.pad(letter.replayedAt ?? "-", 31) : "") + reason)
+            print(
+                Outbox.pad("\(letter.id)", 8) + Outbox.pad(letter.source, 28) + Outbox.pad(letter.at, 31) + Outbox.pad("\(letter.payloadBytes)", 8)
+                    + (includeReplayed ? Outbox.pad(letter.replayedAt ?? "-", 31) : "") + reason)
         }
     }
 }

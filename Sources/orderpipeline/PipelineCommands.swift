@@ -21,7 +21,8 @@ enum BrokerBootstrap {
         }
     }
 
-    static let help = RuntimeConfiguration.environmentHelp + "\n\n" + BrokerConfiguration.environmentHelp + "\n\n" + MetricsEndpoint.help
+    static let help =
+        RuntimeConfiguration.environmentHelp + "\n\n" + BrokerConfiguration.environmentHelp + "\n\n" + MetricsEndpoint.help
         + "\n\n" + LivePage.Configuration.environmentHelp
         + "\n\nlibrdkafka 2.16 must be the one loaded (LD_LIBRARY_PATH=$RDKAFKA_LIB_DIR, set by scripts/services env) to talk to Tansu."
 
@@ -41,9 +42,11 @@ enum BrokerBootstrap {
         }
         logger.info("Relay owner", metadata: ["relay.id": "\(brokers.relayID)"])
         if let serviceBus = brokers.serviceBus, case .sharedAccessKey = serviceBus.authentication {
-            logger.warning("Exactly-once delivery to Service Bus relies on duplicate detection: make sure it is enabled on the queue", metadata: [
-                "servicebus.queue": "\(serviceBus.queue)",
-            ])
+            logger.warning(
+                "Exactly-once delivery to Service Bus relies on duplicate detection: make sure it is enabled on the queue",
+                metadata: [
+                    "servicebus.queue": "\(serviceBus.queue)"
+                ])
         }
         let listener = given ?? PostgresListener(settings: configuration.pool.connection, logger: logger)
         let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
@@ -127,12 +130,13 @@ struct Relay: AsyncParsableCommand {
         if brokers.serviceBus == nil { logger.warning("SERVICEBUS_CONNECTION_STRING is not set: only the Kafka outbox is relayed") }
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         // The metrics endpoint stops first, the pool last.
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: listener.close))] + relays
-                + (endpoint.map { [$0] } ?? []),
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: listener.close))] + relays
+                    + (endpoint.map { [$0] } ?? []),
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
         try await group.run()
     }
 }
@@ -157,12 +161,13 @@ struct Consume: AsyncParsableCommand {
         let consumer = try BrokerBootstrap.consumerService(
             brokers: brokers, store: OutboxWakingStore(store: store, wake: notifier.notify), logger: logger, metrics: metrics)
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: notifier.close)), .init(service: consumer)]
-                + (endpoint.map { [$0] } ?? []),
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: DatabaseService(store: store, logger: logger)), .init(service: CloseOnShutdown(close: notifier.close)), .init(service: consumer)]
+                    + (endpoint.map { [$0] } ?? []),
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
         try await group.run()
     }
 }
@@ -209,18 +214,23 @@ struct All: AsyncParsableCommand {
             configuration: configuration, brokers: brokers, store: relayStore, logger: logger, metrics: metrics, listener: wakes)
         let consumer = try BrokerBootstrap.consumerService(
             brokers: brokers, store: OutboxWakingStore(store: consumerStore, wake: wake), logger: logger, metrics: metrics)
-        logger.info("Starting the pipeline", metadata: [
-            "http.address": "\(configuration.httpHost):\(configuration.httpPort)", "db.url": "\(configuration.redactedDatabaseURL)",
-            "kafka.brokers": "\(brokers.kafka.brokers)", "kafka.topic": "\(brokers.kafka.topic)",
-            "servicebus.endpoint": "\(brokers.serviceBus?.redactedDescription ?? "-")",
-        ])
+        logger.info(
+            "Starting the pipeline",
+            metadata: [
+                "http.address": "\(configuration.httpHost):\(configuration.httpPort)", "db.url": "\(configuration.redactedDatabaseURL)",
+                "kafka.brokers": "\(brokers.kafka.brokers)", "kafka.topic": "\(brokers.kafka.topic)",
+                "servicebus.endpoint": "\(brokers.serviceBus?.redactedDescription ?? "-")",
+            ])
         // Services stop in reverse order: API first, then consumer and relays, then LISTEN and the pools.
-        let group = ServiceGroup(configuration: .init(
-            services: [store, relayStore, consumerStore].map { ServiceGroupConfiguration.ServiceConfiguration(service: DatabaseService(store: $0, logger: logger)) }
-                + [.init(service: CloseOnShutdown(close: listener.close)), .init(service: CloseOnShutdown(close: notifier.close))] + relays + [.init(service: consumer), .init(service: app)],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [store, relayStore, consumerStore].map { ServiceGroupConfiguration.ServiceConfiguration(service: DatabaseService(store: $0, logger: logger)) }
+                    + [.init(service: CloseOnShutdown(close: listener.close)), .init(service: CloseOnShutdown(close: notifier.close))] + relays + [
+                        .init(service: consumer), .init(service: app),
+                    ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
         try await group.run()
         logger.info("Stopped")
     }

@@ -92,9 +92,10 @@ import Testing
 
 @Suite struct EventTests {
     @Test func envelopesRoundTripAndForeignRecordsArePoison() throws {
-        let order = Order(id: OrderID("11111111-2222-4333-8444-555555555555")!, customerName: "A", customerEmail: "a@example.com",
-                          items: [OrderItem(productName: "P", quantity: 1, unitPrice: Money(cents: 100))], totalAmount: Money(cents: 100),
-                          createdAt: Instant(microseconds: 0))
+        let order = Order(
+            id: OrderID("11111111-2222-4333-8444-555555555555")!, customerName: "A", customerEmail: "a@example.com",
+            items: [OrderItem(productName: "P", quantity: 1, unitPrice: Money(cents: 100))], totalAmount: Money(cents: 100),
+            createdAt: Instant(microseconds: 0))
         let event = PipelineEvent(type: .orderCreated, order: order, at: Instant(microseconds: 0), includeOrder: true)
         let envelope = try EventEnvelope.decode(event.payload).get()
         #expect(envelope == EventEnvelope(id: event.id, type: .orderCreated, orderID: order.id))
@@ -109,10 +110,14 @@ import Testing
     }
 
     @Test func payloadsAreByteStable() {
-        let order = Order(id: OrderID("11111111-2222-4333-8444-555555555555")!, customerName: "Zoë \"Q\"", customerEmail: "z@example.com",
-                          items: [OrderItem(productName: "Laptop", quantity: 2, unitPrice: Money(cents: 99_999))], totalAmount: Money(cents: 199_998),
-                          createdAt: Instant(microseconds: 0))
+        let order = Order(
+            id: OrderID("11111111-2222-4333-8444-555555555555")!, customerName: "Zoë \"Q\"", customerEmail: "z@example.com",
+            items: [OrderItem(productName: "Laptop", quantity: 2, unitPrice: Money(cents: 99_999))], totalAmount: Money(cents: 199_998),
+            createdAt: Instant(microseconds: 0))
         let json = String(decoding: order.json, as: UTF8.self)
-        #expect(json == #"{"id":"11111111-2222-4333-8444-555555555555","customerName":"Zoë \"Q\"","customerEmail":"z@example.com","status":"Pending","totalAmount":1999.98,"createdAt":"1970-01-01T00:00:00.000000Z","processedAt":null,"failureReason":null,"items":[{"productName":"Laptop","quantity":2,"unitPrice":999.99}]}"#)
+        #expect(
+            json
+                == #"{"id":"11111111-2222-4333-8444-555555555555","customerName":"Zoë \"Q\"","customerEmail":"z@example.com","status":"Pending","totalAmount":1999.98,"createdAt":"1970-01-01T00:00:00.000000Z","processedAt":null,"failureReason":null,"items":[{"productName":"Laptop","quantity":2,"unitPrice":999.99}]}"#
+        )
     }
 }

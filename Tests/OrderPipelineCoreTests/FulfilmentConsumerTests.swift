@@ -166,7 +166,7 @@ import Testing
         let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1]), now: t0)))
         let batches = stores(consumer.handle(.fetched(fetch, [record(0), record(0, partition: 1, order: orderB)]), now: t0))
         guard case .setTimer(.retry, let first)? = consumer.handle(.stored(batches[0].0, .failed(.timedOut)), now: t0).last,
-              case .setTimer(.retry, let soonest)? = consumer.handle(.stored(batches[1].0, .unknown), now: t0).last
+            case .setTimer(.retry, let soonest)? = consumer.handle(.stored(batches[1].0, .unknown), now: t0).last
         else { Issue.record("expected backoffs"); return }
         #expect(soonest <= first, "the one timer stands for the soonest retry")
         let fired = consumer.handle(.timer(.retry), now: soonest)

@@ -1,5 +1,6 @@
-@testable import OrderPipelineCore
 import Testing
+
+@testable import OrderPipelineCore
 
 /// `OrderRequest.parse` reads plain bodies without JSONDecoder; on every body, plain or not, it must give exactly
 /// what the decoder path gives (values and error messages).

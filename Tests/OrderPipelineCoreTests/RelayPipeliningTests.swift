@@ -1,4 +1,5 @@
 import Testing
+
 @testable import OrderPipelineCore
 
 /// The relay keeps up to `pipelineDepth` batches in the air: the next claim goes out while a batch is published.
@@ -77,8 +78,9 @@ import Testing
         let failed = relay.handle(.stored(settle1, .failed(.unavailable("down"))), now: t0)
         guard case .setTimer(.retry, let at)? = failed.last else { Issue.record("expected a retry timer"); return }
         let (settle2, _) = try #require(stores(relay.handle(.published(publish2, Array(repeating: .delivered, count: 3)), now: t0)).first)
-        #expect(claims(relay.handle(.stored(settle2, .committed(.settled(rows: 3))), now: t0)).count == 1,
-                "the failed settlement holds one slot; the other is free")
+        #expect(
+            claims(relay.handle(.stored(settle2, .committed(.settled(rows: 3))), now: t0)).count == 1,
+            "the failed settlement holds one slot; the other is free")
         let retried = stores(relay.handle(.timer(.retry), now: at))
         #expect(retried.contains { $0.1 == settlement1 }, "the same settlement again")
     }

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import OrderPipelineCore
 
 /// The relay decides when its publisher's session is replaced: the adapter only reports `.sessionUnusable`.
@@ -84,9 +85,10 @@ import Testing
     @Test func theConsumerResetsAFencedDeadLetterProducerBeforeItsNextCopy() throws {
         var consumer = FulfilmentConsumer(seed: 1)
         _ = consumer.handle(.start, now: t0)
-        let fetch = try #require(consumer.handle(.assigned(generation: 1, partitions: [2]), now: t0).compactMap { effect -> Ticket? in
-            if case .fetch(let ticket, _) = effect { ticket } else { nil }
-        }.first)
+        let fetch = try #require(
+            consumer.handle(.assigned(generation: 1, partitions: [2]), now: t0).compactMap { effect -> Ticket? in
+                if case .fetch(let ticket, _) = effect { ticket } else { nil }
+            }.first)
         let poison = ConsumedRecord(partition: 2, offset: 9, key: nil, headers: [], value: Array("garbage".utf8))
         let (ticket, _) = try #require(stores(consumer.handle(.fetched(fetch, [poison]), now: t0)).first)
         guard case .forwardDeadLetter(let forward, _, _)? = consumer.handle(.stored(ticket, .committed(.deadLettered)), now: t0).first else {

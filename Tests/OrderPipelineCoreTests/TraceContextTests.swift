@@ -41,13 +41,15 @@ struct TraceParentTests {
         let header = ConsumedRecord.Header(name: "traceparent", value: Array("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".utf8))
         for (headers, expected) in [([header], "4bf92f3577b34da6a3ce929d0e0e4736"), ([], nil)] as [([ConsumedRecord.Header], String?)] {
             var consumer = FulfilmentConsumer(seed: 1)
-            let fetch = try #require(consumer.handle(.assigned(generation: 1, partitions: [0]), now: Instant(microseconds: 2)).compactMap { effect -> Ticket? in
-                if case .fetch(let ticket, _) = effect { return ticket } else { return nil }
-            }.first)
+            let fetch = try #require(
+                consumer.handle(.assigned(generation: 1, partitions: [0]), now: Instant(microseconds: 2)).compactMap { effect -> Ticket? in
+                    if case .fetch(let ticket, _) = effect { return ticket } else { return nil }
+                }.first)
             let record = ConsumedRecord(partition: 0, offset: 0, key: nil, headers: headers, value: event.payload)
-            let fulfilment = try #require(consumer.handle(.fetched(fetch, [record]), now: Instant(microseconds: 3)).compactMap { effect -> Fulfilment? in
-                if case .store(_, .fulfil(let batch)) = effect { return batch.first } else { return nil }
-            }.first)
+            let fulfilment = try #require(
+                consumer.handle(.fetched(fetch, [record]), now: Instant(microseconds: 3)).compactMap { effect -> Fulfilment? in
+                    if case .store(_, .fulfil(let batch)) = effect { return batch.first } else { return nil }
+                }.first)
             #expect(fulfilment.fulfilmentEvent.traceParent?.traceID == expected)
             if expected != nil {
                 #expect(fulfilment.fulfilmentEvent.traceParent?.parentID != "00f067aa0ba902b7", "the consumer's own span")
@@ -62,14 +64,16 @@ struct TraceParentTests {
         let order = OrderID(UUID128(high: 5, low: 6))
         var intake = OrderIntake()
         let created = intake.handle(.createOrder(1, body: seedBody, idempotencyKey: nil, newOrderID: order, trace: trace), now: Instant(microseconds: 1))
-        let new = try #require(created.compactMap { effect -> NewOrder? in
-            if case .store(_, .createOrder(let new)) = effect { return new } else { return nil }
-        }.first)
+        let new = try #require(
+            created.compactMap { effect -> NewOrder? in
+                if case .store(_, .createOrder(let new)) = effect { return new } else { return nil }
+            }.first)
         #expect(new.event.traceParent == trace)
         let changed = intake.handle(.changeStatus(2, order, body: Array(#"{"status":"Failed"}"#.utf8), trace: trace), now: Instant(microseconds: 2))
-        let transition = try #require(changed.compactMap { effect -> OrderTransition? in
-            if case .store(_, .transition(let transition)) = effect { return transition } else { return nil }
-        }.first)
+        let transition = try #require(
+            changed.compactMap { effect -> OrderTransition? in
+                if case .store(_, .transition(let transition)) = effect { return transition } else { return nil }
+            }.first)
         #expect(transition.traceParent == trace)
         // The shell's rule: the caller's trace continued by a new span, or a new trace.
         var random = SplitMix64(seed: 3)

@@ -16,7 +16,9 @@ import Testing
         let request = try parse(Self.seedRequest).get()
         #expect(request.customerName == "John Smith")
         #expect(request.totalAmount == Money(cents: 99_999))
-        let two = try parse(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"X","quantity":3,"unitPrice":0.1},{"productName":"Y","quantity":1,"unitPrice":0.2}]}"#).get()
+        let two = try parse(
+            #"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"X","quantity":3,"unitPrice":0.1},{"productName":"Y","quantity":1,"unitPrice":0.2}]}"#
+        ).get()
         #expect(two.totalAmount == Money(cents: 50))
     }
 
@@ -29,7 +31,8 @@ import Testing
     }
 
     @Test func everyFieldProblemIsReported() {
-        let errors = fieldErrors(#"{"customerName":"","customerEmail":"nope","items":[{"productName":"P","quantity":0,"unitPrice":-1},{"productName":"Q","quantity":1,"unitPrice":1.005}]}"#)
+        let errors = fieldErrors(
+            #"{"customerName":"","customerEmail":"nope","items":[{"productName":"P","quantity":0,"unitPrice":-1},{"productName":"Q","quantity":1,"unitPrice":1.005}]}"#)
         #expect(errors["customerName"] == "must not be blank")
         #expect(errors["customerEmail"]?.contains("e-mail") == true)
         #expect(errors["items[0].quantity"] == "must be at least 1")
@@ -41,22 +44,31 @@ import Testing
         #expect(fieldErrors("{}") == ["customerName": "is required", "customerEmail": "is required", "items": "is required"])
         #expect(fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[]}"#)["items"] == "must hold at least one item")
         #expect(fieldErrors(#"{"customerName":5,"customerEmail":"a@b.io","items":[]}"#)["customerName"] == "must be a string")
-        #expect(fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"P","quantity":"1","unitPrice":1}]}"#)["items[0].quantity"] == "must be an integer")
+        #expect(
+            fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"P","quantity":"1","unitPrice":1}]}"#)["items[0].quantity"] == "must be an integer")
     }
 
     @Test func limitsAreEnforced() {
         let long = String(repeating: "x", count: 201)
-        #expect(fieldErrors(#"{"customerName":"\#(long)","customerEmail":"a@b.io","items":[{"productName":"P","quantity":1,"unitPrice":1}]}"#)["customerName"] == "must be at most 200 characters")
+        #expect(
+            fieldErrors(#"{"customerName":"\#(long)","customerEmail":"a@b.io","items":[{"productName":"P","quantity":1,"unitPrice":1}]}"#)["customerName"]
+                == "must be at most 200 characters")
         let items = Array(repeating: #"{"productName":"P","quantity":1,"unitPrice":1}"#, count: 101).joined(separator: ",")
         #expect(fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[\#(items)]}"#)["items"] == "must hold at most 100 items")
-        #expect(fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"P","quantity":10001,"unitPrice":1}]}"#)["items[0].quantity"] == "must be at most 10000")
-        #expect(fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"P","quantity":1,"unitPrice":1e20}]}"#)["items[0].unitPrice"] == "must be at most 1000000.00")
+        #expect(
+            fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"P","quantity":10001,"unitPrice":1}]}"#)["items[0].quantity"]
+                == "must be at most 10000")
+        #expect(
+            fieldErrors(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"P","quantity":1,"unitPrice":1e20}]}"#)["items[0].unitPrice"]
+                == "must be at most 1000000.00")
         // Beyond what Decimal holds: the decoder calls the document invalid (400), never a crash or a row.
         guard case .failure = parse(#"{"customerName":"A","customerEmail":"a@b.io","items":[{"productName":"P","quantity":1,"unitPrice":1e300}]}"#) else {
             Issue.record("1e300 must be refused")
             return
         }
-        #expect(fieldErrors(#"{"customerName":"A\u0000","customerEmail":"a@b.io","items":[{"productName":"P","quantity":1,"unitPrice":1}]}"#)["customerName"] == "must not contain control characters")
+        #expect(
+            fieldErrors(#"{"customerName":"A\u0000","customerEmail":"a@b.io","items":[{"productName":"P","quantity":1,"unitPrice":1}]}"#)["customerName"]
+                == "must not contain control characters")
     }
 
     @Test func fingerprintsDependOnContentOnly() throws {

@@ -68,14 +68,16 @@ struct ClockSkewTests {
         #expect(Double(extra) <= Double(orders) * 0.01, "\(extra) extra copies for \(orders) orders (more than 1%)")
         let leaseLost = processes.map { $0.output.components(separatedBy: "Lease lost").count - 1 }.reduce(0, +)
         // How long Kafka rows waited: a batch the fast relay claimed and could not deliver waits for its lease.
-        let waits = try await run.database.rows("""
+        let waits = try await run.database.rows(
+            """
             SELECT count(*) FILTER (WHERE published_at - created_at > interval '5 seconds'),
                    round(extract(epoch FROM max(published_at - created_at))::numeric, 1)::text
             FROM kafka_outbox
             """)
-        print("clock skew +45 s: \(orders) orders fulfilled and published \(String(format: "%.1f", settled)) s after the last was created; "
-            + "\(messages.count) messages, \(distinct.count) distinct (\(extra) extra); \"Lease lost\" warnings: \(leaseLost); "
-            + "Kafka rows published > 5 s after their commit: \(waits.first?[0] ?? "?"), longest wait \(waits.first?[1] ?? "?") s")
+        print(
+            "clock skew +45 s: \(orders) orders fulfilled and published \(String(format: "%.1f", settled)) s after the last was created; "
+                + "\(messages.count) messages, \(distinct.count) distinct (\(extra) extra); \"Lease lost\" warnings: \(leaseLost); "
+                + "Kafka rows published > 5 s after their commit: \(waits.first?[0] ?? "?"), longest wait \(waits.first?[1] ?? "?") s")
         for process in processes { process.stop() }
         await run.close()
     }

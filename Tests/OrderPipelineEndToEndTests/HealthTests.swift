@@ -4,7 +4,7 @@ import OrderPipelineTestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// `relay` and `consume` as real processes on the real services: `/health/live` lists their machine loops and

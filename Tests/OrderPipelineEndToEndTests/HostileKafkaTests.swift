@@ -8,7 +8,8 @@ import Testing
 /// and does not implement DeleteRecords (it closes the connection), so the faults are made as described per test.
 @Suite(
     "Hostile world on the real services: Kafka",
-    .enabled(if: EndToEnd.isConfigured && TestEnvironment.value("SERVICES_PYTHON") != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
+    .enabled(
+        if: EndToEnd.isConfigured && TestEnvironment.value("SERVICES_PYTHON") != nil, "DATABASE_URL, KAFKA_BROKERS, SERVICEBUS_CONNECTION_STRING or SERVICES_PYTHON is not set"),
     .serialized,
     .timeLimit(.minutes(10))
 )

@@ -9,7 +9,7 @@ import ServiceLifecycle
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Faults of the hostile world (issue 8) made real: each test runs the real binary's roles and the real adapters on
@@ -40,8 +40,11 @@ struct HostileWorldTests {
         let sender = try ServiceBusSender(configuration: configuration, logger: Restart.logger)
         let listener = PostgresListener(settings: .init(url: run.database.url), logger: Restart.logger)
         let group = ServiceGroup(
-            services: [RelayService(outbox: .serviceBus, owner: run.name + "-sb", store: run.store, publisher: sender, listener: listener,
-                                    logger: Restart.logger, onStop: { await sender.shutdown() })],
+            services: [
+                RelayService(
+                    outbox: .serviceBus, owner: run.name + "-sb", store: run.store, publisher: sender, listener: listener,
+                    logger: Restart.logger, onStop: { await sender.shutdown() })
+            ],
             logger: Restart.logger)
         let serviceBusRelay = Task { try await group.run() }
 
@@ -90,10 +93,10 @@ struct HostileWorldTests {
         let accepted = Set(records.filter { $0["event"] as? String == "message" }.compactMap { $0["message_id"] as? String })
         #expect(accepted.count == ids.count - 1 && !accepted.contains(rejected), "accepted: \(accepted.sorted()), rejected: \(rejected)")
         let parked = try await run.database.rows(
-            "SELECT o.event_id::text, d.reason FROM service_bus_outbox o JOIN dead_letters d ON d.source = 'service-bus-outbox/' || o.sequence WHERE o.dead_lettered_at IS NOT NULL")
+            "SELECT o.event_id::text, d.reason FROM service_bus_outbox o JOIN dead_letters d ON d.source = 'service-bus-outbox/' || o.sequence WHERE o.dead_lettered_at IS NOT NULL"
+        )
         #expect(parked.count == 1 && parked.first?[0] == rejected.lowercased(), "dead-lettered rows: \(parked)")
         #expect(parked.first?[1]?.contains("amqp:link:message-size-exceeded") == true, "reason: \(parked)")
         await run.close()
     }
 }
-

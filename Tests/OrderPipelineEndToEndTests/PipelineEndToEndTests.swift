@@ -36,14 +36,19 @@ enum EndToEnd {
         }
         migrator.close()
         _ = try migrated.get()
-        return (settings, {
-            let _: Void = await admin.withConnection { connection in _ = try? connection.get().execute(script: "DROP SCHEMA \(schema) CASCADE") }
-            admin.close()
-        })
+        return (
+            settings,
+            {
+                let _: Void = await admin.withConnection { connection in _ = try? connection.get().execute(script: "DROP SCHEMA \(schema) CASCADE") }
+                admin.close()
+            }
+        )
     }
 }
 
-@Suite("End to end: order → Kafka → fulfilment → Service Bus", .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"), .timeLimit(.minutes(10)))
+@Suite(
+    "End to end: order → Kafka → fulfilment → Service Bus", .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
+    .timeLimit(.minutes(10)))
 struct PipelineEndToEndTests {
     @Test("orders reach Fulfilled and exactly one message per order, with the derived MessageId, lands on the queue")
     func ordersFlowThrough() async throws {
@@ -68,7 +73,8 @@ struct PipelineEndToEndTests {
             services: [
                 RelayService(outbox: .kafka, owner: "e2e", store: store, publisher: producer, listener: listener, logger: EndToEnd.logger, onStop: { await producer.shutdown() }),
                 RelayService(outbox: .serviceBus, owner: "e2e", store: store, publisher: sender, listener: listener, logger: EndToEnd.logger, onStop: { await sender.shutdown() }),
-                ConsumerService(configuration: brokers.kafka, store: store, deadLetters: try KafkaProducer(configuration: brokers.kafka, logger: EndToEnd.logger), logger: EndToEnd.logger),
+                ConsumerService(
+                    configuration: brokers.kafka, store: store, deadLetters: try KafkaProducer(configuration: brokers.kafka, logger: EndToEnd.logger), logger: EndToEnd.logger),
             ],
             logger: EndToEnd.logger
         )

@@ -10,10 +10,10 @@ import Synchronization
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Crash/restart tests with real processes: the built `orderpipeline` binary runs as `relay` and `consume`, one of
@@ -137,7 +137,7 @@ final class PipelineProcess: @unchecked Sendable {
     func kill9() throws {
         guard let process, process.isRunning else { throw TestFailure("\(role) is not running") }
         #if canImport(Glibc)
-        _ = Glibc.kill(process.processIdentifier, SIGKILL)
+            _ = Glibc.kill(process.processIdentifier, SIGKILL)
         #endif
         let deadline = Date().addingTimeInterval(10)
         while process.isRunning, Date() < deadline { usleep(10_000) }
@@ -152,7 +152,7 @@ final class PipelineProcess: @unchecked Sendable {
         while process.isRunning, Date() < deadline { usleep(10_000) }
         if process.isRunning {
             #if canImport(Glibc)
-            _ = Glibc.kill(process.processIdentifier, SIGKILL)
+                _ = Glibc.kill(process.processIdentifier, SIGKILL)
             #endif
             process.waitUntilExit()
         }
@@ -409,8 +409,11 @@ struct RestartTests {
         let listener = PostgresListener(settings: settings, logger: Restart.logger)
         let sender = try ServiceBusSender(configuration: run.serviceBus, logger: Restart.logger)
         let group = ServiceGroup(
-            services: [RelayService(outbox: .serviceBus, owner: run.name + "-test", store: run.store, publisher: sender, listener: listener,
-                                    logger: Restart.logger, onStop: { await sender.shutdown() })],
+            services: [
+                RelayService(
+                    outbox: .serviceBus, owner: run.name + "-test", store: run.store, publisher: sender, listener: listener,
+                    logger: Restart.logger, onStop: { await sender.shutdown() })
+            ],
             logger: Restart.logger
         )
         let serviceBusRelay = Task { try await group.run() }

@@ -8,7 +8,7 @@ import Synchronization
 import Testing
 
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// W3C trace context end to end through `orderpipeline all`: the POST's `traceparent` (or a new trace) is in the
@@ -41,7 +41,8 @@ struct TraceContextTests {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             if let text = await httpGet(port: port, path: "/ui/api/orders/\(id)/journey", upTo: 5),
-               let journey = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], journey["stage"] as? String == "sent" {
+                let journey = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], journey["stage"] as? String == "sent"
+            {
                 return journey
             }
             try await Task.sleep(for: .milliseconds(100))

@@ -3,7 +3,7 @@ import OrderPipelineTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `consume` as a real process against a Kafka broker of this test's own, frozen before the consumer can join its
@@ -23,9 +23,11 @@ struct UnassignedConsumerTests {
         try kafka.createTopic("orders", partitions: 3)
         kafka.signal(SIGSTOP)
         let port = Int.random(in: 30_000..<32_000)
-        let consumer = PipelineProcess(role: "consume", environment: run.environment.merging([
-            "METRICS_PORT": "\(port)", "KAFKA_BROKERS": kafka.address, "KAFKA_TOPIC": "orders", "LIVENESS_UNASSIGNED_SECONDS": "3",
-        ]) { $1 }, name: run.name)
+        let consumer = PipelineProcess(
+            role: "consume",
+            environment: run.environment.merging([
+                "METRICS_PORT": "\(port)", "KAFKA_BROKERS": kafka.address, "KAFKA_TOPIC": "orders", "LIVENESS_UNASSIGNED_SECONDS": "3",
+            ]) { $1 }, name: run.name)
         defer { consumer.stop() }
         try consumer.start()
 

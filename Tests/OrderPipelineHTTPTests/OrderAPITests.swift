@@ -91,13 +91,15 @@ struct OrderAPITests {
                 try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer(string: "[1,2]")).expectProblem(.badRequest)
                 try await client.execute(uri: "/api/orders", method: .post, headers: .json, body: ByteBuffer()).expectProblem(.badRequest)
                 // 422 with per-field errors
-                let invalid = try await client.execute(uri: "/api/orders", method: .post, headers: .json,
-                                                       body: ByteBuffer(string: #"{"customerName":"","customerEmail":"nope","items":[{"productName":"x","quantity":0,"unitPrice":1.234}]}"#))
+                let invalid = try await client.execute(
+                    uri: "/api/orders", method: .post, headers: .json,
+                    body: ByteBuffer(string: #"{"customerName":"","customerEmail":"nope","items":[{"productName":"x","quantity":0,"unitPrice":1.234}]}"#))
                 invalid.expectProblem(.unprocessableContent)
                 let fields = (invalid.jsonObject?["errors"] as? [[String: Any]] ?? []).compactMap { $0["field"] as? String }
                 #expect(fields == ["customerName", "customerEmail", "items[0].quantity", "items[0].unitPrice"])
                 // 415 wrong or missing content type
-                try await client.execute(uri: "/api/orders", method: .post, headers: [.contentType: "text/plain"], body: ByteBuffer(string: johnSmith)).expectProblem(.unsupportedMediaType)
+                try await client.execute(uri: "/api/orders", method: .post, headers: [.contentType: "text/plain"], body: ByteBuffer(string: johnSmith)).expectProblem(
+                    .unsupportedMediaType)
                 try await client.execute(uri: "/api/orders", method: .post, body: ByteBuffer(string: johnSmith)).expectProblem(.unsupportedMediaType)
                 // 413 over 64 KiB
                 let big = ByteBuffer(string: #"{"customerName":""# + String(repeating: "a", count: 70_000) + #""}"#)
@@ -109,9 +111,12 @@ struct OrderAPITests {
                 wrongMethod.expectProblem(.methodNotAllowed)
                 #expect(wrongMethod.headers[.allow] == "GET, POST")
                 try await client.execute(uri: "/api/orders/not-a-uuid", method: .get).expectProblem(.badRequest)
-                try await client.execute(uri: "/api/orders/not-a-uuid/status", method: .patch, headers: .json, body: ByteBuffer(string: #"{"status":"Failed"}"#)).expectProblem(.badRequest)
-                try await client.execute(uri: "/api/orders/00000000-0000-4000-8000-000000000000/status", method: .patch, headers: .json,
-                                         body: ByteBuffer(string: #"{"status":"Failed"}"#)).expectProblem(.notFound)
+                try await client.execute(uri: "/api/orders/not-a-uuid/status", method: .patch, headers: .json, body: ByteBuffer(string: #"{"status":"Failed"}"#)).expectProblem(
+                    .badRequest)
+                try await client.execute(
+                    uri: "/api/orders/00000000-0000-4000-8000-000000000000/status", method: .patch, headers: .json,
+                    body: ByteBuffer(string: #"{"status":"Failed"}"#)
+                ).expectProblem(.notFound)
             }
             #expect(try await fixture.orderCount() == 0)
             #expect(try await fixture.outboxCount() == 0)

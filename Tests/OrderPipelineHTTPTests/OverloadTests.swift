@@ -58,8 +58,9 @@ struct DatabaseFailureTests {
                 try await client.execute(uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "k-1"), body: ByteBuffer(string: johnSmith)),
                 try await client.execute(uri: "/api/orders/00000000-0000-4000-8000-000000000000", method: .get),
                 try await client.execute(uri: "/api/orders", method: .get),
-                try await client.execute(uri: "/api/orders/00000000-0000-4000-8000-000000000000/status", method: .patch, headers: .json,
-                                         body: ByteBuffer(string: #"{"status":"Processing"}"#)),
+                try await client.execute(
+                    uri: "/api/orders/00000000-0000-4000-8000-000000000000/status", method: .patch, headers: .json,
+                    body: ByteBuffer(string: #"{"status":"Processing"}"#)),
             ]
             for response in responses {
                 response.expectProblem(.serviceUnavailable)
@@ -84,9 +85,11 @@ struct DatabaseFailureTests {
         }
         try await withAPI { fixture in
             try await fixture.test { client in
-                for plain in ["-1000000000000000000.3fa85f64-5717-4562-b3fc-2c963f66afa6",
-                              "9223372036854775807.3fa85f64-5717-4562-b3fc-2c963f66afa6",
-                              "253402300800000000.3fa85f64-5717-4562-b3fc-2c963f66afa6"] {
+                for plain in [
+                    "-1000000000000000000.3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "9223372036854775807.3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "253402300800000000.3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                ] {
                     let response = try await client.execute(uri: "/api/orders?cursor=\(cursor(plain))", method: .get)
                     response.expectProblem(.unprocessableContent)
                     #expect(response.text.contains("cursor"))
@@ -100,8 +103,9 @@ struct DatabaseFailureTests {
     }
 }
 
-@Suite("HTTP API with PostgreSQL frozen (a private server)",
-       .enabled(if: HTTPTestDatabase.isConfigured && PrivatePostgres.isAvailable, "needs the services and PostgreSQL's server binaries"), .timeLimit(.minutes(5)))
+@Suite(
+    "HTTP API with PostgreSQL frozen (a private server)",
+    .enabled(if: HTTPTestDatabase.isConfigured && PrivatePostgres.isAvailable, "needs the services and PostgreSQL's server binaries"), .timeLimit(.minutes(5)))
 struct FrozenDatabaseTests {
     @Test("frozen: every request is answered 503 within the deadline and the queue stays bounded; thawed, retries with the same keys create each order once")
     func frozen() async throws {
@@ -137,8 +141,9 @@ struct FrozenDatabaseTests {
                 for n in 0..<count {
                     group.addTask {
                         let start = ContinuousClock.now
-                        let response = try await client.execute(uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
-                                                                body: ByteBuffer(string: johnSmith))
+                        let response = try await client.execute(
+                            uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
+                            body: ByteBuffer(string: johnSmith))
                         return (response.status, ContinuousClock.now - start, response.text)
                     }
                 }
@@ -159,7 +164,9 @@ struct FrozenDatabaseTests {
             #expect(deepest.value <= 4)
             let slowest = answers.map(\.1).max() ?? .zero
             let stats = store.pool.statistics
-            print("frozen PostgreSQL: \(answers.count) requests, all 503 within \(slowest); deepest queue \(deepest.value); rejected: queue_full=\(stats.rejectedQueueFull) deadline=\(stats.rejectedDeadline) stalled=\(stats.rejectedStalled); abandoned statements=\(stats.noAnswer)")
+            print(
+                "frozen PostgreSQL: \(answers.count) requests, all 503 within \(slowest); deepest queue \(deepest.value); rejected: queue_full=\(stats.rejectedQueueFull) deadline=\(stats.rejectedDeadline) stalled=\(stats.rejectedStalled); abandoned statements=\(stats.noAnswer)"
+            )
             #expect(store.pool.statistics.rejectedQueueFull > 0)
             try server.thaw()
             // Thawed: the clients retry with their keys; each order exists once (a statement abandoned while frozen
@@ -168,8 +175,10 @@ struct FrozenDatabaseTests {
             for n in 0..<count {
                 var status = HTTPResponse.Status.serviceUnavailable
                 for _ in 0..<50 where status == .serviceUnavailable {
-                    status = try await client.execute(uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
-                                                      body: ByteBuffer(string: johnSmith)).status
+                    status = try await client.execute(
+                        uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
+                        body: ByteBuffer(string: johnSmith)
+                    ).status
                     if status == .serviceUnavailable { try await Task.sleep(for: .milliseconds(100)) }
                 }
                 if status == .created { created += 1 }

@@ -12,7 +12,8 @@ final class PrivatePostgres: Sendable {
     /// The server binaries (Debian keeps them off PATH), or nil when PostgreSQL is not installed.
     static var serverBinaries: String? {
         guard let dir = try? shell("pg_config --bindir").trimmingCharacters(in: .whitespacesAndNewlines),
-              FileManager.default.isExecutableFile(atPath: dir + "/initdb") else { return nil }
+            FileManager.default.isExecutableFile(atPath: dir + "/initdb")
+        else { return nil }
         return dir
     }
 
@@ -22,13 +23,16 @@ final class PrivatePostgres: Sendable {
         guard let bindir = Self.serverBinaries else { throw ShellError(message: "PostgreSQL server binaries not found") }
         self.bindir = bindir
         directory = try shell("mktemp -d /tmp/orderpipeline-private-pg.XXXXXX").trimmingCharacters(in: .whitespacesAndNewlines)
-        port = Int(try shell(#"python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'"#)
-            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        port =
+            Int(
+                try shell(#"python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'"#)
+                    .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         // The server refuses to run as root: as root, run it as the postgres user.
         let asPostgres = getuid() == 0 ? "runuser -u postgres -- " : ""
         if getuid() == 0 { _ = try shell("chown postgres '\(directory)'") }
         _ = try shell("\(asPostgres)'\(bindir)/initdb' -D '\(directory)/data' -A trust -U postgres --no-sync > '\(directory)/initdb.log' 2>&1")
-        _ = try shell("""
+        _ = try shell(
+            """
             \(asPostgres)'\(bindir)/pg_ctl' -D '\(directory)/data' -l '\(directory)/log' -w -t 30 \
               -o "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40" start > /dev/null
             """)

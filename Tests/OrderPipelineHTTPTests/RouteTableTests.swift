@@ -26,9 +26,10 @@ struct RouteTableTests {
 
     @Test("openapi.json lists exactly the table's paths, methods, operations and statuses")
     func documentMatchesTable() throws {
-        let table = Dictionary(uniqueKeysWithValues: OrderAPI.routes.map {
-            ("\($0.method.rawValue) \($0.path) \($0.operation.rawValue)", Set($0.statuses))
-        })
+        let table = Dictionary(
+            uniqueKeysWithValues: OrderAPI.routes.map {
+                ("\($0.method.rawValue) \($0.path) \($0.operation.rawValue)", Set($0.statuses))
+            })
         #expect(try Self.documented() == table)
     }
 

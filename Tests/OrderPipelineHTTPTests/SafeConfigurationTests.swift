@@ -11,11 +11,13 @@ struct SafeConfigurationTests {
         try BrokerConfiguration.fromEnvironment(Self.base.merging(extra) { $1 }, needsServiceBus: false, role: role)
     }
 
-    @Test("KAFKA_PROPERTIES may not override what the promise depends on, and names the property", arguments: [
-        "acks=1", "request.required.acks=0", "enable.idempotence=false", "enable.auto.commit=true", "enable.auto.offset.store=true",
-        "auto.offset.reset=latest", "partition.assignment.strategy=cooperative-sticky", "isolation.level=read_uncommitted",
-        "security.protocol=SASL_SSL, Acks=all", "group.id=other",
-    ])
+    @Test(
+        "KAFKA_PROPERTIES may not override what the promise depends on, and names the property",
+        arguments: [
+            "acks=1", "request.required.acks=0", "enable.idempotence=false", "enable.auto.commit=true", "enable.auto.offset.store=true",
+            "auto.offset.reset=latest", "partition.assignment.strategy=cooperative-sticky", "isolation.level=read_uncommitted",
+            "security.protocol=SASL_SSL, Acks=all", "group.id=other",
+        ])
     func protectedProperty(_ text: String) throws {
         let name = String(text.split(separator: ",").last!.split(separator: "=")[0]).trimmingCharacters(in: .whitespaces)
         #expect {
@@ -60,19 +62,23 @@ struct SafeConfigurationTests {
         }
     }
 
-    @Test("passwords and keys are redacted in every connection-string form", arguments: [
-        ("postgres://orders:s3cret@db.example:5432/orders", "postgres://orders:***@db.example:5432/orders"),
-        ("postgresql://orders:s3cret@db.example/orders?sslmode=require&password=s3cret", "postgresql://orders:***@db.example/orders?sslmode=require&password=***"),
-        ("host=db user=orders password=s3cret dbname=orders", "host=db user=orders password=*** dbname=orders"),
-        ("host=db password='s3 cr\\'et' dbname=orders", "host=db password=*** dbname=orders"),
-        ("amqp://guest:s3cret@127.0.0.1:5672", "amqp://guest:***@127.0.0.1:5672"),
-        ("amqps://user:s3cret@broker.example", "amqps://user:***@broker.example"),
-        ("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=s3cret+/==;EntityPath=q",
-         "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=***;EntityPath=q"),
-        ("Endpoint=sb://ns/;SharedAccessSignature=SharedAccessSignature sr=x&sig=s3cret", "Endpoint=sb://ns/;SharedAccessSignature=***"),
-        ("security.protocol=SASL_SSL,sasl.password=s3cret", "security.protocol=SASL_SSL,sasl.password=***"),
-        ("postgres://orders@db/orders", "postgres://orders@db/orders"),
-    ])
+    @Test(
+        "passwords and keys are redacted in every connection-string form",
+        arguments: [
+            ("postgres://orders:s3cret@db.example:5432/orders", "postgres://orders:***@db.example:5432/orders"),
+            ("postgresql://orders:s3cret@db.example/orders?sslmode=require&password=s3cret", "postgresql://orders:***@db.example/orders?sslmode=require&password=***"),
+            ("host=db user=orders password=s3cret dbname=orders", "host=db user=orders password=*** dbname=orders"),
+            ("host=db password='s3 cr\\'et' dbname=orders", "host=db password=*** dbname=orders"),
+            ("amqp://guest:s3cret@127.0.0.1:5672", "amqp://guest:***@127.0.0.1:5672"),
+            ("amqps://user:s3cret@broker.example", "amqps://user:***@broker.example"),
+            (
+                "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=s3cret+/==;EntityPath=q",
+                "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=***;EntityPath=q"
+            ),
+            ("Endpoint=sb://ns/;SharedAccessSignature=SharedAccessSignature sr=x&sig=s3cret", "Endpoint=sb://ns/;SharedAccessSignature=***"),
+            ("security.protocol=SASL_SSL,sasl.password=s3cret", "security.protocol=SASL_SSL,sasl.password=***"),
+            ("postgres://orders@db/orders", "postgres://orders@db/orders"),
+        ])
     func redaction(_ input: String, _ expected: String) {
         let redacted = Redaction.redact(input)
         #expect(redacted == expected)

@@ -198,7 +198,8 @@ struct SpanTests {
         #expect(send.attribute("orderpipeline.outbox.attempt") == "2")
 
         let record = ConsumedRecord(partition: 2, offset: 5, key: nil, headers: row.event.kafkaHeaders, value: row.event.payload)
-        #expect(await TracedFulfilmentStore(Store(failing: true), tracer: tracer).perform(try fulfil(record)) == .failed(.unavailable("connection refused by db.internal as admin")))
+        #expect(
+            await TracedFulfilmentStore(Store(failing: true), tracer: tracer).perform(try fulfil(record)) == .failed(.unavailable("connection refused by db.internal as admin")))
         let process = try #require(tracer.span(named: "process orders"))
         #expect(process.status == SpanStatus(code: .error, message: "database unavailable"))
     }
@@ -214,7 +215,8 @@ struct SpanTests {
         let tracer = RecordingTracer()
         let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         let records = [Self.caller, other].enumerated().map { n, trace in
-            var event = PipelineEvent(type: .orderCreated, order: Sample.order(Sample.orderID(UInt64(n + 1)), at: Instant(microseconds: 0)), at: Instant(microseconds: 0), includeOrder: true)
+            var event = PipelineEvent(
+                type: .orderCreated, order: Sample.order(Sample.orderID(UInt64(n + 1)), at: Instant(microseconds: 0)), at: Instant(microseconds: 0), includeOrder: true)
             event.traceParent = TraceParent(trace)
             return ConsumedRecord(partition: 2, offset: Int64(10 + n), key: nil, headers: event.kafkaHeaders, value: event.payload)
         }
@@ -222,7 +224,9 @@ struct SpanTests {
         guard case .fulfil(let batch) = command else { Issue.record("\(command)"); return }
         #expect(batch.count == 2, "one transaction for both")
         _ = await TracedFulfilmentStore(Outcomes(outcomes: [.fulfilled, .duplicate]), tracer: tracer).perform(command)
-        let spans = tracer.spans.filter { $0.operationName == "process orders" }.sorted { $0.attribute("messaging.kafka.offset") ?? "" < $1.attribute("messaging.kafka.offset") ?? "" }
+        let spans = tracer.spans.filter { $0.operationName == "process orders" }.sorted {
+            $0.attribute("messaging.kafka.offset") ?? "" < $1.attribute("messaging.kafka.offset") ?? ""
+        }
         #expect(spans.map(\.ids.traceID) == [Self.traceID, "0af7651916cd43dd8448eb211c80319c"])
         #expect(spans.map(\.parentID) == [Self.callerSpan, "b7ad6b7169203331"])
         #expect(spans.map { $0.attribute("orderpipeline.outcome") } == ["fulfilled", "duplicate (inbox)"])

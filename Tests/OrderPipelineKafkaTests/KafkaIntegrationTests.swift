@@ -170,7 +170,8 @@ struct KafkaIntegrationTests {
         await consumer.shutdown()
 
         // A second message with the same key lands on the same partition, right after the first.
-        let second = OutboxMessage(sequence: 2, event: PipelineEvent(type: .orderFulfilled, orderID: first.event.orderID, at: first.event.occurredAt, status: .fulfilled), attempts: 1)
+        let second = OutboxMessage(
+            sequence: 2, event: PipelineEvent(type: .orderFulfilled, orderID: first.event.orderID, at: first.event.occurredAt, status: .fulfilled), attempts: 1)
         #expect(await producer.publish([second]).allSatisfy(\.isDelivered))
         await producer.shutdown()
 

@@ -58,8 +58,9 @@ func outcome(_ pool: PostgresPool, _ sql: String) async -> PostgresError.Code? {
     }
 }
 
-@Suite("PostgreSQL admission: bounded queue, deadlines, dead connections",
-       .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
+@Suite(
+    "PostgreSQL admission: bounded queue, deadlines, dead connections",
+    .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct AdmissionTests {
     @Test("a full queue refuses at once, nothing sent; queued work still runs")
     func fullQueue() async throws {
@@ -148,7 +149,8 @@ struct AdmissionTests {
         // Every connection of the pool has worked once.
         for n in UInt64(1)...4 { #expect(await store.perform(.createOrder(newOrder(n))) == .committed(.orderCreated(newOrder(n).order))) }
         let name = store.settings.applicationName
-        let terminated = try await adminQuery(store.settings,
+        let terminated = try await adminQuery(
+            store.settings,
             "SELECT pg_terminate_backend(pid, 5000)::text FROM pg_stat_activity WHERE application_name = $1::text", [.text(name)])
         #expect(terminated.count >= 2 && terminated.allSatisfy { $0 == "true" }, "\(terminated)")
         let results = await withTaskGroup(of: StoreResult.self) { group in
@@ -222,7 +224,8 @@ struct SessionSettingsTests {
         let session = PostgresSession(settings: settings, logger: TestDatabase.logger)
         let shown: Result<[String?], PostgresError> = await session.withConnection { c in
             Result { () throws(PostgresError) in
-                let rows = try c.get().query("""
+                let rows = try c.get().query(
+                    """
                     SELECT current_setting('work_mem'), current_setting('bytea_output'), current_setting('statement_timeout'),
                            current_schema()::text, current_setting('tcp_keepalives_idle')
                     """)

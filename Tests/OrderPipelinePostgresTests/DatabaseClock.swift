@@ -15,12 +15,13 @@ enum DatabaseClock {
 
     /// Creates the clock table and the schema's `now()`, and proves that this connection's `now()` is that one.
     static func install(schema: String, on c: PostgresConnection) throws(PostgresError) {
-        try c.execute(script: """
-            CREATE TABLE \(schema).differential_clock (at timestamptz NOT NULL);
-            INSERT INTO \(schema).differential_clock VALUES (timestamptz 'epoch');
-            CREATE FUNCTION \(schema).now() RETURNS timestamptz LANGUAGE sql STABLE
-                AS 'SELECT at FROM \(schema).differential_clock';
-            """)
+        try c.execute(
+            script: """
+                CREATE TABLE \(schema).differential_clock (at timestamptz NOT NULL);
+                INSERT INTO \(schema).differential_clock VALUES (timestamptz 'epoch');
+                CREATE FUNCTION \(schema).now() RETURNS timestamptz LANGUAGE sql STABLE
+                    AS 'SELECT at FROM \(schema).differential_clock';
+                """)
         try set(12_345, c)
         let read = try c.query("SELECT (extract(epoch from now()) * 1000000)::int8").int(0, 0)
         guard read == Step.instant(12_345).microseconds else {
@@ -31,8 +32,9 @@ enum DatabaseClock {
 
     /// Sets `now()` to `Step.instant(micros)` for every connection of the schema (its own transaction).
     static func set(_ micros: Int64, _ c: PostgresConnection) throws(PostgresError) {
-        _ = try c.query("UPDATE differential_clock SET at = timestamptz 'epoch' + $1::int8 * interval '1 microsecond'",
-                        [.int(Step.instant(micros).microseconds)])
+        _ = try c.query(
+            "UPDATE differential_clock SET at = timestamptz 'epoch' + $1::int8 * interval '1 microsecond'",
+            [.int(Step.instant(micros).microseconds)])
     }
 
     /// Where a sequence starts (the model's clock starts there too: `Differential.runModel`).

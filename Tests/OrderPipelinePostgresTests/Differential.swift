@@ -87,11 +87,14 @@ enum Differential {
     }
 
     /// The report of a difference: the seed, the shrunk sequence as Swift source, and what differs.
-    static func report(seed: UInt64?, original: Int, shrunk: [Step], differences: [String], suite: String = "StoreDifferentialTests",
-                       pasteInto: String = "`StoreDifferentialTests.regressions`") -> String {
+    static func report(
+        seed: UInt64?, original: Int, shrunk: [Step], differences: [String], suite: String = "StoreDifferentialTests",
+        pasteInto: String = "`StoreDifferentialTests.regressions`"
+    ) -> String {
         var text = ""
         if let seed {
-            text += "The model and PostgreSQL differ on seed \(seed) (\(original) steps; replay: "
+            text +=
+                "The model and PostgreSQL differ on seed \(seed) (\(original) steps; replay: "
                 + "ORDERPIPELINE_DIFF_SEED=\(seed) ORDERPIPELINE_DIFF_SEQUENCES=\(suite == "StoreDifferentialTests" ? 1 : 10) swift test --filter \(suite)).\n"
         }
         text += "Shrunk to \(shrunk.count) steps (paste into \(pasteInto)):\n\(Step.source(shrunk))\n"

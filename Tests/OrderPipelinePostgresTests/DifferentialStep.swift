@@ -56,7 +56,7 @@ enum Step: Hashable, Sendable {
     var time: Int64? {
         switch self {
         case .create(_, _, _, let at), .transition(_, _, let at, _), .claim(_, _, _, let at, _), .settle(_, _, let at, _, _, _),
-             .fulfil(_, let at), .deadLetter(_, _, _, let at):
+            .fulfil(_, let at), .deadLetter(_, _, _, let at):
             at
         case .release:
             nil
@@ -127,8 +127,9 @@ enum Step: Hashable, Sendable {
             return step.shifted(by: skew).command
         case .create(let n, let key, let body, let at):
             let request = Step.bodies[body]
-            let order = Order(id: orderID(n), customerName: request.customerName, customerEmail: request.customerEmail,
-                              items: request.items, totalAmount: request.totalAmount, createdAt: Step.instant(at))
+            let order = Order(
+                id: orderID(n), customerName: request.customerName, customerEmail: request.customerEmail,
+                items: request.items, totalAmount: request.totalAmount, createdAt: Step.instant(at))
             let event = PipelineEvent(type: .orderCreated, order: order, at: Step.instant(at), includeOrder: true)
             return .createOrder(NewOrder(order: order, event: event, idempotencyKey: key, fingerprint: request.fingerprint))
         case .transition(let n, let to, let at, let reason):
@@ -150,11 +151,12 @@ enum Step: Hashable, Sendable {
         case .release(let outbox, let owner):
             return .releaseClaims(outbox: outbox, owner: owner)
         case .fulfil(let deliveries, let at):
-            return .fulfil(deliveries.map { delivery in
-                let id = orderID(delivery.order)
-                let envelope = EventEnvelope(id: .derived(order: id, type: delivery.type), type: delivery.type, orderID: id)
-                return Fulfilment(envelope: envelope, at: Step.instant(at))
-            })
+            return .fulfil(
+                deliveries.map { delivery in
+                    let id = orderID(delivery.order)
+                    let envelope = EventEnvelope(id: .derived(order: id, type: delivery.type), type: delivery.type, orderID: id)
+                    return Fulfilment(envelope: envelope, at: Step.instant(at))
+                })
         case .deadLetter(let source, let reason, let payload, let at):
             return .deadLetter(DeadLetter(source: source, reason: reason, payload: payload, at: Step.instant(at)))
         }

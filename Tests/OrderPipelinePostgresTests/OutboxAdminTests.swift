@@ -139,7 +139,7 @@ struct OutboxAdminTests {
         let f = try await Fixture()
         let garbage = DeadLetter(source: "orders/2@117", reason: "payload is not a JSON object", payload: [0xFF, 0x00, 0x7B], at: at(1))
         let lost = newOrder(2).event  // decodes, not in the outbox
-        let known = newOrder(3)       // decodes, its event is in the outbox already
+        let known = newOrder(3)  // decodes, its event is in the outbox already
         _ = await f.store.perform(.createOrder(known))
         _ = await f.store.perform(.deadLetter(garbage))
         _ = await f.store.perform(.deadLetter(DeadLetter(source: "orders/0@5", reason: "consumer could not decode it then", payload: lost.payload, at: at(1))))

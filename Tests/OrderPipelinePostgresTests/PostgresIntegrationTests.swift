@@ -81,12 +81,14 @@ struct PostgresOutcomeTests {
     static func slowCommits(_ store: PostgresUnderTest) async throws {
         let result: Result<Int, PostgresError> = await store.store.pool.withConnection { c in
             Result { () throws(PostgresError) in
-                try c.get().execute(script: """
-                    CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-                    BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
-                    CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON order_status_transitions
-                        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
-                    """).count
+                try c.get().execute(
+                    script: """
+                        CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
+                        CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON order_status_transitions
+                            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+                        """
+                ).count
             }
         }
         _ = try result.get()

@@ -73,8 +73,9 @@ final class PostgresUnderTest: StoreUnderTest {
                     "SELECT from_status, to_status FROM order_status_transitions WHERE order_id = $1::uuid ORDER BY id",
                     [.text(order.description)])
                 return (0..<rows.count).map { row in
-                    StatusChange(from: rows.string(row, 0).flatMap { OrderStatus(rawValue: $0) },
-                                 to: OrderStatus(rawValue: rows.string(row, 1) ?? "") ?? .pending)
+                    StatusChange(
+                        from: rows.string(row, 0).flatMap { OrderStatus(rawValue: $0) },
+                        to: OrderStatus(rawValue: rows.string(row, 1) ?? "") ?? .pending)
                 }
             }
         }
@@ -95,7 +96,8 @@ final class PostgresUnderTest: StoreUnderTest {
         let result: Result<Void, PostgresError> = await store.pool.withConnection { connection in
             Result { () throws(PostgresError) in
                 for table in ["kafka_outbox", "service_bus_outbox"] {
-                    _ = try connection.get().query("""
+                    _ = try connection.get().query(
+                        """
                         UPDATE \(table) SET next_attempt_at = next_attempt_at - $1::float8 * interval '1 second',
                             claimed_until = claimed_until - $1::float8 * interval '1 second',
                             published_at = published_at - $1::float8 * interval '1 second'

@@ -19,8 +19,9 @@ struct RelayClaimContractTests {
             // Batch two is settled first; x's next row still waits for x's head.
             _ = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", published: second.map(\.sequence))))
             #expect(await store.perform(claim(owner: "relay-1")).claimed.isEmpty)
-            let settled = OutboxSettlement(outbox: .kafka, owner: "relay-1", published: first.map(\.sequence),
-                                           positions: [first[0].sequence: RecordPosition(partition: 2, offset: 117)])
+            let settled = OutboxSettlement(
+                outbox: .kafka, owner: "relay-1", published: first.map(\.sequence),
+                positions: [first[0].sequence: RecordPosition(partition: 2, offset: 117)])
             #expect(await store.perform(.settleOutbox(settled)) == .committed(.settled(rows: 1)))
             #expect(await store.perform(claim(owner: "relay-1")).claimed.map(\.event.type) == [.orderFailed])
         }

@@ -1,9 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import OrderPipelineCore
-@testable import OrderPipelinePostgres
 import Testing
+
+@testable import OrderPipelinePostgres
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// `notifiesOutbox = false` (`all`'s API and consumer sessions, `-c orderpipeline.notify=off`): the outbox trigger
 /// skips its NOTIFY — PostgreSQL serialises notifying commits on one lock held through their WAL flush.

@@ -39,10 +39,12 @@ func at(_ seconds: Double) -> Instant { Instant(microseconds: t0.microseconds + 
 func orderID(_ n: UInt64) -> OrderID { Sample.orderID(n) }
 
 func newOrder(_ n: UInt64, key: String? = nil, name: String = "John Smith", created: Instant = t0) -> NewOrder {
-    let body = #"{"customerName":"\#(name)","customerEmail":"john@example.com","items":[{"productName":"Laptop","quantity":1,"unitPrice":999.99},{"productName":"Mouse \"pro\"","quantity":2,"unitPrice":10.50}]}"#
+    let body =
+        #"{"customerName":"\#(name)","customerEmail":"john@example.com","items":[{"productName":"Laptop","quantity":1,"unitPrice":999.99},{"productName":"Mouse \"pro\"","quantity":2,"unitPrice":10.50}]}"#
     guard case .success(let request) = OrderRequest.parse(Array(body.utf8)) else { fatalError("fixture does not parse") }
-    let order = Order(id: orderID(n), customerName: request.customerName, customerEmail: request.customerEmail,
-                      items: request.items, totalAmount: request.totalAmount, createdAt: created)
+    let order = Order(
+        id: orderID(n), customerName: request.customerName, customerEmail: request.customerEmail,
+        items: request.items, totalAmount: request.totalAmount, createdAt: created)
     let event = PipelineEvent(type: .orderCreated, order: order, at: created, includeOrder: true)
     return NewOrder(order: order, event: event, idempotencyKey: key ?? "order:\(order.id)", fingerprint: request.fingerprint)
 }
@@ -224,8 +226,9 @@ struct StoreContractTests {
         try await withStore(implementation) { store in
             _ = await store.perform(.createOrder(newOrder(1)))
             let rows = await store.perform(claim(owner: "relay-a")).claimed
-            let retry = OutboxSettlement(outbox: .kafka, owner: "relay-a",
-                                         retries: [.init(sequence: rows[0].sequence, delay: .seconds(10), error: "broker down")])
+            let retry = OutboxSettlement(
+                outbox: .kafka, owner: "relay-a",
+                retries: [.init(sequence: rows[0].sequence, delay: .seconds(10), error: "broker down")])
             #expect(await store.perform(.settleOutbox(retry)) == .committed(.settled(rows: 1)))
             try await store.advanceClock(by: 9)
             #expect(await store.perform(claim(owner: "relay-a")).claimed.isEmpty)
@@ -246,26 +249,29 @@ struct StoreContractTests {
             _ = await store.perform(.createOrder(x))
             _ = await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .failed, at: at(0.5), reason: nil)))
             let head = await store.perform(claim(owner: "relay-a")).claimed
-            let reject = OutboxSettlement(outbox: .kafka, owner: "relay-a",
-                                          rejections: [.init(sequence: head[0].sequence, reason: "message too large")])
+            let reject = OutboxSettlement(
+                outbox: .kafka, owner: "relay-a",
+                rejections: [.init(sequence: head[0].sequence, reason: "message too large")])
             #expect(await store.perform(.settleOutbox(reject)) == .committed(.settled(rows: 1)))
             #expect(await store.perform(claim(owner: "relay-a")).claimed.map(\.event.type) == [.orderFailed])
             #expect(await store.deadLetters() == ["kafka-outbox/\(head[0].sequence)"])
         }
     }
 
-    @Test("fulfilment: inbox first, Pending → Processing → Fulfilled and the Service Bus row in one transaction; a redelivery writes nothing",
-          arguments: Implementation.available)
+    @Test(
+        "fulfilment: inbox first, Pending → Processing → Fulfilled and the Service Bus row in one transaction; a redelivery writes nothing",
+        arguments: Implementation.available)
     func fulfilAndDedup(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let x = newOrder(1)
             _ = await store.perform(.createOrder(x))
             let fulfilment = created(1)
             #expect(await store.perform(.fulfil([fulfilment])) == .committed(.fulfilments([.fulfilled])))
-            #expect(await store.history(of: x.order.id) == [
-                StatusChange(from: nil, to: .pending), StatusChange(from: .pending, to: .processing),
-                StatusChange(from: .processing, to: .fulfilled),
-            ])
+            #expect(
+                await store.history(of: x.order.id) == [
+                    StatusChange(from: nil, to: .pending), StatusChange(from: .pending, to: .processing),
+                    StatusChange(from: .processing, to: .fulfilled),
+                ])
             let sb = await store.perform(claim(.serviceBus, owner: "sb-1")).claimed
             #expect(sb.map(\.event) == [fulfilment.fulfilmentEvent])
 

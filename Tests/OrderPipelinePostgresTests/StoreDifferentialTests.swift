@@ -5,8 +5,9 @@ import Testing
 /// Random differential testing of the store: the same seeded sequences of store commands run against the
 /// simulator's model and against PostgreSQL; every reply and the final state must agree. A difference is reported
 /// with its seed and a shrunk sequence to paste into a regression test below. See docs/POSTGRES.md.
-@Suite("Store differential", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"),
-       .timeLimit(.minutes(max(5, Differential.sequences / 200))))  // longer runs (ORDERPIPELINE_DIFF_SEQUENCES) get longer
+@Suite(
+    "Store differential", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"),
+    .timeLimit(.minutes(max(5, Differential.sequences / 200))))  // longer runs (ORDERPIPELINE_DIFF_SEQUENCES) get longer
 struct StoreDifferentialTests {
     /// Shards run in parallel, each on its own scratch schema and connection.
     static let shards = 4
@@ -70,9 +71,10 @@ struct StoreDifferentialTests {
             for step in StoreCommandGenerator.sequence(seed: seed, count: Differential.length(seed: seed)) {
                 // A settlement naming a row that another owner has claimed since.
                 if case .settle(let outbox, let owner, _, let published, let retries, let rejections) = step,
-                   (published + retries.map(\.sequence) + rejections.map(\.sequence)).contains(where: { sequence in
-                       model.outbox(outbox).row(sequence).map { $0.claimedBy != nil && $0.claimedBy != owner } ?? false
-                   }) {
+                    (published + retries.map(\.sequence) + rejections.map(\.sequence)).contains(where: { sequence in
+                        model.outbox(outbox).row(sequence).map { $0.claimedBy != nil && $0.claimedBy != owner } ?? false
+                    })
+                {
                     staleSettlements += 1
                 }
                 if case .skewed = step { skewed += 1 }

@@ -4,8 +4,9 @@ import Testing
 /// The fulfilment recipe over a batch: one transaction whose records are handled in order, each with its own answer,
 /// exactly as if they had been fulfilled one after another.
 @Suite struct StoreFulfilBatchTests {
-    @Test("a batch answers per record in order, and fulfils, skips, dedupes and records as a serial run would",
-          arguments: Implementation.available)
+    @Test(
+        "a batch answers per record in order, and fulfils, skips, dedupes and records as a serial run would",
+        arguments: Implementation.available)
     func mixedBatch(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             for n: UInt64 in 1...3 { _ = await store.perform(.createOrder(newOrder(n))) }
@@ -16,9 +17,12 @@ import Testing
                 created(1), created(2), created(3), created(9), Fulfilment(envelope: failed, at: at(2)),
                 created(1),  // the same record twice in one batch (a relay re-sent it): the first one counts
             ]
-            #expect(await store.perform(.fulfil(batch)) == .committed(.fulfilments([
-                .fulfilled, .skipped(.failed), .duplicate, .orderMissing, .recorded, .duplicate,
-            ])))
+            #expect(
+                await store.perform(.fulfil(batch))
+                    == .committed(
+                        .fulfilments([
+                            .fulfilled, .skipped(.failed), .duplicate, .orderMissing, .recorded, .duplicate,
+                        ])))
             #expect(await store.history(of: orderID(1)).map(\.to) == [.pending, .processing, .fulfilled])
             #expect(await store.history(of: orderID(2)).map(\.to) == [.pending, .failed])
             // The Service Bus rows of the fulfilled orders, in record order (3 was fulfilled by the earlier batch).

@@ -45,24 +45,28 @@ struct StoreInterleavingTests {
     /// Reported groups pinned as regression tests: the shrunk prefix and the group.
     static let regressions: [Pinned] = [
         // The same event delivered twice at once to a Processing order: skipped, then a duplicate.
-        Pinned(prefix: [
-            .create(order: 1, key: "key-1", body: 3, at: 2233982),
-            .transition(order: 1, to: .processing, at: 9733677, reason: nil),
-        ], group: [
-            .fulfil([.init(1, .orderCreated)], at: 27576905),
-            .fulfil([.init(1, .orderCreated)], at: 27576905),
-        ]),
+        Pinned(
+            prefix: [
+                .create(order: 1, key: "key-1", body: 3, at: 2233982),
+                .transition(order: 1, to: .processing, at: 9733677, reason: nil),
+            ],
+            group: [
+                .fulfil([.init(1, .orderCreated)], at: 27576905),
+                .fulfil([.init(1, .orderCreated)], at: 27576905),
+            ]),
         // Three claimers at once share the heads of three orders without overlap.
-        Pinned(prefix: [
-            .create(order: 1, key: "key-1", body: 0, at: 1_000_000),
-            .transition(order: 1, to: .failed, at: 1_500_000, reason: "out of stock"),
-            .create(order: 2, key: "key-2", body: 1, at: 2_000_000),
-            .create(order: 3, key: "key-3", body: 2, at: 3_000_000),
-        ], group: [
-            .claim(.kafka, owner: "relay-1", limit: 1, at: 4_000_000, lease: 5_000_000),
-            .claim(.kafka, owner: "relay-2", limit: 1, at: 4_000_000, lease: 5_000_000),
-            .claim(.kafka, owner: "relay-3", limit: 3, at: 4_000_000, lease: 5_000_000),
-        ]),
+        Pinned(
+            prefix: [
+                .create(order: 1, key: "key-1", body: 0, at: 1_000_000),
+                .transition(order: 1, to: .failed, at: 1_500_000, reason: "out of stock"),
+                .create(order: 2, key: "key-2", body: 1, at: 2_000_000),
+                .create(order: 3, key: "key-3", body: 2, at: 3_000_000),
+            ],
+            group: [
+                .claim(.kafka, owner: "relay-1", limit: 1, at: 4_000_000, lease: 5_000_000),
+                .claim(.kafka, owner: "relay-2", limit: 1, at: 4_000_000, lease: 5_000_000),
+                .claim(.kafka, owner: "relay-3", limit: 3, at: 4_000_000, lease: 5_000_000),
+            ]),
     ]
 
     @Test("pinned groups end as one of their serial orders", arguments: regressions)
@@ -125,12 +129,13 @@ final class Peers: Sendable {
         var replies: [StoreResult] = []
         for (index, step) in group.dropLast().enumerated() {
             try await setClock(step)
-            replies.append(await sessions[index].withConnection { c in
-                switch c {
-                case .success(let c): StoreRecipes.perform(step.command, on: c, mode: .holdOpen)
-                case .failure(let error): .failed(.unavailable(error.message))
-                }
-            })
+            replies.append(
+                await sessions[index].withConnection { c in
+                    switch c {
+                    case .success(let c): StoreRecipes.perform(step.command, on: c, mode: .holdOpen)
+                    case .failure(let error): .failed(.unavailable(error.message))
+                    }
+                })
         }
         let last = group.count - 1
         try await setClock(group[last])
@@ -197,9 +202,10 @@ final class Peers: Sendable {
         }
         return "Concurrent group (members on their own connections, all but the last held open until the last runs):\n"
             + Step.source(group) + "\nmatches no serial order of the model after the prefix below.\n"
-            + Differential.report(seed: seed, original: prefix.count, shrunk: shrunk,
-                                  differences: try await differences(prefix: shrunk, group: group), suite: "StoreInterleavingTests",
-                                  pasteInto: "`StoreInterleavingTests.regressions` as the prefix, with the group above")
+            + Differential.report(
+                seed: seed, original: prefix.count, shrunk: shrunk,
+                differences: try await differences(prefix: shrunk, group: group), suite: "StoreInterleavingTests",
+                pasteInto: "`StoreInterleavingTests.regressions` as the prefix, with the group above")
     }
 }
 

@@ -34,8 +34,10 @@ struct StoreSnapshot: Hashable, Sendable {
         var deadLetteredAt: Instant?
         var position: RecordPosition?
 
-        init(sequence: Int64, event: PipelineEvent, attempts: Int, nextAttemptAt: Instant, claimedBy: String?, claimedUntil: Instant?,
-             lastError: String?, publishedAt: Instant?, deadLetteredAt: Instant?, position: RecordPosition?) {
+        init(
+            sequence: Int64, event: PipelineEvent, attempts: Int, nextAttemptAt: Instant, claimedBy: String?, claimedUntil: Instant?,
+            lastError: String?, publishedAt: Instant?, deadLetteredAt: Instant?, position: RecordPosition?
+        ) {
             self.sequence = sequence
             self.event = event
             self.attempts = attempts
@@ -119,9 +121,10 @@ extension StoreSnapshot {
         keys = model.idempotencyKeys.map { Key(key: $0.key, fingerprint: $0.value.fingerprint, order: $0.value.orderID) }
         func rows(_ table: PostgresModel.OutboxTable) -> [OutboxRow] {
             table.rows.map {
-                OutboxRow(sequence: $0.sequence, event: $0.event, attempts: $0.attempts, nextAttemptAt: $0.nextAttemptAt,
-                          claimedBy: $0.claimedBy, claimedUntil: $0.claimedUntil, lastError: $0.lastError,
-                          publishedAt: $0.publishedAt, deadLetteredAt: $0.deadLetteredAt, position: $0.publishedPosition)
+                OutboxRow(
+                    sequence: $0.sequence, event: $0.event, attempts: $0.attempts, nextAttemptAt: $0.nextAttemptAt,
+                    claimedBy: $0.claimedBy, claimedUntil: $0.claimedUntil, lastError: $0.lastError,
+                    publishedAt: $0.publishedAt, deadLetteredAt: $0.deadLetteredAt, position: $0.publishedPosition)
             }
         }
         kafka = rows(model.kafkaOutbox)
@@ -144,7 +147,7 @@ extension StoreSnapshot {
         let moves = try c.query("SELECT order_id, from_status, to_status, \(Self.micros("at")) FROM order_status_transitions ORDER BY id")
         for row in 0..<moves.count {
             guard let id = moves.string(row, 0).flatMap({ OrderID($0) }), let to = moves.string(row, 2).flatMap({ OrderStatus(rawValue: $0) }),
-                  let at = instant(moves, row, 3)
+                let at = instant(moves, row, 3)
             else { throw malformed("transition") }
             transitions.append(Transition(order: id, from: moves.string(row, 1).flatMap { OrderStatus(rawValue: $0) }, to: to, at: at))
         }
@@ -156,7 +159,8 @@ extension StoreSnapshot {
         }
         func outbox(_ table: String) throws(PostgresError) -> [OutboxRow] {
             let position = table == "kafka_outbox" ? "published_partition, published_offset" : "NULL::int, NULL::int8"
-            let rows = try c.query("""
+            let rows = try c.query(
+                """
                 SELECT sequence, event_id, event_type, order_id, \(Self.micros("occurred_at")), payload, attempts, \(Self.micros("next_attempt_at")),
                        claimed_by, \(Self.micros("claimed_until")), last_error, \(Self.micros("published_at")), \(Self.micros("dead_lettered_at")),
                        \(position)
@@ -165,17 +169,19 @@ extension StoreSnapshot {
             var out: [OutboxRow] = []
             for row in 0..<rows.count {
                 guard let sequence = rows.int(row, 0), let id = rows.string(row, 1).flatMap({ EventID($0) }),
-                      let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }), let order = rows.string(row, 3).flatMap({ OrderID($0) }),
-                      let occurred = instant(rows, row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6),
-                      let next = instant(rows, row, 7)
+                    let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }), let order = rows.string(row, 3).flatMap({ OrderID($0) }),
+                    let occurred = instant(rows, row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6),
+                    let next = instant(rows, row, 7)
                 else { throw malformed(table) }
                 var event = PipelineEvent(type: type, orderID: order, at: occurred, status: .pending)
                 event.id = id
                 event.payload = payload
-                out.append(OutboxRow(sequence: sequence, event: event, attempts: Int(attempts), nextAttemptAt: next,
-                                     claimedBy: rows.string(row, 8), claimedUntil: instant(rows, row, 9), lastError: rows.string(row, 10),
-                                     publishedAt: instant(rows, row, 11), deadLetteredAt: instant(rows, row, 12),
-                                     position: rows.int(row, 13).flatMap { p in rows.int(row, 14).map { RecordPosition(partition: Int32(p), offset: $0) } }))
+                out.append(
+                    OutboxRow(
+                        sequence: sequence, event: event, attempts: Int(attempts), nextAttemptAt: next,
+                        claimedBy: rows.string(row, 8), claimedUntil: instant(rows, row, 9), lastError: rows.string(row, 10),
+                        publishedAt: instant(rows, row, 11), deadLetteredAt: instant(rows, row, 12),
+                        position: rows.int(row, 13).flatMap { p in rows.int(row, 14).map { RecordPosition(partition: Int32(p), offset: $0) } }))
             }
             return out
         }
@@ -186,7 +192,7 @@ extension StoreSnapshot {
         let letters = try c.query("SELECT source, reason, payload, \(Self.micros("at")) FROM dead_letters")
         for row in 0..<letters.count {
             guard let source = letters.string(row, 0), let reason = letters.string(row, 1), let payload = letters.bytes(row, 2),
-                  let at = instant(letters, row, 3)
+                let at = instant(letters, row, 3)
             else { throw malformed("dead letter") }
             deadLetters.append(Letter(source: source, reason: reason, payload: payload, at: at))
         }
@@ -196,14 +202,15 @@ extension StoreSnapshot {
     /// Empties every table of the schema and restarts its sequences, so the next sequence starts where a fresh
     /// database does (outbox sequence numbers are part of every claim's reply). Cheaper than TRUNCATE here.
     static func reset(_ c: PostgresConnection) throws(PostgresError) {
-        try c.execute(script: """
-            DELETE FROM order_items; DELETE FROM order_status_transitions; DELETE FROM orders; DELETE FROM idempotency_keys;
-            DELETE FROM kafka_outbox; DELETE FROM service_bus_outbox; DELETE FROM consumer_inbox; DELETE FROM dead_letters;
-            SELECT setval(pg_get_serial_sequence('kafka_outbox', 'sequence'), 1, false),
-                   setval(pg_get_serial_sequence('service_bus_outbox', 'sequence'), 1, false),
-                   setval(pg_get_serial_sequence('order_status_transitions', 'id'), 1, false),
-                   setval(pg_get_serial_sequence('dead_letters', 'id'), 1, false);
-            """)
+        try c.execute(
+            script: """
+                DELETE FROM order_items; DELETE FROM order_status_transitions; DELETE FROM orders; DELETE FROM idempotency_keys;
+                DELETE FROM kafka_outbox; DELETE FROM service_bus_outbox; DELETE FROM consumer_inbox; DELETE FROM dead_letters;
+                SELECT setval(pg_get_serial_sequence('kafka_outbox', 'sequence'), 1, false),
+                       setval(pg_get_serial_sequence('service_bus_outbox', 'sequence'), 1, false),
+                       setval(pg_get_serial_sequence('order_status_transitions', 'id'), 1, false),
+                       setval(pg_get_serial_sequence('dead_letters', 'id'), 1, false);
+                """)
     }
 
     /// Microseconds since the epoch, exactly (`extract` answers numeric).

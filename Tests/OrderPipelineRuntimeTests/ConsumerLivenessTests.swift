@@ -1,8 +1,9 @@
 import Logging
 import OrderPipelineCore
-@testable import OrderPipelineRuntime
 import Synchronization
 import Testing
+
+@testable import OrderPipelineRuntime
 
 /// `/health/live` of `consume` turns not-live when the group never gives the consumer a partition: an unassigned
 /// consumer awaits nothing (it fetches once assigned), so the stall rule alone sees an idle loop, not a wedged join.

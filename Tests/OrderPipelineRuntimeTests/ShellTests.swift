@@ -61,7 +61,9 @@ struct ShellTests {
             let calls = Mutex(0)
             func perform(_ command: StoreCommand) async -> StoreResult {
                 guard case .createOrder(let new) = command else { return .failed(.unavailable("unexpected")) }
-                let call = calls.withLock { $0 += 1; return $0 }
+                let call = calls.withLock {
+                    $0 += 1; return $0
+                }
                 return call == 1 ? .unknown : .committed(.orderReplayed(new.order))
             }
         }

@@ -26,7 +26,8 @@ struct CBSTests {
     func putTokenThenSend() async throws {
         let peer = try ScriptedAMQPPeer(status: 202)
         defer { peer.stop() }
-        var configuration = try ServiceBusConfiguration.parse("Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=s3cret+key=;UseDevelopmentEmulator=true")
+        var configuration = try ServiceBusConfiguration.parse(
+            "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=s3cret+key=;UseDevelopmentEmulator=true")
         configuration.queue = "order-fulfilment"
         configuration.sendTimeout = .seconds(5)
         let sender = try ServiceBusSender(configuration: configuration, logger: TestEnvironment.logger("test.cbs"))
@@ -57,7 +58,8 @@ struct CBSTests {
     func refused() async throws {
         let peer = try ScriptedAMQPPeer(status: 401)
         defer { peer.stop() }
-        var configuration = try ServiceBusConfiguration.parse("Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=wrong;UseDevelopmentEmulator=true")
+        var configuration = try ServiceBusConfiguration.parse(
+            "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=wrong;UseDevelopmentEmulator=true")
         configuration.sendTimeout = .seconds(2)
         let sender = try ServiceBusSender(configuration: configuration, logger: TestEnvironment.logger("test.cbs"))
         let outcome = await sender.send(AMQPMessage(messageID: "m1", subject: nil, contentType: nil, body: [1]))

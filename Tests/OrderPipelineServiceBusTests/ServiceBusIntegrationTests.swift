@@ -35,7 +35,8 @@ struct ConnectionStringTests {
 
     @Test("Azure connection string with EntityPath")
     func azure() throws {
-        let c = try ServiceBusConfiguration.parse("Endpoint=sb://ns1.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=abc+def/ghi=;EntityPath=orders-q")
+        let c = try ServiceBusConfiguration.parse(
+            "Endpoint=sb://ns1.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=abc+def/ghi=;EntityPath=orders-q")
         #expect(c.host == "ns1.servicebus.windows.net")
         #expect(c.port == 5671)
         #expect(c.useTLS)
@@ -46,7 +47,8 @@ struct ConnectionStringTests {
 
     @Test("Azure development emulator: no TLS, port 5672")
     func emulator() throws {
-        let c = try ServiceBusConfiguration.parse("Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;")
+        let c = try ServiceBusConfiguration.parse(
+            "Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;")
         #expect(c.host == "localhost")
         #expect(c.port == 5672)
         #expect(!c.useTLS)
@@ -60,7 +62,8 @@ struct ConnectionStringTests {
     }
 }
 
-@Suite("Service Bus sender against a real AMQP 1.0 broker", .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .serialized, .timeLimit(.minutes(5)))
+@Suite(
+    "Service Bus sender against a real AMQP 1.0 broker", .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .serialized, .timeLimit(.minutes(5)))
 struct ServiceBusIntegrationTests {
     @Test("send fulfilment events, receive them with message-id, subject, content-type and properties")
     func sendAndReceive() async throws {

@@ -1,16 +1,19 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import OrderPipelineCore
-@testable import OrderPipelineServiceBus
 import Synchronization
 import Testing
 
+@testable import OrderPipelineServiceBus
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 @Suite("Service Bus transport security: TLS fails closed, no clear-text password off this machine")
 struct TransportSecurityTests {
-    @Test("amqps to a broker that speaks no TLS: nothing is delivered (no fall back to plaintext)",
-          .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .timeLimit(.minutes(5)))
+    @Test(
+        "amqps to a broker that speaks no TLS: nothing is delivered (no fall back to plaintext)",
+        .enabled(if: TestServiceBus.isConfigured, "SERVICEBUS_CONNECTION_STRING is not set"), .timeLimit(.minutes(5)))
     func noPlaintextFallback() async throws {
         // The local broker accepts exactly this message over plain amqp (see the integration tests); over amqps
         // the TLS handshake must fail and the message stay unsent.
@@ -27,8 +30,9 @@ struct TransportSecurityTests {
 
     @Test("a password over plain amqp to another host is refused before any connection")
     func plainToRemoteRefused() throws {
-        var configuration = ServiceBusConfiguration(host: "broker.example", port: 5672, useTLS: false,
-                                                    authentication: .plain(user: "u", password: "secret"))
+        var configuration = ServiceBusConfiguration(
+            host: "broker.example", port: 5672, useTLS: false,
+            authentication: .plain(user: "u", password: "secret"))
         #expect(throws: ServiceBusError.self) { try ServiceBusSender(configuration: configuration, logger: TestServiceBus.logger) }
         configuration.host = "127.0.0.1"
         #expect(throws: Never.self) { try configuration.checkTransportSecurity() }
@@ -36,8 +40,9 @@ struct TransportSecurityTests {
 
     /// amqps with a password to a local listener that only records what arrives.
     static func amqps(to listener: Listener) -> ServiceBusConfiguration {
-        var configuration = ServiceBusConfiguration(host: "127.0.0.1", port: listener.port, useTLS: true,
-                                                    authentication: .plain(user: "guest", password: "secret"))
+        var configuration = ServiceBusConfiguration(
+            host: "127.0.0.1", port: listener.port, useTLS: true,
+            authentication: .plain(user: "guest", password: "secret"))
         configuration.sendTimeout = .milliseconds(1_000)
         configuration.reconnectDelay = .milliseconds(200)
         return configuration
@@ -46,9 +51,10 @@ struct TransportSecurityTests {
     @Test("the TLS domain cannot be created: the sender refuses to start with a clear error, no connection is made")
     func noDomainNoSender() throws {
         let listener = try Listener()
-        let failing = TLSSetup(makeDomain: { () throws(ServiceBusError) -> OpaquePointer in
-            throw ServiceBusError(code: .unsupported, message: "no TLS here (test)")
-        }, secure: TLSSetup.standard.secure)
+        let failing = TLSSetup(
+            makeDomain: { () throws(ServiceBusError) -> OpaquePointer in
+                throw ServiceBusError(code: .unsupported, message: "no TLS here (test)")
+            }, secure: TLSSetup.standard.secure)
         let error = #expect(throws: ServiceBusError.self) {
             try ServiceBusSender(configuration: Self.amqps(to: listener), logger: TestServiceBus.logger, tls: failing)
         }
@@ -62,10 +68,12 @@ struct TransportSecurityTests {
     func sslSetupFailsClosed() async throws {
         let listener = try Listener()
         let attempts = Atomic<Int>(0)
-        let failing = TLSSetup(makeDomain: TLSSetup.standard.makeDomain, secure: { _, _, _ in
-            attempts.add(1, ordering: .relaxed)
-            return false
-        })
+        let failing = TLSSetup(
+            makeDomain: TLSSetup.standard.makeDomain,
+            secure: { _, _, _ in
+                attempts.add(1, ordering: .relaxed)
+                return false
+            })
         let sender = try ServiceBusSender(configuration: Self.amqps(to: listener), logger: TestServiceBus.logger, tls: failing)
         let outcome = await sender.send(AMQPMessage(messageID: "tls-2", subject: nil, contentType: nil, body: [1]))
         await sender.shutdown()

@@ -1,7 +1,6 @@
 import OrderPipelineCore
-import Testing
-
 import OrderPipelineSimulation
+import Testing
 
 /// The chaos test's oracle (`order-sim --check-history`) on small hand-written histories of a real run.
 @Suite("HistoryCheck: the Checker's invariants read from a real run's history")

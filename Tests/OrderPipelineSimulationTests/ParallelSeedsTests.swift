@@ -22,9 +22,10 @@ import Testing
         var verdicts: [Verdict] = []
         Simulation.run(count: count, jobs: jobs, options: options) { n, outcome in
             summary.add(outcome)
-            verdicts.append(Verdict(
-                index: n, seed: outcome.seed, ordersPersisted: outcome.ordersPersisted, simulatedMicroseconds: outcome.simulatedMicroseconds,
-                violations: outcome.violations, schedule: outcome.schedule, faultsFired: outcome.faultsFired, recoveries: outcome.recoveries))
+            verdicts.append(
+                Verdict(
+                    index: n, seed: outcome.seed, ordersPersisted: outcome.ordersPersisted, simulatedMicroseconds: outcome.simulatedMicroseconds,
+                    violations: outcome.violations, schedule: outcome.schedule, faultsFired: outcome.faultsFired, recoveries: outcome.recoveries))
         }
         return (summary, verdicts)
     }

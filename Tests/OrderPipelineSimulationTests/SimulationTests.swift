@@ -138,7 +138,8 @@ func options(seed: UInt64, orders: Int = 100, faults: FaultProfile = .all, trace
 
     @Test func replayFilesRefuseOtherFormats() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("bad-replay.json").path
-        try Data(#"{"format":"order-sim-replay/99","seed":1,"orders":1,"faults":[],"apiInstances":1,"relays":1,"serviceBusRelays":1,"consumers":1,"partitions":1}"#.utf8).write(to: URL(fileURLWithPath: path))
+        try Data(#"{"format":"order-sim-replay/99","seed":1,"orders":1,"faults":[],"apiInstances":1,"relays":1,"serviceBusRelays":1,"consumers":1,"partitions":1}"#.utf8).write(
+            to: URL(fileURLWithPath: path))
         #expect(throws: ReplayFile.LoadError.self) { try ReplayFile.load(path: path) }
     }
 }

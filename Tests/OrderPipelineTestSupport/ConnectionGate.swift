@@ -16,10 +16,13 @@ public enum ConnectionGate {
             let connection = PostgresConnection(settings: .init(url: url))
             var tests: Int64 = -1
             var total: Int64 = 100
-            if (try? connection.connect()) != nil, let rows = try? connection.query("""
-                SELECT count(*) FILTER (WHERE application_name LIKE 'test\\_%'), count(*)
-                FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-                """) {
+            if (try? connection.connect()) != nil,
+                let rows = try? connection.query(
+                    """
+                    SELECT count(*) FILTER (WHERE application_name LIKE 'test\\_%'), count(*)
+                    FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+                    """)
+            {
                 tests = rows.int(0, 0) ?? -1
                 total = rows.int(0, 1) ?? 100
             }

@@ -48,7 +48,9 @@ public final class FakePublisher: OutboxPublishing {
     public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
         try? await Task.sleep(for: .milliseconds(Int.random(in: 0...3)))
         return messages.map { message in
-            if refusals.withLock({ left in defer { left = max(0, left - 1) }; return left > 0 }) {
+            if refusals.withLock({ left in
+                defer { left = max(0, left - 1) }; return left > 0
+            }) {
                 return .refused(condition: "com.microsoft:server-busy", description: "The server is busy.")
             }
             sent.withLock { $0.append(message.sequence) }
@@ -69,14 +71,16 @@ public enum Sample {
 
     /// The seed's example order: John Smith buys a laptop.
     public static func order(_ id: OrderID, status: OrderStatus = .pending, at createdAt: Instant) -> Order {
-        Order(id: id, customerName: "John Smith", customerEmail: "john@example.com",
-              items: [OrderItem(productName: "Laptop", quantity: 1, unitPrice: Money(cents: 99_999))], totalAmount: Money(cents: 99_999),
-              status: status, createdAt: createdAt)
+        Order(
+            id: id, customerName: "John Smith", customerEmail: "john@example.com",
+            items: [OrderItem(productName: "Laptop", quantity: 1, unitPrice: Money(cents: 99_999))], totalAmount: Money(cents: 99_999),
+            status: status, createdAt: createdAt)
     }
 
     /// An outbox row carrying the creation event of `Sample.order(order)`.
     public static func row(_ sequence: Int64, order: OrderID, at: Instant, attempts: Int = 1) -> OutboxMessage {
-        OutboxMessage(sequence: sequence, event: PipelineEvent(type: .orderCreated, order: Sample.order(order, at: at), at: at, includeOrder: true),
-                      attempts: attempts)
+        OutboxMessage(
+            sequence: sequence, event: PipelineEvent(type: .orderCreated, order: Sample.order(order, at: at), at: at, includeOrder: true),
+            attempts: attempts)
     }
 }

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Kafka topics of a test's own on the shared broker of `scripts/services`. A consumer in a new group reads its

@@ -1,7 +1,7 @@
 import Foundation
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `Peers/cbs_peer.py`, a scripted AMQP 1.0 peer that speaks Azure's claims-based security (see the script), run with

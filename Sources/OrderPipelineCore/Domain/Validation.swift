@@ -159,9 +159,13 @@ public struct OrderRequest: Hashable, Sendable {
                 let product = check("\(field).productName", item.productName, max: limits.maxProductNameLength)
                 var quantity = 0
                 if let q = item.quantity {
-                    if q < 1 { errors.append(FieldError(field: "\(field).quantity", message: "must be at least 1")) }
-                    else if q > limits.maxQuantity { errors.append(FieldError(field: "\(field).quantity", message: "must be at most \(limits.maxQuantity)")) }
-                    else { quantity = q }
+                    if q < 1 {
+                        errors.append(FieldError(field: "\(field).quantity", message: "must be at least 1"))
+                    } else if q > limits.maxQuantity {
+                        errors.append(FieldError(field: "\(field).quantity", message: "must be at most \(limits.maxQuantity)"))
+                    } else {
+                        quantity = q
+                    }
                 } else {
                     errors.append(FieldError(field: "\(field).quantity", message: "is required"))
                 }
@@ -225,11 +229,13 @@ public struct OrderRequest: Hashable, Sendable {
         guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
         guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
         let labels = domain.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
-        return labels.count >= 2 && labels.allSatisfy { label in
-            !label.isEmpty && label.allSatisfy { byte in
-                (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
-                    || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-")
+        return labels.count >= 2
+            && labels.allSatisfy { label in
+                !label.isEmpty
+                    && label.allSatisfy { byte in
+                        (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
+                            || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-")
+                    }
             }
-        }
     }
 }

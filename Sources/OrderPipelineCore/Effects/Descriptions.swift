@@ -97,7 +97,8 @@ extension Note {
         case .storeRetry(let what): "retrying after a failure: \(what)"
         case .unknownOutcome(let what): "outcome unknown, re-issuing: \(what)"
         case .offsetsFenced: "offset commit fenced by a rebalance"
-        case .deadLetterCopySkipped(let record, let reason): "poison record at partition \(record.partition) offset \(record.offset) kept in the dead-letters table only: the topic refused it (\(reason))"
+        case .deadLetterCopySkipped(let record, let reason):
+            "poison record at partition \(record.partition) offset \(record.offset) kept in the dead-letters table only: the topic refused it (\(reason))"
         case .unexpected(let what): "unexpected: \(what)"
         case .reannounced(let orders): "\(orders.count) overdue orders re-announced: \(orders.prefix(3).map(\.description).joined(separator: ", "))"
         }

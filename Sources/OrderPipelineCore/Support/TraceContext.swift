@@ -15,11 +15,11 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
     public init?(_ text: some StringProtocol) {
         let parts = text.split(separator: "-", omittingEmptySubsequences: false)
         guard parts.count >= 4, let version = parts.first, version.count == 2, Self.isHex(version), version != "ff",
-              version != "00" || parts.count == 4
+            version != "00" || parts.count == 4
         else { return nil }
         let trace = String(parts[1]), parent = String(parts[2]), flags = String(parts[3])
         guard trace.count == 32, parent.count == 16, flags.count == 2, Self.isHex(trace), Self.isHex(parent), Self.isHex(flags),
-              trace.contains(where: { $0 != "0" }), parent.contains(where: { $0 != "0" })
+            trace.contains(where: { $0 != "0" }), parent.contains(where: { $0 != "0" })
         else { return nil }
         self.traceID = trace
         self.parentID = parent
