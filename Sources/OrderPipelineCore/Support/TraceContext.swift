@@ -11,19 +11,23 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
     public let flags: String
 
     /// Parses a header value; nil when it is not a valid version-00 value (a future version is read by its first
-    /// four fields, as the specification asks).
+    /// four fields, as the specification asks). Reads the bytes in place: the consumer parses every record's header.
     public init?(_ text: some StringProtocol) {
-        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-        guard parts.count >= 4, let version = parts.first, version.count == 2, Self.isHex(version), version != "ff",
-            version != "00" || parts.count == 4
+        let dash = UInt8(ascii: "-")
+        // `vv-<32>-<16>-ff`: 55 bytes, dashes at 2, 35 and 52; a future version may go on after another dash.
+        let bytes = Array(text.utf8)
+        guard bytes.count >= 55, bytes[2] == dash, bytes[35] == dash, bytes[52] == dash,
+            Self.isHex(bytes[0..<2]), !(bytes[0] == UInt8(ascii: "f") && bytes[1] == UInt8(ascii: "f"))
         else { return nil }
-        let trace = String(parts[1]), parent = String(parts[2]), flags = String(parts[3])
-        guard trace.count == 32, parent.count == 16, flags.count == 2, Self.isHex(trace), Self.isHex(parent), Self.isHex(flags),
-            trace.contains(where: { $0 != "0" }), parent.contains(where: { $0 != "0" })
+        let versionZero = bytes[0] == UInt8(ascii: "0") && bytes[1] == UInt8(ascii: "0")
+        guard bytes.count == 55 || (!versionZero && bytes[55] == dash) else { return nil }
+        let trace = bytes[3..<35], parent = bytes[36..<52], flags = bytes[53..<55]
+        guard Self.isHex(trace), Self.isHex(parent), Self.isHex(flags),
+            trace.contains(where: { $0 != UInt8(ascii: "0") }), parent.contains(where: { $0 != UInt8(ascii: "0") })
         else { return nil }
-        self.traceID = trace
-        self.parentID = parent
-        self.flags = flags
+        self.traceID = String(decoding: trace, as: UTF8.self)
+        self.parentID = String(decoding: parent, as: UTF8.self)
+        self.flags = String(decoding: flags, as: UTF8.self)
     }
 
     /// A new, sampled trace (random ids from the caller's generator: the shell's, never the simulator's).
@@ -50,8 +54,8 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
         self.flags = flags
     }
 
-    private static func isHex(_ text: some StringProtocol) -> Bool {
-        text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    private static func isHex(_ bytes: ArraySlice<UInt8>) -> Bool {
+        bytes.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 
     private static func nonZero(_ generator: inout some RandomNumberGenerator) -> UInt64 {
