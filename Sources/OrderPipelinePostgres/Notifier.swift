@@ -22,17 +22,11 @@ public final class PostgresNotifier: Sendable {
     private let state = Mutex(State())
     private let signal = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
-    private let settings: PostgresConnection.Settings
-    private let logger: Logger
 
-    /// Starts the notifying thread; it connects on the first wake and reconnects after a lost connection.
-    /// - Parameters:
-    ///   - settings: Where to connect (a session of its own, outside any pool).
-    ///   - logger: Where failed notifications are reported (at debug: the relays' poll covers them).
+    /// Starts the notifying thread, whose session connects on the first wake and again after a lost connection;
+    /// failed notifications go to `logger` at debug (the relays' poll covers them).
     public init(settings: PostgresConnection.Settings, logger: Logger) {
-        self.settings = settings
-        self.logger = logger
-        let thread = Thread { [self] in self.run() }
+        let thread = Thread { [self] in self.run(on: PostgresConnection(settings: settings), logger: logger) }
         thread.name = "pg-notify"
         thread.start()
     }
@@ -54,8 +48,7 @@ public final class PostgresNotifier: Sendable {
         done.wait()
     }
 
-    private func run() {
-        let connection = PostgresConnection(settings: settings)
+    private func run(on connection: PostgresConnection, logger: Logger) {
         while true {
             signal.wait()
             let (kinds, stopped) = state.withLock { state in
