@@ -2,6 +2,7 @@
 producer) and the fulfilment consumer (vs pgbench of its batched fulfil statement)."""
 import math
 import time
+import uuid
 
 import psycopg
 
@@ -186,6 +187,27 @@ def raw_producer(settings, url, topic, rows):
     return rows / elapsed
 
 
+def raw_consumer(settings, topic, rows):
+    """Reads the topic's `rows` records from the start with a bare librdkafka consumer (no work, no commits): the
+    broker side of the consumer's ceiling. Answers records per second."""
+    from confluent_kafka import Consumer
+    consumer = Consumer({"bootstrap.servers": settings.kafka, "group.id": f"bench-raw-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    received, start = 0, None
+    deadline = time.monotonic() + drain_limit(settings)
+    while received < rows and time.monotonic() < deadline:
+        for message in consumer.consume(num_messages=1_000, timeout=1.0):
+            if message.error() is None:
+                start = start or time.monotonic()  # from the first record: the group join is not the broker's speed
+                received += 1
+    elapsed = time.monotonic() - (start or time.monotonic())
+    consumer.close()
+    if received < rows:
+        raise RuntimeError(f"raw consumer: {received} of {rows} records")
+    return rows / max(elapsed, 1e-6)
+
+
 def consumer(settings, figures):
     rows = settings.size(100_000, 500)
     with scratch_database(settings, "consumer") as url, scratch_topic(settings, "consumer") as topic:
@@ -203,6 +225,7 @@ def consumer(settings, figures):
             execute(url, "UPDATE orders SET status = 'Pending', processed_at = NULL",
                     "TRUNCATE consumer_inbox, order_status_transitions, service_bus_outbox", "ALTER SEQUENCE bench_seq RESTART",
                     "VACUUM ANALYZE")
+        raw = raw_consumer(settings, topic, rows)
         with Pipeline(settings, url, topic, "unused", "consumer") as pipeline:
             pipeline.start("consume")
             done = wait_until(lambda: scalar(url, "SELECT count(*) FROM orders WHERE status <> 'Fulfilled'") == 0,
@@ -214,3 +237,4 @@ def consumer(settings, figures):
                     f"pgbench fulfil statement, batches of {FULFIL_BATCH}, 1 client",
                     note="over 100% when the consumer's partitions commit side by side (group commit)" if done else f"stopped after {drain_limit(settings)} s: {fulfilled:,} of {rows:,} fulfilled")
         figures.add("consumer", f"same, against 4 pgbench clients", rate, "/s", ceilings[4], f"pgbench fulfil statement, batches of {FULFIL_BATCH}, 4 clients")
+        figures.add("consumer", "raw librdkafka consumer, same records (records/s)", raw, "/s", note="the broker side of the consumer's ceiling")
