@@ -15,15 +15,19 @@ import Synchronization
 ///   counter of this adapter) and drops what the adapter had buffered. A commit is judged by the group's rule in
 ///   the core (`CommitOutcome.fence`, which the simulator's group model applies too): one for an older generation,
 ///   or for a partition not assigned now, answers `.rebalanced` and commits nothing.
-/// - One dedicated thread polls continuously (rebalance callbacks and heartbeats-by-poll happen there), buffering
-///   records ahead of the machine; when the buffer is full it pauses the assigned partitions and keeps polling.
-///   A fetch request (and shutdown) cuts its poll short (`rd_kafka_queue_yield`), so buffered records go to the
-///   machine at once rather than when the poll slice ends.
+/// - One dedicated thread polls (rebalance callbacks happen there). Records wait in librdkafka's queue, whose own
+///   thresholds bound the prefetch, until the machine asks: while no fetch is asked for, the thread only polls
+///   for callbacks, every 100 ms. Pausing the partitions would drop what librdkafka has prefetched (measured: each
+///   resume cost ~600 ms without records, a third of a drain), so it is kept for a machine that stops asking for
+///   long: the few records those callback polls take fill the buffer only then. A fetch request (and shutdown)
+///   cuts a poll short (`rd_kafka_queue_yield`), so records go to the machine at once.
 public final class KafkaConsumer: Sendable {
     public let configuration: KafkaConfiguration
     private let logger: Logger
     private let handle: ConsumerHandle
     private let shared: Mutex<Shared>
+    /// Signalled by `fetch` and `shutdown`: the poll thread waits on it while the machine has asked for nothing.
+    private let fetchAsked = DispatchSemaphore(value: 0)
     private let commits = BlockingQueue<Commit>()
     private let threadsDone = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     private let lagByPartition = Mutex<[Int32: Int64]>([:])
@@ -106,6 +110,7 @@ public final class KafkaConsumer: Sendable {
             state.fetch = (ticket, Swift.max(max, 1), ContinuousClock.now + configuration.fetchWait)
             if !state.stopping { handle.wakePoller() }
         }
+        fetchAsked.signal()
     }
 
     /// Commit the next offsets to read; answered through the sink with `.offsetsCommitted`.
@@ -120,6 +125,7 @@ public final class KafkaConsumer: Sendable {
             if !state.stopping { handle.wakePoller() }
             return !state.stopping
         }
+        fetchAsked.signal()
         if first { commits.close() }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let done = threadsDone.withLock { state -> Bool in
@@ -185,6 +191,14 @@ public final class KafkaConsumer: Sendable {
             if full != paused {
                 setPaused(full, rk)
                 paused = full
+            }
+            if fetch == nil {
+                // Records stay in librdkafka's queue (its own thresholds bound the prefetch) until the machine
+                // asks; the poll only serves callbacks. It may still take one record, so a machine that stops
+                // asking for long fills the buffer slowly and only then pauses (which drops the prefetched records).
+                _ = fetchAsked.wait(timeout: .now() + .milliseconds(100))
+                if let message = rd_kafka_consumer_poll(rk, 0) { receive(message, state) }
+                continue
             }
             guard let message = rd_kafka_consumer_poll(rk, 50) else { continue }
             receive(message, state)

@@ -12,7 +12,9 @@ public struct FulfilmentConsumer: Sendable {
     public struct Configuration: Sendable, Hashable {
         /// The topic name, for dead-letter sources ("orders/2@117").
         public var topic = "orders"
-        /// Records asked for per fetch; the next fetch goes out while fewer than this many wait for their turn.
+        /// Records asked for per fetch; the next fetch goes out while fewer than this many per assigned partition
+        /// wait for their turn. (A broker's answer often holds one partition's records only: with a bound for all
+        /// partitions together, one busy partition's queue would stop the fetches that feed the idle ones.)
         public var fetchMax = 100
         /// Most records in one fulfilment transaction.
         public var batchMax = 100
@@ -159,7 +161,7 @@ public struct FulfilmentConsumer: Sendable {
             committing = true
             effects += perform(Work(step: .commit(progress, generation: generation), generation: generation), now: now)
         }
-        if fetching == nil, queuedCount < configuration.fetchMax {
+        if fetching == nil, queuedCount < configuration.fetchMax * partitions.count {
             nextTicket += 1
             fetching = Ticket(nextTicket)
             effects.append(.fetch(Ticket(nextTicket), max: configuration.fetchMax))
