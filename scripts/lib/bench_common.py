@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,12 @@ def log(message):
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Settings:
     """What the driver was asked for: sizes shrink with --smoke."""
 
@@ -41,7 +48,8 @@ class Settings:
         self.kafka = ENV["KAFKA_BROKERS"]
         self.amqp = ENV.get("SERVICEBUS_CONNECTION_STRING", "")
         self.pgbench = ENV.get("PGBENCH", "pgbench")
-        self.http_port = int(ENV.get("BENCH_HTTP_PORT", "5198"))
+        # A free port unless told: a second bench on the machine must not answer this one's requests.
+        self.http_port = int(ENV.get("BENCH_HTTP_PORT") or free_port())
         self.log_level = ENV.get("BENCH_LOG_LEVEL", "info")
 
     def size(self, full, smoke):
