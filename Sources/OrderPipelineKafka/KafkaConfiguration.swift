@@ -18,8 +18,8 @@ public struct KafkaConfiguration: Sendable, Hashable {
     /// The relay hands a whole batch over at once and then waits for every report: lingering only adds delay.
     public var lingerMilliseconds = 0
     /// Consumer group timings. Tansu holds a join for about the rebalance timeout: these make it ~3 s instead of 23 s.
-    /// The adapter polls continuously on its own thread (pausing partitions when its buffer is full), so a short
-    /// `max.poll.interval.ms` does not depend on how fast the fulfilment machine works.
+    /// The adapter polls on its own thread at least every 100 ms whatever the fulfilment machine does, so a short
+    /// `max.poll.interval.ms` does not depend on how fast that works.
     public var sessionTimeoutMilliseconds = 6_000
     public var heartbeatIntervalMilliseconds = 1_000
     public var maxPollIntervalMilliseconds = 7_000
@@ -29,8 +29,10 @@ public struct KafkaConfiguration: Sendable, Hashable {
     public var fetchWaitMaxMilliseconds = 10
     /// How long a `.fetch` waits for records before answering with an empty batch.
     public var fetchWait: Duration = .milliseconds(500)
-    /// Records the consumer thread buffers ahead of the machine before pausing its partitions.
-    public var consumerBuffer = 2_000
+    /// `queued.max.messages.kbytes` of the consumer: librdkafka's prefetch, per assigned partition (each has a
+    /// queue of its own). 4 MB is thousands of records, more than a drain takes between two fetches, and bounds
+    /// memory when the machine falls behind.
+    public var consumerPrefetchKilobytes = 4_096
     /// Further librdkafka properties, applied last (e.g. `security.protocol`, `sasl.*`); never one of
     /// `protectedProperties` (`parseProperties` refuses them).
     public var extraProperties: [String: String] = [:]
@@ -135,6 +137,15 @@ final class KafkaConf {
         var error = [CChar](repeating: 0, count: 512)
         let result = rd_kafka_conf_set(handle, name, value, &error, error.count)
         guard result == RD_KAFKA_CONF_OK else {
+            throw KafkaError(code: .configuration, message: "\(name): \(errorText(error))")
+        }
+    }
+
+    /// Sets a property an older librdkafka may not know (then it keeps its behaviour); other refusals throw.
+    func setIfKnown(_ name: String, _ value: String) throws(KafkaError) {
+        var error = [CChar](repeating: 0, count: 512)
+        let result = rd_kafka_conf_set(handle, name, value, &error, error.count)
+        guard result == RD_KAFKA_CONF_OK || result == RD_KAFKA_CONF_UNKNOWN else {
             throw KafkaError(code: .configuration, message: "\(name): \(errorText(error))")
         }
     }

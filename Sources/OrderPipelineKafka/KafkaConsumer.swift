@@ -15,19 +15,19 @@ import Synchronization
 ///   counter of this adapter) and drops what the adapter had buffered. A commit is judged by the group's rule in
 ///   the core (`CommitOutcome.fence`, which the simulator's group model applies too): one for an older generation,
 ///   or for a partition not assigned now, answers `.rebalanced` and commits nothing.
-/// - One dedicated thread polls (rebalance callbacks happen there). Records wait in librdkafka's queue, whose own
-///   thresholds bound the prefetch, until the machine asks: while no fetch is asked for, the thread only polls
-///   for callbacks, every 100 ms. Pausing the partitions would drop what librdkafka has prefetched (measured: each
-///   resume cost ~600 ms without records, a third of a drain), so it is kept for a machine that stops asking for
-///   long: the few records those callback polls take fill the buffer only then. A fetch request (and shutdown)
-///   cuts a poll short (`rd_kafka_queue_yield`), so records go to the machine at once.
+/// - One dedicated thread serves the consumer queue (rebalance callbacks happen there) and answers fetches. Each
+///   assigned partition's records go to a queue of its own (`rd_kafka_queue_get_partition`, forwarded nowhere), and
+///   a fetch takes from every partition in turn: librdkafka hands records over a partition at a time, thousands
+///   of them, so from one shared queue a fetch would see one partition and the machine could not work on the
+///   others meanwhile. Records wait in those queues, whose own thresholds bound the prefetch, until the machine
+///   asks; nothing is ever paused (a pause drops what librdkafka has prefetched: measured, each resume cost
+///   ~600 ms without records). The thread sleeps on a doorbell rung by a fetch request, shutdown, and librdkafka
+///   when one of the queues gets something, so records go to the machine at once.
 public final class KafkaConsumer: Sendable {
     public let configuration: KafkaConfiguration
     private let logger: Logger
     private let handle: ConsumerHandle
     private let shared: Mutex<Shared>
-    /// Signalled by `fetch` and `shutdown`: the poll thread waits on it while the machine has asked for nothing.
-    private let fetchAsked = DispatchSemaphore(value: 0)
     private let commits = BlockingQueue<Commit>()
     private let threadsDone = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     private let lagByPartition = Mutex<[Int32: Int64]>([:])
@@ -66,6 +66,10 @@ public final class KafkaConsumer: Sendable {
         try conf.set("heartbeat.interval.ms", String(configuration.heartbeatIntervalMilliseconds))
         try conf.set("max.poll.interval.ms", String(configuration.maxPollIntervalMilliseconds))
         try conf.set("fetch.wait.max.ms", String(configuration.fetchWaitMaxMilliseconds))
+        try conf.set("queued.max.messages.kbytes", String(configuration.consumerPrefetchKilobytes))
+        // A partition whose queue is at that bound is fetched again this soon after it drops (default 1 s, since
+        // librdkafka 2.1: a stall of a second per refill with a small bound).
+        try conf.setIfKnown("fetch.queue.backoff.ms", "10")
         for (name, value) in configuration.extraProperties.sorted(by: { $0.key < $1.key }) { try conf.set(name, value) }
         let state = ConsumerThreadState(sink: sink, logger: logger, topic: configuration.topic)
         rd_kafka_conf_set_opaque(conf.handle, Unmanaged.passUnretained(state).toOpaque())
@@ -108,9 +112,8 @@ public final class KafkaConsumer: Sendable {
     public func fetch(_ ticket: Ticket, max: Int) {
         shared.withLock { state in
             state.fetch = (ticket, Swift.max(max, 1), ContinuousClock.now + configuration.fetchWait)
-            if !state.stopping { handle.wakePoller() }
         }
-        fetchAsked.signal()
+        handle.doorbell.signal()
     }
 
     /// Commit the next offsets to read; answered through the sink with `.offsetsCommitted`.
@@ -122,10 +125,9 @@ public final class KafkaConsumer: Sendable {
     public func shutdown() async {
         let first = shared.withLock { state -> Bool in
             defer { state.stopping = true }
-            if !state.stopping { handle.wakePoller() }
             return !state.stopping
         }
-        fetchAsked.signal()
+        handle.doorbell.signal()
         if first { commits.close() }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let done = threadsDone.withLock { state -> Bool in
@@ -167,59 +169,71 @@ public final class KafkaConsumer: Sendable {
     private func pollLoop() {
         let state = handle.state
         let rk = handle.rk
-        var paused = false
         var lagMeasured = ContinuousClock.now
         while true {
             if ContinuousClock.now - lagMeasured > .seconds(1) {
                 lagMeasured = .now
                 measureLag(rk)
             }
+            // Serves the rebalance callback and errors; a record only comes here from a partition not split off.
+            while let message = rd_kafka_consumer_poll(rk, 0) { receive(message, state) }
             let (stopping, fetch) = shared.withLock { ($0.stopping, $0.fetch) }
             if stopping { break }
+            var sleep = Duration.milliseconds(100)
             if let fetch {
-                if !state.buffer.isEmpty {
-                    // Take what else librdkafka already holds, without waiting: one bigger batch, not several.
-                    while state.buffer.count < fetch.max, let message = rd_kafka_consumer_poll(rk, 0) { receive(message, state) }
-                    let records = Array(state.buffer.prefix(fetch.max))
-                    state.buffer.removeFirst(records.count)
+                let records = take(fetch.max, state)
+                if !records.isEmpty || ContinuousClock.now >= fetch.deadline {
                     answer(fetch.ticket, records, state)
-                } else if ContinuousClock.now >= fetch.deadline {
-                    answer(fetch.ticket, [], state)
+                    continue
                 }
+                sleep = min(sleep, fetch.deadline - ContinuousClock.now)
             }
-            let full = state.buffer.count >= configuration.consumerBuffer
-            if full != paused {
-                setPaused(full, rk)
-                paused = full
-            }
-            if fetch == nil {
-                // Records stay in librdkafka's queue (its own thresholds bound the prefetch) until the machine
-                // asks; the poll only serves callbacks. It may still take one record, so a machine that stops
-                // asking for long fills the buffer slowly and only then pauses (which drops the prefetched records).
-                _ = fetchAsked.wait(timeout: .now() + .milliseconds(100))
-                if let message = rd_kafka_consumer_poll(rk, 0) { receive(message, state) }
-                continue
-            }
-            guard let message = rd_kafka_consumer_poll(rk, 50) else { continue }
-            receive(message, state)
+            handle.doorbell.wait(for: sleep)
         }
-        // Leave the group: the revoke callback runs here; nothing more goes to the sink. No wake-up can come any
-        // more (`stopping` is set under the same lock), and the queue reference must go before the close.
-        shared.withLock { _ in handle.releaseConsumerQueue() }
+        // Leave the group: the revoke callback runs here (and lets go of the partition queues); nothing more goes
+        // to the sink. The consumer queue's reference must go before the close.
+        handle.releaseConsumerQueue()
         state.closing = true
         rd_kafka_consumer_close(rk)
+        state.releasePartitionQueues()
         threadFinished()
     }
 
-    /// Buffers a polled record (or logs the error it carries) and frees the message.
+    /// Up to `max` records without waiting: the stray ones first, then from every partition's queue in turn (an
+    /// equal share each, then what is left of `max` from those that have more), each partition's in order.
+    private func take(_ max: Int, _ state: ConsumerThreadState) -> [ConsumedRecord] {
+        var records = Array(state.buffer.prefix(max))
+        state.buffer.removeFirst(records.count)
+        let queues = state.partitionQueues
+        guard !queues.isEmpty else { return records }
+        let share = Swift.max(1, (max - records.count) / queues.count)
+        var messages = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: Swift.max(1, max))
+        for pass in 0..<2 {
+            for queue in queues where records.count < max {
+                let wanted = pass == 0 ? Swift.min(share, max - records.count) : max - records.count
+                let count = messages.withUnsafeMutableBufferPointer { rd_kafka_consume_batch_queue(queue.queue, 0, $0.baseAddress, wanted) }
+                for index in 0..<Swift.max(0, count) {
+                    guard let message = messages[index] else { continue }
+                    if let record = record(from: message) { records.append(record) }
+                }
+            }
+        }
+        return records
+    }
+    /// Buffers a polled record (or logs the error it carries).
     private func receive(_ message: UnsafeMutablePointer<rd_kafka_message_t>, _ state: ConsumerThreadState) {
+        if let record = record(from: message) { state.buffer.append(record) }
+    }
+
+    /// The record a message carries (nil for an error, which is logged), and frees the message.
+    private func record(from message: UnsafeMutablePointer<rd_kafka_message_t>) -> ConsumedRecord? {
         defer { rd_kafka_message_destroy(message) }
         let m = message.pointee
-        if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-            state.buffer.append(Self.record(m, message))
-        } else if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+        if m.err == RD_KAFKA_RESP_ERR_NO_ERROR { return Self.record(m, message) }
+        if m.err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
             logger.warning("Kafka consumer error", metadata: ["kafka.error": "\(errorText(m.err))", "kafka.code": "\(m.err.rawValue)"])
         }
+        return nil
     }
 
     private func measureLag(_ rk: OpaquePointer) {
@@ -269,13 +283,6 @@ public final class KafkaConsumer: Sendable {
                 ])
         }
         state.sink(.fetched(ticket, records))
-    }
-
-    private func setPaused(_ pause: Bool, _ rk: OpaquePointer) {
-        var assignment: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
-        guard rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR, let assignment else { return }
-        defer { rd_kafka_topic_partition_list_destroy(assignment) }
-        if pause { rd_kafka_pause_partitions(rk, assignment) } else { rd_kafka_resume_partitions(rk, assignment) }
     }
 
     private static func record(_ m: rd_kafka_message_t, _ message: UnsafeMutablePointer<rd_kafka_message_t>) -> ConsumedRecord {
@@ -340,7 +347,11 @@ final class ConsumerThreadState: @unchecked Sendable {
     let logger: Logger
     let topic: String
     weak var consumer: KafkaConsumer?
+    let doorbell = Doorbell()
+    /// Records polled from the consumer queue (from a partition that was not split off: none in practice).
     var buffer: [ConsumedRecord] = []
+    /// The assigned partitions' own queues, by partition.
+    var partitionQueues: [(partition: Int32, queue: OpaquePointer)] = []
     var closing = false
 
     init(sink: @escaping @Sendable (Input) -> Void, logger: Logger, topic: String) {
@@ -349,14 +360,26 @@ final class ConsumerThreadState: @unchecked Sendable {
         self.topic = topic
     }
 
-    /// The rebalance callback (eager): assign or revoke everything, start a new generation, drop the buffer.
+    /// The rebalance callback (eager): assign or revoke everything, start a new generation, drop the buffer. Each
+    /// assigned partition's queue is split off before its fetching starts (librdkafka then leaves it so: an
+    /// application's forwarding is not overridden by a fetch start); records fetched under an older assignment
+    /// that are still in it are outdated for librdkafka and never served.
     func rebalance(_ rk: OpaquePointer, _ error: rd_kafka_resp_err_t, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
         buffer = []
+        releasePartitionQueues()
         var assigned: [Int32] = []
         if error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, let partitions {
-            rd_kafka_assign(rk, partitions)
             let list = partitions.pointee
-            for index in 0..<Int(list.cnt) { assigned.append(list.elems[index].partition) }
+            for index in 0..<Int(list.cnt) {
+                let element = list.elems[index]
+                assigned.append(element.partition)
+                guard let queue = rd_kafka_queue_get_partition(rk, element.topic, element.partition) else { continue }
+                rd_kafka_queue_forward(queue, nil)
+                doorbell.ring(whenSomethingArrivesIn: queue)
+                partitionQueues.append((element.partition, queue))
+            }
+            partitionQueues.sort { $0.partition < $1.partition }
+            rd_kafka_assign(rk, partitions)
         } else {
             rd_kafka_assign(rk, nil)
         }
@@ -370,28 +393,64 @@ final class ConsumerThreadState: @unchecked Sendable {
             ])
         sink(.assigned(generation: generation, partitions: assigned))
     }
+
+    func releasePartitionQueues() {
+        for (_, queue) in partitionQueues {
+            Doorbell.silence(queue)
+            rd_kafka_queue_destroy(queue)
+        }
+        partitionQueues = []
+    }
+}
+
+/// What the poll thread sleeps on: rung by any thread, and by librdkafka's own threads when a queue it was
+/// attached to goes from empty to non-empty (the callback does nothing else: no librdkafka call may happen there).
+final class Doorbell: Sendable {
+    private let semaphore = DispatchSemaphore(value: 0)
+
+    func signal() { semaphore.signal() }
+
+    /// Waits for a ring, at most `timeout`.
+    func wait(for timeout: Duration) {
+        let (seconds, attoseconds) = timeout.components
+        let nanoseconds = max(0, Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+        _ = semaphore.wait(timeout: .now() + .nanoseconds(nanoseconds))
+    }
+
+    /// The doorbell must outlive the attachment (`silence` ends it).
+    func ring(whenSomethingArrivesIn queue: OpaquePointer) {
+        rd_kafka_queue_cb_event_enable(
+            queue,
+            { _, opaque in
+                guard let opaque else { return }
+                Unmanaged<Doorbell>.fromOpaque(opaque).takeUnretainedValue().signal()
+            }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    static func silence(_ queue: OpaquePointer) { rd_kafka_queue_cb_event_enable(queue, nil, nil) }
 }
 
 /// Owns the consumer's `rd_kafka_t` and a reference to its consumer queue (the one `rd_kafka_consumer_poll` serves).
 final class ConsumerHandle: @unchecked Sendable {
     let rk: OpaquePointer
     let state: ConsumerThreadState
-    /// Used under the consumer's `shared` lock only; nil once released.
+    /// Used on the poll thread only (and in deinit); nil once released.
     private var consumerQueue: OpaquePointer?
 
     init(_ rk: OpaquePointer, state: ConsumerThreadState) {
         self.rk = rk
         self.state = state
         self.consumerQueue = rd_kafka_queue_get_consumer(rk)
+        if let consumerQueue { state.doorbell.ring(whenSomethingArrivesIn: consumerQueue) }
     }
 
-    /// Makes the poll in progress (or the next one) return at once.
-    func wakePoller() {
-        if let consumerQueue { rd_kafka_queue_yield(consumerQueue) }
-    }
+    var doorbell: Doorbell { state.doorbell }
 
     func releaseConsumerQueue() {
-        if let consumerQueue { rd_kafka_queue_destroy(consumerQueue) }
+        if let consumerQueue {
+            Doorbell.silence(consumerQueue)
+            rd_kafka_queue_destroy(consumerQueue)
+        }
         consumerQueue = nil
     }
 
