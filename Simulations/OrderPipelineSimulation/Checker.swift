@@ -15,6 +15,7 @@ public enum Invariant: String, Sendable, CaseIterable, Hashable {
     case inboxKeysDerived = "inbox-keys-are-derived-event-ids"
     case fulfilmentAfterCommit = "fulfilment-message-after-its-commit"
     case traceCarried = "trace-carried-end-to-end"
+    case fulfilledCountedOnce = "fulfilled-counted-at-most-once"
 }
 
 public struct Violation: Sendable, Hashable, CustomStringConvertible {
@@ -153,6 +154,12 @@ public enum Checker {
                 violations.append(
                     Violation(.traceCarried, "\(message.messageID) for \(message.orderID) carries trace \(message.traceParent?.description ?? "none"), expected \(expected)"))
             }
+        }
+
+        // The fulfilled counter (`.fulfilled` notes, which the metrics count) counts an order at most once. (A
+        // consumer that dies between its commit and the answer counts nothing: a lost count, never a double one.)
+        for (id, count) in world.fulfilledNotes.sorted(by: { $0.key < $1.key }) where count > 1 {
+            violations.append(Violation(.fulfilledCountedOnce, "\(id) was counted as fulfilled \(count) times"))
         }
 
         // Dead letters hold poison only.

@@ -269,7 +269,13 @@ public final class PostgresModel {
             return (.released(rows: released), nil)
 
         case .fulfil(let batch):
-            let outcomes = batch.indices.map { fulfil(batch[$0], sequence: $0 < reserved.fulfilments.count ? reserved.fulfilments[$0] : nil) }
+            // Judged on the state before the batch, as the statement's snapshot does, for an event id's first record.
+            let earlier = batch.indices.map { index in
+                fulfilledByEarlierAttempt(batch[index]) && !batch[..<index].contains { $0.envelope.id == batch[index].envelope.id }
+            }
+            let outcomes = batch.indices.map {
+                fulfil(batch[$0], sequence: $0 < reserved.fulfilments.count ? reserved.fulfilments[$0] : nil, earlierAttempt: earlier[$0])
+            }
             return (.fulfilments(outcomes), outcomes.contains(.fulfilled) ? .serviceBus : nil)
 
         case .deadLetter(let letter):
@@ -289,10 +295,16 @@ public final class PostgresModel {
         }
     }
 
+    /// A duplicate OrderCreated whose order an earlier attempt of the same transaction fulfilled (same `at`).
+    private func fulfilledByEarlierAttempt(_ f: Fulfilment) -> Bool {
+        guard f.envelope.type == .orderCreated, inbox.contains(f.envelope.id), let order = orders[f.envelope.orderID] else { return false }
+        return order.status == .fulfilled && order.processedAt == f.at
+    }
+
     /// One record of a `.fulfil` batch, in order (the batch's records see each other's inbox rows).
-    private func fulfil(_ fulfilment: Fulfilment, sequence: Int64?) -> FulfilmentOutcome {
+    private func fulfil(_ fulfilment: Fulfilment, sequence: Int64?, earlierAttempt: Bool) -> FulfilmentOutcome {
         let envelope = fulfilment.envelope
-        guard !inbox.contains(envelope.id) else { return .duplicate }
+        guard !inbox.contains(envelope.id) else { return earlierAttempt ? .fulfilledByEarlierAttempt : .duplicate }
         let optimistic = recipeVariants.optimisticInbox && envelope.type == .orderCreated
         if !optimistic { inbox.insert(envelope.id) }
         guard envelope.type == .orderCreated else { return .recorded }

@@ -58,6 +58,7 @@ struct SimulatedPerformers: EffectPerformers {
 
     mutating func observe(_ note: Note) {
         world.recoveries.count(note)
+        if case .fulfilled(let id) = note { world.fulfilledNotes[id, default: 0] += 1 }
         world.history.record(world.now, name, .info, "note", note.summary)
         if case .unexpected(let what) = note {
             world.clientViolations.append(Violation(.noUnexpectedBranch, "\(name): \(what)"))

@@ -91,6 +91,8 @@ public final class World {
     public internal(set) var recoveries = RecoveryCounts()
     /// Anomalies seen by clients while running (the checker adds the rest at the end).
     public internal(set) var clientViolations: [Violation] = []
+    /// `.fulfilled` notes per order, over every consumer's life (what the fulfilled counter would count).
+    public internal(set) var fulfilledNotes: [OrderID: Int] = [:]
     public internal(set) var poisonSources: [String] = []
     /// Events a broker refuses for good (too large), and the orders they leave parked for an operator.
     var oversized: [EventID] = []

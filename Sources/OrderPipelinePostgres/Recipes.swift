@@ -161,7 +161,10 @@ public enum StoreRecipes {
             var fulfilledHere: Set<OrderID> = []
             var outcomes: [FulfilmentOutcome] = []
             for (row, f) in batch.enumerated() {
-                guard rows.string(row, 0) == "t" else { outcomes.append(.duplicate); continue }
+                guard rows.string(row, 0) == "t" else {
+                    outcomes.append(rows.string(row, 3) == "t" ? .fulfilledByEarlierAttempt : .duplicate)
+                    continue
+                }
                 guard f.envelope.type == .orderCreated else { outcomes.append(.recorded); continue }
                 guard let statusText = rows.string(row, 1) else { outcomes.append(.orderMissing); continue }
                 guard let status = OrderStatus(rawValue: statusText) else {

@@ -220,8 +220,9 @@ enum SQL {
     /// nothing. Arrays, one element per record in order: $1 event ids, $2 event types, $3 order ids, $4 at, $5
     /// fulfilment event ids, $6 fulfilment payloads (hex), $7 traceparents ('' for none). Answers per record, in
     /// order: whether its inbox row is new (the first record of an event id the inbox lacked), its order's status
-    /// (locked; only for a new OrderCreated) and whether it fulfilled the order (only the first new OrderCreated of
-    /// an order can). Rows, transitions and outbox rows are written in record order.
+    /// (locked; only for a new OrderCreated), whether it fulfilled the order (only the first new OrderCreated of
+    /// an order can), and, for the first duplicate OrderCreated of an event id, whether its order was fulfilled with
+    /// this record's `at` (by an earlier attempt of this batch; read in the statement's snapshot, from before it). Rows, transitions and outbox rows are written in record order.
     static let fulfil = PreparedStatement(
         "op_fulfil_batch",
         """
@@ -254,11 +255,14 @@ enum SQL {
             SELECT fulfilment_id, id, 'OrderFulfilled', at, decode(payload, 'hex'), now(), NULLIF(traceparent, '')
             FROM upd ORDER BY n
         )
-        SELECT f.n IS NOT NULL, t.status, u.n IS NOT NULL
+        SELECT f.n IS NOT NULL, t.status, u.n IS NOT NULL,
+            f.n IS NULL AND i.event_type = 'OrderCreated' AND e.status = 'Fulfilled' AND e.processed_at = i.at
+                AND NOT EXISTS (SELECT 1 FROM input j WHERE j.event_id = i.event_id AND j.n < i.n)
         FROM input i
         LEFT JOIN fresh f ON f.n = i.n
         LEFT JOIN target t ON t.id = i.order_id
         LEFT JOIN upd u ON u.n = i.n
+        LEFT JOIN orders e ON e.id = i.order_id
         ORDER BY i.n
         """)
 

@@ -86,10 +86,25 @@ import Testing
         guard case .setTimer(.retry, let at)? = consumer.handle(.stored(ticket, .unknown), now: t0).last else { Issue.record("expected backoff"); return }
         let (again, reissued) = try #require(stores(consumer.handle(.timer(.retry), now: at)).first)
         #expect(reissued == command)
-        // The re-issue finds the inbox row of the attempt whose outcome was unknown: that fulfilment is counted now.
-        let after = consumer.handle(.stored(again, .committed(.fulfilments([.duplicate]))), now: at)
+        // The re-issue finds that the attempt whose outcome was unknown fulfilled the order: counted now, once.
+        let after = consumer.handle(.stored(again, .committed(.fulfilments([.fulfilledByEarlierAttempt]))), now: at)
         #expect(after.contains(.note(.fulfilled(orderA))))
         #expect(!after.contains(.note(.redeliveryDeduplicated(EventID.derived(order: orderA, type: .orderCreated)))))
+    }
+
+    /// Regression (found by the lab, invariant fulfilled-counted-at-most-once, fixture replay-seed105-…): an attempt
+    /// with an unknown outcome had not committed; another consumer fulfilled the order meanwhile and counted it. The
+    /// re-issue finds that consumer's inbox row and must not count the order again.
+    @Test func aReissueFindingAnotherConsumersWorkDoesNotCountIt() throws {
+        var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0]), now: t0)))
+        let (ticket, _) = try #require(stores(consumer.handle(.fetched(fetch, [record(0)]), now: t0)).first)
+        guard case .setTimer(.retry, let at)? = consumer.handle(.stored(ticket, .unknown), now: t0).last else { Issue.record("expected backoff"); return }
+        let (again, _) = try #require(stores(consumer.handle(.timer(.retry), now: at)).first)
+        let after = consumer.handle(.stored(again, .committed(.fulfilments([.duplicate]))), now: at)
+        #expect(!after.contains(.note(.fulfilled(orderA))))
+        #expect(after.contains(.note(.redeliveryDeduplicated(EventID.derived(order: orderA, type: .orderCreated)))))
     }
 
     /// Regression (found by the lab, seed 68 of the first world): a record fetched before a rebalance finished

@@ -12,6 +12,7 @@ struct StoreCommandGenerator {
     private var random: SplitMix64
     private let shadow = PostgresModel()
     private var clock: Int64 = 0
+    private var lastFulfil: Step?
     private var nextOrder: UInt64 = 1
     private var nextKey = 1
     private var nextOffset = 100
@@ -148,8 +149,10 @@ struct StoreCommandGenerator {
 
     private mutating func release() -> Step { .release(outbox(), owner: owner()) }
 
-    /// A batch of one to five deliveries; a batch may carry the same event twice (a relay re-sent it).
+    /// A batch of one to five deliveries; a batch may carry the same event twice (a relay re-sent it). Sometimes
+    /// the last batch again, stamped as it was: its re-issue after an unknown outcome.
     private mutating func fulfil() -> Step {
+        if random.chance(0.15), let last = lastFulfil { return last }
         var batch: [Step.Delivery] = []
         for _ in 0..<(random.chance(0.4) ? 1 : 2 + Int(random.below(4))) {
             let roll = random.below(100)
@@ -163,6 +166,7 @@ struct StoreCommandGenerator {
                 batch.append(.init(nextOrder + 50, .orderCreated))  // its order was never stored
             }
         }
+        lastFulfil = .fulfil(batch, at: clock)
         return .fulfil(batch, at: clock)
     }
 

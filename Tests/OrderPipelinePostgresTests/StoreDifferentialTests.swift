@@ -90,6 +90,7 @@ struct StoreDifferentialTests {
             "orderCreated", "orderReplayed", "idempotencyKeyReused", "transitioned", "orderNotFound", "illegalTransition",
             "claimed", "settled", "released", "fulfilments", "deadLettered",
             "fulfil.fulfilled", "fulfil.duplicate", "fulfil.skipped", "fulfil.recorded", "fulfil.orderMissing",
+            "fulfil.fulfilledByEarlierAttempt",
         ]
         #expect(replies == expected)
         #expect(mixedBatches > 50, "\(mixedBatches) fulfil batches with more than one kind of answer")

@@ -190,7 +190,7 @@ final class Peers: Sendable {
     func differences(prefix: [Step], group: [Step]) async throws -> [String] {
         let actual = try await run(prefix: prefix, group: group)
         let steps = prefix + group
-        let candidates = Self.serialOutcomes(prefix: prefix, group: group).map { $0.differences(from: actual, steps: steps) }
+        let candidates = Self.serialOutcomes(prefix: prefix, group: group).map { $0.differences(from: actual, steps: steps, concurrent: true) }
         return candidates.contains(where: \.isEmpty) ? [] : candidates.min { $0.count < $1.count } ?? []
     }
 

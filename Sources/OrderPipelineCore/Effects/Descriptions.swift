@@ -57,6 +57,7 @@ extension FulfilmentOutcome {
         switch self {
         case .fulfilled: "fulfilled"
         case .duplicate: "duplicate (inbox)"
+        case .fulfilledByEarlierAttempt: "fulfilled by an earlier attempt"
         case .skipped(let status): "skipped (\(status.rawValue))"
         case .recorded: "recorded"
         case .orderMissing: "order missing"

@@ -163,7 +163,9 @@ public struct OutboxSettlement: Hashable, Sendable {
 /// and append `fulfilmentEvent` to the Service Bus outbox, answering `.fulfilled`; if it is in any other status
 /// answer `.skipped(status)`. Other event types are only recorded (`.recorded`). An `OrderCreated` whose order does
 /// not exist answers `.orderMissing`. Re-issuing the same batch after an unknown outcome is idempotent: every
-/// record then answers `.duplicate`.
+/// record then answers `.duplicate`, except an `OrderCreated` that attempt fulfilled: `.fulfilledByEarlierAttempt`
+/// (judged on the state before the batch, for the first record of an event id: a repeat within the batch stays
+/// `.duplicate`).
 public struct Fulfilment: Hashable, Sendable {
     public var envelope: EventEnvelope
     public var at: Instant
@@ -217,6 +219,10 @@ public enum StoreReply: Hashable, Sendable {
 public enum FulfilmentOutcome: Hashable, Sendable {
     case fulfilled
     case duplicate
+    /// A duplicate `OrderCreated` whose order was fulfilled by an earlier attempt of this very transaction (one
+    /// whose outcome was unknown: its order carries this record's `at` as `processed_at`). The work is done, once,
+    /// and this answer is how it gets counted once; a redelivery's duplicate answers `.duplicate`.
+    case fulfilledByEarlierAttempt
     case skipped(OrderStatus)
     case recorded
     case orderMissing

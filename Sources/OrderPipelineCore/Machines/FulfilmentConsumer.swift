@@ -40,8 +40,6 @@ public struct FulfilmentConsumer: Sendable {
         /// (the group resets positions to the committed offsets, so the records come again).
         var generation: Int64
         var failures = 0
-        /// The step's transaction had an unknown outcome (its COMMIT may have happened).
-        var unknownOutcome = false
 
         var partition: Int32? {
             switch step {
@@ -224,7 +222,6 @@ public struct FulfilmentConsumer: Sendable {
         case .failed(let failure):
             return backOff(work, note: .storeRetry("fulfil: \(OrderIntake.describe(failure))"), now: now)
         case .unknown:
-            work.unknownOutcome = true
             // Maybe committed: the same transaction again either does the work or finds the inbox rows.
             return backOff(work, note: .unknownOutcome("fulfil"), now: now)
         case .committed(let reply):
@@ -232,7 +229,7 @@ public struct FulfilmentConsumer: Sendable {
             switch (reply, work.step) {
             case (.fulfilments(let outcomes), .store(_, .fulfil(let batch))):
                 for (f, outcome) in zip(batch, outcomes) {
-                    if let note = note(outcome, f, afterUnknownOutcome: work.unknownOutcome) { notes.append(.note(note)) }
+                    if let note = note(outcome, f) { notes.append(.note(note)) }
                 }
             case (.deadLettered, .store(let records, .deadLetter(let letter))):
                 work.step = .forward(records[0], reason: letter.reason)
@@ -245,12 +242,11 @@ public struct FulfilmentConsumer: Sendable {
         }
     }
 
-    private func note(_ outcome: FulfilmentOutcome, _ f: Fulfilment, afterUnknownOutcome: Bool) -> Note? {
+    private func note(_ outcome: FulfilmentOutcome, _ f: Fulfilment) -> Note? {
         switch outcome {
-        case .fulfilled: .fulfilled(f.envelope.orderID)
-        // After an unknown outcome of this very transaction, the inbox row is (almost always) its own: the earlier
-        // attempt committed, and that fulfilment is counted now, once.
-        case .duplicate: afterUnknownOutcome && f.envelope.type == .orderCreated ? .fulfilled(f.envelope.orderID) : .redeliveryDeduplicated(f.envelope.id)
+        // An earlier attempt whose outcome was unknown did commit: its fulfilment is counted now, once.
+        case .fulfilled, .fulfilledByEarlierAttempt: .fulfilled(f.envelope.orderID)
+        case .duplicate: .redeliveryDeduplicated(f.envelope.id)
         case .skipped(let status): .skipped(f.envelope.orderID, status)
         case .recorded, .orderMissing: nil
         }
