@@ -373,7 +373,12 @@ final class ConsumerThreadState: @unchecked Sendable {
             for index in 0..<Int(list.cnt) {
                 let element = list.elems[index]
                 assigned.append(element.partition)
-                guard let queue = rd_kafka_queue_get_partition(rk, element.topic, element.partition) else { continue }
+                guard let queue = rd_kafka_queue_get_partition(rk, element.topic, element.partition) else {
+                    // Its records then come through the consumer queue, unshared and unbounded by a fetch: never
+                    // seen, but not silent.
+                    logger.warning("Kafka partition queue unavailable", metadata: ["kafka.topic": "\(topic)", "kafka.partition": "\(element.partition)"])
+                    continue
+                }
                 rd_kafka_queue_forward(queue, nil)
                 doorbell.ring(whenSomethingArrivesIn: queue)
                 partitionQueues.append((element.partition, queue))
