@@ -37,18 +37,17 @@ public final class KafkaProducer: Sendable {
     /// One outcome per message, in order; a delivered one says where it went (`.appended`).
     public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
         let items = messages.map { message in
-            let orderID = message.event.orderID.description
-            let headers = message.event.kafkaHeaders.map { ($0.name, $0.value) }
-            return ProducerSession.Item(key: Array(orderID.utf8), value: message.event.payload, headers: headers, orderID: orderID)
+            let event = message.event
+            return ProducerSession.Item(key: Array(event.orderID.description.utf8), value: event.payload, headers: event.kafkaHeaders, orderID: event.orderID)
         }
         return await send(items, topic: configuration.topic)
     }
 
     /// Copies a poison record as it was (key, value, headers) to the dead-letter topic, with the reason and source.
     public func forward(_ record: ConsumedRecord, reason: String) async -> PublishOutcome {
-        var headers = record.headers.map { ($0.name, $0.value) }
-        headers.append(("dead-letter-reason", Array(reason.utf8)))
-        headers.append(("dead-letter-source", Array(record.source(topic: configuration.topic).utf8)))
+        var headers = record.headers
+        headers.append(.init(name: "dead-letter-reason", value: Array(reason.utf8)))
+        headers.append(.init(name: "dead-letter-source", value: Array(record.source(topic: configuration.topic).utf8)))
         let item = ProducerSession.Item(key: record.key, value: record.value, headers: headers, orderID: nil)
         // The copy's position is not kept anywhere: its outcome is plain `.delivered`.
         let outcome = await send([item], topic: configuration.deadLetterTopic).first ?? .unknown("no delivery report")
@@ -107,8 +106,9 @@ final class ProducerSession: Sendable {
     struct Item: Sendable {
         var key: [UInt8]?
         var value: [UInt8]
-        var headers: [(String, [UInt8])]
-        var orderID: String?
+        var headers: [ConsumedRecord.Header]
+        /// For the debug log line of each delivery (formatted only when it is written).
+        var orderID: OrderID?
     }
 
     private struct Batch {
@@ -120,7 +120,7 @@ final class ProducerSession: Sendable {
     private struct Slot {
         var batch: UInt64
         var index: Int
-        var orderID: String?
+        var orderID: OrderID?
         var topic: String
         /// When the report is overdue, on the monotonic clock: librdkafka's own message timeout reads the wall
         /// clock, which a skewed or stepped host clock can stop from ever firing.
@@ -179,29 +179,38 @@ final class ProducerSession: Sendable {
     var brokenReason: String? { pending.withLock { $0.brokenReason } }
 
     func send(_ items: [Item], topic: String) async -> [PublishOutcome] {
-        let batchID: UInt64? = pending.withLock { state in
+        let clock = ContinuousClock()
+        // The batch and a slot per item, under one lock: tokens first ..< first + count, in the items' order.
+        let registered: (batch: UInt64, first: UInt64)? = pending.withLock { state in
             guard !state.stopping else { return nil }
             state.nextBatch += 1
             state.batches[state.nextBatch] = Batch(outcomes: Array(repeating: nil, count: items.count), remaining: items.count)
-            return state.nextBatch
-        }
-        guard let batchID else { return items.map { _ in .failed(retriable: true, reason: "producer is shutting down") } }
-        let clock = ContinuousClock()
-        for (index, item) in items.enumerated() {
-            let token = pending.withLock { state -> UInt64 in
-                state.nextToken += 1
-                state.slots[state.nextToken] = Slot(
-                    batch: batchID, index: index, orderID: item.orderID, topic: topic, deadline: clock.now + messageTimeout + Self.reportGrace)
-                return state.nextToken
+            let first = state.nextToken + 1
+            let deadline = clock.now + messageTimeout + Self.reportGrace
+            state.slots.reserveCapacity(state.slots.count + items.count)
+            for (index, item) in items.enumerated() {
+                state.slots[first + UInt64(index)] = Slot(batch: state.nextBatch, index: index, orderID: item.orderID, topic: topic, deadline: deadline)
             }
-            let deadline = clock.now + messageTimeout
+            state.nextToken += UInt64(items.count)
+            return (state.nextBatch, first)
+        }
+        guard let (batchID, first) = registered else { return items.map { _ in .failed(retriable: true, reason: "producer is shutting down") } }
+        for (index, item) in items.enumerated() {
+            let token = first + UInt64(index)
+            var deadline: ContinuousClock.Instant?
             while true {
                 let code = produce(item, topic: topic, token: token)
                 if code == RD_KAFKA_RESP_ERR_NO_ERROR { break }
-                if code == RD_KAFKA_RESP_ERR__QUEUE_FULL, clock.now < deadline {
-                    // Back-pressure: the poll thread drains delivery reports; try again shortly.
-                    try? await Task.sleep(for: .milliseconds(2))
-                    continue
+                if code == RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                    let giveUp = deadline ?? clock.now + messageTimeout
+                    deadline = giveUp
+                    if clock.now < giveUp {
+                        // Back-pressure: the poll thread drains delivery reports; try again shortly. The reports of
+                        // this and the later items are due only after they were handed over.
+                        try? await Task.sleep(for: .milliseconds(2))
+                        postpone(from: token, to: first + UInt64(items.count), until: clock.now + messageTimeout + Self.reportGrace)
+                        continue
+                    }
                 }
                 var outcome = Self.outcome(for: code)
                 if code == RD_KAFKA_RESP_ERR__FATAL || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED || code == RD_KAFKA_RESP_ERR__FENCED {
@@ -227,6 +236,13 @@ final class ProducerSession: Sendable {
         }
     }
 
+    /// Moves the report deadline of the slots `tokens` still open (items not handed over yet) to `deadline`.
+    private func postpone(from token: UInt64, to end: UInt64, until deadline: ContinuousClock.Instant) {
+        pending.withLock { state in
+            for later in token..<end where state.slots[later] != nil { state.slots[later]?.deadline = deadline }
+        }
+    }
+
     /// How long after librdkafka's message timeout a missing delivery report is given up on.
     static let reportGrace: Duration = .seconds(5)
 
@@ -243,8 +259,8 @@ final class ProducerSession: Sendable {
 
     private func produce(_ item: Item, topic: String, token: UInt64) -> rd_kafka_resp_err_t {
         let headers = rd_kafka_headers_new(item.headers.count)
-        for (name, value) in item.headers {
-            _ = value.withUnsafeBytes { bytes in rd_kafka_header_add(headers, name, -1, bytes.baseAddress, bytes.count) }
+        for header in item.headers {
+            _ = header.value.withUnsafeBytes { bytes in rd_kafka_header_add(headers, header.name, -1, bytes.baseAddress, bytes.count) }
         }
         let opaque = UnsafeMutableRawPointer(bitPattern: UInt(token))
         let code: rd_kafka_resp_err_t = item.value.withUnsafeBytes { value in
@@ -297,17 +313,13 @@ final class ProducerSession: Sendable {
     /// Fills one slot; resumes the batch's caller when it was the last. A token completes at most once.
     private func complete(token: UInt64, outcome: PublishOutcome) {
         let resume: (CheckedContinuation<[PublishOutcome], Never>, [PublishOutcome])? = pending.withLock { state in
-            guard let slot = state.slots.removeValue(forKey: token), var batch = state.batches[slot.batch],
-                batch.outcomes[slot.index] == nil
-            else { return nil }
-            batch.outcomes[slot.index] = outcome
-            batch.remaining -= 1
-            if batch.remaining == 0, let continuation = batch.continuation {
-                state.batches[slot.batch] = nil
-                return (continuation, batch.outcomes.map { $0 ?? .unknown("no delivery report") })
-            }
-            state.batches[slot.batch] = batch
-            return nil
+            guard let slot = state.slots.removeValue(forKey: token), state.batches[slot.batch]?.outcomes[slot.index] == nil else { return nil }
+            // In place: a copy of the batch out of the dictionary would copy its outcomes on every report.
+            state.batches[slot.batch]!.outcomes[slot.index] = outcome
+            state.batches[slot.batch]!.remaining -= 1
+            guard let batch = state.batches[slot.batch], batch.remaining == 0, let continuation = batch.continuation else { return nil }
+            state.batches[slot.batch] = nil
+            return (continuation, batch.outcomes.map { $0 ?? .unknown("no delivery report") })
         }
         if let (continuation, outcomes) = resume { continuation.resume(returning: outcomes) }
     }

@@ -47,17 +47,27 @@ enum ByteaText {
 
     /// `\x` followed by two hex digits per byte.
     static func hex(_ text: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
-        guard text.count % 2 == 0 else { return nil }
-        var out: [UInt8] = []
-        out.reserveCapacity((text.count - 2) / 2)
-        var index = 2
-        while index + 1 < text.count {
-            guard let high = nibble(text[index]), let low = nibble(text[index + 1]) else { return nil }
-            out.append(high << 4 | low)
-            index += 2
+        guard text.count >= 2, text.count % 2 == 0 else { return nil }
+        // Written in place (the relay's claim decodes every payload it publishes).
+        var valid = true
+        let out = [UInt8](unsafeUninitializedCapacity: (text.count - 2) / 2) { buffer, initialized in
+            Self.nibbles.withUnsafeBufferPointer { nibbles in
+                for index in 0..<buffer.count {
+                    let high = nibbles[Int(text[2 + 2 * index])], low = nibbles[Int(text[3 + 2 * index])]
+                    guard (high | low) < 16 else {
+                        valid = false
+                        return
+                    }
+                    buffer[index] = high << 4 | low
+                    initialized = index + 1
+                }
+            }
         }
-        return out
+        return valid ? out : nil
     }
+
+    /// Each byte's value as a hex digit, 0xFF for a byte that is not one.
+    private static let nibbles: [UInt8] = (0...255).map { nibble(UInt8($0)) ?? 0xFF }
 
     /// Printable bytes as themselves, `\\` for a backslash, `\ooo` (three octal digits) for any other byte.
     static func escape(_ text: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
