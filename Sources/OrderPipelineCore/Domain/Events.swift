@@ -35,12 +35,12 @@ public struct PipelineEvent: Hashable, Sendable {
         self.type = type
         self.orderID = order.id
         self.occurredAt = occurredAt
-        var json = JSONWriter()
+        var json = JSONWriter(capacity: includeOrder ? 512 + 128 * order.items.count : 256)
         json.object { json in
-            json.field("eventId", id.description)
+            json.field("eventId", id)
             json.field("eventType", type.rawValue)
-            json.field("orderId", order.id.description)
-            json.field("occurredAt", occurredAt.description)
+            json.field("orderId", order.id)
+            json.field("occurredAt", occurredAt)
             json.field("status", order.status.rawValue)
             json.key("totalAmount"); json.number(text: order.totalAmount.description)
             if let reason = order.failureReason { json.field("failureReason", reason) }
@@ -62,10 +62,10 @@ public struct PipelineEvent: Hashable, Sendable {
         self.occurredAt = occurredAt
         var json = JSONWriter()
         json.object { json in
-            json.field("eventId", id.description)
+            json.field("eventId", id)
             json.field("eventType", type.rawValue)
-            json.field("orderId", orderID.description)
-            json.field("occurredAt", occurredAt.description)
+            json.field("orderId", orderID)
+            json.field("occurredAt", occurredAt)
             json.field("status", status.rawValue)
         }
         self.payload = json.bytes
