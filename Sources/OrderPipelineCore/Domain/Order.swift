@@ -58,7 +58,7 @@ public struct OrderItem: Hashable, Sendable {
                 json.object { json in
                     json.field("productName", item.productName)
                     json.field("quantity", item.quantity)
-                    json.key("unitPrice"); json.number(text: item.unitPrice.description)
+                    json.key("unitPrice"); json.money(item.unitPrice)
                 }
             }
         }
@@ -98,7 +98,7 @@ public struct Order: Hashable, Sendable {
             json.field("customerName", customerName)
             json.field("customerEmail", customerEmail)
             json.field("status", status.rawValue)
-            json.key("totalAmount"); json.number(text: totalAmount.description)
+            json.key("totalAmount"); json.money(totalAmount)
             json.field("createdAt", createdAt)
             if let processedAt { json.field("processedAt", processedAt) } else { json.field("processedAt", nil as String?) }
             json.field("failureReason", failureReason)

@@ -41,8 +41,21 @@ public struct JSONWriter: Sendable {
         bytes.append(contentsOf: text.utf8)
     }
 
-    public mutating func int(_ value: Int64) { number(text: String(value)) }
-    public mutating func int(_ value: Int) { number(text: String(value)) }
+    public mutating func int(_ value: Int64) {
+        separator()
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        appendDigits(value.magnitude)
+    }
+    public mutating func int(_ value: Int) { int(Int64(value)) }
+
+    /// Money as its exact decimal text (`Money.description`: "-"?, whole units, ".", two digits).
+    public mutating func money(_ value: Money) {
+        separator()
+        if value.cents < 0 { bytes.append(UInt8(ascii: "-")) }
+        appendDigits(value.cents.magnitude / 100)
+        bytes.append(UInt8(ascii: "."))
+        appendDigits(value.cents.magnitude % 100, count: 2)
+    }
 
     public mutating func bool(_ value: Bool) { number(text: value ? "true" : "false") }
     public mutating func null() { number(text: "null") }
@@ -54,6 +67,21 @@ public struct JSONWriter: Sendable {
     }
     public mutating func field(_ name: String, _ value: Int64) { key(name); int(value) }
     public mutating func field(_ name: String, _ value: Int) { key(name); int(value) }
+
+    /// The decimal digits of `value`, at least `count` of them (zeros in front).
+    private mutating func appendDigits(_ value: UInt64, count: Int = 1) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for UInt64.max's 20 digits
+        withUnsafeMutableBytes(of: &digits) { digits in
+            var value = value
+            var start = digits.count
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            } while value > 0 || digits.count - start < count
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: digits[start...]))
+        }
+    }
 
     /// A value (or key) needs a comma before it unless it is the first: the last byte written tells which, as every
     /// value ends in `"`, `}`, `]`, a digit or a letter, and a container opens with `{`/`[` and a key ends in `:`.
