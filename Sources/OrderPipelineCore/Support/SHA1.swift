@@ -75,26 +75,31 @@ public struct SHA1 {
         return h
     }
 
-    /// One 64-byte block.
+    /// One 64-byte block. The message schedule is kept as a ring of 16 words, each replaced as it is used up.
     private mutating func compress(_ chunk: UnsafeRawBufferPointer) {
-        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 80) { w in
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 16) { w in
             for i in 0..<16 { w[i] = UInt32(bigEndian: chunk.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)) }
-            for i in 16..<80 { w[i] = Self.rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1) }
             var (a, b, c, d, e) = h
+            @inline(__always) func word(_ i: Int) -> UInt32 {
+                guard i >= 16 else { return w[i] }
+                let next = Self.rotl(w[(i - 3) & 15] ^ w[(i - 8) & 15] ^ w[(i - 14) & 15] ^ w[i & 15], 1)
+                w[i & 15] = next
+                return next
+            }
             for i in 0..<20 {
-                let t = Self.rotl(a, 5) &+ ((b & c) | (~b & d)) &+ e &+ 0x5A82_7999 &+ w[i]
+                let t = Self.rotl(a, 5) &+ ((b & c) | (~b & d)) &+ e &+ 0x5A82_7999 &+ word(i)
                 (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
             }
             for i in 20..<40 {
-                let t = Self.rotl(a, 5) &+ (b ^ c ^ d) &+ e &+ 0x6ED9_EBA1 &+ w[i]
+                let t = Self.rotl(a, 5) &+ (b ^ c ^ d) &+ e &+ 0x6ED9_EBA1 &+ word(i)
                 (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
             }
             for i in 40..<60 {
-                let t = Self.rotl(a, 5) &+ ((b & c) | (b & d) | (c & d)) &+ e &+ 0x8F1B_BCDC &+ w[i]
+                let t = Self.rotl(a, 5) &+ ((b & c) | (b & d) | (c & d)) &+ e &+ 0x8F1B_BCDC &+ word(i)
                 (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
             }
             for i in 60..<80 {
-                let t = Self.rotl(a, 5) &+ (b ^ c ^ d) &+ e &+ 0xCA62_C1D6 &+ w[i]
+                let t = Self.rotl(a, 5) &+ (b ^ c ^ d) &+ e &+ 0xCA62_C1D6 &+ word(i)
                 (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
             }
             h = (h.0 &+ a, h.1 &+ b, h.2 &+ c, h.3 &+ d, h.4 &+ e)
