@@ -6,6 +6,27 @@ import Testing
         #expect(SHA1.hash(Array("abc".utf8)).hexString == "a9993e364706816aba3e25717850c26c9cd0d89d")
         #expect(SHA1.hash([UInt8]()).hexString == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
         #expect(SHA1.hash(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)).hexString == "84983e441c3bd26ebaae4aa1f95129e5e54670f1")
+        let long = "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu"
+        #expect(SHA1.hash(Array(long.utf8)).hexString == "a49b2446a02c645bf419f995b67091253a04a259")
+        #expect(SHA1.hash(repeatElement(UInt8(ascii: "a"), count: 1_000_000)).hexString == "34aa973cd4c4daa4f61eeb2bdbad27316534016f")
+    }
+
+    @Test func sha1InPiecesIsSHA1OfTheWhole() {
+        // Every length around the block and padding boundaries, split at every point into two or three updates.
+        let bytes = (0..<200).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        for length in [0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 200] {
+            let whole = SHA1.hash(bytes[..<length])
+            for split in 0...length {
+                var sha = SHA1()
+                let middle = max(split, (split + length) / 2)
+                bytes.withUnsafeBytes { all in
+                    sha.update(UnsafeRawBufferPointer(rebasing: all[..<split]))
+                    sha.update(UnsafeRawBufferPointer(rebasing: all[split..<middle]))
+                    sha.update(UnsafeRawBufferPointer(rebasing: all[middle..<length]))
+                }
+                #expect(sha.finish() == whole, "length \(length), split at \(split)")
+            }
+        }
     }
 
     @Test func nameBasedUUIDMatchesRFCExample() {
@@ -45,6 +66,10 @@ import Testing
         #expect(Instant(microseconds: 1_767_225_600_000_000 + 1_500).description == "2026-01-01T00:00:00.001500Z")
         #expect(Instant(microseconds: 951_782_400_000_000).description == "2000-02-29T00:00:00.000000Z")
         #expect(Instant(microseconds: -1).description == "1969-12-31T23:59:59.999999Z")
+        // The first and last years written in place, and one past them (the same text, written by the slower path).
+        #expect(Instant(microseconds: 253_402_300_799_999_999).description == "9999-12-31T23:59:59.999999Z")
+        #expect(Instant(microseconds: 253_402_300_800_000_000).description == "10000-01-01T00:00:00.000000Z")
+        #expect(Instant(microseconds: -62_167_219_200_000_000).description == "0000-01-01T00:00:00.000000Z")
     }
 }
 

@@ -35,14 +35,14 @@ public struct PipelineEvent: Hashable, Sendable {
         self.type = type
         self.orderID = order.id
         self.occurredAt = occurredAt
-        var json = JSONWriter()
+        var json = JSONWriter(capacity: includeOrder ? 512 + 128 * order.items.count : 256)
         json.object { json in
-            json.field("eventId", id.description)
+            json.field("eventId", id)
             json.field("eventType", type.rawValue)
-            json.field("orderId", order.id.description)
-            json.field("occurredAt", occurredAt.description)
+            json.field("orderId", order.id)
+            json.field("occurredAt", occurredAt)
             json.field("status", order.status.rawValue)
-            json.key("totalAmount"); json.number(text: order.totalAmount.description)
+            json.key("totalAmount"); json.money(order.totalAmount)
             if let reason = order.failureReason { json.field("failureReason", reason) }
             if includeOrder {
                 json.key("order")
@@ -62,10 +62,10 @@ public struct PipelineEvent: Hashable, Sendable {
         self.occurredAt = occurredAt
         var json = JSONWriter()
         json.object { json in
-            json.field("eventId", id.description)
+            json.field("eventId", id)
             json.field("eventType", type.rawValue)
-            json.field("orderId", orderID.description)
-            json.field("occurredAt", occurredAt.description)
+            json.field("orderId", orderID)
+            json.field("occurredAt", occurredAt)
             json.field("status", status.rawValue)
         }
         self.payload = json.bytes
@@ -100,18 +100,36 @@ public struct EventEnvelope: Hashable, Sendable {
         }
     }
 
-    private struct Wire: Decodable {
+    /// The fields the envelope is made of, as the payload has them (missing or `null`: nil).
+    struct Fields: Decodable, Equatable {
         var eventId: String?
         var eventType: String?
         var orderId: String?
+
+        static let keys = ["eventId", "eventType", "orderId"]
     }
 
     /// Decodes the envelope and checks that the event id is the derived one (a foreign or corrupted record is poison).
+    /// The consumer decodes every record: payloads in the plain JSON the pipeline writes are read without Foundation
+    /// (`PlainJSONReader`), anything else by `JSONDecoder`, with the same results.
     public static func decode(_ payload: [UInt8]) -> Result<EventEnvelope, DecodeError> {
-        guard let wire = try? JSONDecoder().decode(Wire.self, from: Data(payload)) else { return .failure(.notJSON) }
-        guard let idText = wire.eventId else { return .failure(.missingField("eventId")) }
-        guard let typeText = wire.eventType else { return .failure(.missingField("eventType")) }
-        guard let orderText = wire.orderId else { return .failure(.missingField("orderId")) }
+        check(PlainJSONReader.readEnvelope(payload) ?? decoderFields(payload))
+    }
+
+    /// `decode` through `JSONDecoder` alone (what the plain reader must agree with; tests compare the two).
+    static func decodeWithDecoder(_ payload: [UInt8]) -> Result<EventEnvelope, DecodeError> {
+        check(decoderFields(payload))
+    }
+
+    static func decoderFields(_ payload: [UInt8]) -> Fields? {
+        try? JSONDecoder().decode(Fields.self, from: Data(payload))
+    }
+
+    private static func check(_ fields: Fields?) -> Result<EventEnvelope, DecodeError> {
+        guard let fields else { return .failure(.notJSON) }
+        guard let idText = fields.eventId else { return .failure(.missingField("eventId")) }
+        guard let typeText = fields.eventType else { return .failure(.missingField("eventType")) }
+        guard let orderText = fields.orderId else { return .failure(.missingField("orderId")) }
         guard let id = EventID(idText) else { return .failure(.badField("eventId")) }
         guard let type = EventType(rawValue: typeText) else { return .failure(.badField("eventType")) }
         guard let orderID = OrderID(orderText) else { return .failure(.badField("orderId")) }

@@ -27,10 +27,19 @@ public struct UUID128: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// A name-based (version 5, SHA-1) UUID: the same namespace and name always give the same id.
     public static func nameBased(namespace: UUID128, name: String) -> UUID128 {
-        var digest = SHA1.hash(namespace.bytes + Array(name.utf8))
-        digest[6] = (digest[6] & 0x0F) | 0x50
-        digest[8] = (digest[8] & 0x3F) | 0x80
-        return UUID128(bytes: digest)
+        var name = name
+        return name.withUTF8 { nameBased(namespace: namespace, name: UnsafeRawBufferPointer($0)) }
+    }
+
+    static func nameBased(namespace: UUID128, name: UnsafeRawBufferPointer) -> UUID128 {
+        var sha = SHA1()
+        withUnsafeBytes(of: (namespace.high.bigEndian, namespace.low.bigEndian)) { sha.update($0) }
+        sha.update(name)
+        let (h0, h1, h2, h3, _) = sha.finishWords()
+        // The first 16 bytes of the digest, with the version (5) and the variant (10xx) set.
+        let high = (UInt64(h0) << 32 | UInt64(h1)) & 0xFFFF_FFFF_FFFF_0FFF | 0x0000_0000_0000_5000
+        let low = (UInt64(h2) << 32 | UInt64(h3)) & 0x3FFF_FFFF_FFFF_FFFF | 0x8000_0000_0000_0000
+        return UUID128(high: high, low: low)
     }
 
     public var bytes: [UInt8] {
@@ -42,31 +51,60 @@ public struct UUID128: Hashable, Comparable, Sendable, CustomStringConvertible {
         return out
     }
 
+    /// The length of the canonical text, `8-4-4-4-12` hexadecimal digits.
+    static var textLength: Int { 36 }
+
+    /// Writes the canonical text (lower case) into the first 36 bytes of `text`.
+    func writeText(into text: UnsafeMutableRawBufferPointer) {
+        var at = 0
+        for nibble in 0..<32 {
+            if nibble == 8 || nibble == 12 || nibble == 16 || nibble == 20 {
+                text[at] = UInt8(ascii: "-")
+                at += 1
+            }
+            let word = nibble < 16 ? high : low
+            text[at] = hexDigit(UInt8(truncatingIfNeeded: word >> UInt64(60 - 4 * (nibble % 16))) & 0x0F)
+            at += 1
+        }
+    }
+
     public var description: String {
-        var text = Array(bytes.hexString.utf8)
-        for position in [20, 16, 12, 8] { text.insert(UInt8(ascii: "-"), at: position) }
-        return String(decoding: text, as: UTF8.self)
+        String(unsafeUninitializedCapacity: Self.textLength) { text in
+            writeText(into: UnsafeMutableRawBufferPointer(text))
+            return Self.textLength
+        }
     }
 
     /// Parses the canonical 36-character form (either case); nil for anything else.
     public init?(_ text: some StringProtocol) {
-        let utf8 = Array(text.utf8)
-        guard utf8.count == 36 else { return nil }
-        var nibbles: [UInt8] = []
-        nibbles.reserveCapacity(32)
-        for (index, char) in utf8.enumerated() {
+        let utf8 = text.utf8
+        guard utf8.count == Self.textLength else { return nil }
+        let parsed = utf8.withContiguousStorageIfAvailable { UUID128(text: UnsafeRawBufferPointer($0)) } ?? UUID128(text: Array(utf8))
+        guard let parsed else { return nil }
+        self = parsed
+    }
+
+    /// Parses the canonical text from bytes; nil for anything else.
+    init?(text: some Collection<UInt8>) {
+        guard text.count == Self.textLength else { return nil }
+        var words: (UInt64, UInt64) = (0, 0)
+        var digits = 0
+        for (index, char) in text.enumerated() {
             if index == 8 || index == 13 || index == 18 || index == 23 {
                 guard char == UInt8(ascii: "-") else { return nil }
                 continue
             }
+            let nibble: UInt8
             switch char {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibbles.append(char - UInt8(ascii: "0"))
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibbles.append(char - UInt8(ascii: "a") + 10)
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): nibbles.append(char - UInt8(ascii: "A") + 10)
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = char - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = char - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): nibble = char - UInt8(ascii: "A") + 10
             default: return nil
             }
+            if digits < 16 { words.0 = words.0 << 4 | UInt64(nibble) } else { words.1 = words.1 << 4 | UInt64(nibble) }
+            digits += 1
         }
-        self.init(bytes: stride(from: 0, to: 32, by: 2).map { nibbles[$0] << 4 | nibbles[$0 + 1] })
+        self.init(high: words.0, low: words.1)
     }
 
     public static func < (lhs: UUID128, rhs: UUID128) -> Bool {
@@ -106,7 +144,18 @@ public struct EventID: UUIDIdentity {
     public static let namespace = UUID128("2b1f6f1e-8a3c-4c56-9d0e-5a7b3c9e4f10")!
 
     public static func derived(order: OrderID, type: EventType) -> EventID {
-        EventID(UUID128.nameBased(namespace: namespace, name: "\(order)/\(type.rawValue)"))
+        // The name is "<order id>/<type>", written into a stack buffer rather than a String (an event id is derived
+        // for every event written and every record consumed).
+        withUnsafeTemporaryAllocation(byteCount: 64, alignment: 1) { name in
+            order.uuid.writeText(into: name)
+            name[UUID128.textLength] = UInt8(ascii: "/")
+            var length = UUID128.textLength + 1
+            for byte in type.rawValue.utf8 {
+                name[length] = byte
+                length += 1
+            }
+            return EventID(UUID128.nameBased(namespace: namespace, name: UnsafeRawBufferPointer(rebasing: name[..<length])))
+        }
     }
 }
 
@@ -121,6 +170,49 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// RFC 3339 in UTC with microseconds, e.g. `2026-11-29T02:40:03.123456Z`.
     public var description: String {
+        let fields = civilFields
+        guard (0...9999).contains(fields.year) else {
+            func pad(_ value: Int64, _ width: Int) -> String {
+                let text = String(value)
+                return String(repeating: "0", count: max(0, width - text.count)) + text
+            }
+            return "\(pad(fields.year, 4))-\(pad(fields.month, 2))-\(pad(fields.day, 2))T\(pad(fields.second / 3600, 2)):"
+                + "\(pad(fields.second / 60 % 60, 2)):\(pad(fields.second % 60, 2)).\(pad(fields.micros, 6))Z"
+        }
+        return String(unsafeUninitializedCapacity: Self.textLength) { text in
+            writeText(fields, into: UnsafeMutableRawBufferPointer(text))
+            return Self.textLength
+        }
+    }
+
+    /// The length of the text of an instant in the years 0…9999.
+    static var textLength: Int { 27 }
+
+    typealias CivilFields = (year: Int64, month: Int64, day: Int64, second: Int64, micros: Int64)
+
+    /// Writes the text (27 bytes) of an instant whose year is within 0…9999.
+    func writeText(_ fields: CivilFields, into text: UnsafeMutableRawBufferPointer) {
+        var at = 0
+        func put(_ value: Int64, _ width: Int, then separator: UInt8) {
+            var value = value
+            for index in stride(from: at + width - 1, through: at, by: -1) {
+                text[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            }
+            text[at + width] = separator
+            at += width + 1
+        }
+        put(fields.year, 4, then: UInt8(ascii: "-"))
+        put(fields.month, 2, then: UInt8(ascii: "-"))
+        put(fields.day, 2, then: UInt8(ascii: "T"))
+        put(fields.second / 3600, 2, then: UInt8(ascii: ":"))
+        put(fields.second / 60 % 60, 2, then: UInt8(ascii: ":"))
+        put(fields.second % 60, 2, then: UInt8(ascii: "."))
+        put(fields.micros, 6, then: UInt8(ascii: "Z"))
+    }
+
+    /// Civil date (proleptic Gregorian, UTC), second of the day and microsecond of this instant.
+    var civilFields: CivilFields {
         let seconds = microseconds.floorDivided(by: 1_000_000)
         let micros = microseconds - seconds * 1_000_000
         let days = seconds.floorDivided(by: 86_400)
@@ -135,11 +227,7 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
         let day = doy - (153 * mp + 2) / 5 + 1
         let month = mp < 10 ? mp + 3 : mp - 9
         let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
-        func pad(_ value: Int64, _ width: Int) -> String {
-            let text = String(value)
-            return String(repeating: "0", count: max(0, width - text.count)) + text
-        }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(secondOfDay / 3600, 2)):\(pad(secondOfDay / 60 % 60, 2)):\(pad(secondOfDay % 60, 2)).\(pad(micros, 6))Z"
+        return (year, month, day, secondOfDay, micros)
     }
 }
 

@@ -58,7 +58,7 @@ public struct OrderItem: Hashable, Sendable {
                 json.object { json in
                     json.field("productName", item.productName)
                     json.field("quantity", item.quantity)
-                    json.key("unitPrice"); json.number(text: item.unitPrice.description)
+                    json.key("unitPrice"); json.money(item.unitPrice)
                 }
             }
         }
@@ -94,13 +94,13 @@ public struct Order: Hashable, Sendable {
     /// The order as the API and the events show it (field names as in the seed's API).
     public func write(to json: inout JSONWriter) {
         json.object { json in
-            json.field("id", id.description)
+            json.field("id", id)
             json.field("customerName", customerName)
             json.field("customerEmail", customerEmail)
             json.field("status", status.rawValue)
-            json.key("totalAmount"); json.number(text: totalAmount.description)
-            json.field("createdAt", createdAt.description)
-            json.field("processedAt", processedAt?.description)
+            json.key("totalAmount"); json.money(totalAmount)
+            json.field("createdAt", createdAt)
+            if let processedAt { json.field("processedAt", processedAt) } else { json.field("processedAt", nil as String?) }
             json.field("failureReason", failureReason)
             json.key("items")
             OrderItem.write(items, to: &json)

@@ -11,8 +11,19 @@ public struct StatusChangeRequest: Hashable, Sendable {
         var reason: String?
     }
 
-    /// Decodes and validates a body; every problem is reported, not only the first.
+    private static let keys = ["status", "reason"]
+
+    /// Decodes and validates a body; every problem is reported, not only the first. A plain body is read without
+    /// Foundation (`PlainJSONReader`), anything else by `JSONDecoder`, with the same results.
     public static func parse(_ body: [UInt8], maxReasonLength: Int = 500) -> Result<StatusChangeRequest, RequestError> {
+        if let values = PlainJSONReader.readStrings(body, keys: keys) {
+            return validate(Wire(status: values[0], reason: values[1]), maxReasonLength: maxReasonLength)
+        }
+        return parseWithDecoder(body, maxReasonLength: maxReasonLength)
+    }
+
+    /// `parse` through `JSONDecoder` alone (what the plain reader must agree with; tests compare the two).
+    static func parseWithDecoder(_ body: [UInt8], maxReasonLength: Int = 500) -> Result<StatusChangeRequest, RequestError> {
         let wire: Wire
         do {
             wire = try JSONDecoder().decode(Wire.self, from: Data(body))
@@ -23,6 +34,10 @@ public struct StatusChangeRequest: Hashable, Sendable {
         } catch {
             return .failure(.malformed("the body is not valid JSON"))
         }
+        return validate(wire, maxReasonLength: maxReasonLength)
+    }
+
+    private static func validate(_ wire: Wire, maxReasonLength: Int) -> Result<StatusChangeRequest, RequestError> {
         var errors: [FieldError] = []
         var status: OrderStatus?
         if let text = wire.status {

@@ -9,6 +9,10 @@ public struct OrderLimits: Sendable, Hashable {
     public var maxQuantity = 10_000
     public var maxUnitPrice = Money(cents: 100_000_000)  // 1,000,000.00
     public init() {}
+
+    /// `maxUnitPrice` as a Decimal, for prices only `JSONDecoder` read: cents × 10⁻², the same value as cents / 100
+    /// without a Decimal division.
+    var maxUnitPriceDecimal: Decimal { Decimal(sign: .plus, exponent: -2, significand: Decimal(maxUnitPrice.cents)) }
 }
 
 /// One problem with one field, e.g. `items[0].quantity`: "must be at least 1".
@@ -59,7 +63,7 @@ public struct OrderRequest: Hashable, Sendable {
         var productName: String?
         var quantity: Int?
         var unitPrice: Decimal?
-        /// The price in cents when `PlainRequestReader` read it (then `unitPrice` is nil); never decoded.
+        /// The price in cents when `PlainJSONReader` read it (then `unitPrice` is nil); never decoded.
         var unitPriceCents: Int64? = nil
 
         enum CodingKeys: String, CodingKey { case productName, quantity, unitPrice }
@@ -67,7 +71,7 @@ public struct OrderRequest: Hashable, Sendable {
 
     /// Decodes and validates a request body. Every problem is reported, not only the first.
     public static func parse(_ body: [UInt8], limits: OrderLimits = OrderLimits()) -> Result<OrderRequest, RequestError> {
-        if let wire = PlainRequestReader.read(body) { return validate(wire, limits: limits) }
+        if let wire = PlainJSONReader.readRequest(body) { return validate(wire, limits: limits) }
         return parseWithDecoder(body, limits: limits)
     }
 
@@ -118,22 +122,23 @@ public struct OrderRequest: Hashable, Sendable {
 
     private static func validate(_ wire: Wire, limits: OrderLimits) -> Result<OrderRequest, RequestError> {
         var errors: [FieldError] = []
-        func check(_ field: String, _ text: String?, max: Int) -> String {
+        // Field names are made only for an error (the usual request has none: no text built per item).
+        func check(_ field: @autoclosure () -> String, _ text: String?, max: Int) -> String {
             guard let text else {
-                errors.append(FieldError(field: field, message: "is required"))
+                errors.append(FieldError(field: field(), message: "is required"))
                 return ""
             }
             if isPrintableASCII(text) {
                 // One byte per character, none of them control characters: the checks below, on bytes.
-                if text.utf8.allSatisfy({ $0 == 0x20 }) { errors.append(FieldError(field: field, message: "must not be blank")) }
-                if text.utf8.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
+                if text.utf8.allSatisfy({ $0 == 0x20 }) { errors.append(FieldError(field: field(), message: "must not be blank")) }
+                if text.utf8.count > max { errors.append(FieldError(field: field(), message: "must be at most \(max) characters")) }
                 return text
             }
             // Scalar and byte views first: grapheme work only where it can change the answer.
-            if text.unicodeScalars.allSatisfy(\.properties.isWhitespace) { errors.append(FieldError(field: field, message: "must not be blank")) }
-            if text.utf8.count > max, text.count > max { errors.append(FieldError(field: field, message: "must be at most \(max) characters")) }
+            if text.unicodeScalars.allSatisfy(\.properties.isWhitespace) { errors.append(FieldError(field: field(), message: "must not be blank")) }
+            if text.utf8.count > max, text.count > max { errors.append(FieldError(field: field(), message: "must be at most \(max) characters")) }
             if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
-                errors.append(FieldError(field: field, message: "must not contain control characters"))
+                errors.append(FieldError(field: field(), message: "must not contain control characters"))
             }
             return text
         }
@@ -144,8 +149,6 @@ public struct OrderRequest: Hashable, Sendable {
         }
         var items: [OrderItem] = []
         var total = Money.zero
-        // cents × 10⁻²: the same value as cents / 100, without a Decimal division per item.
-        let maxUnitPrice = Decimal(sign: .plus, exponent: -2, significand: Decimal(limits.maxUnitPrice.cents))
         switch wire.items {
         case nil:
             errors.append(FieldError(field: "items", message: "is required"))
@@ -155,39 +158,39 @@ public struct OrderRequest: Hashable, Sendable {
             errors.append(FieldError(field: "items", message: "must hold at most \(limits.maxItems) items"))
         case let list?:
             for (index, item) in list.enumerated() {
-                let field = "items[\(index)]"
-                let product = check("\(field).productName", item.productName, max: limits.maxProductNameLength)
+                func field(_ name: String) -> String { "items[\(index)].\(name)" }
+                let product = check(field("productName"), item.productName, max: limits.maxProductNameLength)
                 var quantity = 0
                 if let q = item.quantity {
                     if q < 1 {
-                        errors.append(FieldError(field: "\(field).quantity", message: "must be at least 1"))
+                        errors.append(FieldError(field: field("quantity"), message: "must be at least 1"))
                     } else if q > limits.maxQuantity {
-                        errors.append(FieldError(field: "\(field).quantity", message: "must be at most \(limits.maxQuantity)"))
+                        errors.append(FieldError(field: field("quantity"), message: "must be at most \(limits.maxQuantity)"))
                     } else {
                         quantity = q
                     }
                 } else {
-                    errors.append(FieldError(field: "\(field).quantity", message: "is required"))
+                    errors.append(FieldError(field: field("quantity"), message: "is required"))
                 }
                 var price: Money?
                 if let cents = item.unitPriceCents {
                     if cents > limits.maxUnitPrice.cents {
-                        errors.append(FieldError(field: "\(field).unitPrice", message: "must be at most \(limits.maxUnitPrice)"))
+                        errors.append(FieldError(field: field("unitPrice"), message: "must be at most \(limits.maxUnitPrice)"))
                     } else {
                         price = Money(cents: cents)
                     }
                 } else if let decimal = item.unitPrice {
                     if decimal < 0 {
-                        errors.append(FieldError(field: "\(field).unitPrice", message: "must not be negative"))
-                    } else if decimal > maxUnitPrice {
-                        errors.append(FieldError(field: "\(field).unitPrice", message: "must be at most \(limits.maxUnitPrice)"))
+                        errors.append(FieldError(field: field("unitPrice"), message: "must not be negative"))
+                    } else if decimal > limits.maxUnitPriceDecimal {
+                        errors.append(FieldError(field: field("unitPrice"), message: "must be at most \(limits.maxUnitPrice)"))
                     } else if let money = Money(decimalText: plainText(decimal)) {
                         price = money
                     } else {
-                        errors.append(FieldError(field: "\(field).unitPrice", message: "must have at most 2 decimal places"))
+                        errors.append(FieldError(field: field("unitPrice"), message: "must have at most 2 decimal places"))
                     }
                 } else {
-                    errors.append(FieldError(field: "\(field).unitPrice", message: "is required"))
+                    errors.append(FieldError(field: field("unitPrice"), message: "is required"))
                 }
                 if let price, quantity > 0 {
                     let item = OrderItem(productName: product, quantity: quantity, unitPrice: price)

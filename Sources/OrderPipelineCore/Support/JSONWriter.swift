@@ -4,27 +4,23 @@
 /// bytes (Foundation's encoder does not promise key order, and would route money through Double).
 public struct JSONWriter: Sendable {
     public private(set) var bytes: [UInt8] = []
-    private var needsComma: [Bool] = [false]
 
-    public init() {}
+    /// Room for a typical event or response up front: growing the array step by step costs more than writing it.
+    public init(capacity: Int = 256) { bytes.reserveCapacity(capacity) }
 
     public var string: String { String(decoding: bytes, as: UTF8.self) }
 
     public mutating func object(_ body: (inout JSONWriter) -> Void) {
         separator()
         bytes.append(UInt8(ascii: "{"))
-        needsComma.append(false)
         body(&self)
-        needsComma.removeLast()
         bytes.append(UInt8(ascii: "}"))
     }
 
     public mutating func array(_ body: (inout JSONWriter) -> Void) {
         separator()
         bytes.append(UInt8(ascii: "["))
-        needsComma.append(false)
         body(&self)
-        needsComma.removeLast()
         bytes.append(UInt8(ascii: "]"))
     }
 
@@ -32,7 +28,6 @@ public struct JSONWriter: Sendable {
         separator()
         appendQuoted(name)
         bytes.append(UInt8(ascii: ":"))
-        needsComma[needsComma.count - 1] = false
     }
 
     public mutating func string(_ value: String) {
@@ -46,8 +41,21 @@ public struct JSONWriter: Sendable {
         bytes.append(contentsOf: text.utf8)
     }
 
-    public mutating func int(_ value: Int64) { number(text: String(value)) }
-    public mutating func int(_ value: Int) { number(text: String(value)) }
+    public mutating func int(_ value: Int64) {
+        separator()
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        appendDigits(value.magnitude)
+    }
+    public mutating func int(_ value: Int) { int(Int64(value)) }
+
+    /// Money as its exact decimal text (`Money.description`: "-"?, whole units, ".", two digits).
+    public mutating func money(_ value: Money) {
+        separator()
+        if value.cents < 0 { bytes.append(UInt8(ascii: "-")) }
+        appendDigits(value.cents.magnitude / 100)
+        bytes.append(UInt8(ascii: "."))
+        appendDigits(value.cents.magnitude % 100, count: 2)
+    }
 
     public mutating func bool(_ value: Bool) { number(text: value ? "true" : "false") }
     public mutating func null() { number(text: "null") }
@@ -60,9 +68,37 @@ public struct JSONWriter: Sendable {
     public mutating func field(_ name: String, _ value: Int64) { key(name); int(value) }
     public mutating func field(_ name: String, _ value: Int) { key(name); int(value) }
 
+    /// The decimal digits of `value`, at least `count` of them (zeros in front).
+    private mutating func appendDigits(_ value: UInt64, count: Int = 1) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for UInt64.max's 20 digits
+        withUnsafeMutableBytes(of: &digits) { digits in
+            var value = value
+            var start = digits.count
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            } while value > 0 || digits.count - start < count
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: digits[start...]))
+        }
+    }
+
+    /// A value (or key) needs a comma before it unless it is the first: the last byte written tells which, as every
+    /// value ends in `"`, `}`, `]`, a digit or a letter, and a container opens with `{`/`[` and a key ends in `:`.
     private mutating func separator() {
-        if needsComma[needsComma.count - 1] { bytes.append(UInt8(ascii: ",")) }
-        needsComma[needsComma.count - 1] = true
+        guard let last = bytes.last, last != UInt8(ascii: "{"), last != UInt8(ascii: "["), last != UInt8(ascii: ":") else { return }
+        bytes.append(UInt8(ascii: ","))
+    }
+
+    /// A string value of `count` bytes that `write` puts in place; the caller guarantees they are printable ASCII
+    /// other than quote and backslash (ids, timestamps), so nothing needs escaping.
+    mutating func asciiString(count: Int, _ write: (UnsafeMutableRawBufferPointer) -> Void) {
+        separator()
+        bytes.append(UInt8(ascii: "\""))
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: count))
+        bytes.withUnsafeMutableBytes { write(UnsafeMutableRawBufferPointer(rebasing: $0[start..<(start + count)])) }
+        bytes.append(UInt8(ascii: "\""))
     }
 
     /// Copies UTF-8 bytes through, escaping only what JSON requires (quote, backslash, control characters).
@@ -70,6 +106,11 @@ public struct JSONWriter: Sendable {
         bytes.append(UInt8(ascii: "\""))
         var value = value
         value.withUTF8 { utf8 in
+            // Most text needs no escape at all: then it is copied in one go.
+            guard utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else {
+                bytes.append(contentsOf: utf8)
+                return
+            }
             for byte in utf8 {
                 switch byte {
                 case UInt8(ascii: "\""), UInt8(ascii: "\\"):
@@ -79,13 +120,28 @@ public struct JSONWriter: Sendable {
                 case UInt8(ascii: "\r"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
                 case UInt8(ascii: "\t"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
                 case 0..<0x20:
-                    let hex = Array("0123456789abcdef".utf8)
-                    bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)], hex[Int(byte & 0x0F)]])
+                    bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hexDigit(byte >> 4), hexDigit(byte & 0x0F)])
                 default:
                     bytes.append(byte)
                 }
             }
         }
         bytes.append(UInt8(ascii: "\""))
+    }
+}
+
+extension JSONWriter {
+    /// `"name":"<uuid>"`, written in place.
+    public mutating func field(_ name: String, _ id: some UUIDIdentity) {
+        key(name)
+        asciiString(count: UUID128.textLength) { id.uuid.writeText(into: $0) }
+    }
+
+    /// `"name":"<RFC 3339 instant>"`, written in place for the years 0…9999.
+    public mutating func field(_ name: String, _ instant: Instant) {
+        key(name)
+        let fields = instant.civilFields
+        guard (0...9999).contains(fields.year) else { return string(instant.description) }
+        asciiString(count: Instant.textLength) { instant.writeText(fields, into: $0) }
     }
 }

@@ -3,59 +3,87 @@
 /// the Kafka record's `traceparent` header, the consumer, the Service Bus outbox row, and the Service Bus message's
 /// application properties `traceparent` and `Diagnostic-Id` (as Azure SDKs set them).
 public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
+    // Kept as numbers, not text: a trace goes with every request, row, record and message, and parsing or copying
+    // three strings each time cost allocations. The text forms below are exact (fixed width, lower case).
+    private let trace: (high: UInt64, low: UInt64)
+    private let parent: UInt64
+    private let flagBits: UInt8
+
     /// 32 lower-case hex digits, not all zero.
-    public let traceID: String
+    public var traceID: String { Self.hex(trace.high) + Self.hex(trace.low) }
     /// 16 lower-case hex digits, not all zero: the span the next hop is a child of.
-    public let parentID: String
+    public var parentID: String { Self.hex(parent) }
     /// 2 hex digits (bit 0: sampled).
-    public let flags: String
+    public var flags: String { String(Self.hex(UInt64(flagBits)).suffix(2)) }
 
     /// Parses a header value; nil when it is not a valid version-00 value (a future version is read by its first
-    /// four fields, as the specification asks). Reads the bytes in place: the consumer parses every record's header.
+    /// four fields, as the specification asks).
     public init?(_ text: some StringProtocol) {
+        let utf8 = text.utf8
+        guard let parsed = utf8.withContiguousStorageIfAvailable({ TraceParent(bytes: $0) }) ?? TraceParent(bytes: Array(utf8)) else { return nil }
+        self = parsed
+    }
+
+    /// Parses a header value's bytes in place (the consumer parses every record's header).
+    init?(bytes: some RandomAccessCollection<UInt8>) {
         let dash = UInt8(ascii: "-")
         // `vv-<32>-<16>-ff`: 55 bytes, dashes at 2, 35 and 52; a future version may go on after another dash.
-        let bytes = Array(text.utf8)
-        guard bytes.count >= 55, bytes[2] == dash, bytes[35] == dash, bytes[52] == dash,
-            Self.isHex(bytes[0..<2]), !(bytes[0] == UInt8(ascii: "f") && bytes[1] == UInt8(ascii: "f"))
+        guard bytes.count >= 55 else { return nil }
+        func at(_ offset: Int) -> UInt8 { bytes[bytes.index(bytes.startIndex, offsetBy: offset)] }
+        /// The hex number of `count` lower-case digits from `offset`; nil when one is not such a digit.
+        func number(_ offset: Int, _ count: Int) -> UInt64? {
+            var value: UInt64 = 0
+            for index in offset..<(offset + count) {
+                let byte = at(index)
+                switch byte {
+                case 0x30...0x39: value = value << 4 | UInt64(byte - 0x30)
+                case 0x61...0x66: value = value << 4 | UInt64(byte - 0x61 + 10)
+                default: return nil
+                }
+            }
+            return value
+        }
+        guard at(2) == dash, at(35) == dash, at(52) == dash, let version = number(0, 2), version != 0xFF else { return nil }
+        guard bytes.count == 55 || (version != 0 && at(55) == dash) else { return nil }
+        guard let high = number(3, 16), let low = number(19, 16), let parent = number(36, 16), let flags = number(53, 2),
+            high != 0 || low != 0, parent != 0
         else { return nil }
-        let versionZero = bytes[0] == UInt8(ascii: "0") && bytes[1] == UInt8(ascii: "0")
-        guard bytes.count == 55 || (!versionZero && bytes[55] == dash) else { return nil }
-        let trace = bytes[3..<35], parent = bytes[36..<52], flags = bytes[53..<55]
-        guard Self.isHex(trace), Self.isHex(parent), Self.isHex(flags),
-            trace.contains(where: { $0 != UInt8(ascii: "0") }), parent.contains(where: { $0 != UInt8(ascii: "0") })
-        else { return nil }
-        self.traceID = String(decoding: trace, as: UTF8.self)
-        self.parentID = String(decoding: parent, as: UTF8.self)
-        self.flags = String(decoding: flags, as: UTF8.self)
+        self.init(trace: (high, low), parent: parent, flags: UInt8(flags))
     }
 
     /// A new, sampled trace (random ids from the caller's generator: the shell's, never the simulator's).
     public static func newTrace(using generator: inout some RandomNumberGenerator) -> TraceParent {
-        TraceParent(trace: hex(nonZero(&generator)) + hex(nonZero(&generator)), parent: hex(nonZero(&generator)), flags: "01")
+        TraceParent(trace: (nonZero(&generator), nonZero(&generator)), parent: nonZero(&generator), flags: 0x01)
     }
 
     /// The same trace, continued by a new span (the next hop's parent).
     public func child(using generator: inout some RandomNumberGenerator) -> TraceParent {
-        TraceParent(trace: traceID, parent: Self.hex(Self.nonZero(&generator)), flags: flags)
+        TraceParent(trace: trace, parent: Self.nonZero(&generator), flags: flagBits)
     }
 
     /// The same trace, continued by a span whose id is derived from `id` (deterministic: the consumer's span for
     /// one event always has the same id, in production and in the simulator).
     public func child(derivedFrom id: UUID128) -> TraceParent {
-        TraceParent(trace: traceID, parent: Self.hex(id.high == 0 ? 1 : id.high), flags: flags)
+        TraceParent(trace: trace, parent: id.high == 0 ? 1 : id.high, flags: flagBits)
     }
 
     public var description: String { "00-\(traceID)-\(parentID)-\(flags)" }
 
-    private init(trace: String, parent: String, flags: String) {
-        self.traceID = trace
-        self.parentID = parent
-        self.flags = flags
+    private init(trace: (high: UInt64, low: UInt64), parent: UInt64, flags: UInt8) {
+        self.trace = trace
+        self.parent = parent
+        self.flagBits = flags
     }
 
-    private static func isHex(_ bytes: ArraySlice<UInt8>) -> Bool {
-        bytes.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    public static func == (lhs: TraceParent, rhs: TraceParent) -> Bool {
+        lhs.trace == rhs.trace && lhs.parent == rhs.parent && lhs.flagBits == rhs.flagBits
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(trace.high)
+        hasher.combine(trace.low)
+        hasher.combine(parent)
+        hasher.combine(flagBits)
     }
 
     private static func nonZero(_ generator: inout some RandomNumberGenerator) -> UInt64 {
@@ -64,9 +92,12 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
         return value
     }
 
+    /// 16 lower-case hex digits.
     private static func hex(_ value: UInt64) -> String {
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - digits.count) + digits
+        String(unsafeUninitializedCapacity: 16) { text in
+            for index in 0..<16 { text[index] = hexDigit(UInt8(truncatingIfNeeded: value >> UInt64(60 - 4 * index)) & 0x0F) }
+            return 16
+        }
     }
 }
 
@@ -81,6 +112,6 @@ extension TraceParent {
 extension ConsumedRecord {
     /// The record's `traceparent` header, when it has a valid one.
     public var traceParent: TraceParent? {
-        headers.last { $0.name == "traceparent" }.flatMap { TraceParent(String(decoding: $0.value, as: UTF8.self)) }
+        headers.last { $0.name == "traceparent" }.flatMap { TraceParent(bytes: $0.value) }
     }
 }

@@ -1,17 +1,21 @@
-/// Reads the common request body in one pass, without Foundation: an object holding only the three known keys
-/// (each at most once, any order), strings of printable ASCII without escapes, quantities of plain digits and
-/// prices of plain digits with at most two decimals. Anything else — escapes, other keys, null, signs, exponents,
-/// non-ASCII, malformed JSON — gives nil and goes through `JSONDecoder`, so every result and every error message
-/// is what the decoder alone gives; on what it accepts the reader yields the same values the decoder would.
-struct PlainRequestReader {
+/// Reads the JSON the pipeline itself writes in one pass, without Foundation: order requests (`readRequest`) and
+/// event envelopes (`readEnvelope`). It reads only a plain subset of JSON — strings of printable ASCII without
+/// escapes, numbers without signs or exponents where a value is read (with a sign, a fraction and no exponent where
+/// one is skipped), `true`/`false`/`null`, objects and arrays of these — and gives nil for anything else (escapes,
+/// non-ASCII, exponents, a known key twice, malformed JSON), which then goes through `JSONDecoder`. So every result
+/// and every error is what the decoder alone gives; on what the reader accepts it yields the values the decoder
+/// would.
+struct PlainJSONReader {
     typealias Wire = OrderRequest.Wire
     typealias WireItem = OrderRequest.WireItem
 
     let bytes: [UInt8]
     var at = 0
 
-    static func read(_ body: [UInt8]) -> Wire? {
-        var reader = PlainRequestReader(bytes: body)
+    /// An order request body (`OrderRequest.parse`): an object holding only the three known keys, each at most once,
+    /// in any order; quantities of plain digits and prices of plain digits with at most two decimals.
+    static func readRequest(_ body: [UInt8]) -> Wire? {
+        var reader = PlainJSONReader(bytes: body)
         guard let wire = reader.request() else { return nil }
         reader.skipSpace()
         return reader.at == body.count ? wire : nil
@@ -79,7 +83,7 @@ struct PlainRequestReader {
     }
 
     /// `{ "key": value, … }`, handing each key to `value`, which reads the value (false: not plain, give up).
-    mutating func object(_ value: (inout PlainRequestReader, String) -> Bool) -> Bool {
+    mutating func object(_ value: (inout PlainJSONReader, String) -> Bool) -> Bool {
         guard take(UInt8(ascii: "{")) else { return false }
         if take(UInt8(ascii: "}")) { return true }
         repeat {
