@@ -49,22 +49,36 @@ struct UnassignedConsumerTests {
 /// to the shared broker's pid file (`scripts/services env`).
 final class PrivateTansu {
     let port: Int
-    private let process = Process()
+    private let process: Process
     var address: String { "127.0.0.1:\(port)" }
     private let binary: URL
 
+    /// On a port below the ephemeral range (32768+, where an outgoing connection may hold it: seen once, 33164), and
+    /// beside the private servers of scripts/chaos and scripts/frozen-postgres (19400+); another port if it is taken.
     init() throws {
         let pidFile = try #require(Restart.environment["TANSU_PID_FILE"], "TANSU_PID_FILE is not set (scripts/services env)")
         binary = URL(fileURLWithPath: pidFile).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("bin/tansu")
-        port = Int.random(in: 32_000..<34_000)
-        process.executableURL = binary
-        process.arguments = ["broker", "--listener-url", "tcp://\(address)", "--advertised-listener-url", "tcp://\(address)"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(20)
-        while !Self.listening(port), Date() < deadline { usleep(50_000) }
-        guard Self.listening(port) else { throw TestFailure("tansu did not listen on \(port)") }
+        for _ in 0..<3 {
+            let port = Int.random(in: 19_600..<20_000)
+            guard !Self.listening(port) else { continue }
+            let address = "127.0.0.1:\(port)"
+            let process = Process()
+            process.executableURL = binary
+            process.arguments = ["broker", "--listener-url", "tcp://\(address)", "--advertised-listener-url", "tcp://\(address)"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let deadline = Date().addingTimeInterval(20)
+            while !Self.listening(port), process.isRunning, Date() < deadline { usleep(50_000) }
+            if Self.listening(port) {
+                self.port = port
+                self.process = process
+                return
+            }
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+        }
+        throw TestFailure("tansu did not listen on any of 3 ports")
     }
 
     func createTopic(_ name: String, partitions: Int) throws {
