@@ -23,14 +23,18 @@ public final class PostgresListener: Sendable {
     private let done = DispatchSemaphore(value: 0)
     private let settings: PostgresConnection.Settings
     private let logger: Logger
+    private let isOwnSender: @Sendable (Int32) -> Bool
 
     /// Starts the listening thread; it connects, and reconnects after a lost connection, until `close()`.
     /// - Parameters:
     ///   - settings: Where to connect (a session of its own, outside any pool).
     ///   - logger: Where lost and re-established connections are reported.
-    public init(settings: PostgresConnection.Settings, logger: Logger) {
+    ///   - isOwnSender: Whether a notification's sending backend is this process's own notifier, whose wakes went to
+    ///     the subscribers directly (`wake(_:)`): those are skipped, so one commit wakes a relay once, not twice.
+    public init(settings: PostgresConnection.Settings, logger: Logger, isOwnSender: @escaping @Sendable (Int32) -> Bool = { _ in false }) {
         self.settings = settings
         self.logger = logger
+        self.isOwnSender = isOwnSender
         let thread = Thread { [self] in self.run() }
         thread.name = "pg-listen"
         thread.start()
@@ -113,7 +117,7 @@ public final class PostgresListener: Sendable {
             guard ready > 0 else { continue }
             do {
                 let notifications = try connection.consumeNotifications()
-                let kinds = notifications.compactMap { OutboxKind(rawValue: $0.payload) }
+                let kinds = notifications.filter { !isOwnSender($0.sender) }.compactMap { OutboxKind(rawValue: $0.payload) }
                 if !kinds.isEmpty { deliver(kinds) }
             } catch {
                 logger.warning("LISTEN connection lost", metadata: ["db.error": "\(error.message)"])

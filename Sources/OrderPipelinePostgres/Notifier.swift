@@ -20,6 +20,7 @@ public final class PostgresNotifier: Sendable {
     }
 
     private let state = Mutex(State())
+    private let session = Atomic<Int32>(0)
     private let signal = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
 
@@ -41,6 +42,10 @@ public final class PostgresNotifier: Sendable {
         if queued { signal.signal() }
     }
 
+    /// The backend process id of the notifying session (0 before it connects): a listener in the same process skips
+    /// these NOTIFYs, whose relays were woken directly.
+    public var sessionPID: Int32 { session.load(ordering: .relaxed) }
+
     /// Stops the thread (pending wakes are dropped) and returns once its connection is closed.
     public func close() {
         state.withLock { $0.stopped = true }
@@ -59,6 +64,7 @@ public final class PostgresNotifier: Sendable {
             for kind in kinds {
                 do {
                     if !connection.isConnected { try connection.connect() }
+                    session.store(connection.backendPID, ordering: .relaxed)
                     _ = try connection.query("SELECT pg_notify('orderpipeline_outbox', $1)", [.text(kind.rawValue)])
                 } catch {
                     logger.debug("NOTIFY failed; the relays' poll finds the rows", metadata: ["db.error": "\(error.message)"])

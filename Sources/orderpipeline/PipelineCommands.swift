@@ -194,8 +194,8 @@ struct All: AsyncParsableCommand {
         let store = PostgresStore(configuration: apiPool, logger: logger)
         let relayStore = PostgresStore(configuration: configuration.pool(for: .relay), logger: logger)
         let consumerStore = PostgresStore(configuration: consumerPool, logger: logger)
-        let wakes = PostgresListener(settings: configuration.pool.connection, logger: logger)
         let notifier = PostgresNotifier(settings: configuration.pool.connection, logger: logger)
+        let wakes = PostgresListener(settings: configuration.pool.connection, logger: logger) { $0 == notifier.sessionPID }
         let wake: @Sendable (OutboxKind) -> Void = { kind in
             wakes.wake(kind)
             notifier.notify(kind)
