@@ -72,7 +72,7 @@ struct Serve: AsyncParsableCommand {
         let router = api.makeRouter()
         try Bootstrap.livePage(store: store).register(on: router)
         let app = Application(
-            router: router,
+            responder: EventLoopAffinity(router.buildResponder()),
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )
