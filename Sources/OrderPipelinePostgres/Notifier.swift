@@ -68,7 +68,13 @@ public final class PostgresNotifier: Sendable {
             next = ContinuousClock.now + minimumInterval
             for kind in kinds {
                 do {
-                    if !connection.isConnected { try connection.connect() }
+                    if !connection.isConnected {
+                        try connection.connect()
+                        // A NOTIFY's transaction gets an xid and a commit record: without this it waits for a WAL
+                        // flush, holding the notify lock, and the next order's commit waits for that flush too. A wake
+                        // needs no durability (it is delivered at commit either way).
+                        try connection.execute(constant: "SET synchronous_commit = off")
+                    }
                     _ = try connection.query("SELECT pg_notify('orderpipeline_outbox', $1)", [.text(kind.rawValue)])
                 } catch {
                     logger.debug("NOTIFY failed; the relays' poll finds the rows", metadata: ["db.error": "\(error.message)"])
