@@ -49,7 +49,7 @@ public struct OrderAPI: Sendable {
 
     public func makeRouter() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
-        router.add(middleware: MetricsMiddleware())
+        router.add(middleware: RequestMetricsMiddleware())
         router.add(middleware: ProblemMiddleware())
         for route in Self.routes {
             router.on(RouterPath(route.path), method: route.method) { request, context in
