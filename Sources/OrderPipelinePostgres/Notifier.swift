@@ -12,6 +12,8 @@ import Synchronization
 /// (`PostgresConnection.Settings.notifiesOutbox = false`) hand their committed outbox writes to this notifier
 /// instead: while one NOTIFY is on its way, every further request for the same outbox folds into the next one, so a
 /// thousand commits a second cost a few hundred small notify-only transactions, none of them holding a writer.
+/// NOTIFYs are also spaced `minimumInterval` apart: under load a wake waits at most that long, and the API's
+/// PostgreSQL does not run a notify transaction for most of its orders (measured: 0.6 per order without the spacing).
 /// A lost wake costs nothing but latency: relays keep their fallback poll.
 public final class PostgresNotifier: Sendable {
     private struct State {
@@ -23,10 +25,13 @@ public final class PostgresNotifier: Sendable {
     private let session = Atomic<Int32>(0)
     private let signal = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
+    /// The least time between two NOTIFYs; requests made meanwhile fold into the next one.
+    public let minimumInterval: Duration
 
     /// Starts the notifying thread, whose session connects on the first wake and again after a lost connection;
     /// failed notifications go to `logger` at debug (the relays' poll covers them).
-    public init(settings: PostgresConnection.Settings, logger: Logger) {
+    public init(settings: PostgresConnection.Settings, logger: Logger, minimumInterval: Duration = .milliseconds(1)) {
+        self.minimumInterval = minimumInterval
         let thread = Thread { [self] in self.run(on: PostgresConnection(settings: settings), logger: logger) }
         thread.name = "pg-notify"
         thread.start()
@@ -54,17 +59,28 @@ public final class PostgresNotifier: Sendable {
     }
 
     private func run(on connection: PostgresConnection, logger: Logger) {
+        var next = ContinuousClock.now
         while true {
             signal.wait()
+            // A dedicated thread: sleeping here delays only the wakes, and lets more of them fold into one.
+            let wait = next - ContinuousClock.now
+            if wait > .zero { Thread.sleep(forTimeInterval: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18) }
             let (kinds, stopped) = state.withLock { state in
                 defer { state.pending = [] }
                 return (state.pending, state.stopped)
             }
             if stopped { break }
+            next = ContinuousClock.now + minimumInterval
             for kind in kinds {
                 do {
-                    if !connection.isConnected { try connection.connect() }
-                    session.store(connection.backendPID, ordering: .relaxed)
+                    if !connection.isConnected {
+                        try connection.connect()
+                        // A NOTIFY's transaction gets an xid and a commit record: without this it waits for a WAL
+                        // flush, holding the notify lock, and the next order's commit waits for that flush too. A wake
+                        // needs no durability (it is delivered at commit either way).
+                        try connection.execute(constant: "SET synchronous_commit = off")
+                        session.store(connection.backendPID, ordering: .relaxed)
+                    }
                     _ = try connection.query("SELECT pg_notify('orderpipeline_outbox', $1)", [.text(kind.rawValue)])
                 } catch {
                     logger.debug("NOTIFY failed; the relays' poll finds the rows", metadata: ["db.error": "\(error.message)"])

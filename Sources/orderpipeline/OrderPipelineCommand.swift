@@ -9,7 +9,7 @@ import ServiceLifecycle
 
 /// `orderpipeline` — the deployable binary. Each role is a subcommand; configuration comes from the environment.
 /// (The Kafka/Service Bus roles `relay`, `consume`, `all` and `outbox …` join `subcommands` the same way.)
-@main
+/// The entry point is `Main` (Main.swift).
 struct OrderPipelineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "orderpipeline",
@@ -72,7 +72,7 @@ struct Serve: AsyncParsableCommand {
         let router = api.makeRouter()
         try Bootstrap.livePage(store: store).register(on: router)
         let app = Application(
-            router: router,
+            responder: EventLoopAffinity(router.buildResponder()),
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )

@@ -206,7 +206,7 @@ struct All: AsyncParsableCommand {
         // The consumer of this process keeps its per-partition lag in the metrics registry.
         try Bootstrap.livePage(store: store, consumerLag: { LivePage.consumerLag(prometheus: metrics.render()) }).register(on: router)
         let app = Application(
-            router: router,
+            responder: EventLoopAffinity(router.buildResponder()),
             configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "orderpipeline"),
             logger: logger
         )
