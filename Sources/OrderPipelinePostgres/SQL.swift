@@ -128,6 +128,10 @@ enum SQL {
 
     // MARK: claim — head of line per order, leases, SKIP LOCKED.
     // $1 owner, $2 lease (microseconds), $3 limit. Every time is the database's own clock.
+    /// `OFFSET 0` keeps the head-of-line probe a correlated subplan, an index lookup on (order_id, sequence) per
+    /// candidate, whatever the statistics: as an anti join, a plan cached while the table looked empty probed the
+    /// whole partial index per candidate (no index condition), and a 27,000-row backlog drained at 250 rows/s
+    /// until autovacuum's analyze replaced the plan (docs/POSTGRES.md).
     static func claim(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
         return PreparedStatement(
@@ -141,7 +145,8 @@ enum SQL {
                   AND NOT EXISTS (
                       SELECT 1 FROM \(t) p
                       WHERE p.order_id = o.order_id AND p.sequence < o.sequence
-                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL)
+                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
+                      OFFSET 0)
                 ORDER BY o.sequence
                 LIMIT $3::int
                 FOR UPDATE OF o SKIP LOCKED
