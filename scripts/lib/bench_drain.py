@@ -45,7 +45,8 @@ WITH c AS (
           AND NOT EXISTS (
               SELECT 1 FROM kafka_outbox p
               WHERE p.order_id = o.order_id AND p.sequence < o.sequence
-                AND p.published_at IS NULL AND p.dead_lettered_at IS NULL)
+                AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
+              OFFSET 0)
         ORDER BY o.sequence
         LIMIT BATCH
         FOR UPDATE OF o SKIP LOCKED
