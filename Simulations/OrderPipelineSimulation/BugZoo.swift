@@ -91,7 +91,7 @@ private let wrapperTickets: UInt64 = 1 << 62
 /// dual-write: no outbox row; after the commit the API fires the event at Kafka itself and answers at once.
 struct DualWriteIntake: PipelineMachine {
     var inner: OrderIntake
-    private var events: [Ticket: PipelineEvent] = [:]
+    private var events: [Ticket: [PipelineEvent]] = [:]
     private var next = wrapperTickets
 
     init(inner: OrderIntake) { self.inner = inner }
@@ -99,13 +99,15 @@ struct DualWriteIntake: PipelineMachine {
     mutating func handle(_ input: Input, now: Instant) -> [Effect] {
         if case .published(let ticket, _) = input, ticket.raw >= wrapperTickets { return [] }  // fire and forget
         var extra: [Effect] = []
-        if case .stored(let ticket, .committed(.orderCreated)) = input, let event = events[ticket] {
-            next += 1
-            extra.append(.publish(Ticket(next), .orders, [OutboxMessage(sequence: 0, event: event, attempts: 1)]))
+        if case .stored(let ticket, .committed(.ordersCreated(let outcomes))) = input, let batch = events[ticket] {
+            for (event, outcome) in zip(batch, outcomes) where outcome.isCreated {
+                next += 1
+                extra.append(.publish(Ticket(next), .orders, [OutboxMessage(sequence: 0, event: event, attempts: 1)]))
+            }
         }
         if case .stored(let ticket, _) = input { events[ticket] = nil }
         let effects = inner.handle(input, now: now)
-        for case .store(let ticket, .createOrder(let new)) in effects { events[ticket] = new.event }
+        for case .store(let ticket, .createOrders(let batch)) in effects { events[ticket] = batch.map(\.event) }
         return effects + extra
     }
 }

@@ -191,16 +191,39 @@ public final class PostgresModel {
         public var serviceBus: Int64?
         /// One Service Bus sequence per record of a `.fulfil` batch (a record that fulfils nothing leaves a gap).
         public var fulfilments: [Int64] = []
+        /// One Kafka sequence per order of a `.createOrders` batch (an order that creates nothing leaves a gap).
+        public var creates: [Int64] = []
         public init(kafka: Int64? = nil, serviceBus: Int64? = nil) {
             self.kafka = kafka
             self.serviceBus = serviceBus
         }
     }
 
+    /// One order of a `.createOrders` batch.
+    private func create(_ new: NewOrder, sequence: Int64?) -> OrderCreation {
+        if let existing = idempotencyKeys[new.idempotencyKey] {
+            guard existing.fingerprint == new.fingerprint, let order = orders[existing.orderID] else { return .keyReused }
+            return .replayed(order)
+        }
+        if let clash = orders[new.order.id] {
+            // The same order id under another key: only possible if a shell reused an id; refuse, write nothing.
+            return .replayed(clash)
+        }
+        orders[new.order.id] = new.order
+        orderIDs.append(new.order.id)
+        transitions.append(Transition(orderID: new.order.id, from: nil, to: new.order.status, at: new.order.createdAt, committedAt: now))
+        idempotencyKeys[new.idempotencyKey] = (new.fingerprint, new.order.id)
+        if !recipeVariants.createWithoutOutbox { kafkaOutbox.insert(new.event, sequence: sequence, at: now) }
+        return .created(new.order)
+    }
+
     /// `nextval` for the outbox rows `command` may insert, taken when its transaction starts.
     public func reserve(for command: StoreCommand) -> Reservation {
         switch command {
-        case .createOrder: return Reservation(kafka: kafkaOutbox.reserve())
+        case .createOrders(let batch):
+            var reservation = Reservation()
+            reservation.creates = batch.map { _ in kafkaOutbox.reserve() }
+            return reservation
         case .transition: return Reservation(kafka: kafkaOutbox.reserve(), serviceBus: serviceBusOutbox.reserve())
         case .fulfil(let batch):
             var reservation = Reservation()
@@ -212,22 +235,12 @@ public final class PostgresModel {
 
     public func perform(_ command: StoreCommand, reserved: Reservation = Reservation()) -> (reply: StoreReply, notify: OutboxKind?) {
         switch command {
-        case .createOrder(let new):
-            if let existing = idempotencyKeys[new.idempotencyKey] {
-                guard existing.fingerprint == new.fingerprint, let order = orders[existing.orderID] else { return (.idempotencyKeyReused, nil) }
-                return (.orderReplayed(order), nil)
+        case .createOrders(let batch):
+            var outcomes: [OrderCreation] = []
+            for (index, new) in batch.enumerated() {
+                outcomes.append(create(new, sequence: index < reserved.creates.count ? reserved.creates[index] : nil))
             }
-            if let clash = orders[new.order.id] {
-                // The same order id under another key: only possible if a shell reused an id; refuse, write nothing.
-                return (.orderReplayed(clash), nil)
-            }
-            orders[new.order.id] = new.order
-            orderIDs.append(new.order.id)
-            transitions.append(Transition(orderID: new.order.id, from: nil, to: new.order.status, at: new.order.createdAt, committedAt: now))
-            idempotencyKeys[new.idempotencyKey] = (new.fingerprint, new.order.id)
-            if recipeVariants.createWithoutOutbox { return (.orderCreated(new.order), nil) }
-            kafkaOutbox.insert(new.event, sequence: reserved.kafka, at: now)
-            return (.orderCreated(new.order), .kafka)
+            return (.ordersCreated(outcomes), outcomes.contains(where: \.isCreated) && !recipeVariants.createWithoutOutbox ? .kafka : nil)
 
         case .transition(let change):
             guard var order = orders[change.orderID] else { return (.orderNotFound, nil) }

@@ -12,7 +12,7 @@ public enum TransactionMode: Sendable, Hashable {
 public enum StoreRecipes {
     public static func perform(_ command: StoreCommand, on connection: PostgresConnection, mode: TransactionMode = .commit) -> StoreResult {
         switch command {
-        case .createOrder(let new): createOrder(new, connection, mode)
+        case .createOrders(let batch): createOrders(batch, connection, mode)
         case .transition(let change): transition(change, connection, mode)
         case .claimOutbox(let request): claim(request, connection, mode)
         case .settleOutbox(let settlement): settle(settlement, connection, mode)
@@ -35,30 +35,49 @@ public enum StoreRecipes {
 
     // MARK: recipes
 
-    static func createOrder(_ new: NewOrder, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
-        let order = new.order
-        var items = JSONWriter()
-        OrderItem.write(order.items, to: &items)
-        let parameters: [PostgresValue] = [
-            .text(new.idempotencyKey), .text(new.fingerprint), .text(order.id.description),
-            .text(order.customerName), .text(order.customerEmail), .text(order.totalAmount.description),
-            .text(order.createdAt.description), .text(items.string),
-            .text(new.event.id.description), .text(new.event.type.rawValue), .bytes(new.event.payload),
-            .optional(new.event.traceParent?.description),
-        ]
-        return singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
-            let inserted = try c.execute(SQL.createOrder, parameters)
-            if inserted.int(0, 0) == 1 { return .orderCreated(order) }
-            // The key was recorded before (or by a concurrent request that committed first: ON CONFLICT waited).
-            let key = try c.execute(SQL.idempotencyKey, [.text(new.idempotencyKey)])
-            guard let fingerprint = key.string(0, 0), let idText = key.string(0, 1), let id = OrderID(idText) else {
-                throw PostgresError(code: .protocolViolation, message: "idempotency key vanished")
+    static func createOrders(_ batch: [NewOrder], _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
+        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
+            guard !batch.isEmpty else { return .ordersCreated([]) }
+            func array(_ values: (NewOrder) -> String) -> PostgresValue { .text(SQL.arrayLiteral(batch.map(values))) }
+            let keys = array(\.idempotencyKey)
+            let inserted = try c.execute(
+                SQL.createOrders,
+                [
+                    keys, array(\.fingerprint), array(\.order.id.description), array(\.order.customerName),
+                    array(\.order.customerEmail), array(\.order.totalAmount.description), array(\.order.createdAt.description),
+                    array { new in
+                        var items = JSONWriter()
+                        OrderItem.write(new.order.items, to: &items)
+                        return items.string
+                    },
+                    array(\.event.id.description), array(\.event.type.rawValue), array(\.event.payload.hexString),
+                    array { $0.event.traceParent?.description ?? "" },
+                ])
+            var created: Set<String> = []
+            for row in 0..<inserted.count { if let key = inserted.string(row, 0) { created.insert(key) } }
+            if created.count == batch.count { return .ordersCreated(batch.map { .created($0.order) }) }
+            // Keys recorded before (or by a concurrent batch that committed first: ON CONFLICT waited for it).
+            let taken = try c.execute(SQL.idempotencyKeys, [keys])
+            var recorded: [String: (fingerprint: String, order: OrderID)] = [:]
+            for row in 0..<taken.count {
+                guard let key = taken.string(row, 0), let fingerprint = taken.string(row, 1), let id = taken.string(row, 2).flatMap(OrderID.init) else {
+                    throw PostgresError(code: .protocolViolation, message: "malformed idempotency key row")
+                }
+                recorded[key] = (fingerprint, id)
             }
-            guard fingerprint == new.fingerprint else { return .idempotencyKeyReused }
-            guard let stored = try loadOrder(id, c, forUpdate: false) else {
-                throw PostgresError(code: .protocolViolation, message: "idempotency key \(new.idempotencyKey) names a missing order")
+            var outcomes: [OrderCreation] = []
+            for new in batch {
+                if created.contains(new.idempotencyKey) { outcomes.append(.created(new.order)); continue }
+                guard let (fingerprint, id) = recorded[new.idempotencyKey] else {
+                    throw PostgresError(code: .protocolViolation, message: "idempotency key vanished")
+                }
+                guard fingerprint == new.fingerprint else { outcomes.append(.keyReused); continue }
+                guard let stored = try loadOrder(id, c, forUpdate: false) else {
+                    throw PostgresError(code: .protocolViolation, message: "idempotency key \(new.idempotencyKey) names a missing order")
+                }
+                outcomes.append(.replayed(stored))
             }
-            return .orderReplayed(stored)
+            return .ordersCreated(outcomes)
         }
     }
 

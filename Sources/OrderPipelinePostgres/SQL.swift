@@ -18,38 +18,49 @@ enum SQL {
 
     static func micros(_ column: String) -> String { "(extract(epoch from \(column)) * 1000000)::int8" }
 
-    // MARK: createOrder — one statement, one implicit transaction, one round trip.
-    // $1 key, $2 fingerprint, $3 order id, $4 name, $5 email, $6 total, $7 created_at, $8 items json,
-    // $9 event id, $10 event type, $11 payload (bytea, binary), $12 traceparent.
-    static let createOrder = PreparedStatement(
-        "op_create_order",
+    // MARK: createOrders — a batch of orders, one statement, one implicit transaction, one round trip.
+    // One array per column, one element per order: $1 key, $2 fingerprint, $3 order id, $4 name, $5 email, $6 total,
+    // $7 created_at, $8 items json, $9 event id, $10 event type, $11 payload (hex), $12 traceparent ('' for none).
+    // Keys are inserted in key order, so two batches that share keys lock them in one order and cannot deadlock.
+    static let createOrders = PreparedStatement(
+        "op_create_orders",
         """
-        WITH k AS (
+        WITH input AS (
+            SELECT * FROM unnest(
+                $1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::numeric[], $7::timestamptz[], $8::json[],
+                $9::uuid[], $10::text[], $11::text[], $12::text[]
+            ) WITH ORDINALITY AS i(
+                key, fingerprint, order_id, customer_name, customer_email, total, created_at, items,
+                event_id, event_type, payload, traceparent, n)
+        ), k AS (
             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at)
-            VALUES ($1::text, $2::text, $3::uuid, $7::timestamptz)
+            SELECT key, fingerprint, order_id, created_at FROM input ORDER BY key
             ON CONFLICT (key) DO NOTHING
-            RETURNING order_id
+            RETURNING key
+        ), fresh AS (
+            SELECT input.* FROM input JOIN k ON k.key = input.key
         ), o AS (
             INSERT INTO orders (id, customer_name, customer_email, status, total_amount, created_at)
-            SELECT k.order_id, $4::text, $5::text, 'Pending', $6::numeric, $7::timestamptz FROM k
-            RETURNING id
+            SELECT order_id, customer_name, customer_email, 'Pending', total, created_at FROM fresh ORDER BY n
         ), i AS (
             INSERT INTO order_items (order_id, position, product_name, quantity, unit_price)
-            SELECT o.id, e.ord, e.item->>'productName', (e.item->>'quantity')::int, (e.item->>'unitPrice')::numeric
-            FROM o, json_array_elements($8::json) WITH ORDINALITY AS e(item, ord)
+            SELECT f.order_id, e.ord, e.item->>'productName', (e.item->>'quantity')::int, (e.item->>'unitPrice')::numeric
+            FROM fresh f, json_array_elements(f.items) WITH ORDINALITY AS e(item, ord)
         ), t AS (
             INSERT INTO order_status_transitions (order_id, from_status, to_status, at)
-            SELECT o.id, NULL, 'Pending', $7::timestamptz FROM o
+            SELECT order_id, NULL, 'Pending', created_at FROM fresh ORDER BY n
         ), x AS (
             INSERT INTO kafka_outbox (event_id, order_id, event_type, occurred_at, payload, next_attempt_at, traceparent)
-            SELECT $9::uuid, o.id, $10::text, $7::timestamptz, $11::bytea, now(), $12::text FROM o
+            SELECT event_id, order_id, event_type, created_at, decode(payload, 'hex'), now(), NULLIF(traceparent, '')
+            FROM fresh ORDER BY n
         )
-        SELECT count(*) FROM k
+        SELECT key FROM k
         """)
 
-    static let idempotencyKey = PreparedStatement(
-        "op_idempotency_key",
-        "SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1::text")
+    /// The recorded fingerprint and order of keys a create batch found taken.
+    static let idempotencyKeys = PreparedStatement(
+        "op_idempotency_keys",
+        "SELECT key, fingerprint, order_id FROM idempotency_keys WHERE key = ANY($1::text[])")
 
     static let orderColumns = """
         o.id, o.customer_name, o.customer_email, o.status, o.total_amount::text, \(micros("o.created_at")),

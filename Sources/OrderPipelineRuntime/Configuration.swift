@@ -22,9 +22,15 @@ public struct RuntimeConfiguration: Sendable {
     /// machine's defaults: 500 for Kafka, 100 for Service Bus, and 2).
     public var relayBatchSize: Int?
     public var relayPipelineDepth: Int?
+    /// `DB_CREATE_TRANSACTIONS` — the API's create transactions in flight at once (default 2, at most
+    /// `DB_POOL_SIZE`). Creates arriving while they are busy wait and share the next transaction (group commit).
+    public var createTransactions = 2
+    /// `CREATE_BATCH_SIZE` — orders in one create transaction at most (default 64).
+    public var createBatchSize = 64
     /// `DB_STATEMENT_TIMEOUT_MS` — statement and lock timeout of every session.
     public var statementTimeout: Duration = .seconds(5)
-    /// `DB_QUEUE_LIMIT` — requests that may wait for a connection; more are refused at once (HTTP 503).
+    /// `DB_QUEUE_LIMIT` — requests that may wait for a connection (and creates that may wait for a create
+    /// transaction); more are refused at once (HTTP 503).
     public var queueLimit = 256
     /// `DB_REQUEST_TIMEOUT_MS` — deadline of each database request, waiting for a connection included; a
     /// request past it is answered at once (HTTP 503) and a statement PostgreSQL does not answer by then is abandoned.
@@ -59,6 +65,12 @@ public struct RuntimeConfiguration: Sendable {
           RELAY_PIPELINE_DEPTH
                          relay/all: batches a relay has in the air at once
                          (default 2; 1 = claim, publish, settle in turn)
+          DB_CREATE_TRANSACTIONS
+                         the API's create transactions at once; creates
+                         arriving meanwhile share the next one (default 2,
+                         at most DB_POOL_SIZE)
+          CREATE_BATCH_SIZE
+                         orders in one create transaction (default 64)
           DB_STATEMENT_TIMEOUT_MS
                          statement and lock timeout in ms (default 5000)
           DB_QUEUE_LIMIT requests that may wait for a connection; more get
@@ -113,6 +125,14 @@ public struct RuntimeConfiguration: Sendable {
             guard let depth = Int(text), (1...16).contains(depth) else { throw Problem(description: "RELAY_PIPELINE_DEPTH must be 1…16, not \(text)") }
             configuration.relayPipelineDepth = depth
         }
+        if let text = environment["DB_CREATE_TRANSACTIONS"] {
+            guard let count = Int(text), (1...256).contains(count) else { throw Problem(description: "DB_CREATE_TRANSACTIONS must be 1…256, not \(text)") }
+            configuration.createTransactions = count
+        }
+        if let text = environment["CREATE_BATCH_SIZE"] {
+            guard let size = Int(text), (1...1_000).contains(size) else { throw Problem(description: "CREATE_BATCH_SIZE must be 1…1000, not \(text)") }
+            configuration.createBatchSize = size
+        }
         if let text = environment["DB_STATEMENT_TIMEOUT_MS"] {
             guard let ms = Int64(text), ms > 0 else { throw Problem(description: "DB_STATEMENT_TIMEOUT_MS must be a positive number") }
             configuration.statementTimeout = .milliseconds(ms)
@@ -138,6 +158,15 @@ public struct RuntimeConfiguration: Sendable {
             configuration.logLevel = level
         }
         return configuration
+    }
+
+    /// The intake machine's settings: group commit within the API's pool, waiting bounded like the pool's queue.
+    public var intake: OrderIntake.Configuration {
+        var intake = OrderIntake.Configuration()
+        intake.createsInFlight = min(createTransactions, poolSize)
+        intake.maxCreateBatch = createBatchSize
+        intake.maxWaitingCreates = queueLimit
+        return intake
     }
 
     /// The API's pool (`main` in the metrics).

@@ -4,14 +4,19 @@ import Synchronization
 import Tracing
 
 /// The production shell of `OrderIntake`: one `MachineRunner` serves every request. A request's input goes in
-/// with a fresh order id and the wall clock; the store effects it causes are performed by the request's own task
-/// and their results fed back, until the machine answers. The machine makes every decision (validation,
-/// idempotency, retry of unknown outcomes); the shell only does I/O.
+/// with a fresh order id and the wall clock, and the request waits for its answer. Each store effect is performed
+/// by a task of its own and its result fed back; the answers it leads to wake the requests they are for (one
+/// create transaction answers every request of its batch). The machine makes every decision (validation,
+/// idempotency, batching, retry of unknown outcomes); the shell only does I/O.
 ///
-/// The runner is guarded by a mutex and only touched between awaits, so requests run concurrently while each
-/// request's effects are performed in order.
+/// The runner and the waiting requests are guarded by one mutex, touched only between awaits.
 public final class IntakeShell: Sendable {
-    private let runner: Mutex<MachineRunner<OrderIntake>>
+    private struct State: ~Copyable {
+        var runner: MachineRunner<OrderIntake>
+        var waiting: [RequestID: CheckedContinuation<IntakeResponse, Never>] = [:]
+    }
+
+    private let state: Mutex<State>
     private let nextRequest = Atomic<UInt64>(0)
     private let store: any StorePerforming
     private let observer: NoteObserver
@@ -30,8 +35,11 @@ public final class IntakeShell: Sendable {
         var runner = MachineRunner(OrderIntake(configuration: configuration))
         var performers = RequestPerformers(observer: observer)
         runner.handle(.start, now: clock(), performers: &performers)
-        self.runner = Mutex(runner)
+        self.state = Mutex(State(runner: runner))
     }
+
+    /// Requests not answered yet: in a create or status transaction, or waiting for a create transaction.
+    public var requestsInFlight: Int { state.withLock { $0.runner.machine.inFlight } }
 
     /// `POST /api/orders`: the raw body, as the client sent it, and the caller's `traceparent` if it sent a valid
     /// one (the request's trace continues it, or starts a new one).
@@ -79,21 +87,32 @@ public final class IntakeShell: Sendable {
     }
 
     private func drive(_ request: RequestID, _ input: Input) async -> IntakeResponse {
+        await withCheckedContinuation { answer in feed(input, waiting: (request, answer)) }
+    }
+
+    /// Hands an input to the machine (registering the request that waits, if any), wakes the requests it answered
+    /// and starts its store effects.
+    private func feed(_ input: Input, waiting request: (RequestID, CheckedContinuation<IntakeResponse, Never>)? = nil) {
         var performers = RequestPerformers(observer: observer)
-        runner.withLock { $0.handle(input, now: clock(), performers: &performers) }
-        while true {
-            if let answer = performers.responses.first(where: { $0.request == request }) { return answer.response }
-            guard !performers.stores.isEmpty else { break }
-            let (ticket, command) = performers.stores.removeFirst()
-            let result = await store.perform(command)
-            runner.withLock { $0.handle(.stored(ticket, result), now: clock(), performers: &performers) }
+        let answered = state.withLock { state in
+            if let (id, answer) = request { state.waiting[id] = answer }
+            state.runner.handle(input, now: clock(), performers: &performers)
+            return performers.responses.map { (state.waiting.removeValue(forKey: $0.request), $0) }
         }
-        observer.observe(.unexpected("request \(request) was not answered"))
-        return .unavailable("the request was not answered")
+        for (waiter, response) in answered {
+            guard let waiter else {
+                observer.observe(.unexpected("request \(response.request) was answered twice"))
+                continue
+            }
+            waiter.resume(returning: response.response)
+        }
+        for (ticket, command) in performers.stores {
+            Task { feed(.stored(ticket, await store.perform(command))) }
+        }
     }
 }
 
-/// A request's performers: its store effects are performed by the request's task, its answer returned.
+/// What one input made the intake machine do: store effects to perform, answers to hand over.
 struct RequestPerformers: EffectPerformers {
     let observer: NoteObserver
     var stores: [(Ticket, StoreCommand)] = []

@@ -22,6 +22,7 @@ public struct NoteObserver: Sendable {
     let deadLetterCopiesSkipped: Counter
     let storeRetries: Counter
     let unknownOutcomes: Counter
+    let requestsShed: Counter
     let unexpected: Counter
     let reannounced: Counter
 
@@ -46,6 +47,7 @@ public struct NoteObserver: Sendable {
         deadLetterCopiesSkipped = Counter(label: "orderpipeline_dead_letter_topic_copies_skipped_total", factory: factory)
         storeRetries = Counter(label: "orderpipeline_store_retries_total", factory: factory)
         unknownOutcomes = Counter(label: "orderpipeline_store_unknown_outcomes_total", factory: factory)
+        requestsShed = Counter(label: "orderpipeline_requests_shed_total", factory: factory)
         unexpected = Counter(label: "orderpipeline_unexpected_total", factory: factory)
         reannounced = Counter(label: "orderpipeline_orders_reannounced_total", factory: factory)
     }
@@ -102,6 +104,9 @@ public struct NoteObserver: Sendable {
         case let .unknownOutcome(step):
             unknownOutcomes.increment()
             logger.warning("Outcome unknown; re-issuing the same idempotent step", metadata: ["step": "\(step)"])
+        case let .requestShed(step):
+            requestsShed.increment()  // the HTTP shell logs the 503 itself
+            logger.debug("Request refused at once: too many waiting for the database", metadata: ["step": "\(step)"])
         case .offsetsFenced:
             logger.info("Offset commit fenced by a rebalance; the new owner redoes the work")
         case let .reannounced(orders):

@@ -169,7 +169,7 @@ public struct OutboxWakingStore: StorePerforming {
     /// The outboxes a committed command may have written rows to (the recipes in `Effects/Store.swift`).
     static func outboxesWritten(by command: StoreCommand, _ reply: StoreReply) -> [OutboxKind] {
         switch (command, reply) {
-        case (.createOrder, .orderCreated): [.kafka]
+        case (.createOrders, .ordersCreated(let outcomes)) where outcomes.contains(where: \.isCreated): [.kafka]
         case (.transition(let t), .transitioned): t.to == .fulfilled ? [.kafka, .serviceBus] : [.kafka]
         case (.fulfil, .fulfilments(let outcomes)) where outcomes.contains(.fulfilled): [.serviceBus]
         case (.reannounceOverdue, .reannounced(let orders)) where !orders.isEmpty: [.kafka]

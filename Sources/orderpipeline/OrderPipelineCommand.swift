@@ -67,7 +67,7 @@ struct Serve: AsyncParsableCommand {
         pool.connection.notifiesOutbox = false
         let store = PostgresStore(configuration: pool, logger: logger)
         let notifier = PostgresNotifier(settings: configuration.pool.connection, logger: logger)
-        let shell = IntakeShell(store: OutboxWakingStore(store: store, wake: notifier.notify), logger: logger, metrics: metrics)
+        let shell = IntakeShell(store: OutboxWakingStore(store: store, wake: notifier.notify), configuration: configuration.intake, logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
         let router = api.makeRouter()
         try Bootstrap.livePage(store: store).register(on: router)

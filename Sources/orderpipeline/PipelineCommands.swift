@@ -200,7 +200,7 @@ struct All: AsyncParsableCommand {
             wakes.wake(kind)
             notifier.notify(kind)
         }
-        let shell = IntakeShell(store: OutboxWakingStore(store: store, wake: wake), logger: logger, metrics: metrics)
+        let shell = IntakeShell(store: OutboxWakingStore(store: store, wake: wake), configuration: configuration.intake, logger: logger, metrics: metrics)
         let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
         let router = api.makeRouter()
         // The consumer of this process keeps its per-partition lag in the metrics registry.

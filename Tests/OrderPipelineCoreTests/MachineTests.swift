@@ -26,13 +26,13 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
         var intake = OrderIntake()
         let effects = intake.handle(.createOrder(7, body: seedBody, idempotencyKey: "k-1", newOrderID: orderA), now: t0)
         let (ticket, command) = try #require(stores(effects).first)
-        guard case .createOrder(let new) = command else { Issue.record("expected createOrder"); return }
+        guard case .createOrders(let batch) = command, let new = batch.first else { Issue.record("expected createOrder"); return }
         #expect(new.order.id == orderA && new.order.status == .pending && new.order.createdAt == t0)
         #expect(new.event.type == .orderCreated && new.event.id == EventID.derived(order: orderA, type: .orderCreated))
         #expect(new.idempotencyKey == "k-1")
         #expect(responses(effects).isEmpty)
 
-        let done = intake.handle(.stored(ticket, .committed(.orderCreated(new.order))), now: t0)
+        let done = intake.handle(.stored(ticket, .committed(.ordersCreated([.created(new.order)]))), now: t0)
         #expect(responses(done) == [.created(new.order)])
         #expect(done.contains(.note(.orderAccepted(orderA, replayed: false))))
         #expect(intake.inFlight == 0)
@@ -41,7 +41,7 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
     @Test func withoutAKeyTheOrderIdIsTheKey() throws {
         var intake = OrderIntake()
         let (_, command) = try #require(stores(intake.handle(.createOrder(1, body: seedBody, idempotencyKey: nil, newOrderID: orderA), now: t0)).first)
-        guard case .createOrder(let new) = command else { Issue.record("expected createOrder"); return }
+        guard case .createOrders(let batch) = command, let new = batch.first else { Issue.record("expected createOrder"); return }
         #expect(new.idempotencyKey == "order:\(orderA)")
     }
 
@@ -74,8 +74,8 @@ func responses(_ effects: [Effect]) -> [IntakeResponse] {
             return responses(intake.handle(.stored(ticket, reply), now: t0)).first
         }
         let create = Input.createOrder(1, body: seedBody, idempotencyKey: "k", newOrderID: orderA, trace: nil)
-        #expect(try answer(.committed(.orderReplayed(sampleOrder())), for: create) == .replayed(sampleOrder()))
-        #expect(try answer(.committed(.idempotencyKeyReused), for: create) == .idempotencyKeyReused)
+        #expect(try answer(.committed(.ordersCreated([.replayed(sampleOrder())])), for: create) == .replayed(sampleOrder()))
+        #expect(try answer(.committed(.ordersCreated([.keyReused])), for: create) == .idempotencyKeyReused)
         #expect(try answer(.failed(.timedOut), for: create) == .unavailable("the database did not answer in time"))
         let change = Input.changeStatus(2, orderA, body: Array(#"{"status":"Fulfilled"}"#.utf8), trace: nil)
         #expect(try answer(.committed(.orderNotFound), for: change) == .notFound(orderA))

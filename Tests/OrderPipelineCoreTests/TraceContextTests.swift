@@ -66,7 +66,7 @@ struct TraceParentTests {
         let created = intake.handle(.createOrder(1, body: seedBody, idempotencyKey: nil, newOrderID: order, trace: trace), now: Instant(microseconds: 1))
         let new = try #require(
             created.compactMap { effect -> NewOrder? in
-                if case .store(_, .createOrder(let new)) = effect { return new } else { return nil }
+                if case .store(_, .createOrders(let batch)) = effect { return batch.first } else { return nil }
             }.first)
         #expect(new.event.traceParent == trace)
         let changed = intake.handle(.changeStatus(2, order, body: Array(#"{"status":"Failed"}"#.utf8), trace: trace), now: Instant(microseconds: 2))

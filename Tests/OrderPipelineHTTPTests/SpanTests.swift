@@ -30,14 +30,14 @@ struct SpanTests {
             commands.withLock { $0.append(command) }
             if failing { return .failed(.unavailable("connection refused by db.internal as admin")) }
             switch command {
-            case .createOrder(let new): return .committed(.orderCreated(new.order))
+            case .createOrders(let batch): return .committed(.ordersCreated(batch.map { .created($0.order) }))
             case .transition(let t): return .committed(.transitioned(Sample.order(t.orderID, status: t.to, at: t.at)))
             case .fulfil(let batch): return .committed(.fulfilments(batch.map { _ in .fulfilled }))
             default: return .failed(.unavailable("not an intake or consumer recipe"))
             }
         }
 
-        var created: NewOrder? { commands.withLock { $0.lazy.compactMap { if case .createOrder(let new) = $0 { new } else { nil } }.first } }
+        var created: NewOrder? { commands.withLock { $0.lazy.compactMap { if case .createOrders(let batch) = $0 { batch.first } else { nil } }.first } }
         var transition: OrderTransition? { commands.withLock { $0.lazy.compactMap { if case .transition(let t) = $0 { t } else { nil } }.first } }
         var fulfilment: Fulfilment? { commands.withLock { $0.lazy.compactMap { if case .fulfil(let batch) = $0 { batch.first } else { nil } }.first } }
     }

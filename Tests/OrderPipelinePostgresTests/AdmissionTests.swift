@@ -99,9 +99,9 @@ struct AdmissionTests {
         async let busy: Void = small.pool.withConnection { _ in gate.hold() }
         await gate.waitUntilHeld()
         let start = ContinuousClock.now
-        async let expired = small.perform(.createOrder(newOrder(1)))
+        async let expired = small.perform(.createOrders([newOrder(1)]))
         while small.pool.queueDepth < 1 { try await Task.sleep(for: .milliseconds(5)) }
-        let full = await small.perform(.createOrder(newOrder(2)))
+        let full = await small.perform(.createOrders([newOrder(2)]))
         guard case .failed = full else { Issue.record("queue full: \(full)"); return }
         let late = await expired
         guard case .failed = late else { Issue.record("deadline: \(late)"); return }
@@ -147,18 +147,18 @@ struct AdmissionTests {
     func terminatedConnections() async throws {
         let store = try await PostgresUnderTest()
         // Every connection of the pool has worked once.
-        for n in UInt64(1)...4 { #expect(await store.perform(.createOrder(newOrder(n))) == .committed(.orderCreated(newOrder(n).order))) }
+        for n in UInt64(1)...4 { #expect(await store.perform(.createOrders([newOrder(n)])) == .committed(.ordersCreated([.created(newOrder(n).order)]))) }
         let name = store.settings.applicationName
         let terminated = try await adminQuery(
             store.settings,
             "SELECT pg_terminate_backend(pid, 5000)::text FROM pg_stat_activity WHERE application_name = $1::text", [.text(name)])
         #expect(terminated.count >= 2 && terminated.allSatisfy { $0 == "true" }, "\(terminated)")
         let results = await withTaskGroup(of: StoreResult.self) { group in
-            for n in UInt64(10)..<20 { group.addTask { await store.perform(.createOrder(newOrder(n))) } }
+            for n in UInt64(10)..<20 { group.addTask { await store.perform(.createOrders([newOrder(n)])) } }
             return await group.reduce(into: []) { $0.append($1) }
         }
         #expect(results.count == 10)
-        #expect(results.allSatisfy { if case .committed(.orderCreated) = $0 { true } else { false } }, "\(results)")
+        #expect(results.allSatisfy { if case .committed(.ordersCreated(let outcomes)) = $0 { outcomes.allSatisfy(\.isCreated) } else { false } }, "\(results)")
         await store.tearDown()
     }
 }
@@ -208,7 +208,7 @@ struct SessionSettingsTests {
         #expect(try shown.get() == [role, "hex"])
         var order = newOrder(1)
         order.event.payload = Self.awkward
-        #expect(await asRole.perform(.createOrder(order)) == .committed(.orderCreated(order.order)))
+        #expect(await asRole.perform(.createOrders([order])) == .committed(.ordersCreated([.created(order.order)])))
         guard case .committed(.claimed(let rows)) = await asRole.perform(claim()) else { Issue.record("claim failed"); return }
         #expect(rows.map(\.event.payload) == [Self.awkward])
         asRole.close()

@@ -131,7 +131,7 @@ enum Step: Hashable, Sendable {
                 id: orderID(n), customerName: request.customerName, customerEmail: request.customerEmail,
                 items: request.items, totalAmount: request.totalAmount, createdAt: Step.instant(at))
             let event = PipelineEvent(type: .orderCreated, order: order, at: Step.instant(at), includeOrder: true)
-            return .createOrder(NewOrder(order: order, event: event, idempotencyKey: key, fingerprint: request.fingerprint))
+            return .createOrders([NewOrder(order: order, event: event, idempotencyKey: key, fingerprint: request.fingerprint)])
         case .transition(let n, let to, let at, let reason):
             return .transition(OrderTransition(orderID: orderID(n), to: to, at: Step.instant(at), reason: reason))
         case .claim(let outbox, let owner, let limit, _, let lease):

@@ -58,8 +58,8 @@ struct OutboxAdminTests {
     @Test("status counts pending rows, their age and the claims relays hold")
     func status() async throws {
         let f = try await Fixture()
-        _ = await f.store.perform(.createOrder(newOrder(1)))
-        _ = await f.store.perform(.createOrder(newOrder(2)))
+        _ = await f.store.perform(.createOrders([newOrder(1)]))
+        _ = await f.store.perform(.createOrders([newOrder(2)]))
         var kafka = try await f.status(.kafka)
         #expect(kafka.pending == 2)
         #expect(kafka.oldestPendingAgeSeconds >= 0)
@@ -80,7 +80,7 @@ struct OutboxAdminTests {
     func replayOutboxRow() async throws {
         let f = try await Fixture()
         let x = newOrder(1)
-        _ = await f.store.perform(.createOrder(x))
+        _ = await f.store.perform(.createOrders([x]))
         let head = await f.store.perform(claim(owner: "relay-a")).claimed
         let reject = OutboxSettlement(outbox: .kafka, owner: "relay-a", rejections: [.init(sequence: head[0].sequence, reason: "message too large")])
         #expect(await f.store.perform(.settleOutbox(reject)) == .committed(.settled(rows: 1)))
@@ -120,7 +120,7 @@ struct OutboxAdminTests {
     @Test("a rejected Service Bus outbox row is re-queued")
     func replayServiceBusRow() async throws {
         let f = try await Fixture()
-        _ = await f.store.perform(.createOrder(newOrder(1)))
+        _ = await f.store.perform(.createOrders([newOrder(1)]))
         _ = await f.store.perform(.fulfil([created(1)]))
         let rows = await f.store.perform(claim(.serviceBus, owner: "relay-a")).claimed
         guard rows.count == 1 else { Issue.record("nothing claimed"); await f.close(); return }
@@ -140,7 +140,7 @@ struct OutboxAdminTests {
         let garbage = DeadLetter(source: "orders/2@117", reason: "payload is not a JSON object", payload: [0xFF, 0x00, 0x7B], at: at(1))
         let lost = newOrder(2).event  // decodes, not in the outbox
         let known = newOrder(3)  // decodes, its event is in the outbox already
-        _ = await f.store.perform(.createOrder(known))
+        _ = await f.store.perform(.createOrders([known]))
         _ = await f.store.perform(.deadLetter(garbage))
         _ = await f.store.perform(.deadLetter(DeadLetter(source: "orders/0@5", reason: "consumer could not decode it then", payload: lost.payload, at: at(1))))
         _ = await f.store.perform(.deadLetter(DeadLetter(source: "orders/1@9", reason: "copy", payload: known.event.payload, at: at(1))))

@@ -25,7 +25,7 @@ struct PostgresIntegrationTests {
         var wakes = listener.wakes(for: .kafka).makeAsyncIterator()
         // The first wake comes on connect (notifications sent while not listening are lost).
         #expect(await wakes.next() == .kafka)
-        #expect(await store.perform(.createOrder(newOrder(1))) == .committed(.orderCreated(newOrder(1).order)))
+        #expect(await store.perform(.createOrders([newOrder(1)])) == .committed(.ordersCreated([.created(newOrder(1).order)])))
         #expect(await wakes.next() == .kafka)
         listener.close()
         await store.tearDown()
@@ -35,7 +35,7 @@ struct PostgresIntegrationTests {
     func reads() async throws {
         let store = try await PostgresUnderTest()
         for n in UInt64(1)...5 {
-            _ = await store.perform(.createOrder(newOrder(n, created: at(Double(n)))))
+            _ = await store.perform(.createOrders([newOrder(n, created: at(Double(n)))]))
         }
         #expect(try await store.store.order(orderID(3)) == newOrder(3, created: at(3)).order)
         #expect(try await store.store.order(orderID(99)) == nil)
@@ -52,7 +52,7 @@ struct PostgresIntegrationTests {
     @Test("a dead database answers .failed, and the pool reconnects when it is back")
     func killedConnectionsReconnect() async throws {
         let store = try await PostgresUnderTest()
-        _ = await store.perform(.createOrder(newOrder(1)))
+        _ = await store.perform(.createOrders([newOrder(1)]))
         // Kill every connection of the pool from a separate session.
         var adminSettings = store.settings
         adminSettings.applicationName = "admin-" + store.settings.applicationName
@@ -64,12 +64,12 @@ struct PostgresIntegrationTests {
         }
         admin.close()
         // The next command on a dead connection fails (or is unknown); a later one succeeds after reconnecting.
-        var result = await store.perform(.createOrder(newOrder(2)))
-        for _ in 0..<20 where result != .committed(.orderCreated(newOrder(2).order)) && result != .committed(.orderReplayed(newOrder(2).order)) {
+        var result = await store.perform(.createOrders([newOrder(2)]))
+        for _ in 0..<20 where result != .committed(.ordersCreated([.created(newOrder(2).order)])) && result != .committed(.ordersCreated([.replayed(newOrder(2).order)])) {
             try await Task.sleep(for: .milliseconds(100))
-            result = await store.perform(.createOrder(newOrder(2)))
+            result = await store.perform(.createOrders([newOrder(2)]))
         }
-        #expect(result == .committed(.orderCreated(newOrder(2).order)) || result == .committed(.orderReplayed(newOrder(2).order)))
+        #expect(result == .committed(.ordersCreated([.created(newOrder(2).order)])) || result == .committed(.ordersCreated([.replayed(newOrder(2).order)])))
         await store.tearDown()
     }
 }
@@ -109,9 +109,9 @@ struct PostgresOutcomeTests {
     @Test("a session killed during COMMIT answers .unknown; re-issuing the command converges")
     func unknownOutcome() async throws {
         let store = try await PostgresUnderTest()
-        _ = await store.perform(.createOrder(newOrder(1)))
+        _ = await store.perform(.createOrders([newOrder(1)]))
         try await Self.slowCommits(store)
-        for command in [StoreCommand.transition(OrderTransition(orderID: orderID(1), to: .processing, at: at(1))), .createOrder(newOrder(2))] {
+        for command in [StoreCommand.transition(OrderTransition(orderID: orderID(1), to: .processing, at: at(1))), .createOrders([newOrder(2)])] {
             let session = try #require(try await store.openSession() as? PostgresSessionUnderTest)
             async let outcome = session.perform(command)
             try await Self.waitUntilCommitting(session.pid, store)
@@ -123,15 +123,15 @@ struct PostgresOutcomeTests {
         guard case .committed(.transitioned) = await store.perform(.transition(OrderTransition(orderID: orderID(1), to: .processing, at: at(1)))) else {
             Issue.record("re-issued transition did not commit"); return
         }
-        #expect(await store.perform(.createOrder(newOrder(2))) == .committed(.orderCreated(newOrder(2).order)))
-        #expect(await store.perform(.createOrder(newOrder(2))) == .committed(.orderReplayed(newOrder(2).order)))
+        #expect(await store.perform(.createOrders([newOrder(2)])) == .committed(.ordersCreated([.created(newOrder(2).order)])))
+        #expect(await store.perform(.createOrders([newOrder(2)])) == .committed(.ordersCreated([.replayed(newOrder(2).order)])))
         await store.tearDown()
     }
 
     @Test("a lock held longer than the lock timeout answers .failed(.timedOut) and writes nothing")
     func lockTimeout() async throws {
         let store = try await PostgresUnderTest()
-        _ = await store.perform(.createOrder(newOrder(1)))
+        _ = await store.perform(.createOrders([newOrder(1)]))
         let holder = try await store.openSession()
         guard case .committed(.transitioned) = await holder.performHoldingOpen(.transition(OrderTransition(orderID: orderID(1), to: .processing, at: at(1)))) else {
             Issue.record("could not hold the order's lock"); return

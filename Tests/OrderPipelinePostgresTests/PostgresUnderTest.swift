@@ -108,6 +108,20 @@ final class PostgresUnderTest: StoreUnderTest {
         try result.get()
     }
 
+    /// Polls the server until the backend `pid` waits on a lock (no sleeping; gives up after 10 s).
+    func waitUntilWaitingOnLock(pid: Int32) async throws {
+        let started = ContinuousClock.now
+        while ContinuousClock.now - started < .seconds(10) {
+            let waiting: Result<Bool, PostgresError> = await store.pool.withConnection { c in
+                Result { () throws(PostgresError) in
+                    try c.get().query("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1::int", [.int(Int(pid))]).string(0, 0) == "t"
+                }
+            }
+            if try waiting.get() { return }
+        }
+        throw PostgresError(code: .protocolViolation, message: "backend \(pid) never waited on a lock")
+    }
+
     func tearDown() async {
         store.close()
         await drop()

@@ -8,11 +8,11 @@ struct RelayClaimContractTests {
     func headOfLineAcrossOneOwnersBatches(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let x = newOrder(1), y = newOrder(2)
-            _ = await store.perform(.createOrder(x))
+            _ = await store.perform(.createOrders([x]))
             _ = await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .failed, at: at(0.5), reason: "out of stock")))
             let first = await store.perform(claim(owner: "relay-1", limit: 1)).claimed
             #expect(first.map(\.event.id) == [x.event.id])
-            _ = await store.perform(.createOrder(y))
+            _ = await store.perform(.createOrders([y]))
             // Batch two of the same relay, while batch one (x's head) is in the air: y only, not x's OrderFailed.
             let second = await store.perform(claim(owner: "relay-1")).claimed
             #expect(second.map(\.event.orderID) == [y.order.id])

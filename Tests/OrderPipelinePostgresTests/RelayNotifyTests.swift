@@ -34,8 +34,8 @@ struct RelayNotifyTests {
         try listening.connect()
         _ = try listening.execute(constant: "LISTEN orderpipeline_outbox")
 
-        #expect(await silent.perform(.createOrder(newOrder(1))) == .committed(.orderCreated(newOrder(1).order)))
-        #expect(await loud.perform(.createOrder(newOrder(2))) == .committed(.orderCreated(newOrder(2).order)))
+        #expect(await silent.perform(.createOrders([newOrder(1)])) == .committed(.ordersCreated([.created(newOrder(1).order)])))
+        #expect(await loud.perform(.createOrders([newOrder(2)])) == .committed(.ordersCreated([.created(newOrder(2).order)])))
         // Notifications arrive in commit order: one of the silent commit would come before the loud one's.
         var senders: [Int32] = []
         let deadline = ContinuousClock.now + .seconds(10)

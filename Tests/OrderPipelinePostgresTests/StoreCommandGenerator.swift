@@ -66,7 +66,7 @@ struct StoreCommandGenerator {
     mutating func apply(_ step: Step) {
         let reply = Differential.reply(step, on: shadow)
         switch (step.unskewed, reply) {
-        case (.create(let n, let key, let body, _), .orderCreated):
+        case (.create(let n, let key, let body, _), .ordersCreated(let outcomes)) where outcomes.first?.isCreated == true:
             created.append(n)
             numbers[orderID(n)] = n
             keys.append((key, body))

@@ -97,7 +97,7 @@ struct StoreContractTests {
     func orderAndOutboxAtomic(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let new = newOrder(1)
-            #expect(await store.perform(.createOrder(new)) == .committed(.orderCreated(new.order)))
+            #expect(await store.perform(.createOrders([new])) == .committed(.ordersCreated([.created(new.order)])))
             let rows = await store.perform(claim()).claimed
             #expect(rows.map(\.event) == [new.event])
             #expect(rows.first?.attempts == 1)
@@ -107,11 +107,11 @@ struct StoreContractTests {
             guard implementation == .postgres else { return }  // the model has no open transactions
             let session = try await store.openSession()
             let lost = newOrder(2)
-            #expect(await session.performHoldingOpen(.createOrder(lost)) == .committed(.orderCreated(lost.order)))
+            #expect(await session.performHoldingOpen(.createOrders([lost])) == .committed(.ordersCreated([.created(lost.order)])))
             await session.kill()
             #expect(await store.perform(claim(owner: "relay-2")).claimed.isEmpty)
             #expect(await store.history(of: lost.order.id).isEmpty)
-            #expect(await store.perform(.createOrder(lost)) == .committed(.orderCreated(lost.order)))
+            #expect(await store.perform(.createOrders([lost])) == .committed(.ordersCreated([.created(lost.order)])))
         }
     }
 
@@ -119,12 +119,12 @@ struct StoreContractTests {
     func idempotencyKey(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let first = newOrder(1, key: "client-key-1")
-            #expect(await store.perform(.createOrder(first)) == .committed(.orderCreated(first.order)))
+            #expect(await store.perform(.createOrders([first])) == .committed(.ordersCreated([.created(first.order)])))
             // A retry with the same key and body (and a fresh id the shell drew) returns the first order.
             let retry = newOrder(2, key: "client-key-1")
-            #expect(await store.perform(.createOrder(retry)) == .committed(.orderReplayed(first.order)))
+            #expect(await store.perform(.createOrders([retry])) == .committed(.ordersCreated([.replayed(first.order)])))
             let other = newOrder(3, key: "client-key-1", name: "Jane Doe")
-            #expect(await store.perform(.createOrder(other)) == .committed(.idempotencyKeyReused))
+            #expect(await store.perform(.createOrders([other])) == .committed(.ordersCreated([.keyReused])))
             #expect(await store.perform(claim()).claimed.map(\.event.orderID) == [first.order.id])
             #expect(await store.history(of: retry.order.id).isEmpty)
             #expect(await store.history(of: other.order.id).isEmpty)
@@ -134,7 +134,7 @@ struct StoreContractTests {
     @Test("claims skip rows another session has locked, and a killed session releases them", arguments: Implementation.transactional)
     func skipLockedAndKill(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
-            for n in UInt64(1)...3 { _ = await store.perform(.createOrder(newOrder(n))) }
+            for n in UInt64(1)...3 { _ = await store.perform(.createOrders([newOrder(n)])) }
             let a = try await store.openSession()
             let held = await a.performHoldingOpen(claim(owner: "relay-a")).claimed
             #expect(held.count == 3)
@@ -151,7 +151,7 @@ struct StoreContractTests {
     @Test("concurrent relays never claim a row twice", arguments: Implementation.transactional)
     func noRowClaimedTwice(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
-            for n in UInt64(1)...40 { _ = await store.perform(.createOrder(newOrder(n))) }
+            for n in UInt64(1)...40 { _ = await store.perform(.createOrders([newOrder(n)])) }
             var sessions: [any SessionUnderTest] = []
             for _ in 0..<4 { sessions.append(try await store.openSession()) }
             let claimed = await withTaskGroup(of: [Int64].self) { group in
@@ -179,12 +179,12 @@ struct StoreContractTests {
     func headOfLine(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let x = newOrder(1), y = newOrder(2)
-            _ = await store.perform(.createOrder(x))
+            _ = await store.perform(.createOrders([x]))
             // A second event of order x: Pending → Failed announces OrderFailed.
             let failed = await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .failed, at: at(0.5), reason: "out of stock")))
             guard case .committed(.transitioned(let order)) = failed else { Issue.record("\(failed)"); return }
             #expect(order.status == .failed && order.failureReason == "out of stock")
-            _ = await store.perform(.createOrder(y))
+            _ = await store.perform(.createOrders([y]))
 
             let first = await store.perform(claim(owner: "relay-1")).claimed
             #expect(first.map(\.event.id) == [x.event.id, y.event.id])
@@ -201,7 +201,7 @@ struct StoreContractTests {
     @Test("a lease expires; a settlement by the overtaken owner changes nothing", arguments: Implementation.available)
     func leaseAndFencing(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
-            _ = await store.perform(.createOrder(newOrder(1)))
+            _ = await store.perform(.createOrders([newOrder(1)]))
             let a = await store.perform(claim(owner: "relay-a", lease: 30)).claimed
             #expect(a.count == 1)
             #expect(await store.perform(claim(owner: "relay-b")).claimed.isEmpty)
@@ -224,7 +224,7 @@ struct StoreContractTests {
     @Test("a retried row waits for its next attempt; released claims are free at once", arguments: Implementation.available)
     func retryAndRelease(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
-            _ = await store.perform(.createOrder(newOrder(1)))
+            _ = await store.perform(.createOrders([newOrder(1)]))
             let rows = await store.perform(claim(owner: "relay-a")).claimed
             let retry = OutboxSettlement(
                 outbox: .kafka, owner: "relay-a",
@@ -246,7 +246,7 @@ struct StoreContractTests {
     func rejection(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let x = newOrder(1)
-            _ = await store.perform(.createOrder(x))
+            _ = await store.perform(.createOrders([x]))
             _ = await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .failed, at: at(0.5), reason: nil)))
             let head = await store.perform(claim(owner: "relay-a")).claimed
             let reject = OutboxSettlement(
@@ -264,7 +264,7 @@ struct StoreContractTests {
     func fulfilAndDedup(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let x = newOrder(1)
-            _ = await store.perform(.createOrder(x))
+            _ = await store.perform(.createOrders([x]))
             let fulfilment = created(1)
             #expect(await store.perform(.fulfil([fulfilment])) == .committed(.fulfilments([.fulfilled])))
             #expect(
@@ -284,7 +284,7 @@ struct StoreContractTests {
             // Other shapes of the recipe.
             #expect(await store.perform(.fulfil([created(9)])) == .committed(.fulfilments([.orderMissing])))
             let y = newOrder(2)
-            _ = await store.perform(.createOrder(y))
+            _ = await store.perform(.createOrders([y]))
             _ = await store.perform(.transition(OrderTransition(orderID: y.order.id, to: .failed, at: at(1))))
             #expect(await store.perform(.fulfil([created(2)])) == .committed(.fulfilments([.skipped(.failed)])))
             let failedEvent = envelope(PipelineEvent(type: .orderFailed, orderID: y.order.id, at: at(1), status: .failed))
@@ -295,7 +295,7 @@ struct StoreContractTests {
     @Test("a session killed inside its fulfilment transaction releases the inbox row it held", arguments: Implementation.transactional)
     func killedFulfilment(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
-            _ = await store.perform(.createOrder(newOrder(1)))
+            _ = await store.perform(.createOrders([newOrder(1)]))
             let a = try await store.openSession()
             #expect(await a.performHoldingOpen(.fulfil([created(1)])) == .committed(.fulfilments([.fulfilled])))
             // A second consumer's transaction waits on the held inbox row until the first session dies.
@@ -311,7 +311,7 @@ struct StoreContractTests {
     func transitions(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let x = newOrder(1)
-            _ = await store.perform(.createOrder(x))
+            _ = await store.perform(.createOrders([x]))
             #expect(await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .fulfilled, at: at(1)))) == .committed(.illegalTransition(from: .pending)))
             #expect(await store.perform(.transition(OrderTransition(orderID: orderID(77), to: .failed, at: at(1)))) == .committed(.orderNotFound))
             guard case .committed(.transitioned(let processing)) = await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .processing, at: at(2)))) else {
@@ -332,7 +332,7 @@ struct StoreContractTests {
             #expect(await store.perform(claim(.serviceBus)).claimed.map(\.event.id) == [EventID.derived(order: x.order.id, type: .orderFulfilled)])
             // Failed without a reason still says why.
             let z = newOrder(3)
-            _ = await store.perform(.createOrder(z))
+            _ = await store.perform(.createOrders([z]))
             guard case .committed(.transitioned(let unexplained)) = await store.perform(.transition(OrderTransition(orderID: z.order.id, to: .failed, at: at(7)))) else {
                 Issue.record("Pending → Failed refused"); return
             }
@@ -350,7 +350,7 @@ struct StoreContractTests {
             let lost = newOrder(1)
             let done = newOrder(2)
             let waiting = newOrder(3)
-            for new in [lost, done, waiting] { _ = await store.perform(.createOrder(new)) }
+            for new in [lost, done, waiting] { _ = await store.perform(.createOrders([new])) }
             let rows = await store.perform(claim(limit: 2)).claimed
             #expect(rows.map(\.event.orderID) == [lost.order.id, done.order.id])
             _ = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", published: rows.map(\.sequence))))

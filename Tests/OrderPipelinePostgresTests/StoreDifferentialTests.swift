@@ -80,6 +80,9 @@ struct StoreDifferentialTests {
                 if case .skewed = step { skewed += 1 }
                 let reply = Differential.reply(step, on: model)
                 replies.insert(String(String(describing: reply).prefix { $0 != "(" }))
+                if case .ordersCreated(let outcomes) = reply {
+                    for outcome in outcomes { replies.insert("create." + String(String(describing: outcome).prefix { $0 != "(" })) }
+                }
                 if case .fulfilments(let outcomes) = reply {
                     for outcome in outcomes { replies.insert("fulfil." + String(String(describing: outcome).prefix { $0 != "(" })) }
                     if Set(outcomes).count > 1 { mixedBatches += 1 }
@@ -87,7 +90,7 @@ struct StoreDifferentialTests {
             }
         }
         let expected: Set<String> = [
-            "orderCreated", "orderReplayed", "idempotencyKeyReused", "transitioned", "orderNotFound", "illegalTransition",
+            "ordersCreated", "create.created", "create.replayed", "create.keyReused", "transitioned", "orderNotFound", "illegalTransition",
             "claimed", "settled", "released", "fulfilments", "deadLettered",
             "fulfil.fulfilled", "fulfil.duplicate", "fulfil.skipped", "fulfil.recorded", "fulfil.orderMissing",
             "fulfil.fulfilledByEarlierAttempt",

@@ -9,7 +9,7 @@ import Testing
         arguments: Implementation.available)
     func mixedBatch(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
-            for n: UInt64 in 1...3 { _ = await store.perform(.createOrder(newOrder(n))) }
+            for n: UInt64 in 1...3 { _ = await store.perform(.createOrders([newOrder(n)])) }
             _ = await store.perform(.transition(OrderTransition(orderID: orderID(2), to: .failed, at: at(1))))
             let earlier = Fulfilment(envelope: created(3).envelope, at: at(1))
             _ = await store.perform(.fulfil([earlier]))  // delivered before: its inbox row exists
@@ -46,7 +46,7 @@ import Testing
     func outboxRowsInRecordOrder(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in
             let numbers: [UInt64] = [5, 2, 7, 1]
-            for n in numbers { _ = await store.perform(.createOrder(newOrder(n))) }
+            for n in numbers { _ = await store.perform(.createOrders([newOrder(n)])) }
             var batch = numbers.map(created)
             batch[1].fulfilmentEvent.traceParent = TraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
             #expect(await store.perform(.fulfil(batch)) == .committed(.fulfilments(Array(repeating: .fulfilled, count: 4))))

@@ -60,11 +60,11 @@ struct ShellTests {
         final class Store: StorePerforming {
             let calls = Mutex(0)
             func perform(_ command: StoreCommand) async -> StoreResult {
-                guard case .createOrder(let new) = command else { return .failed(.unavailable("unexpected")) }
+                guard case .createOrders(let batch) = command, let new = batch.first else { return .failed(.unavailable("unexpected")) }
                 let call = calls.withLock {
                     $0 += 1; return $0
                 }
-                return call == 1 ? .unknown : .committed(.orderReplayed(new.order))
+                return call == 1 ? .unknown : .committed(.ordersCreated([.replayed(new.order)]))
             }
         }
         let store = Store()
@@ -76,5 +76,38 @@ struct ShellTests {
         #expect(order.customerName == "Ada")
         #expect(store.calls.withLock { $0 } == 2)
         #expect(await shell.changeStatus(order.id, body: Array("not json".utf8)) == .rejected(.malformed("the body is not valid JSON")))
+    }
+
+    @Test("IntakeShell: creates that arrive while the create transactions are busy share the next one; each request gets its own order")
+    func intakeGroupCommit() async throws {
+        /// Holds the first two transactions until the test opens the gate; records the size of every batch.
+        final class Store: StorePerforming {
+            let batches = Mutex<[Int]>([])
+            let held = Mutex<[CheckedContinuation<Void, Never>]>([])
+            func perform(_ command: StoreCommand) async -> StoreResult {
+                guard case .createOrders(let batch) = command else { return .failed(.unavailable("unexpected")) }
+                let first = batches.withLock {
+                    $0.append(batch.count)
+                    return $0.count <= 2
+                }
+                if first { await withCheckedContinuation { gate in held.withLock { $0.append(gate) } } }
+                return .committed(.ordersCreated(batch.map { .created($0.order) }))
+            }
+            func open() { for gate in held.withLock({ $0 }) { gate.resume() } }
+        }
+        let store = Store()
+        let shell = IntakeShell(store: store, logger: logger)  // two create transactions at once (the default)
+        let body = Array(#"{"customerName":"Ada","customerEmail":"ada@example.com","items":[{"productName":"Widget","quantity":1,"unitPrice":9.99}]}"#.utf8)
+        let answers = await withTaskGroup(of: IntakeResponse.self) { group in
+            for n in 1...6 { group.addTask { await shell.createOrder(body: body, idempotencyKey: "group-\(n)") } }
+            // Every request has reached the machine and both transactions are held: then let them commit.
+            while shell.requestsInFlight < 6 || store.held.withLock({ $0.count }) < 2 { await Task.yield() }
+            store.open()
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        let orders = answers.compactMap { if case .created(let order) = $0 { order.id } else { nil } }
+        #expect(orders.count == 6 && Set(orders).count == 6, "\(answers)")
+        #expect(store.batches.withLock { $0 } == [1, 1, 4], "two creates alone, then the four that waited in one transaction")
+        #expect(shell.requestsInFlight == 0)
     }
 }

@@ -8,7 +8,7 @@ extension PipelineEvent {
 extension StoreCommand {
     public var name: String {
         switch self {
-        case .createOrder: "createOrder"
+        case .createOrders: "createOrders"
         case .transition: "transition"
         case .claimOutbox: "claimOutbox"
         case .settleOutbox: "settleOutbox"
@@ -21,7 +21,7 @@ extension StoreCommand {
 
     public var summary: String {
         switch self {
-        case .createOrder(let new): "order=\(new.order.id) key=\(new.idempotencyKey)"
+        case .createOrders(let batch): batch.map { "order=\($0.order.id) key=\($0.idempotencyKey)" }.joined(separator: "; ")
         case .transition(let t): "order=\(t.orderID) to=\(t.to.rawValue)"
         case .claimOutbox(let c): "\(c.outbox.rawValue) owner=\(c.owner) limit=\(c.limit)"
         case .settleOutbox(let s): "\(s.outbox.rawValue) owner=\(s.owner) published=\(s.published) retry=\(s.retries.map(\.sequence)) dead=\(s.rejections.map(\.sequence))"
@@ -36,9 +36,7 @@ extension StoreCommand {
 extension StoreReply {
     public var summary: String {
         switch self {
-        case .orderCreated(let order): "created \(order.id)"
-        case .orderReplayed(let order): "replayed \(order.id)"
-        case .idempotencyKeyReused: "idempotency key reused with another body"
+        case .ordersCreated(let outcomes): outcomes.map(\.summary).joined(separator: ", ")
         case .transitioned(let order): "now \(order.status.rawValue)"
         case .orderNotFound: "no such order"
         case .illegalTransition(let from): "illegal from \(from.rawValue)"
@@ -48,6 +46,16 @@ extension StoreReply {
         case .fulfilments(let outcomes): outcomes.map(\.summary).joined(separator: ", ")
         case .deadLettered: "dead-lettered"
         case .reannounced(let orders): "re-announced \(orders.count)"
+        }
+    }
+}
+
+extension OrderCreation {
+    public var summary: String {
+        switch self {
+        case .created(let order): "created \(order.id)"
+        case .replayed(let order): "replayed \(order.id)"
+        case .keyReused: "idempotency key reused with another body"
         }
     }
 }
@@ -97,6 +105,7 @@ extension Note {
         case .poison(let record, let reason): "poison record at partition \(record.partition) offset \(record.offset): \(reason)"
         case .storeRetry(let what): "retrying after a failure: \(what)"
         case .unknownOutcome(let what): "outcome unknown, re-issuing: \(what)"
+        case .requestShed(let what): "refused at once, too many waiting: \(what)"
         case .offsetsFenced: "offset commit fenced by a rebalance"
         case .deadLetterCopySkipped(let record, let reason):
             "poison record at partition \(record.partition) offset \(record.offset) kept in the dead-letters table only: the topic refused it (\(reason))"

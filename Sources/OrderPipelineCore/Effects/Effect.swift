@@ -209,6 +209,8 @@ public enum Note: Hashable, Sendable {
     case deadLetterCopySkipped(ConsumedRecord, reason: String)
     case storeRetry(String)
     case unknownOutcome(String)
+    /// A request was refused at once, nothing written: too many were already waiting for the database.
+    case requestShed(String)
     case offsetsFenced
     /// The reconciler found orders published but not fulfilled in time and sent their event again.
     case reannounced([OrderID])

@@ -25,10 +25,13 @@ public struct OutboxMessage: Hashable, Sendable {
 }
 
 public enum StoreCommand: Hashable, Sendable {
-    /// Insert the order, its items and its `OrderCreated` Kafka outbox row (due at once by the database's clock),
-    /// and record the idempotency key, all in one transaction, then NOTIFY the relays. If the key is already recorded: the same fingerprint replays the
-    /// stored order (`.orderReplayed`), another fingerprint is refused (`.idempotencyKeyReused`) and nothing is written.
-    case createOrder(NewOrder)
+    /// For each order of the batch, in one transaction: insert the order, its items and its `OrderCreated` Kafka
+    /// outbox row (due at once by the database's clock) and record the idempotency key. If a key is already
+    /// recorded, that order writes nothing: the same fingerprint replays the stored order (`.replayed`), another
+    /// fingerprint is refused (`.keyReused`). Answered with `.ordersCreated`, one outcome per order, in order. The
+    /// keys of one batch are distinct (the intake machine sees to it); the keys' locks are taken in key order, so
+    /// batches that share keys cannot deadlock.
+    case createOrders([NewOrder])
     /// Lock the order; if `to` is a legal successor, update it, append the Kafka outbox row for the event it
     /// announces (if any) and, when it becomes Fulfilled, the Service Bus outbox row. If the order already has
     /// status `to`, change nothing and answer `.transitioned` (idempotent: a re-issue after an unknown COMMIT finds
@@ -200,9 +203,8 @@ public struct DeadLetter: Hashable, Sendable {
 }
 
 public enum StoreReply: Hashable, Sendable {
-    case orderCreated(Order)
-    case orderReplayed(Order)
-    case idempotencyKeyReused
+    /// One outcome per order of a `.createOrders` batch, in order.
+    case ordersCreated([OrderCreation])
     case transitioned(Order)
     case orderNotFound
     case illegalTransition(from: OrderStatus)
@@ -213,6 +215,19 @@ public enum StoreReply: Hashable, Sendable {
     case fulfilments([FulfilmentOutcome])
     case deadLettered
     case reannounced([OrderID])
+}
+
+/// What the create transaction did with one order of its batch (see `StoreCommand.createOrders`).
+public enum OrderCreation: Hashable, Sendable {
+    case created(Order)
+    /// The key was recorded before with the same fingerprint: the stored order, nothing written.
+    case replayed(Order)
+    /// The key was recorded before with another fingerprint: nothing written.
+    case keyReused
+
+    public var isCreated: Bool {
+        if case .created = self { true } else { false }
+    }
 }
 
 /// What the fulfilment transaction did with one record (see `Fulfilment`).

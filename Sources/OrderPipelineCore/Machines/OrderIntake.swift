@@ -2,6 +2,11 @@
 ///
 /// Idempotency: every create carries a key (the client's Idempotency-Key, or `order:<id>`), so re-issuing the same
 /// command after an unknown commit outcome is safe: if the first attempt committed, the store replays that order.
+///
+/// Group commit: at most `createsInFlight` create transactions run at once. A create that arrives while they are
+/// all busy waits, and the next transaction takes everything that waited (up to `maxCreateBatch` orders), so under
+/// load one commit serves many orders, while at low load nothing waits at all. Each order still gets its own
+/// answer, only after the transaction that wrote it committed.
 public struct OrderIntake: Sendable {
     public struct Configuration: Sendable, Hashable {
         public var limits = OrderLimits()
@@ -9,30 +14,55 @@ public struct OrderIntake: Sendable {
         public var maxUnknownAttempts = 3
         public var maxIdempotencyKeyLength = 255
         public var maxReasonLength = 500
+        /// Create transactions in flight at once; further creates wait for the next one.
+        public var createsInFlight = 2
+        /// Orders in one create transaction at most.
+        public var maxCreateBatch = 64
+        /// Creates that may wait for a create transaction; more are answered "unavailable" at once, so an overloaded
+        /// or frozen database sheds load instead of piling up requests.
+        public var maxWaitingCreates = 256
         public init() {}
     }
 
-    private struct Pending: Sendable {
+    /// A create request whose order is built and waiting for, or in, a create transaction.
+    private struct Create: Sendable {
         var requestID: RequestID
-        var command: StoreCommand
+        var order: NewOrder
         var attempts: Int
+    }
+
+    /// What an in-flight transaction serves: a batch of creates, or one status change.
+    private enum Work: Sendable {
+        case creates([Create])
+        case change(RequestID, StoreCommand, attempts: Int)
     }
 
     public let configuration: Configuration
     private var nextTicket: UInt64 = 0
     /// In-flight transactions by ticket (looked up, never iterated).
-    private var pending: [Ticket: Pending] = [:]
+    private var pending: [Ticket: Work] = [:]
+    /// Creates waiting for a create transaction, oldest first.
+    private var waiting: [Create] = []
+    private var createsRunning = 0
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
     }
 
-    public var inFlight: Int { pending.count }
+    /// Requests not answered yet: in a transaction or waiting for one.
+    public var inFlight: Int {
+        waiting.count
+            + pending.values.reduce(0) { count, work in
+                if case .creates(let batch) = work { count + batch.count } else { count + 1 }
+            }
+    }
 
     public mutating func handle(_ input: Input, now: Instant) -> [Effect] {
         switch input {
         case .start:
             pending = [:]
+            waiting = []
+            createsRunning = 0
             return []
         case let .createOrder(requestID, body, idempotencyKey, newOrderID, trace):
             return create(requestID, body: body, key: idempotencyKey, id: newOrderID, trace: trace, now: now)
@@ -42,11 +72,17 @@ public struct OrderIntake: Sendable {
                 return [.respond(requestID, .rejected(error))]
             case .success(let change):
                 let transition = OrderTransition(orderID: orderID, to: change.status, at: now, reason: change.reason, traceParent: trace)
-                return issue(requestID, .transition(transition), attempts: 1)
+                return issue(.change(requestID, .transition(transition), attempts: 1))
             }
         case let .stored(ticket, result):
-            guard let request = pending.removeValue(forKey: ticket) else { return [] }
-            return complete(request, result)
+            guard let work = pending.removeValue(forKey: ticket) else { return [] }
+            switch work {
+            case .creates(let batch):
+                createsRunning -= 1
+                return complete(batch, result) + issueCreates()
+            case let .change(requestID, command, attempts):
+                return complete(requestID, command, attempts: attempts, result)
+            }
         case .timer, .wake, .published, .fetched, .assigned, .offsetsCommitted:
             return []
         }
@@ -65,9 +101,35 @@ public struct OrderIntake: Sendable {
                 items: request.items, totalAmount: request.totalAmount, createdAt: now)
             var event = PipelineEvent(type: .orderCreated, order: order, at: now, includeOrder: true)
             event.traceParent = trace
-            let command = NewOrder(order: order, event: event, idempotencyKey: key ?? "order:\(id)", fingerprint: request.fingerprint)
-            return issue(requestID, .createOrder(command), attempts: 1)
+            guard waiting.count < configuration.maxWaitingCreates else {
+                return [.respond(requestID, .unavailable(Self.tooMany)), .note(.requestShed("intake"))]
+            }
+            let new = NewOrder(order: order, event: event, idempotencyKey: key ?? "order:\(id)", fingerprint: request.fingerprint)
+            waiting.append(Create(requestID: requestID, order: new, attempts: 1))
+            return issueCreates()
         }
+    }
+
+    /// Starts create transactions while there is room, each with the oldest waiting creates. Two creates with one
+    /// key never share a transaction: the later one waits for the next, where it finds the first one's order.
+    private mutating func issueCreates() -> [Effect] {
+        var effects: [Effect] = []
+        while createsRunning < configuration.createsInFlight, !waiting.isEmpty {
+            var batch: [Create] = []
+            var keys: Set<String> = []  // membership only
+            var rest: [Create] = []
+            for create in waiting {
+                if batch.count < configuration.maxCreateBatch, keys.insert(create.order.idempotencyKey).inserted {
+                    batch.append(create)
+                } else {
+                    rest.append(create)
+                }
+            }
+            waiting = rest
+            createsRunning += 1
+            effects += issue(.creates(batch))
+        }
+        return effects
     }
 
     private func keyProblem(_ key: String) -> String? {
@@ -77,46 +139,77 @@ public struct OrderIntake: Sendable {
         return nil
     }
 
-    private mutating func issue(_ requestID: RequestID, _ command: StoreCommand, attempts: Int) -> [Effect] {
+    private mutating func issue(_ work: Work) -> [Effect] {
         nextTicket += 1
         let ticket = Ticket(nextTicket)
-        pending[ticket] = Pending(requestID: requestID, command: command, attempts: attempts)
-        return [.store(ticket, command)]
+        pending[ticket] = work
+        switch work {
+        case .creates(let batch): return [.store(ticket, .createOrders(batch.map(\.order)))]
+        case .change(_, let command, _): return [.store(ticket, command)]
+        }
     }
 
-    private mutating func complete(_ request: Pending, _ result: StoreResult) -> [Effect] {
+    /// Answers a create transaction's requests; after an unknown outcome its creates wait again, first in line.
+    private mutating func complete(_ batch: [Create], _ result: StoreResult) -> [Effect] {
         switch result {
-        case .unknown where request.attempts < configuration.maxUnknownAttempts:
-            // Maybe committed: asking again is safe (idempotent on the key) and tells us which.
-            return [.note(.unknownOutcome("intake"))] + issue(request.requestID, request.command, attempts: request.attempts + 1)
         case .unknown:
-            return [.respond(request.requestID, .unavailable("the database did not confirm the transaction; retry with the same Idempotency-Key"))]
+            // Maybe committed: asking again is safe (idempotent on the key) and tells us which.
+            var effects: [Effect] = [.note(.unknownOutcome("intake"))]
+            var again: [Create] = []
+            for create in batch {
+                if create.attempts < configuration.maxUnknownAttempts {
+                    again.append(Create(requestID: create.requestID, order: create.order, attempts: create.attempts + 1))
+                } else {
+                    effects.append(.respond(create.requestID, .unavailable(Self.unconfirmed)))
+                }
+            }
+            waiting = again + waiting
+            return effects
         case .failed(let failure):
-            return [.respond(request.requestID, .unavailable(Self.describe(failure)))]
+            return batch.map { .respond($0.requestID, .unavailable(Self.describe(failure))) }
+        case .committed(.ordersCreated(let outcomes)) where outcomes.count == batch.count:
+            var effects: [Effect] = []
+            for (create, outcome) in zip(batch, outcomes) {
+                switch outcome {
+                case .created(let order):
+                    effects += [.respond(create.requestID, .created(order)), .note(.orderAccepted(order.id, replayed: false))]
+                case .replayed(let order):
+                    effects += [.respond(create.requestID, .replayed(order)), .note(.orderAccepted(order.id, replayed: true))]
+                case .keyReused:
+                    effects.append(.respond(create.requestID, .idempotencyKeyReused))
+                }
+            }
+            return effects
         case .committed(let reply):
-            return [.respond(request.requestID, response(to: reply, of: request.command))] + notes(for: reply)
+            return batch.map { .respond($0.requestID, .unavailable("the store answered \(reply.summary) to \(batch.count) creates")) }
+        }
+    }
+
+    /// Answers a status change.
+    private mutating func complete(_ requestID: RequestID, _ command: StoreCommand, attempts: Int, _ result: StoreResult) -> [Effect] {
+        switch result {
+        case .unknown where attempts < configuration.maxUnknownAttempts:
+            return [.note(.unknownOutcome("intake"))] + issue(.change(requestID, command, attempts: attempts + 1))
+        case .unknown:
+            return [.respond(requestID, .unavailable(Self.unconfirmed))]
+        case .failed(let failure):
+            return [.respond(requestID, .unavailable(Self.describe(failure)))]
+        case .committed(let reply):
+            return [.respond(requestID, response(to: reply, of: command))]
         }
     }
 
     private func response(to reply: StoreReply, of command: StoreCommand) -> IntakeResponse {
         switch (reply, command) {
-        case (.orderCreated(let order), _): .created(order)
-        case (.orderReplayed(let order), _): .replayed(order)
-        case (.idempotencyKeyReused, _): .idempotencyKeyReused
         case (.transitioned(let order), _): .statusChanged(order)
         case (.orderNotFound, .transition(let t)): .notFound(t.orderID)
         case (.illegalTransition(let from), .transition(let t)): .illegalTransition(t.orderID, from: from, to: t.to)
-        default: .unavailable("the store answered \(reply) to \(command)")
+        default: .unavailable("the store answered \(reply.summary) to \(command.name)")
         }
     }
 
-    private func notes(for reply: StoreReply) -> [Effect] {
-        switch reply {
-        case .orderCreated(let order): [.note(.orderAccepted(order.id, replayed: false))]
-        case .orderReplayed(let order): [.note(.orderAccepted(order.id, replayed: true))]
-        default: []
-        }
-    }
+    public static let tooMany = "too many orders are waiting for the database; retry with the same Idempotency-Key"
+    public static let unconfirmed = "the database did not confirm the transaction; retry with the same Idempotency-Key"
 
     static func describe(_ failure: StoreFailure) -> String {
         switch failure {
