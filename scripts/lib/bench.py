@@ -145,7 +145,7 @@ def main():
     if failed:
         log(f"FAILED: {', '.join(failed)} (logs in {work})")
         sys.exit(1)
-    if out_dir != work:
+    if out_dir != work and not os.environ.get("BENCH_KEEP_LOGS"):
         shutil.rmtree(work, ignore_errors=True)  # the processes' logs: large after a full run
 
 
