@@ -9,6 +9,8 @@ import OrderPipelineCore
 /// a transition's); `release` reads no clock and runs at the previous step's. Durations are microseconds.
 enum Step: Hashable, Sendable {
     case create(order: UInt64, key: String, body: Int, at: Int64)
+    /// Creates committed as one transaction (the intake's group commit): `.create` steps with distinct keys.
+    indirect case createBatch([Step])
     case transition(order: UInt64, to: OrderStatus, at: Int64, reason: String?)
     case claim(OutboxKind, owner: String, limit: Int, at: Int64, lease: Int64)
     case settle(OutboxKind, owner: String, at: Int64, published: [Int64], retries: [Retry], rejections: [Rejection])
@@ -60,6 +62,8 @@ enum Step: Hashable, Sendable {
             at
         case .release:
             nil
+        case .createBatch(let members):
+            members.first?.time
         case .skewed(let step, _):
             step.time
         }
@@ -69,6 +73,7 @@ enum Step: Hashable, Sendable {
     private func shifted(by skew: Int64) -> Step {
         switch self {
         case .create(let n, let key, let body, let at): .create(order: n, key: key, body: body, at: at + skew)
+        case .createBatch(let members): .createBatch(members.map { $0.shifted(by: skew) })
         case .transition(let n, let to, let at, let reason): .transition(order: n, to: to, at: at + skew, reason: reason)
         case .fulfil(let deliveries, let at): .fulfil(deliveries, at: at + skew)
         case .deadLetter(let source, let reason, let payload, let at): .deadLetter(source: source, reason: reason, payload: payload, at: at + skew)
@@ -79,7 +84,7 @@ enum Step: Hashable, Sendable {
     /// Whether the step stamps a time of its own (one a skewed host clock moves).
     var stamps: Bool {
         switch self {
-        case .create, .transition, .fulfil, .deadLetter: true
+        case .create, .createBatch, .transition, .fulfil, .deadLetter: true
         case .claim, .settle, .release, .skewed: false
         }
     }
@@ -132,6 +137,12 @@ enum Step: Hashable, Sendable {
                 items: request.items, totalAmount: request.totalAmount, createdAt: Step.instant(at))
             let event = PipelineEvent(type: .orderCreated, order: order, at: Step.instant(at), includeOrder: true)
             return .createOrders([NewOrder(order: order, event: event, idempotencyKey: key, fingerprint: request.fingerprint)])
+        case .createBatch(let members):
+            let orders = members.flatMap { member -> [NewOrder] in
+                guard case .createOrders(let one) = member.command else { return [] }
+                return one
+            }
+            return .createOrders(orders)
         case .transition(let n, let to, let at, let reason):
             return .transition(OrderTransition(orderID: orderID(n), to: to, at: Step.instant(at), reason: reason))
         case .claim(let outbox, let owner, let limit, _, let lease):
@@ -172,6 +183,8 @@ extension Step: CustomStringConvertible {
             return ".skewed(\(step), by: \(skew))"
         case .create(let n, let key, let body, let at):
             return ".create(order: \(n), key: \(text(key)), body: \(body), at: \(at))"
+        case .createBatch(let members):
+            return ".createBatch([\(members.map(\.description).joined(separator: ", "))])"
         case .transition(let n, let to, let at, let reason):
             return ".transition(order: \(n), to: .\(to), at: \(at), reason: \(reason.map(text) ?? "nil"))"
         case .claim(let outbox, let owner, let limit, let at, let lease):

@@ -47,7 +47,7 @@ struct StoreCommandGenerator {
         let roll = random.below(100)
         var step: Step
         switch roll {
-        case 0..<20: step = create()
+        case 0..<20: step = random.chance(0.25) ? createBatch() : create()
         case 20..<32: step = transition()
         case 32..<52: step = claim()
         case 52..<70: step = settle()
@@ -66,10 +66,13 @@ struct StoreCommandGenerator {
     mutating func apply(_ step: Step) {
         let reply = Differential.reply(step, on: shadow)
         switch (step.unskewed, reply) {
-        case (.create(let n, let key, let body, _), .ordersCreated(let outcomes)) where outcomes.first?.isCreated == true:
-            created.append(n)
-            numbers[orderID(n)] = n
-            keys.append((key, body))
+        case (.create, .ordersCreated(let outcomes)), (.createBatch, .ordersCreated(let outcomes)):
+            let members = if case .createBatch(let members) = step.unskewed { members } else { [step.unskewed] }
+            for case (.create(let n, let key, let body, _), .created) in zip(members, outcomes) {
+                created.append(n)
+                numbers[orderID(n)] = n
+                keys.append((key, body))
+            }
         case (.claim(let outbox, let owner, _, _, _), .claimed(let rows)):
             claimed[owner, default: []] += rows.map { (outbox, $0.sequence) }
         case (.fulfil(let deliveries, _), _):
@@ -102,6 +105,17 @@ struct StoreCommandGenerator {
             nextKey += 1
         }
         return .create(order: n, key: key, body: Int(random.below(UInt64(Step.bodies.count))), at: clock)
+    }
+
+    /// Two to four creates in one transaction; a member whose key an earlier member has is left out.
+    private mutating func createBatch() -> Step {
+        var members: [Step] = []
+        var taken: Set<String> = []  // membership only
+        for _ in 0..<(2 + random.below(3)) {
+            let member = create()
+            if case .create(_, let key, _, _) = member, taken.insert(key).inserted { members.append(member) }
+        }
+        return .createBatch(members)
     }
 
     private mutating func transition() -> Step {

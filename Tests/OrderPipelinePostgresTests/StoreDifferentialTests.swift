@@ -65,6 +65,7 @@ struct StoreDifferentialTests {
         var staleSettlements = 0
         var skewed = 0
         var mixedBatches = 0
+        var mixedCreateBatches = 0
         for seed in UInt64(0)..<200 {
             let model = PostgresModel()
             model.now = Step.instant(0)
@@ -82,6 +83,7 @@ struct StoreDifferentialTests {
                 replies.insert(String(String(describing: reply).prefix { $0 != "(" }))
                 if case .ordersCreated(let outcomes) = reply {
                     for outcome in outcomes { replies.insert("create." + String(String(describing: outcome).prefix { $0 != "(" })) }
+                    if Set(outcomes.map(\.isCreated)).count > 1 { mixedCreateBatches += 1 }
                 }
                 if case .fulfilments(let outcomes) = reply {
                     for outcome in outcomes { replies.insert("fulfil." + String(String(describing: outcome).prefix { $0 != "(" })) }
@@ -97,6 +99,7 @@ struct StoreDifferentialTests {
         ]
         #expect(replies == expected)
         #expect(mixedBatches > 50, "\(mixedBatches) fulfil batches with more than one kind of answer")
+        #expect(mixedCreateBatches > 20, "\(mixedCreateBatches) create batches where some orders were created and some not")
         #expect(staleSettlements > 10, "\(staleSettlements) settlements by a stale owner")
         #expect(skewed > 50, "\(skewed) steps stamped by a skewed clock")
     }
