@@ -236,7 +236,12 @@ public final class World {
     func makeProductionMachine(_ role: Role, name: String) -> any PipelineMachine {
         switch role {
         case .api:
-            return OrderIntake()
+            // One create transaction at a time and small batches: the world's requests are sparse, so this is what
+            // makes overlapping creates share transactions (group commit) and batches fill up.
+            var configuration = OrderIntake.Configuration()
+            configuration.createsInFlight = 1
+            configuration.maxCreateBatch = 4
+            return OrderIntake(configuration: configuration)
         case .relay(let kind):
             var configuration = OutboxRelay.Configuration(outbox: kind, owner: name)
             configuration.batchSize = 20
