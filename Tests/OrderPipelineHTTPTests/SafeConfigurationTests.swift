@@ -62,6 +62,20 @@ struct SafeConfigurationTests {
         }
     }
 
+    @Test("DB_CREATE_TRANSACTIONS and CREATE_BATCH_SIZE reach the intake (at most the pool's connections; waiting bounded by DB_QUEUE_LIMIT); bad values are refused")
+    func groupCommitSettings() throws {
+        let url = ["DATABASE_URL": "postgres://u@h/db"]
+        let defaults = try RuntimeConfiguration.fromEnvironment(url).intake
+        #expect(defaults.createsInFlight == 2 && defaults.maxCreateBatch == 64 && defaults.maxWaitingCreates == 256)
+        let set = try RuntimeConfiguration.fromEnvironment(url.merging(["DB_CREATE_TRANSACTIONS": "4", "CREATE_BATCH_SIZE": "16", "DB_QUEUE_LIMIT": "40"]) { $1 }).intake
+        #expect(set.createsInFlight == 4 && set.maxCreateBatch == 16 && set.maxWaitingCreates == 40)
+        let small = try RuntimeConfiguration.fromEnvironment(url.merging(["DB_CREATE_TRANSACTIONS": "6", "DB_POOL_SIZE": "3"]) { $1 }).intake
+        #expect(small.createsInFlight == 3, "never more create transactions than connections")
+        for bad in [["DB_CREATE_TRANSACTIONS": "0"], ["DB_CREATE_TRANSACTIONS": "two"], ["CREATE_BATCH_SIZE": "0"], ["CREATE_BATCH_SIZE": "5000"]] {
+            #expect(throws: RuntimeConfiguration.Problem.self) { try RuntimeConfiguration.fromEnvironment(url.merging(bad) { $1 }) }
+        }
+    }
+
     @Test(
         "passwords and keys are redacted in every connection-string form",
         arguments: [
