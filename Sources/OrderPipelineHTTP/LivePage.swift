@@ -52,10 +52,7 @@ public struct LivePage: Sendable {
                 guard token.count >= 16 else { throw RuntimeConfiguration.Problem(description: "UI_REPLAY_TOKEN must be at least 16 characters") }
                 configuration.replayToken = token
             }
-            if let text = environment["UI_MAX_STREAMS"] {
-                guard let value = Int(text), (1...1_000).contains(value) else { throw RuntimeConfiguration.Problem(description: "UI_MAX_STREAMS must be 1…1000, not \(text)") }
-                configuration.maxStreams = value
-            }
+            if let value = try RuntimeConfiguration.whole(environment, "UI_MAX_STREAMS", in: 1...1_000) { configuration.maxStreams = value }
             return configuration
         }
     }

@@ -95,52 +95,34 @@ public struct RuntimeConfiguration: Sendable {
         public init(description: String) { self.description = description }
     }
 
+    /// The whole number `name` is set to, if it is set; anything else than a number in `range` is refused.
+    public static func whole(_ environment: [String: String], _ name: String, in range: ClosedRange<Int>) throws(Problem) -> Int? {
+        guard let text = environment[name] else { return nil }
+        guard let value = Int(text), range.contains(value) else {
+            throw Problem(description: "\(name) must be \(range.lowerBound)…\(range.upperBound), not \(text)")
+        }
+        return value
+    }
+
     public static func fromEnvironment(_ environment: [String: String]) throws(Problem) -> RuntimeConfiguration {
         guard let url = environment["DATABASE_URL"], !url.isEmpty else {
             throw Problem(description: "DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:55432/orderpipeline; `eval \"$(scripts/services up)\"` sets it)")
         }
         var configuration = RuntimeConfiguration(databaseURL: url)
         if let host = environment["HTTP_HOST"], !host.isEmpty { configuration.httpHost = host }
-        if let text = environment["HTTP_PORT"] {
-            guard let port = Int(text), (0...65_535).contains(port) else { throw Problem(description: "HTTP_PORT must be a port number, not \(text)") }
-            configuration.httpPort = port
-        }
-        if let text = environment["DB_POOL_SIZE"] {
-            guard let size = Int(text), (1...256).contains(size) else { throw Problem(description: "DB_POOL_SIZE must be 1…256, not \(text)") }
-            configuration.poolSize = size
-        }
-        if let text = environment["DB_RELAY_POOL_SIZE"] {
-            guard let size = Int(text), (1...256).contains(size) else { throw Problem(description: "DB_RELAY_POOL_SIZE must be 1…256, not \(text)") }
-            configuration.relayPoolSize = size
-        }
-        if let text = environment["DB_CONSUMER_POOL_SIZE"] {
-            guard let size = Int(text), (1...256).contains(size) else { throw Problem(description: "DB_CONSUMER_POOL_SIZE must be 1…256, not \(text)") }
-            configuration.consumerPoolSize = size
-        }
-        if let text = environment["RELAY_BATCH_SIZE"] {
-            guard let size = Int(text), (1...10_000).contains(size) else { throw Problem(description: "RELAY_BATCH_SIZE must be 1…10000, not \(text)") }
-            configuration.relayBatchSize = size
-        }
-        if let text = environment["RELAY_PIPELINE_DEPTH"] {
-            guard let depth = Int(text), (1...16).contains(depth) else { throw Problem(description: "RELAY_PIPELINE_DEPTH must be 1…16, not \(text)") }
-            configuration.relayPipelineDepth = depth
-        }
-        if let text = environment["DB_CREATE_TRANSACTIONS"] {
-            guard let count = Int(text), (1...256).contains(count) else { throw Problem(description: "DB_CREATE_TRANSACTIONS must be 1…256, not \(text)") }
-            configuration.createTransactions = count
-        }
-        if let text = environment["CREATE_BATCH_SIZE"] {
-            guard let size = Int(text), (1...1_000).contains(size) else { throw Problem(description: "CREATE_BATCH_SIZE must be 1…1000, not \(text)") }
-            configuration.createBatchSize = size
-        }
+        if let value = try whole(environment, "HTTP_PORT", in: 0...65_535) { configuration.httpPort = value }
+        if let value = try whole(environment, "DB_POOL_SIZE", in: 1...256) { configuration.poolSize = value }
+        if let value = try whole(environment, "DB_RELAY_POOL_SIZE", in: 1...256) { configuration.relayPoolSize = value }
+        if let value = try whole(environment, "DB_CONSUMER_POOL_SIZE", in: 1...256) { configuration.consumerPoolSize = value }
+        if let value = try whole(environment, "RELAY_BATCH_SIZE", in: 1...10_000) { configuration.relayBatchSize = value }
+        if let value = try whole(environment, "RELAY_PIPELINE_DEPTH", in: 1...16) { configuration.relayPipelineDepth = value }
+        if let value = try whole(environment, "DB_CREATE_TRANSACTIONS", in: 1...256) { configuration.createTransactions = value }
+        if let value = try whole(environment, "CREATE_BATCH_SIZE", in: 1...1_000) { configuration.createBatchSize = value }
         if let text = environment["DB_STATEMENT_TIMEOUT_MS"] {
             guard let ms = Int64(text), ms > 0 else { throw Problem(description: "DB_STATEMENT_TIMEOUT_MS must be a positive number") }
             configuration.statementTimeout = .milliseconds(ms)
         }
-        if let text = environment["DB_QUEUE_LIMIT"] {
-            guard let limit = Int(text), (1...100_000).contains(limit) else { throw Problem(description: "DB_QUEUE_LIMIT must be 1…100000, not \(text)") }
-            configuration.queueLimit = limit
-        }
+        if let value = try whole(environment, "DB_QUEUE_LIMIT", in: 1...100_000) { configuration.queueLimit = value }
         if let text = environment["DB_REQUEST_TIMEOUT_MS"] {
             guard let ms = Int64(text), (1...600_000).contains(ms) else { throw Problem(description: "DB_REQUEST_TIMEOUT_MS must be 1…600000") }
             configuration.requestTimeout = .milliseconds(ms)
