@@ -56,6 +56,12 @@ class Settings:
         return smoke if self.smoke else full
 
 
+def median(values):
+    """The middle value (the upper one of an even count), Nones left out."""
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
 class Figures:
     """One line per figure on stdout as it is measured; all of them for the report and the JSON file."""
 

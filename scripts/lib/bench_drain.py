@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from bench_common import Pipeline, drain_limit, kafka_producer, log, pgbench, scalar, scratch_database, scratch_topic, wait_until
+from bench_common import Pipeline, drain_limit, kafka_producer, log, median, pgbench, scalar, scratch_database, scratch_topic, wait_until
 
 NAMESPACE = "2b1f6f1e-8a3c-4c56-9d0e-5a7b3c9e4f10"  # EventID.namespace
 BATCH = 500  # OutboxRelay.Configuration.batchSize of the Kafka relay
@@ -133,33 +133,43 @@ def settle_rate(url, table, column):
 
 
 def relay(settings, figures):
-    rows = settings.size(100_000, 500)
+    """Drains of a backlog by 1 and 2 relays, each against pgbench running the claim and settle statements with as
+    many clients. Ceiling and drain alternate in rounds and each figure is the median of its rounds, so a change in
+    the machine's load hits both."""
+    rows, rounds = settings.size(100_000, 500), settings.size(3, 1)
     with scratch_database(settings, "relay") as url, scratch_topic(settings, "relay") as topic:
         log(f"relay: backlog of {rows:,} outbox rows")
         make_backlog(url, rows)
-        ceilings = {}
-        for clients in (1, 2):
-            _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(BATCH)), clients, transactions=math.ceil(rows / BATCH / clients) + 2)
-            published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
-            if published != rows:
-                raise RuntimeError(f"pgbench claim+settle published {published} of {rows} rows")
-            ceilings[clients] = rows / elapsed
-            reset_outbox(url)
         producer_rate = raw_producer(settings, url, topic, rows)
         for relays in (1, 2):
-            with Pipeline(settings, url, topic, "unused", f"relay{relays}") as pipeline:
-                for n in range(relays):
-                    pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}")
-                done = wait_until(lambda: scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NULL") == 0,
-                                  drain_limit(settings), "the relay to drain the backlog", poll=0.2, alive=pipeline.check_alive,
-                                  required=False)
-            rate = settle_rate(url, "kafka_outbox", "published_at")
-            published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
+            runs = []
+            for _ in range(rounds):
+                _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(BATCH)), relays,
+                                        transactions=math.ceil(rows / BATCH / relays) + 2)
+                published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
+                if published != rows:
+                    raise RuntimeError(f"pgbench claim+settle published {published} of {rows} rows")
+                ceiling = rows / elapsed
+                reset_outbox(url)
+                with Pipeline(settings, url, topic, "unused", f"relay{relays}") as pipeline:
+                    for n in range(relays):
+                        pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}")
+                    done = wait_until(lambda: scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NULL") == 0,
+                                      drain_limit(settings), "the relay to drain the backlog", poll=0.2, alive=pipeline.check_alive,
+                                      required=False)
+                rate = settle_rate(url, "kafka_outbox", "published_at")
+                published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
+                runs.append((rate, ceiling, done, published))
+                reset_outbox(url)
             label = "1 relay" if relays == 1 else f"{relays} relays"
-            figures.add("relay", f"drain {rows / 1000:g}k-row backlog, {label} (events/s)", rate, "/s", ceilings[relays],
-                        f"pgbench claim+settle, {relays} client{'s' if relays > 1 else ''}",
-                        note="" if done else f"stopped after {drain_limit(settings)} s: {published:,} of {rows:,} published")
-            reset_outbox(url)
+            unfinished = [published for _, _, done, published in runs if not done]
+            rates = ", ".join("–" if r[0] is None else f"{r[0]:,.0f}" for r in runs)
+            note = f"median of {rounds} interleaved rounds (relay {rates}; pgbench {', '.join(f'{r[1]:,.0f}' for r in runs)})"
+            if unfinished:
+                note += f"; {len(unfinished)} stopped after {drain_limit(settings)} s ({min(unfinished):,} of {rows:,} published)"
+            figures.add("relay", f"drain {rows / 1000:g}k-row backlog, {label} (events/s)", median(r[0] for r in runs), "/s",
+                        median(r[1] for r in runs), f"pgbench claim+settle, {relays} client{'s' if relays > 1 else ''}",
+                        note=note if rounds > 1 or unfinished else "")
         figures.add("relay", "raw librdkafka producer, same messages (msgs/s)", producer_rate, "/s",
                     note="the broker side of the relay's ceiling")
 

@@ -8,7 +8,7 @@ import uuid
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, pgbench, scalar,
+from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, pgbench, scalar,
                           scratch_database, scratch_topic, wait_fulfilled, wait_until, wrk)
 
 PAYLOAD = "x" * 560  # an OrderCreated payload's size
@@ -47,11 +47,6 @@ COMMIT;
 
 def database_of(url):
     return url.rsplit("/", 1)[1].split("?")[0]
-
-
-def median(values):
-    values = sorted(v for v in values if v is not None)
-    return values[len(values) // 2] if values else None
 
 
 def api(settings, figures):
