@@ -6,11 +6,11 @@ import Testing
         ConsumedRecord(partition: partition, offset: offset, key: nil, headers: [], value: row(1, order).event.payload)
     }
 
-    /// Records of different partitions that fit in one batch together go as one batch: a consumer whose batches
-    /// hold one record keeps the partitions' work apart (as under load).
+    /// A few records of different partitions go together as one batch: a consumer that combines at most one record
+    /// keeps the partitions' work apart (as under load).
     func oneRecordBatches() -> FulfilmentConsumer {
         var configuration = FulfilmentConsumer.Configuration()
-        configuration.batchMax = 1
+        configuration.combineMax = 1
         return FulfilmentConsumer(configuration: configuration, seed: 1)
     }
 
@@ -201,6 +201,16 @@ import Testing
         #expect(commit(after)?.1 == [PartitionOffset(partition: 0, offset: 9), PartitionOffset(partition: 1, offset: 2)])
         guard case .fulfil(let rest)? = stores(after).first?.1 else { Issue.record("expected partition 1's next batch"); return }
         #expect(rest.count == 1)
+    }
+
+    @Test func partitionsWithMoreRecordsThanCombineMaxKeepTransactionsOfTheirOwn() throws {
+        var configuration = FulfilmentConsumer.Configuration()
+        configuration.combineMax = 3
+        var consumer = FulfilmentConsumer(configuration: configuration, seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1]), now: t0)))
+        let records = [record(0), record(1), record(0, partition: 1, order: orderB), record(1, partition: 1, order: orderB)]
+        #expect(stores(consumer.handle(.fetched(fetch, records), now: t0)).count == 2, "a drain: the partitions side by side")
     }
 
     @Test func twoPartitionsBackOffOnOneTimerAndRetryInTurn() throws {

@@ -5,7 +5,7 @@
 /// partition (up to `batchMax`) go to the store as one fulfilment transaction (pessimistic inbox per record: the
 /// event id first, then Pending → Processing → Fulfilled and the Service Bus outbox row; one commit for the
 /// batch); a poison record ends a batch and goes alone to the dead-letter table, then the dead-letter topic. Under
-/// light load the idle partitions' records, when together they fit in one batch, go as one transaction (each
+/// light load the idle partitions' records, when together they are few (`combineMax`), go as one transaction (each
 /// partition's in order): a transaction's fixed cost in PostgreSQL is that of several records. A
 /// partition's next offset is committed only after its work. One fetch and one offset commit are in flight at a
 /// time, beside the work. A redelivered record finds its inbox row and changes nothing. Work for partitions revoked
@@ -20,6 +20,10 @@ public struct FulfilmentConsumer: Sendable {
         public var fetchMax = 100
         /// Most records in one fulfilment transaction.
         public var batchMax = 100
+        /// Most records of several idle partitions that go together as one transaction (light load: a fulfil
+        /// transaction costs PostgreSQL about as much CPU as five records). More than that and each partition has a
+        /// transaction of its own, side by side, as a drain needs (their commits share WAL flushes).
+        public var combineMax = 25
         public var backoff = Backoff()
         /// Attempts to copy a poison record to the dead-letter topic before moving on without the copy. The
         /// dead-letters table row, committed first, is the record of truth (`orderpipeline outbox dead-letters`);
@@ -204,10 +208,11 @@ public struct FulfilmentConsumer: Sendable {
     }
 
     /// Light load: when two or more idle partitions have records queued, all of them decodable and together at most
-    /// `batchMax`, they go as one transaction (each partition's records in order, the partitions in turn), and
-    /// every one of those partitions waits for it. Otherwise nil: each partition gets a batch of its own.
+    /// `combineMax` (and `batchMax`), they go as one transaction (each partition's records in order, the partitions
+    /// in turn), and every one of those partitions waits for it. Otherwise nil: each partition gets a batch of its own.
     private mutating func startCombinedBatch(_ idle: [Int32], now: Instant) -> [Effect]? {
-        guard idle.count > 1, idle.reduce(0, { $0 + (queued[$1]?.count ?? 0) }) <= configuration.batchMax else { return nil }
+        let total = idle.reduce(0) { $0 + (queued[$1]?.count ?? 0) }
+        guard idle.count > 1, total <= min(configuration.combineMax, configuration.batchMax) else { return nil }
         var records: [ConsumedRecord] = []
         var batch: [Fulfilment] = []
         for partition in idle {
