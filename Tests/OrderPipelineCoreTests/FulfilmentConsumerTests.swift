@@ -6,6 +6,14 @@ import Testing
         ConsumedRecord(partition: partition, offset: offset, key: nil, headers: [], value: row(1, order).event.payload)
     }
 
+    /// A few records of different partitions go together as one batch: a consumer that combines at most one record
+    /// keeps the partitions' work apart (as under load).
+    func oneRecordBatches() -> FulfilmentConsumer {
+        var configuration = FulfilmentConsumer.Configuration()
+        configuration.combineMax = 1
+        return FulfilmentConsumer(configuration: configuration, seed: 1)
+    }
+
     func fetchTicket(_ effects: [Effect]) -> Ticket? {
         effects.compactMap { if case .fetch(let t, _) = $0 { t } else { nil } }.first
     }
@@ -159,7 +167,7 @@ import Testing
     }
 
     @Test func partitionsAreWorkedOnAtOnceEachInOrder() throws {
-        var consumer = FulfilmentConsumer(seed: 1)
+        var consumer = oneRecordBatches()
         _ = consumer.handle(.start, now: t0)
         let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1]), now: t0)))
         let work = consumer.handle(.fetched(fetch, [record(0), record(0, partition: 1, order: orderB)]), now: t0)
@@ -175,8 +183,38 @@ import Testing
         #expect(commit(next) == nil, "one commit in flight at a time")
     }
 
-    @Test func twoPartitionsBackOffOnOneTimerAndRetryInTurn() throws {
+    @Test func idlePartitionsRecordsThatFitInOneBatchGoAsOneTransaction() throws {
         var consumer = FulfilmentConsumer(seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1, 2]), now: t0)))
+        let records = [record(0, partition: 1, order: orderB), record(7), record(1, partition: 1, order: orderB), record(8)]
+        let work = consumer.handle(.fetched(fetch, records), now: t0)
+        #expect(stores(work).count == 1, "one transaction for both partitions")
+        let (ticket, command) = try #require(stores(work).first)
+        guard case .fulfil(let batch) = command else { Issue.record("expected fulfil"); return }
+        let positions = batch.compactMap(\.consumedFrom)
+        #expect(positions.map(\.partition) == [0, 0, 1, 1], "each partition's records in order, the partitions in turn")
+        #expect(positions.map(\.offset) == [7, 8, 0, 1])
+        let second = try #require(fetchTicket(work), "the next fetch goes out beside the work")
+        #expect(stores(consumer.handle(.fetched(second, [record(2, partition: 1, order: orderB)]), now: t0)).isEmpty, "both partitions wait for it")
+        let after = consumer.handle(.stored(ticket, .committed(.fulfilments(Array(repeating: .fulfilled, count: 4)))), now: t0)
+        #expect(commit(after)?.1 == [PartitionOffset(partition: 0, offset: 9), PartitionOffset(partition: 1, offset: 2)])
+        guard case .fulfil(let rest)? = stores(after).first?.1 else { Issue.record("expected partition 1's next batch"); return }
+        #expect(rest.count == 1)
+    }
+
+    @Test func partitionsWithMoreRecordsThanCombineMaxKeepTransactionsOfTheirOwn() throws {
+        var configuration = FulfilmentConsumer.Configuration()
+        configuration.combineMax = 3
+        var consumer = FulfilmentConsumer(configuration: configuration, seed: 1)
+        _ = consumer.handle(.start, now: t0)
+        let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1]), now: t0)))
+        let records = [record(0), record(1), record(0, partition: 1, order: orderB), record(1, partition: 1, order: orderB)]
+        #expect(stores(consumer.handle(.fetched(fetch, records), now: t0)).count == 2, "a drain: the partitions side by side")
+    }
+
+    @Test func twoPartitionsBackOffOnOneTimerAndRetryInTurn() throws {
+        var consumer = oneRecordBatches()
         _ = consumer.handle(.start, now: t0)
         let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1]), now: t0)))
         let batches = stores(consumer.handle(.fetched(fetch, [record(0), record(0, partition: 1, order: orderB)]), now: t0))
@@ -227,7 +265,7 @@ import Testing
     /// Regression (found by the lab, seed 386 of `--faults all`): a partition's retry was due by a clock that then
     /// stepped back 30 s, and it waited out the step while the other partition's retries came and went.
     @Test func aRetryNeverWaitsLongerThanTheBackoffCapWhenTheClockStepsBack() throws {
-        var consumer = FulfilmentConsumer(seed: 1)
+        var consumer = oneRecordBatches()
         _ = consumer.handle(.start, now: t0)
         let fetch = try #require(fetchTicket(consumer.handle(.assigned(generation: 1, partitions: [0, 1]), now: t0)))
         let batches = stores(consumer.handle(.fetched(fetch, [record(0), record(0, partition: 1, order: orderB)]), now: t0))

@@ -4,7 +4,9 @@
 /// are handled in order, while different partitions are worked on at once: consecutive decodable records of a
 /// partition (up to `batchMax`) go to the store as one fulfilment transaction (pessimistic inbox per record: the
 /// event id first, then Pending → Processing → Fulfilled and the Service Bus outbox row; one commit for the
-/// batch); a poison record ends a batch and goes alone to the dead-letter table, then the dead-letter topic. A
+/// batch); a poison record ends a batch and goes alone to the dead-letter table, then the dead-letter topic. Under
+/// light load the idle partitions' records, when together they are few (`combineMax`), go as one transaction (each
+/// partition's in order): a transaction's fixed cost in PostgreSQL is that of several records. A
 /// partition's next offset is committed only after its work. One fetch and one offset commit are in flight at a
 /// time, beside the work. A redelivered record finds its inbox row and changes nothing. Work for partitions revoked
 /// by a rebalance is never committed.
@@ -18,6 +20,10 @@ public struct FulfilmentConsumer: Sendable {
         public var fetchMax = 100
         /// Most records in one fulfilment transaction.
         public var batchMax = 100
+        /// Most records of several idle partitions that go together as one transaction (light load: a fulfil
+        /// transaction costs PostgreSQL about as much CPU as five records). More than that and each partition has a
+        /// transaction of its own, side by side, as a drain needs (their commits share WAL flushes).
+        public var combineMax = 25
         public var backoff = Backoff()
         /// Attempts to copy a poison record to the dead-letter topic before moving on without the copy. The
         /// dead-letters table row, committed first, is the record of truth (`orderpipeline outbox dead-letters`);
@@ -41,15 +47,21 @@ public struct FulfilmentConsumer: Sendable {
         var generation: Int64
         var failures = 0
 
-        var partition: Int32? {
+        /// The partitions its records come from (one, or several for a batch of idle partitions' records), in order.
+        var partitions: [Int32] {
             switch step {
-            case .store(let records, _): records.first?.partition
-            case .forward(let record, _): record.partition
-            case .commit: nil
+            case .store(let records, _):
+                records.reduce(into: []) { partitions, record in
+                    if partitions.last != record.partition { partitions.append(record.partition) }
+                }
+            case .forward(let record, _): [record.partition]
+            case .commit: []
             }
         }
 
-        var isCommit: Bool { partition == nil }
+        var isCommit: Bool {
+            if case .commit = step { true } else { false }
+        }
     }
 
     public let configuration: Configuration
@@ -152,8 +164,11 @@ public struct FulfilmentConsumer: Sendable {
     private mutating func pump(now: Instant) -> [Effect] {
         guard !partitions.isEmpty else { return [] }
         var effects: [Effect] = []
-        for partition in partitions where !busy.contains(partition) {
-            effects += startBatch(partition, now: now)
+        let idle = partitions.filter { !busy.contains($0) && queued[$0] != nil }
+        if let combined = startCombinedBatch(idle, now: now) {
+            effects += combined
+        } else {
+            for partition in idle { effects += startBatch(partition, now: now) }
         }
         if !committing, !handled.isEmpty {
             committing = true
@@ -182,20 +197,41 @@ public struct FulfilmentConsumer: Sendable {
         }
         var records: [ConsumedRecord] = []
         var batch: [Fulfilment] = []
-        var notes: [Effect] = []
         for record in queue.prefix(configuration.batchMax) {
             // Poison ends a batch; it is handled on its own, after the batch before it.
             guard case .success(let envelope) = EventEnvelope.decode(record.value) else { break }
-            var fulfilment = Fulfilment(envelope: envelope, at: now)
-            fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
-            fulfilment.consumedFrom = RecordPosition(partition: record.partition, offset: record.offset)
-            fulfilment.consumedTrace = record.traceParent
             records.append(record)
-            batch.append(fulfilment)
-            notes.append(.note(.consumed(record)))
+            batch.append(Self.fulfilment(of: record, envelope, at: now))
         }
         take(records.count, from: partition)
-        return notes + perform(Work(step: .store(records, .fulfil(batch)), generation: generation), now: now)
+        return records.map { .note(.consumed($0)) } + perform(Work(step: .store(records, .fulfil(batch)), generation: generation), now: now)
+    }
+
+    /// Light load: when two or more idle partitions have records queued, all of them decodable and together at most
+    /// `combineMax` (and `batchMax`), they go as one transaction (each partition's records in order, the partitions
+    /// in turn), and every one of those partitions waits for it. Otherwise nil: each partition gets a batch of its own.
+    private mutating func startCombinedBatch(_ idle: [Int32], now: Instant) -> [Effect]? {
+        let total = idle.reduce(0) { $0 + (queued[$1]?.count ?? 0) }
+        guard idle.count > 1, total <= min(configuration.combineMax, configuration.batchMax) else { return nil }
+        var records: [ConsumedRecord] = []
+        var batch: [Fulfilment] = []
+        for partition in idle {
+            for record in queued[partition] ?? [] {
+                guard case .success(let envelope) = EventEnvelope.decode(record.value) else { return nil }
+                records.append(record)
+                batch.append(Self.fulfilment(of: record, envelope, at: now))
+            }
+        }
+        for partition in idle { take(queued[partition]?.count ?? 0, from: partition) }
+        return records.map { .note(.consumed($0)) } + perform(Work(step: .store(records, .fulfil(batch)), generation: generation), now: now)
+    }
+
+    private static func fulfilment(of record: ConsumedRecord, _ envelope: EventEnvelope, at now: Instant) -> Fulfilment {
+        var fulfilment = Fulfilment(envelope: envelope, at: now)
+        fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+        fulfilment.consumedFrom = RecordPosition(partition: record.partition, offset: record.offset)
+        fulfilment.consumedTrace = record.traceParent
+        return fulfilment
     }
 
     private mutating func take(_ count: Int, from partition: Int32) {
@@ -208,7 +244,7 @@ public struct FulfilmentConsumer: Sendable {
         nextTicket += 1
         let ticket = Ticket(nextTicket)
         inFlight[ticket] = work
-        if let partition = work.partition { busy.insert(partition) }
+        busy.formUnion(work.partitions)
         switch work.step {
         case .store(_, let command): return [.store(ticket, command)]
         case .forward(let record, let reason): return [.forwardDeadLetter(ticket, record, reason: reason)]
@@ -254,7 +290,7 @@ public struct FulfilmentConsumer: Sendable {
 
     /// The work on `records` is over: their partition is free, and their offsets count if still ours.
     private mutating func done(_ work: Work, _ records: [ConsumedRecord], now: Instant) -> [Effect] {
-        if let partition = work.partition { busy.remove(partition) }
+        busy.subtract(work.partitions)
         if work.generation == generation {
             for record in records where partitions.contains(record.partition) {
                 handled[record.partition] = max(handled[record.partition] ?? 0, record.offset + 1)
