@@ -90,6 +90,26 @@ import Testing
         #expect(intake.inFlight == 0)
     }
 
+    @Test func aTimedOutTransactionAnswersTheCreatesWaitingBehindItAtOnce() throws {
+        var intake = intake(inFlight: 1)
+        let (ticket, _) = try #require(batches(intake.handle(create(1), now: t0)).first)
+        _ = intake.handle(create(2), now: t0)
+        _ = intake.handle(create(3), now: t0)
+        let failed = intake.handle(.stored(ticket, .failed(.timedOut)), now: t0)
+        #expect(answered(failed) == [1, 2, 3], "the waiting creates are not sent into a database that did not answer")
+        #expect(batches(failed).isEmpty)
+        #expect(intake.inFlight == 0)
+    }
+
+    @Test func aConflictLeavesTheWaitingCreatesForTheNextTransaction() throws {
+        var intake = intake(inFlight: 1)
+        let (ticket, _) = try #require(batches(intake.handle(create(1), now: t0)).first)
+        _ = intake.handle(create(2), now: t0)
+        let conflicted = intake.handle(.stored(ticket, .failed(.conflict("deadlock detected"))), now: t0)
+        #expect(answered(conflicted) == [1])
+        #expect(batches(conflicted).map { numbers($0.1) } == [[2]])
+    }
+
     @Test func beyondTheWaitingBoundACreateIsShedAtOnceAndWritesNothing() throws {
         var intake = intake(inFlight: 1, waiting: 1)
         #expect(batches(intake.handle(create(1), now: t0)).count == 1)

@@ -79,7 +79,7 @@ public struct OrderIntake: Sendable {
             switch work {
             case .creates(let batch):
                 createsRunning -= 1
-                return complete(batch, result) + issueCreates()
+                return complete(batch, result) + failWaiting(after: result) + issueCreates()
             case let .change(requestID, command, attempts):
                 return complete(requestID, command, attempts: attempts, result)
             }
@@ -183,6 +183,16 @@ public struct OrderIntake: Sendable {
         case .committed(let reply):
             return batch.map { .respond($0.requestID, .unavailable("the store answered \(reply.summary) to \(batch.count) creates")) }
         }
+    }
+
+    /// After a create transaction timed out or found the database unavailable, the creates waiting behind it are
+    /// answered at once, as the pool answers its queue then: sent on, each would wait out a deadline of its own.
+    private mutating func failWaiting(after result: StoreResult) -> [Effect] {
+        guard case .failed(let failure) = result else { return [] }
+        if case .conflict = failure { return [] }  // a lost race, not a sick database: the next one may well pass
+        let failed = waiting
+        waiting = []
+        return failed.map { .respond($0.requestID, .unavailable(Self.describe(failure))) }
     }
 
     /// Answers a status change.
