@@ -50,6 +50,7 @@ import Testing
             #expect(await store.perform(.createOrders([newOrder(4, key: "key-b")])) == .committed(.ordersCreated([.created(newOrder(4).order)])))
             await holder.kill()
             #expect(await blocked == .committed(.ordersCreated([.replayed(newOrder(4).order), .created(newOrder(3).order)])))
+            await waiter.kill()  // a session left open keeps ConnectionGate (and every test behind it) waiting
         }
     }
 }
