@@ -5,7 +5,7 @@ import Synchronization
 
 /// A unit of work for a connection's thread. It is called exactly once: with the connection, or with the reason
 /// there is none (the database is unreachable, the queue is full, the deadline passed, or the pool is closed).
-typealias ConnectionJob = @Sendable (Result<PostgresConnection, PostgresError>) -> Void
+public typealias ConnectionJob = @Sendable (Result<PostgresConnection, PostgresError>) -> Void
 
 /// A job waiting for a connection. Whoever takes it out of its queue (a worker, or the reaper when its deadline has
 /// passed) is the one who calls it.
@@ -245,32 +245,32 @@ public final class PostgresPool: Sendable {
 
     /// Runs `body` on one of the pool's threads with its connection and returns its value to the caller.
     public func withConnection<T: Sendable>(_ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
-        await submit(to: queue, body)
+        await withCheckedContinuation { continuation in submit(to: queue) { continuation.resume(returning: body($0)) } }
     }
 
     /// Like `withConnection`, on the pool's separate control connection: for health checks and metrics, which must
     /// answer even while every other connection is busy or the queue is full.
     public func withControlConnection<T: Sendable>(_ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
-        await submit(to: controlQueue, body)
+        await withCheckedContinuation { continuation in submit(to: controlQueue) { continuation.resume(returning: body($0)) } }
     }
 
-    private func submit<T: Sendable>(to queue: JobQueue, _ body: @escaping @Sendable (Result<PostgresConnection, PostgresError>) -> T) async -> T {
-        let metrics = self.metrics
-        return await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
-            let now = ContinuousClock.now
-            let job = JobQueue.Job(
-                body: { connection in continuation.resume(returning: body(connection)) },
-                enqueued: now, deadline: now + configuration.requestTimeout)
-            switch queue.push(job) {
-            case .queued:
-                // The gauge is the main queue's (the control queue holds a probe or two at most).
-                if queue === self.queue { metrics.depth(queue.depth) }
-            case .full:
-                metrics.rejected(.queueFull)
-                job.body(.failure(PostgresError(code: .unavailable, message: "the database queue is full (\(queue.limit ?? 0) requests waiting)")))
-            case .closed:
-                job.body(.failure(PostgresError(code: .unavailable, message: "the connection pool is closed")))
-            }
+    /// Queues `body` without waiting for it: it runs on one of the pool's threads, with its connection or the reason
+    /// there is none (at once, on the caller's thread, when the queue is full or closed). For callers that carry on
+    /// from the connection's thread: a task that awaited `withConnection` would cost two more thread switches.
+    public func submit(_ body: @escaping ConnectionJob) { submit(to: queue, body) }
+
+    private func submit(to queue: JobQueue, _ body: @escaping ConnectionJob) {
+        let now = ContinuousClock.now
+        let job = JobQueue.Job(body: body, enqueued: now, deadline: now + configuration.requestTimeout)
+        switch queue.push(job) {
+        case .queued:
+            // The gauge is the main queue's (the control queue holds a probe or two at most).
+            if queue === self.queue { metrics.depth(queue.depth) }
+        case .full:
+            metrics.rejected(.queueFull)
+            body(.failure(PostgresError(code: .unavailable, message: "the database queue is full (\(queue.limit ?? 0) requests waiting)")))
+        case .closed:
+            body(.failure(PostgresError(code: .unavailable, message: "the connection pool is closed")))
         }
     }
 

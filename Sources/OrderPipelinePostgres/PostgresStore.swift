@@ -21,11 +21,19 @@ public final class PostgresStore: Sendable {
 
     /// Performs one store command as one transaction.
     public func perform(_ command: StoreCommand) async -> StoreResult {
-        await pool.withConnection { connection in
-            switch connection {
-            case .success(let connection): StoreRecipes.perform(command, on: connection)
-            case .failure(let error): .failed(StoreRecipes.failure(error))
-            }
+        await pool.withConnection { Self.perform(command, on: $0) }
+    }
+
+    /// Performs one store command as one transaction and hands its result to `completion` on the connection's
+    /// thread, without a task in between.
+    public func perform(_ command: StoreCommand, then completion: @escaping @Sendable (StoreResult) -> Void) {
+        pool.submit { completion(Self.perform(command, on: $0)) }
+    }
+
+    private static func perform(_ command: StoreCommand, on connection: Result<PostgresConnection, PostgresError>) -> StoreResult {
+        switch connection {
+        case .success(let connection): StoreRecipes.perform(command, on: connection)
+        case .failure(let error): .failed(StoreRecipes.failure(error))
         }
     }
 

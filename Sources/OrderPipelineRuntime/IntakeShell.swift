@@ -4,9 +4,10 @@ import Synchronization
 import Tracing
 
 /// The production shell of `OrderIntake`: one `MachineRunner` serves every request. A request's input goes in
-/// with a fresh order id and the wall clock, and the request waits for its answer. Each store effect is performed
-/// by a task of its own and its result fed back; the answers it leads to wake the requests they are for (one
-/// create transaction answers every request of its batch). The machine makes every decision (validation,
+/// with a fresh order id and the wall clock, and the request waits for its answer. Each store effect's result is
+/// fed back from the thread that finished it (PostgreSQL: the connection's, so a request crosses threads twice:
+/// event loop → connection → event loop); the answers it leads to wake the requests they are for (one create
+/// transaction answers every request of its batch). The machine makes every decision (validation,
 /// idempotency, batching, retry of unknown outcomes); the shell only does I/O.
 ///
 /// The runner and the waiting requests are guarded by one mutex, touched only between awaits.
@@ -107,7 +108,7 @@ public final class IntakeShell: Sendable {
             waiter.resume(returning: response.response)
         }
         for (ticket, command) in performers.stores {
-            Task { feed(.stored(ticket, await store.perform(command))) }
+            store.perform(command) { self.feed(.stored(ticket, $0)) }
         }
     }
 }

@@ -24,6 +24,16 @@ public enum WallClock {
 /// Performs store commands: the PostgreSQL adapter in production, fakes in tests.
 public protocol StorePerforming: Sendable {
     func perform(_ command: StoreCommand) async -> StoreResult
+    /// Performs `command` and hands its result to `completion`, on whatever thread finished it: the shells feed it
+    /// straight to their machine. PostgreSQL calls it on the connection's thread; the default awaits `perform` in a
+    /// task of its own, which costs two more thread switches.
+    func perform(_ command: StoreCommand, then completion: @escaping @Sendable (StoreResult) -> Void)
+}
+
+extension StorePerforming {
+    public func perform(_ command: StoreCommand, then completion: @escaping @Sendable (StoreResult) -> Void) {
+        Task { completion(await perform(command)) }
+    }
 }
 
 /// Sends a relay's batch to its broker; one outcome per message.
@@ -77,9 +87,9 @@ public struct Performers: Sendable {
 // MARK: - The loop
 
 /// The production shell of a long-running machine (relays, consumer): one task feeds the `MachineRunner` its
-/// inputs one at a time, and every effect that waits on I/O runs as a child task whose result comes back as an
-/// input, in whatever order the results complete. Structured concurrency throughout: graceful shutdown ends the
-/// input stream, cancels the timers and waits for the effects in flight.
+/// inputs one at a time, and every effect that waits on I/O comes back as an input, in whatever order the results
+/// complete: store calls straight from the connection's thread, the others from child tasks. Graceful shutdown ends
+/// the input stream, cancels the timers and waits for the child tasks in flight (store calls finish in the pool).
 public final class MachineLoop: Sendable {
     enum Event: Sendable {
         case input(Input)
@@ -106,8 +116,8 @@ public final class MachineLoop: Sendable {
         _ machine: Machine, performers: Performers, observer: NoteObserver, clock: @escaping @Sendable () -> Instant = WallClock.now
     ) async {
         var runner = MachineRunner(machine)
-        var live = LivePerformers(performers: performers, observer: observer, clock: clock, progress: progress)
         let continuation = self.continuation
+        var live = LivePerformers(performers: performers, observer: observer, clock: clock, progress: progress) { continuation.yield($0) }
         let progress = self.progress
         Liveness.shared.register(name, progress)
         defer { Liveness.shared.unregister(progress) }
@@ -142,19 +152,24 @@ public final class MachineLoop: Sendable {
     public func stop() { continuation.finish() }
 }
 
-/// The production performers: each effect that waits on I/O becomes a job for a child task of the loop.
+/// The production performers: each effect that waits on I/O becomes a job for a child task of the loop, except
+/// store calls, whose results the connection's thread hands straight to the loop (`deliver`).
 struct LivePerformers: EffectPerformers {
     typealias Job = @Sendable () async -> MachineLoop.Event?
     let performers: Performers
     let observer: NoteObserver
     let clock: @Sendable () -> Instant
     let progress: LoopProgress
+    let deliver: @Sendable (MachineLoop.Event) -> Void
     var jobs: [Job] = []
 
+    /// Not a child task: a store call already ends on a connection's thread, and the task would add a thread switch
+    /// at each end. Graceful shutdown does not wait for it; the pool finishes its queued work when it closes.
     mutating func store(_ command: StoreCommand, ticket: Ticket) {
         guard let store = performers.store else { return observe(.unexpected("store \(command.name): no store")) }
         progress.requested()
-        jobs.append { .input(.stored(ticket, await store.perform(command))) }
+        let deliver = self.deliver
+        store.perform(command) { deliver(.input(.stored(ticket, $0))) }
     }
 
     mutating func publish(_ messages: [OutboxMessage], to channel: Channel, ticket: Ticket) {

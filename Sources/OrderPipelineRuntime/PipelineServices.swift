@@ -160,10 +160,20 @@ public struct OutboxWakingStore: StorePerforming {
 
     public func perform(_ command: StoreCommand) async -> StoreResult {
         let result = await store.perform(command)
-        if case .committed(let reply) = result {
-            for kind in Self.outboxesWritten(by: command, reply) { wake(kind) }
-        }
+        wakeAfter(command, result)
         return result
+    }
+
+    public func perform(_ command: StoreCommand, then completion: @escaping @Sendable (StoreResult) -> Void) {
+        store.perform(command) { result in
+            wakeAfter(command, result)
+            completion(result)
+        }
+    }
+
+    private func wakeAfter(_ command: StoreCommand, _ result: StoreResult) {
+        guard case .committed(let reply) = result else { return }
+        for kind in Self.outboxesWritten(by: command, reply) { wake(kind) }
     }
 
     /// The outboxes a committed command may have written rows to (the recipes in `Effects/Store.swift`).

@@ -157,6 +157,12 @@ public struct TracedFulfilmentStore: StorePerforming {
         }
         return result
     }
+
+    /// Straight through when no span is due; otherwise the spans' work runs in a task (`perform`).
+    public func perform(_ command: StoreCommand, then completion: @escaping @Sendable (StoreResult) -> Void) {
+        guard case .fulfil = command, !(tracer is NoOpTracer) else { return store.perform(command, then: completion) }
+        Task { completion(await perform(command)) }
+    }
 }
 
 extension StoreFailure {

@@ -269,6 +269,33 @@ def wait_fulfilled(url, order_id, timeout, alive=None):
                timeout, f"order {order_id} to be fulfilled", alive=alive)
 
 
+def process_counters(pid):
+    """CPU seconds (user + system) and context switches (voluntary + involuntary) of a process, all its threads
+    summed: read before and after a run, their difference per request shows what each request costs the process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu, switches = 0.0, 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                switches += sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+        except (OSError, IndexError):
+            continue  # the thread ended meanwhile
+    return cpu, switches
+
+
+def per_unit(spans, units):
+    """Text for a note: CPU µs and context switches per unit over `spans`, (before, after) pairs of
+    `process_counters` readings."""
+    if not units:
+        return "n/a"
+    cpu = sum(after[0] - before[0] for before, after in spans)
+    switches = sum(after[1] - before[1] for before, after in spans)
+    return f"{cpu / units * 1e6:.0f} µs CPU and {switches / units:.1f} context switches"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # pgbench and wrk
 

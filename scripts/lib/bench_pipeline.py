@@ -8,8 +8,8 @@ import uuid
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, pgbench, scalar,
-                          scratch_database, scratch_topic, wait_fulfilled, wait_until, wrk)
+from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, per_unit, pgbench,
+                          process_counters, scalar, scratch_database, scratch_topic, wait_fulfilled, wait_until, wrk)
 
 PAYLOAD = "x" * 560  # an OrderCreated payload's size
 # The transaction the API commits for one order (SQL.createOrders with a batch of one: idempotency key, order, item,
@@ -61,13 +61,15 @@ def api(settings, figures):
                 db.execute(f'ALTER DATABASE "{database_of(url)}" {setting}')
             runs = []
             with Pipeline(settings, url, "unused", "unused", f"api-{mode}") as pipeline:
-                pipeline.start("serve", DB_POOL_SIZE="8")
+                serve = pipeline.start("serve", DB_POOL_SIZE="8")
                 pipeline.wait_ready()
                 wrk(settings, pipeline.url("/api/orders"), clients, settings.size(2, 1))  # connections, prepared statements
+                cost = []
                 for _ in range(rounds):
-                    before = scalar(url, "SELECT count(*) FROM orders")
+                    before, counters = scalar(url, "SELECT count(*) FROM orders"), process_counters(serve.pid)
                     rps, p50, p99, non2xx = wrk(settings, pipeline.url("/api/orders"), clients, seconds)
                     written = scalar(url, "SELECT count(*) FROM orders") - before
+                    cost.append((counters, process_counters(serve.pid), written))
                     same, same_latency, _ = pgbench(settings, url, SAME_TRANSACTION, clients, seconds=seconds)
                     two_rows, _, _ = pgbench(settings, url, TWO_ROWS, clients, seconds=seconds)
                     runs.append((rps, p50, p99, non2xx, written, same, same_latency, two_rows))
@@ -79,6 +81,7 @@ def api(settings, figures):
                         note=f"median of {rounds} interleaved rounds of {seconds} s (POST/s {', '.join(f'{r[0]:.0f}' for r in runs)}; "
                         f"pgbench {', '.join(f'{r[5]:.0f}' for r in runs)}); wrk p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
                         f"non-2xx {sum(r[3] for r in runs)}, {sum(r[4] for r in runs):,} orders written, {per_commit:.1f} per create transaction; "
+                        f"serve per order: {per_unit([(b, a) for b, a, _ in cost], sum(c[2] for c in cost))}; "
                         f"pgbench mean {same_latency:.1f} ms")
             figures.add("api", f"pgbench order+outbox row, {mode}, {clients} clients (commits/s)", two_rows, "/s")
 
@@ -127,10 +130,12 @@ def e2e(settings, figures):
                 wait_fulfilled(url, warm, 90, alive=pipeline.check_alive)
                 if main:
                     threading.Thread(target=rss_sampler, args=(main.pid, stop, samples), daemon=True).start()
+                counters = [process_counters(process.pid) for process in pipeline.processes]
                 rps, _, _, non2xx = wrk(settings, pipeline.url("/api/orders"), connections, seconds)
                 done = wait_until(lambda: scalar(url, "SELECT count(*) FROM orders WHERE status <> 'Fulfilled'") == 0,
                                   drain_limit(settings), "every order to be fulfilled", poll=0.5, alive=pipeline.check_alive,
                                   required=False)
+                spans = list(zip(counters, [process_counters(process.pid) for process in pipeline.processes]))
                 stop.set()
             with psycopg.connect(url) as db:
                 orders, span, during = db.execute("""
@@ -146,7 +151,8 @@ def e2e(settings, figures):
             figures.add("e2e", f"fulfilled orders/s at saturation, {label}", orders / span, "/s", ceiling,
                         "pgbench order+outbox row, 8 clients",
                         note=f"wrk -c{connections} for {seconds} s ({rps:.0f} POST/s, non-2xx {non2xx}), first created to last fulfilled"
-                        + (f", {orders:,} orders" if done else f"; stopped after {drain_limit(settings)} s with {orders:,} fulfilled"))
+                        + (f", {orders:,} orders" if done else f"; stopped after {drain_limit(settings)} s with {orders:,} fulfilled")
+                        + f"; orderpipeline per order: {per_unit(spans, orders)}")
             figures.add("e2e", f"fulfilled orders/s while the POSTs run, {label}", during, "/s", ceiling,
                         "pgbench order+outbox row, 8 clients")
             if mode == "all":
