@@ -99,12 +99,8 @@ public final class KafkaConsumer: Sendable {
                 "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
                 "kafka.group": "\(configuration.groupID)", "kafka.librdkafka": "\(KafkaConfiguration.librdkafkaVersion)",
             ])
-        let poller = Thread { [self] in self.pollLoop() }
-        poller.name = "kafka-consumer"
-        poller.start()
-        let committer = Thread { [self] in self.commitLoop() }
-        committer.name = "kafka-commit"
-        committer.start()
+        DedicatedThread.start("kafka-consumer") { [self] in self.pollLoop() }
+        DedicatedThread.start("kafka-commit") { [self] in self.commitLoop() }
     }
 
     /// Ask for up to `max` records; answered through the sink with `.fetched(ticket, records)` (empty after

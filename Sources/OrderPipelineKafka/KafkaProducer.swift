@@ -171,9 +171,7 @@ final class ProducerSession: Sendable {
         _ = conf.release()
         self.handle = ProducerHandle(rk, box: box)
         box.session = self
-        let thread = Thread { [self] in self.pollLoop() }
-        thread.name = "kafka-producer-\(number)"
-        thread.start()
+        DedicatedThread.start("kafka-prod-\(number)") { [self] in self.pollLoop() }
     }
 
     var brokenReason: String? { pending.withLock { $0.brokenReason } }
@@ -374,7 +372,7 @@ final class ProducerSession: Sendable {
         let handle = self.handle
         let milliseconds = Int32(clamping: flushTimeout.milliseconds)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let thread = Thread {
+            DedicatedThread.start("kafka-flush") {
                 let flushed = rd_kafka_flush(handle.rk, milliseconds)
                 if flushed != RD_KAFKA_RESP_ERR_NO_ERROR {
                     rd_kafka_purge(handle.rk, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
@@ -382,8 +380,6 @@ final class ProducerSession: Sendable {
                 }
                 continuation.resume()
             }
-            thread.name = "kafka-producer-flush"
-            thread.start()
         }
         // Anything still unresolved (never expected after purge + poll) is an unknown outcome.
         let tokens = pending.withLock { Array($0.slots.keys) }

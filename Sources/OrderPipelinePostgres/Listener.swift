@@ -35,9 +35,7 @@ public final class PostgresListener: Sendable {
         self.settings = settings
         self.logger = logger
         self.isOwnSender = isOwnSender
-        let thread = Thread { [self] in self.run() }
-        thread.name = "pg-listen"
-        thread.start()
+        DedicatedThread.start("pg-listen") { [self] in self.run() }
     }
 
     /// Wakes for one outbox (or all when `kind` is nil), until `close()`.

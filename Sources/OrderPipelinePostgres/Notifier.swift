@@ -32,9 +32,7 @@ public final class PostgresNotifier: Sendable {
     /// failed notifications go to `logger` at debug (the relays' poll covers them).
     public init(settings: PostgresConnection.Settings, logger: Logger, minimumInterval: Duration = .milliseconds(1)) {
         self.minimumInterval = minimumInterval
-        let thread = Thread { [self] in self.run(on: PostgresConnection(settings: settings), logger: logger) }
-        thread.name = "pg-notify"
-        thread.start()
+        DedicatedThread.start("pg-notify") { [self] in self.run(on: PostgresConnection(settings: settings), logger: logger) }
     }
 
     /// Asks for one NOTIFY for `kind` soon; requests made before it is sent are folded into it. Never blocks.

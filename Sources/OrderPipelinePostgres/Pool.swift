@@ -71,10 +71,7 @@ final class ConnectionWorker: @unchecked Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in self.run() }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        thread.start()
+        DedicatedThread.start(name, stackSize: 1 << 20) { [self] in self.run() }
     }
 
     /// Waits until the thread has drained the queue and freed its connection.
@@ -153,13 +150,11 @@ final class DeadlineReaper: @unchecked Sendable {
     private let stopped = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
 
-    init(queues: [JobQueue], timeout: Duration, metrics: PoolMetrics?) {
+    init(pool: String, queues: [JobQueue], timeout: Duration, metrics: PoolMetrics?) {
         self.queues = queues
         self.timeout = timeout
         self.metrics = metrics
-        let thread = Thread { [self] in self.run() }
-        thread.name = "pg-deadlines"
-        thread.start()
+        DedicatedThread.start("pg-\(pool)-dl") { [self] in self.run() }
     }
 
     private func run() {
@@ -232,14 +227,14 @@ public final class PostgresPool: Sendable {
         self.queue = queue
         self.metrics = metrics
         var workers = (0..<max(1, configuration.size)).map {
-            ConnectionWorker(name: "pg-\($0)", settings: configuration.connection, queue: queue, logger: logger, stall: stall, metrics: metrics)
+            ConnectionWorker(name: "pg-\(configuration.name)-\($0)", settings: configuration.connection, queue: queue, logger: logger, stall: stall, metrics: metrics)
         }
         workers.append(
             ConnectionWorker(
-                name: "pg-control", settings: configuration.connection, queue: controlQueue, logger: logger,
+                name: "pg-\(configuration.name)-ctl", settings: configuration.connection, queue: controlQueue, logger: logger,
                 connectEagerly: false, stall: stall))
         self.workers = workers
-        self.reaper = DeadlineReaper(queues: [queue, controlQueue], timeout: configuration.requestTimeout, metrics: metrics)
+        self.reaper = DeadlineReaper(pool: configuration.name, queues: [queue, controlQueue], timeout: configuration.requestTimeout, metrics: metrics)
         for worker in workers { worker.start() }
     }
 

@@ -80,9 +80,7 @@ package final class AMQPEngine: @unchecked Sendable {
         if case .sharedAccessKey(let keyName, let key) = configuration.authentication {
             cbs = ClaimsBasedSecurity(keyName: keyName, key: key, audience: audience, containerID: containerID)
         }
-        let thread = Thread { [self] in self.run() }
-        thread.name = "amqp-\(address)"
-        thread.start()
+        DedicatedThread.start("amqp-\(address)") { [self] in self.run() }
     }
 
     deinit {

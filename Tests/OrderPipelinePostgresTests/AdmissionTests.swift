@@ -237,3 +237,24 @@ struct SessionSettingsTests {
         await store.tearDown()
     }
 }
+
+@Suite("Thread names", .enabled(if: FileManager.default.fileExists(atPath: "/proc/thread-self/comm"), "Linux only"))
+struct ThreadNameTests {
+    /// The name the kernel has for the calling thread.
+    static func currentName() -> String {
+        let text = try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+        return text?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+    }
+
+    @Test("a pool's threads carry their names where the OS shows them (top -H, /proc/PID/task/*/comm, perf)")
+    func poolThreadsAreNamed() async {
+        var configuration = PostgresPool.Configuration(url: "postgresql://127.0.0.1:1/none?connect_timeout=1")
+        configuration.size = 1
+        configuration.name = "probe"
+        let pool = PostgresPool(configuration: configuration, logger: TestDatabase.logger)
+        defer { pool.close() }
+        let work = await pool.withConnection { _ in Self.currentName() }
+        let control = await pool.withControlConnection { _ in Self.currentName() }
+        #expect([work, control] == ["pg-probe-0", "pg-probe-ctl"])
+    }
+}

@@ -262,22 +262,23 @@ def latency(settings, figures):
     with scratch_database(settings, "latency") as url, scratch_topic(settings, "latency") as topic:
         queue = declare_queue(settings, "latency")
         with Pipeline(settings, url, topic, queue, "latency") as pipeline:
-            pipeline.start("all")
+            main = pipeline.start("all")
             pipeline.wait_ready()
             for _ in range(5):
                 wait_fulfilled(url, pipeline.post_order(), 90, alive=pipeline.check_alive)
             for rate in rates:
-                since = scalar(url, "SELECT now()")
+                since, counters = scalar(url, "SELECT now()"), process_counters(main.pid)
                 sent, failures, late = asyncio.run(open_loop(settings.http_port, rate, seconds))
                 wait_until(lambda: scalar(url, """SELECT (SELECT count(*) FROM orders WHERE status <> 'Fulfilled')
                                               + (SELECT count(*) FROM service_bus_outbox WHERE published_at IS NULL)""") == 0,
                            settings.size(300, 60), "every order to be fulfilled and announced", poll=0.2, alive=pipeline.check_alive)
+                cost = per_unit([(counters, process_counters(main.pid))], sent)
                 total, kafka, sb = latency_stats(url, since)
                 log(f"latency at {rate}/s: {sent} orders, {failures} failed, client at most {late:.1f} ms late")
                 for index, name in enumerate(("p50", "p90", "p99", "max")):
                     figures.add("latency", f"create→Fulfilled at {rate} orders/s, {name} (ms)", total[index], "ms", ceiling[index],
                                 f"round trip {name}", higher_is_better=False,
-                                note=f"{sent} orders, {failures} failed, client ≤{late:.0f} ms late" if index == 0 else "")
+                                note=f"{sent} orders, {failures} failed, client ≤{late:.0f} ms late; `all` per order: {cost}" if index == 0 else "")
                 figures.add("latency", f"hop created→Kafka row settled at {rate}/s, p50 (ms)", kafka[0], "ms",
                             higher_is_better=False, note=f"p99 {kafka[2]:.1f} ms")
                 figures.add("latency", f"hop Fulfilled→SB row settled at {rate}/s, p50 (ms)", sb[0], "ms",
