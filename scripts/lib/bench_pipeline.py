@@ -199,6 +199,21 @@ async def open_loop(port, rate, seconds):
 PERCENTILES = "percentile_disc(ARRAY[0.5, 0.9, 0.99, 1.0]) WITHIN GROUP (ORDER BY {})"
 
 
+def transactions(url):
+    """Transactions the database has ended so far (committed or rolled back), from its statistics. A backend
+    reports its counts at most once a second (after up to 10 s when idle): read until the count holds still."""
+    def count():
+        return scalar(url, "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+    previous, deadline = count(), time.monotonic() + 12
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        current = count()
+        if current - previous <= 5:  # only the relays' idle polls and this read
+            return current
+        previous = current
+    return previous
+
+
 def latency_stats(url, since):
     """p50/p90/p99/max in ms from the database's timestamps: created → Fulfilled, and per hop (created → the
     Kafka outbox row settled, Fulfilled → the Service Bus outbox row settled)."""
@@ -267,12 +282,13 @@ def latency(settings, figures):
             for _ in range(5):
                 wait_fulfilled(url, pipeline.post_order(), 90, alive=pipeline.check_alive)
             for rate in rates:
-                since, counters = scalar(url, "SELECT now()"), process_counters(main.pid)
+                since, counters, commits = scalar(url, "SELECT now()"), process_counters(main.pid), transactions(url)
                 sent, failures, late = asyncio.run(open_loop(settings.http_port, rate, seconds))
                 wait_until(lambda: scalar(url, """SELECT (SELECT count(*) FROM orders WHERE status <> 'Fulfilled')
                                               + (SELECT count(*) FROM service_bus_outbox WHERE published_at IS NULL)""") == 0,
                            settings.size(300, 60), "every order to be fulfilled and announced", poll=0.2, alive=pipeline.check_alive)
                 cost = per_unit([(counters, process_counters(main.pid))], sent)
+                cost += f", {(transactions(url) - commits) / sent:.2f} PostgreSQL transactions"
                 total, kafka, sb = latency_stats(url, since)
                 log(f"latency at {rate}/s: {sent} orders, {failures} failed, client at most {late:.1f} ms late")
                 for index, name in enumerate(("p50", "p90", "p99", "max")):
