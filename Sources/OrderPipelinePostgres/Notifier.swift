@@ -30,7 +30,7 @@ public final class PostgresNotifier: Sendable {
 
     /// Starts the notifying thread, whose session connects on the first wake and again after a lost connection;
     /// failed notifications go to `logger` at debug (the relays' poll covers them).
-    public init(settings: PostgresConnection.Settings, logger: Logger, minimumInterval: Duration = .milliseconds(1)) {
+    public init(settings: PostgresConnection.Settings, logger: Logger, minimumInterval: Duration = .milliseconds(5)) {
         self.minimumInterval = minimumInterval
         DedicatedThread.start("pg-notify") { [self] in self.run(on: PostgresConnection(settings: settings), logger: logger) }
     }
