@@ -60,7 +60,7 @@ public final class PostgresModel {
 
         public var pending: [OutboxRow] { unsettledSequences.compactMap { row($0) } }
 
-        mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants, at now: Instant) -> [OutboxMessage] {
+        mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants, at now: Instant) -> (rows: [OutboxMessage], heldBack: Bool) {
             var claimed: [OutboxMessage] = []
             let cursor = variants.idCursor ? cursors[claim.owner, default: 0] : .min
             for sequence in unsettledSequences where sequence > cursor {
@@ -76,7 +76,14 @@ public final class PostgresModel {
                 claimed.append(OutboxMessage(sequence: sequence, event: row.event, attempts: stored[i].attempts))
             }
             if variants.idCursor, let last = claimed.last?.sequence { cursors[claim.owner] = max(cursor, last) }
-            return claimed
+            guard claimed.count < claim.limit else { return (claimed, false) }
+            // Rows held back: a later unsettled row of an order whose unsettled row this owner holds (as before, or
+            // just taken).
+            let heldBack = unsettledSequences.contains { sequence in
+                guard let i = position[sequence], stored[i].claimedBy == claim.owner, let last = unsettled[stored[i].event.orderID]?.last else { return false }
+                return last > sequence
+            }
+            return (claimed, heldBack)
         }
 
         /// Applies the fenced settlement; answers how many rows changed.
@@ -267,8 +274,9 @@ public final class PostgresModel {
             return (.transitioned(order), notify)
 
         case .claimOutbox(let claim):
-            let rows = claim.outbox == .kafka ? kafkaOutbox.claim(claim, variants: recipeVariants, at: now) : serviceBusOutbox.claim(claim, variants: recipeVariants, at: now)
-            return (.claimed(rows), nil)
+            let (rows, heldBack) =
+                claim.outbox == .kafka ? kafkaOutbox.claim(claim, variants: recipeVariants, at: now) : serviceBusOutbox.claim(claim, variants: recipeVariants, at: now)
+            return (.claimed(rows, heldBack: heldBack), nil)
 
         case .settleOutbox(let settlement):
             let result = settlement.outbox == .kafka ? kafkaOutbox.settle(settlement, at: now) : serviceBusOutbox.settle(settlement, at: now)

@@ -170,7 +170,7 @@ extension World {
             crash(index)
             return
         }
-        if case .stored(_, .committed(.claimed(let rows))) = result, !rows.isEmpty, roll(.relayPause) {
+        if case .stored(_, .committed(.claimed(let rows, _))) = result, !rows.isEmpty, roll(.relayPause) {
             let until = now + World.relayLease.microseconds + latency(100_000...1_500_000)
             node.pausedUntil = until
             fired(.relayPause, "\(node.name) stalls until \(until) holding \(rows.count) claimed rows")

@@ -14,7 +14,8 @@ import Synchronization
 /// notifications sent while disconnected are lost; relays keep their fallback poll regardless.
 public final class PostgresListener: Sendable {
     private struct State {
-        var subscribers: [UInt64: AsyncStream<OutboxKind>.Continuation] = [:]
+        /// Each subscriber's outbox (nil: every outbox) and stream.
+        var subscribers: [UInt64: (kind: OutboxKind?, continuation: AsyncStream<OutboxKind>.Continuation)] = [:]
         var nextID: UInt64 = 0
         var stopped = false
     }
@@ -38,13 +39,16 @@ public final class PostgresListener: Sendable {
         DedicatedThread.start("pg-listen") { [self] in self.run() }
     }
 
-    /// Wakes for one outbox (or all when `kind` is nil), until `close()`.
+    /// Wakes for one outbox (or all when `kind` is nil), until `close()`. Wakes not yet taken fold into one; a
+    /// subscriber's stream carries only its outbox's, so the other outbox's wakes never push one out (a relay that
+    /// missed its wake waited for the next, or the poll).
     public func wakes(for kind: OutboxKind? = nil) -> AsyncStream<OutboxKind> {
-        let (stream, continuation) = AsyncStream.makeStream(of: OutboxKind.self, bufferingPolicy: .bufferingNewest(1))
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: OutboxKind.self, bufferingPolicy: .bufferingNewest(kind == nil ? OutboxKind.allCases.count : 1))
         let id = state.withLock { state -> UInt64? in
             guard !state.stopped else { return nil }
             state.nextID += 1
-            state.subscribers[state.nextID] = continuation
+            state.subscribers[state.nextID] = (kind, continuation)
             return state.nextID
         }
         guard let id else {
@@ -54,14 +58,7 @@ public final class PostgresListener: Sendable {
         continuation.onTermination = { [weak self] _ in
             _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
         }
-        guard let kind else { return stream }
-        return AsyncStream(bufferingPolicy: .bufferingNewest(1)) { output in
-            let task = Task {
-                for await wake in stream where wake == kind { output.yield(wake) }
-                output.finish()
-            }
-            output.onTermination = { _ in task.cancel() }
-        }
+        return stream
     }
 
     /// Ends every subscriber's stream and stops the thread; returns once its connection is closed.
@@ -72,7 +69,7 @@ public final class PostgresListener: Sendable {
             state.subscribers = [:]
             return all
         }
-        for subscriber in subscribers { subscriber.finish() }
+        for subscriber in subscribers { subscriber.continuation.finish() }
         done.wait()
     }
 
@@ -84,7 +81,7 @@ public final class PostgresListener: Sendable {
     private func deliver(_ kinds: [OutboxKind]) {
         let subscribers = state.withLock { Array($0.subscribers.values) }
         for subscriber in subscribers {
-            for kind in kinds { subscriber.yield(kind) }
+            for kind in kinds where subscriber.kind == nil || subscriber.kind == kind { subscriber.continuation.yield(kind) }
         }
     }
 

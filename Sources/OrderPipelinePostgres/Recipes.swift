@@ -121,7 +121,8 @@ public enum StoreRecipes {
                 ])
             var messages: [OutboxMessage] = []
             messages.reserveCapacity(rows.count)
-            for row in 0..<rows.count {
+            // A claim that took nothing answers one row of NULLs, to carry `held_back`.
+            for row in 0..<rows.count where !rows.isNull(row, 0) {
                 guard let sequence = rows.int(row, 0), let eventID = rows.string(row, 1).flatMap({ EventID($0) }),
                     let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }),
                     let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
@@ -133,7 +134,7 @@ public enum StoreRecipes {
                 messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
             }
             messages.sort { $0.sequence < $1.sequence }
-            return .claimed(messages)
+            return .claimed(messages, heldBack: rows.count > 0 && rows.string(0, 8) == "t")
         }
     }
 

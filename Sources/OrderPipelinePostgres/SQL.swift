@@ -138,7 +138,10 @@ enum SQL {
     static let appendServiceBus = appendOutbox(.serviceBus)
 
     // MARK: claim — head of line per order, leases, SKIP LOCKED.
-    // $1 owner, $2 lease (microseconds), $3 limit. Every time is the database's own clock.
+    // $1 owner, $2 lease (microseconds), $3 limit. Every time is the database's own clock. One row per claimed row,
+    // or one row of NULLs when none was; each carries `held_back` (see `OutboxClaim`): when the claim was not full,
+    // whether a later unsettled row of some order waits behind a row the owner holds (before or from this claim),
+    // found through the owner's claimed rows (`_claimed_by`) and one probe each — a few rows, not the backlog.
     /// `OFFSET 0` keeps the head-of-line probe a correlated subplan, an index lookup on (order_id, sequence) per
     /// candidate, whatever the statistics: as an anti join, a plan cached while the table looked empty probed the
     /// whole partial index per candidate (no index condition), and a 27,000-row backlog drained at 250 rows/s
@@ -162,9 +165,26 @@ enum SQL {
                 LIMIT $3::int
                 FOR UPDATE OF o SKIP LOCKED
             )
-            UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
-            FROM candidates c WHERE o.sequence = c.sequence
-            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")), o.payload, o.attempts, o.traceparent
+            , taken AS (
+                UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
+                FROM candidates c WHERE o.sequence = c.sequence
+                RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")) AS occurred, o.payload, o.attempts,
+                    o.traceparent
+            ), held AS (
+                SELECT CASE WHEN (SELECT count(*) FROM taken) >= $3::int THEN false ELSE EXISTS (
+                    SELECT 1 FROM (
+                        SELECT h.order_id, h.sequence FROM \(t) h
+                        WHERE h.claimed_by = $1::text AND h.published_at IS NULL AND h.dead_lettered_at IS NULL
+                        UNION ALL SELECT order_id, sequence FROM taken
+                    ) h
+                    WHERE EXISTS (
+                        SELECT 1 FROM \(t) s
+                        WHERE s.order_id = h.order_id AND s.sequence > h.sequence AND s.published_at IS NULL AND s.dead_lettered_at IS NULL
+                        OFFSET 0)
+                ) END AS held_back
+            )
+            SELECT k.sequence, k.event_id, k.event_type, k.order_id, k.occurred, k.payload, k.attempts, k.traceparent, held.held_back
+            FROM held LEFT JOIN taken k ON true
             """)
     }
     static let claimKafka = claim(.kafka)

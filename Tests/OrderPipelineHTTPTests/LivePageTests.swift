@@ -103,7 +103,7 @@ struct LivePageTests {
 
     /// Does what the relays and the consumer do for every pending row: publish the Kafka outbox, fulfil, send.
     func drive(_ fixture: APIFixture, rejectKafka: Bool = false) async throws {
-        guard case .claimed(let rows) = try await perform(fixture, .claimOutbox(.init(outbox: .kafka, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
+        guard case .claimed(let rows, _) = try await perform(fixture, .claimOutbox(.init(outbox: .kafka, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
         if rejectKafka {
             _ = try await perform(fixture, .settleOutbox(.init(outbox: .kafka, owner: "t", rejections: rows.map { .init(sequence: $0.sequence, reason: "message too large") })))
             return
@@ -113,7 +113,7 @@ struct LivePageTests {
             guard case .success(let envelope) = EventEnvelope.decode(row.event.payload) else { throw TestFailure("undecodable row") }
             _ = try await perform(fixture, .fulfil([Fulfilment(envelope: envelope, at: WallClock.now())]))
         }
-        guard case .claimed(let sent) = try await perform(fixture, .claimOutbox(.init(outbox: .serviceBus, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
+        guard case .claimed(let sent, _) = try await perform(fixture, .claimOutbox(.init(outbox: .serviceBus, owner: "t", limit: 10, lease: .seconds(30)))) else { return }
         _ = try await perform(fixture, .settleOutbox(.init(outbox: .serviceBus, owner: "t", published: sent.map(\.sequence))))
     }
 

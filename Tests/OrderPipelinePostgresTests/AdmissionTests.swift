@@ -209,7 +209,7 @@ struct SessionSettingsTests {
         var order = newOrder(1)
         order.event.payload = Self.awkward
         #expect(await asRole.perform(.createOrders([order])) == .committed(.ordersCreated([.created(order.order)])))
-        guard case .committed(.claimed(let rows)) = await asRole.perform(claim()) else { Issue.record("claim failed"); return }
+        guard case .committed(.claimed(let rows, _)) = await asRole.perform(claim()) else { Issue.record("claim failed"); return }
         #expect(rows.map(\.event.payload) == [Self.awkward])
         asRole.close()
         _ = try await adminQuery(store.settings, "DROP ROLE \(role)")

@@ -19,7 +19,11 @@ struct ClaimPlanTests {
         let plan = try connection.execute(script: "EXPLAIN EXECUTE probe('owner', 1000000, 500)")
         let text = (0..<plan.count).compactMap { plan.string($0, 0) }.joined(separator: "\n")
         #expect(text.contains("SubPlan"), "\(text)")
-        #expect(text.contains("Index Cond: ((order_id = o_1.order_id) AND (sequence < o_1.sequence))"), "\(text)")
+        #expect(text.contains("Index Cond: ((order_id = o.order_id) AND (sequence < o.sequence))"), "\(text)")
+        // The held-back check: the owner's claimed rows by their index, then one probe each for a later row.
+        #expect(text.contains("_claimed_by on") && text.contains("Index Cond: (claimed_by = $1)"), "\(text)")
+        #expect(text.contains(".order_id) AND (sequence > "), "\(text)")
+        #expect(!text.contains("Seq Scan"), "\(text)")
         await drop()
     }
 }

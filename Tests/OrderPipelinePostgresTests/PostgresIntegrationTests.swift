@@ -31,6 +31,21 @@ struct PostgresIntegrationTests {
         await store.tearDown()
     }
 
+    @Test("a wake for one outbox is never pushed out by the other outbox's wakes")
+    func wakesPerOutbox() async throws {
+        let store = try await PostgresUnderTest()
+        let listener = PostgresListener(settings: store.settings, logger: TestDatabase.logger)
+        var kafka = listener.wakes(for: .kafka).makeAsyncIterator()
+        #expect(await kafka.next() == .kafka, "the wake on connect")
+        // Wakes not yet taken fold into one; a Service Bus burst must not replace the Kafka wake (its relay, with a
+        // batch in the air, would not claim the new rows until the next wake or the poll).
+        for kind in [OutboxKind.serviceBus, .kafka, .serviceBus, .serviceBus] { listener.wake(kind) }
+        listener.close()
+        #expect(await kafka.next() == .kafka)
+        #expect(await kafka.next() == nil, "closed: nothing more")
+        await store.tearDown()
+    }
+
     @Test("reads: an order by id and the newest-first list with a keyset cursor")
     func reads() async throws {
         let store = try await PostgresUnderTest()

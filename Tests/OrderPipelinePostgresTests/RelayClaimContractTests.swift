@@ -26,4 +26,48 @@ struct RelayClaimContractTests {
             #expect(await store.perform(claim(owner: "relay-1")).claimed.map(\.event.type) == [.orderFailed])
         }
     }
+
+    @Test("a claim says whether rows wait behind the owner's own claimed rows, and only when it was not full", arguments: Implementation.available)
+    func heldBackBehindTheOwnersRows(_ implementation: Implementation) async throws {
+        try await withStore(implementation) { store in
+            let x = newOrder(1), y = newOrder(2), z = newOrder(3)
+            _ = await store.perform(.createOrders([x]))
+            _ = await store.perform(.transition(OrderTransition(orderID: x.order.id, to: .failed, at: at(0.5), reason: "out of stock")))
+            // A full claim does not look.
+            let full = await store.perform(claim(owner: "relay-1", limit: 1))
+            #expect(full.claimed.map(\.event.id) == [x.event.id] && full.heldBack == false)
+            _ = await store.perform(.createOrders([y]))
+            // x's OrderFailed waits behind x's head, which relay-1 held before this claim.
+            let second = await store.perform(claim(owner: "relay-1"))
+            #expect(second.claimed.map(\.event.orderID) == [y.order.id] && second.heldBack == true)
+            // Not relay-2's: it holds nothing.
+            let other = await store.perform(claim(owner: "relay-2"))
+            #expect(other.claimed.isEmpty && other.heldBack == false)
+            #expect(await store.perform(claim(owner: "relay-1")).heldBack == true, "an empty claim reports it too")
+            let settled = await store.perform(.settleOutbox(OutboxSettlement(outbox: .kafka, owner: "relay-1", published: [full.claimed[0].sequence])))
+            #expect(settled == .committed(.settled(rows: 1)))
+            let freed = await store.perform(claim(owner: "relay-2"))
+            #expect(freed.claimed.map(\.event.type) == [.orderFailed] && freed.heldBack == false)
+
+            // A head taken by this very claim counts; a head in retry backoff (unclaimed) does not.
+            _ = await store.perform(.createOrders([z]))
+            _ = await store.perform(.transition(OrderTransition(orderID: z.order.id, to: .failed, at: at(0.5), reason: "out of stock")))
+            let taken = await store.perform(claim(owner: "relay-3"))
+            #expect(taken.claimed.map(\.event.id) == [z.event.id] && taken.heldBack == true)
+            let retry = OutboxSettlement(
+                outbox: .kafka, owner: "relay-3", retries: [.init(sequence: taken.claimed[0].sequence, delay: .seconds(60), error: "down")])
+            #expect(await store.perform(.settleOutbox(retry)) == .committed(.settled(rows: 1)))
+            let waiting = await store.perform(claim(owner: "relay-3"))
+            #expect(waiting.claimed.isEmpty && waiting.heldBack == false)
+        }
+    }
+}
+
+extension StoreResult {
+    /// Whether a claim reported rows held back behind its owner.
+    var heldBack: Bool? {
+        if case .committed(.claimed(_, let heldBack)) = self { return heldBack }
+        Issue.record("expected a claim, got \(self)")
+        return nil
+    }
 }

@@ -73,7 +73,7 @@ struct StoreCommandGenerator {
                 numbers[orderID(n)] = n
                 keys.append((key, body))
             }
-        case (.claim(let outbox, let owner, _, _, _), .claimed(let rows)):
+        case (.claim(let outbox, let owner, _, _, _), .claimed(let rows, _)):
             claimed[owner, default: []] += rows.map { (outbox, $0.sequence) }
         case (.fulfil(let deliveries, _), _):
             delivered += deliveries

@@ -76,7 +76,7 @@ extension StoreUnderTest {
 
 extension StoreResult {
     var claimed: [OutboxMessage] {
-        if case .committed(.claimed(let rows)) = self { return rows }
+        if case .committed(.claimed(let rows, _)) = self { return rows }
         Issue.record("expected a claim, got \(self)")
         return []
     }

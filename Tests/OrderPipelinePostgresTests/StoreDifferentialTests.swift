@@ -66,6 +66,7 @@ struct StoreDifferentialTests {
         var skewed = 0
         var mixedBatches = 0
         var mixedCreateBatches = 0
+        var heldBack = 0
         for seed in UInt64(0)..<200 {
             let model = PostgresModel()
             model.now = Step.instant(0)
@@ -81,6 +82,7 @@ struct StoreDifferentialTests {
                 if case .skewed = step { skewed += 1 }
                 let reply = Differential.reply(step, on: model)
                 replies.insert(String(String(describing: reply).prefix { $0 != "(" }))
+                if case .claimed(_, heldBack: true) = reply { heldBack += 1 }
                 if case .ordersCreated(let outcomes) = reply {
                     for outcome in outcomes { replies.insert("create." + String(String(describing: outcome).prefix { $0 != "(" })) }
                     if Set(outcomes.map(\.isCreated)).count > 1 { mixedCreateBatches += 1 }
@@ -102,5 +104,6 @@ struct StoreDifferentialTests {
         #expect(mixedCreateBatches > 20, "\(mixedCreateBatches) create batches where some orders were created and some not")
         #expect(staleSettlements > 10, "\(staleSettlements) settlements by a stale owner")
         #expect(skewed > 50, "\(skewed) steps stamped by a skewed clock")
+        #expect(heldBack > 20, "\(heldBack) claims that reported rows held back")
     }
 }

@@ -40,7 +40,8 @@ extension StoreReply {
         case .transitioned(let order): "now \(order.status.rawValue)"
         case .orderNotFound: "no such order"
         case .illegalTransition(let from): "illegal from \(from.rawValue)"
-        case .claimed(let rows): "claimed \(rows.map { "\($0.sequence):\($0.event.summary)" })"
+        case .claimed(let rows, let heldBack):
+            "claimed \(rows.map { "\($0.sequence):\($0.event.summary)" })" + (heldBack ? ", rows held back" : "")
         case .settled(let rows): "settled \(rows)"
         case .released(let rows): "released \(rows)"
         case .fulfilments(let outcomes): outcomes.map(\.summary).joined(separator: ", ")

@@ -94,6 +94,12 @@ public struct OrderTransition: Hashable, Sendable {
 /// set `claimed_by = owner`, `claimed_until = now + lease`, `attempts += 1`, and return them oldest first.
 /// Head-of-line is what keeps one order's events in order however many relays run.
 ///
+/// The reply also says whether rows are **held back** behind this owner: whether some unsettled row of the outbox
+/// comes after (same order, higher sequence) an unsettled row claimed by `owner` — one it held before (whatever its
+/// lease) or one this claim took. Such a row becomes claimable only when the owner settles its head, and no NOTIFY
+/// announces that, so the owner claims again after that settle. Looked for only when the claim took fewer than
+/// `limit` rows (a full claim answers `false`: its relay claims again anyway), so a backlog costs nothing more.
+///
 /// `now` is **the database's clock**, never the relay's: leases and due times are compared by one clock, so a relay
 /// whose host clock is skewed can neither take over live leases nor push retries into another relay's future.
 public struct OutboxClaim: Hashable, Sendable {
@@ -208,7 +214,8 @@ public enum StoreReply: Hashable, Sendable {
     case transitioned(Order)
     case orderNotFound
     case illegalTransition(from: OrderStatus)
-    case claimed([OutboxMessage])
+    /// The rows claimed, oldest first, and whether rows are held back behind this owner (see `OutboxClaim`).
+    case claimed([OutboxMessage], heldBack: Bool = false)
     case settled(rows: Int)
     case released(rows: Int)
     /// One outcome per record of a `.fulfil` batch, in order.

@@ -10,6 +10,11 @@
 /// - The claim takes only the head row of each order (the oldest unsettled one, claimed or not), so neither several
 ///   relays nor this relay's own batches in flight ever have two rows of one order out at once: order per order is
 ///   kept. Leases keep the batches apart (not even the owner re-claims a row within its lease).
+/// - It claims when rows may be waiting, not after every settle: on a NOTIFY or the poll, after a full claim, and
+///   after a settle only if a NOTIFY came since its latest claim went out or that claim reported rows held back
+///   behind this relay's own heads (their settle frees them, and no NOTIFY says so). Rows behind another relay's head
+///   are that relay's to claim; rows in retry backoff are found by the next claim after they are due, the poll's at
+///   the latest.
 /// - Retriable failures and unknown outcomes back off with jitter and are retried forever; only a permanent
 ///   refusal dead-letters a row. Nothing is stranded.
 /// - A publisher that reports its session unusable (a fenced Kafka producer) is reset (`.resetPublisher`) just
@@ -67,6 +72,10 @@ public struct OutboxRelay: Sendable {
     private var pausedUntil: Instant?
     /// Rows may be waiting: claim as soon as a slot is free.
     private var wantsClaim = false
+    /// The latest claim found rows held back behind rows this relay holds: the settle of one may free them.
+    private var rowsHeldBack = false
+    /// A settle came back while the claim that is out was: that claim may have seen its rows still held.
+    private var settledDuringClaim = false
     /// Idle: the poll timer is set.
     private var polling = false
     private var storeFailures = 0
@@ -99,6 +108,8 @@ public struct OutboxRelay: Sendable {
             retryAt = nil
             pausedUntil = nil
             wantsClaim = false
+            rowsHeldBack = false
+            settledDuringClaim = false
             polling = false
             storeFailures = 0
             brokerFailures = 0
@@ -150,6 +161,7 @@ public struct OutboxRelay: Sendable {
         case .release:
             return [.store(ticket, .releaseClaims(outbox: c.outbox, owner: c.owner))]
         case .claim:
+            settledDuringClaim = false
             return [.store(ticket, .claimOutbox(OutboxClaim(outbox: c.outbox, owner: c.owner, limit: suspectsBroker ? 1 : c.batchSize, lease: c.lease)))]
         case .publish(let rows):
             guard publisherNeedsReset else { return [.publish(ticket, c.channel, rows)] }
@@ -217,26 +229,30 @@ public struct OutboxRelay: Sendable {
             released = true
             wantsClaim = true
             return claimIfPossible(now: now)
-        case (.claim, .claimed(let rows)) where rows.isEmpty:
-            return claimIfPossible(now: now)
-        case (.claim, .claimed(let rows)):
+        case (.claim, .claimed(let rows, let heldBack)):
+            rowsHeldBack = heldBack
             // A full batch: more rows are likely waiting, so the next claim goes out while this batch is published.
-            if rows.count >= configuration.batchSize { wantsClaim = true }
-            return issue(.publish(rows)) + claimIfPossible(now: now)
+            // Rows held back behind a head whose settle came back meanwhile are free now.
+            if rows.count >= configuration.batchSize || (heldBack && settledDuringClaim) { wantsClaim = true }
+            return (rows.isEmpty ? [] : issue(.publish(rows))) + claimIfPossible(now: now)
         case (.settle(let settlement), .settled(let rows)):
             let expected = settlement.published.count + settlement.retries.count + settlement.rejections.count
             let lost: [Effect] = rows < expected ? [.note(.leaseLost(configuration.outbox, rows: expected - rows))] : []
             let nothingDelivered = settlement.published.isEmpty && settlement.rejections.isEmpty && !settlement.retries.isEmpty
+            let ignoredWakes = suspectsBroker
             brokerFailures = nothingDelivered ? brokerFailures + 1 : 0
             if nothingDelivered, configuration.backOffWhileBrokerUnreachable {
                 let at = now + configuration.backoff.delay(attempt: brokerFailures, using: &random)
                 pausedUntil = max(pausedUntil ?? at, at)
                 return lost + armRetryTimer()
             }
-            // A delivery ends any broker backoff; more rows may be waiting (and this batch's orders have their next
-            // rows at the head now): claim again at once rather than waiting for the poll.
+            // A delivery ends any broker backoff. Claim again only if rows may be waiting: a NOTIFY came since the
+            // latest claim went out (`wantsClaim` is set already), NOTIFYs were ignored while the broker was
+            // suspected, or rows were held back behind this relay's heads, one of which this settle may have freed
+            // (no NOTIFY says so). If a claim is out, its reply decides: it may have seen the head still held.
             pausedUntil = nil
-            wantsClaim = true
+            if ignoredWakes { wantsClaim = true }
+            if claimOutstanding { settledDuringClaim = true } else if rowsHeldBack { wantsClaim = true }
             return lost + claimIfPossible(now: now)
         default:
             // Never expected: a reply that does not fit the work. Carry on from a claim, and say so.
