@@ -6,14 +6,16 @@ import OrderPipelineCore
 extension AMQPEngine {
     func sendQueued() {
         guard case .sender = role, let link, pn_link_state(link) & PN_REMOTE_ACTIVE != 0 else { return }
-        while pn_link_credit(link) > 0 {
-            let next = state.withLock { state -> Pending? in
-                guard !state.queue.isEmpty else { return nil }
-                let pending = state.queue.removeFirst()
-                state.inflight[pending.token] = pending
-                return pending
-            }
-            guard let pending = next else { return }
+        let credit = Int(pn_link_credit(link))
+        guard credit > 0 else { return }
+        // As many as the credit allows, taken under one lock.
+        let sendable = state.withLock { state -> ArraySlice<Pending> in
+            let taken = state.queue.prefix(credit)
+            state.queue.removeFirst(taken.count)
+            for pending in taken { state.inflight[pending.token] = pending }
+            return taken
+        }
+        for pending in sendable {
             var tag = pending.token.bigEndian
             let delivery = withUnsafeBytes(of: &tag) { raw in
                 pn_delivery(link, pn_dtag(raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count))
@@ -50,7 +52,7 @@ extension AMQPEngine {
         }
         pn_delivery_settle(delivery)
         let pending = state.withLock { $0.inflight.removeValue(forKey: token) }
-        pending?.continuation.resume(returning: outcome)
+        pending?.answer(outcome)
     }
 
     func received(_ delivery: OpaquePointer, _ handler: @Sendable (AMQPMessage) -> Void) {
@@ -90,7 +92,29 @@ extension AMQPEngine {
             for pending in unanswered { state.inflight[pending.token] = nil }
             return (unsent, unanswered, state.lastError)
         }
-        for pending in unsent { pending.continuation.resume(returning: .failed(retriable: true, reason: "not sent in time: \(error ?? "link not open")")) }
-        for pending in unanswered { pending.continuation.resume(returning: .unknown("no disposition in time")) }
+        for pending in unsent { pending.answer(.failed(retriable: true, reason: "not sent in time: \(error ?? "link not open")")) }
+        for pending in unanswered { pending.answer(.unknown("no disposition in time")) }
+    }
+}
+
+/// The messages of one `AMQPEngine.send`: its caller is resumed once, when every message has its outcome. After
+/// `send` queued it, only the proactor thread touches it.
+final class SendBatch: @unchecked Sendable {
+    private var outcomes: [PublishOutcome?]
+    private var unanswered: Int
+    private let continuation: CheckedContinuation<[PublishOutcome], Never>
+
+    init(count: Int, continuation: CheckedContinuation<[PublishOutcome], Never>) {
+        outcomes = Array(repeating: nil, count: count)
+        unanswered = count
+        self.continuation = continuation
+    }
+
+    /// The first outcome of a message counts; the batch is answered when the last one arrives.
+    func answer(_ index: Int, _ outcome: PublishOutcome) {
+        guard outcomes[index] == nil else { return }
+        outcomes[index] = outcome
+        unanswered -= 1
+        if unanswered == 0 { continuation.resume(returning: outcomes.map { $0 ?? .unknown("no outcome") }) }
     }
 }

@@ -10,8 +10,8 @@ import OrderPipelineCore
 /// rejected → `.refused` with its condition, which the relay machine judges (`Refusal`: server-busy, quota, an
 /// expired token are retried; message too large, entity missing are dead-lettered); released / modified → a
 /// retriable failure; no disposition
-/// in time (or the connection lost meanwhile) → `.unknown`. The messages of a batch are sent at once and their
-/// dispositions awaited concurrently.
+/// in time (or the connection lost meanwhile) → `.unknown`. The messages of a batch are handed to the engine at once
+/// and answered together when the last disposition is in (`AMQPEngine.send`).
 public final class ServiceBusSender: Sendable {
     public let configuration: ServiceBusConfiguration
     private let engine: AMQPEngine
@@ -53,31 +53,24 @@ public final class ServiceBusSender: Sendable {
 
     /// One outcome per message, in order.
     public func publish(_ messages: [OutboxMessage]) async -> [PublishOutcome] {
-        await withTaskGroup(of: (Int, PublishOutcome).self) { group in
-            for (index, message) in messages.enumerated() {
-                let bytes = Self.message(for: message.event).encoded()
-                group.addTask { (index, await self.engine.send(bytes)) }
+        let outcomes = await engine.send(messages.map { Self.message(for: $0.event).encoded() })
+        for (message, outcome) in zip(messages, outcomes) {
+            let event = message.event
+            if outcome == .delivered {
+                logger.debug(
+                    "Fulfilment event published to Service Bus",
+                    metadata: [
+                        "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.queue": "\(configuration.queue)",
+                    ])
+            } else {
+                logger.warning(
+                    "Service Bus send did not succeed",
+                    metadata: [
+                        "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.outcome": "\(outcome)",
+                    ])
             }
-            var outcomes = [PublishOutcome](repeating: .unknown("not sent"), count: messages.count)
-            for await (index, outcome) in group {
-                outcomes[index] = outcome
-                let event = messages[index].event
-                if outcome == .delivered {
-                    logger.debug(
-                        "Fulfilment event published to Service Bus",
-                        metadata: [
-                            "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.queue": "\(configuration.queue)",
-                        ])
-                } else {
-                    logger.warning(
-                        "Service Bus send did not succeed",
-                        metadata: [
-                            "order.id": "\(event.orderID)", "servicebus.message_id": "\(event.id)", "servicebus.outcome": "\(outcome)",
-                        ])
-                }
-            }
-            return outcomes
         }
+        return outcomes
     }
 
     /// Sends raw messages (tests, tools).

@@ -101,6 +101,67 @@ struct ServiceBusIntegrationTests {
         }
     }
 
+    @Test("a batch larger than a relay's is answered in one piece: each message delivered, on the queue once, in order")
+    func largeBatch() async throws {
+        var configuration = try ServiceBusConfiguration.parse(TestServiceBus.connectionString!)
+        configuration.queue = "test-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        let sender = try ServiceBusSender(configuration: configuration, logger: TestServiceBus.logger)
+        let rows = Self.rows(250)
+        // Two batches at once, as a relay with two batches in the air sends them.
+        async let first = sender.publish(Array(rows[..<150]))
+        async let second = sender.publish(Array(rows[150...]))
+        let outcomes = await first + second
+        #expect(outcomes == Array(repeating: .delivered, count: rows.count))
+        await sender.shutdown()
+
+        let received = Mutex<[String]>([])
+        let receiver = try ServiceBusReceiver(configuration: configuration, logger: TestServiceBus.logger) { message in
+            received.withLock { $0.append(message.messageID ?? "") }
+        }
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline, received.withLock({ $0.count }) < rows.count {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        await receiver.shutdown()
+        let ids = received.withLock { $0 }
+        #expect(Set(ids) == Set(rows.map(\.event.id.description)))
+        #expect(ids.count == rows.count)
+        // Each batch in its own order (the two may interleave).
+        for batch in [rows[..<150], rows[150...]] {
+            let sent = batch.map(\.event.id.description)
+            #expect(ids.filter(Set(sent).contains) == sent)
+        }
+    }
+
+    @Test("a batch to an unreachable broker: each message gets a retriable failure, within the timeout")
+    func unreachableBatch() async throws {
+        var configuration = try ServiceBusConfiguration.parse("amqp://guest:guest@127.0.0.1:1")
+        configuration.sendTimeout = .milliseconds(800)
+        let sender = try ServiceBusSender(configuration: configuration, logger: TestServiceBus.logger)
+        let started = ContinuousClock.now
+        let outcomes = await sender.publish(Self.rows(3))
+        #expect(ContinuousClock.now - started < .seconds(5))
+        // Stopped with a batch queued: every message of it is answered, none left hanging.
+        async let queued = sender.publish(Self.rows(4))
+        await sender.shutdown()
+        let stopped = await queued
+        for outcome in outcomes + stopped {
+            if case .failed(retriable: true, _) = outcome {} else { Issue.record("expected a retriable failure, got \(outcome)") }
+        }
+        #expect(outcomes.count == 3)
+        #expect(stopped.count == 4)
+        #expect(await sender.publish([]) == [])
+    }
+
+    static func rows(_ count: Int) -> [OutboxMessage] {
+        var random = SystemRandomNumberGenerator()
+        return (0..<count).map { index in
+            let event = PipelineEvent(
+                type: .orderFulfilled, orderID: OrderID(UUID128.random(using: &random)), at: Instant(microseconds: 1_800_000_000_000_000), status: .fulfilled)
+            return OutboxMessage(sequence: Int64(index + 1), event: event, attempts: 1)
+        }
+    }
+
     @Test("an unreachable broker: the send fails (retriable) within the timeout")
     func unreachable() async throws {
         var configuration = try ServiceBusConfiguration.parse("amqp://guest:guest@127.0.0.1:1")
