@@ -39,8 +39,8 @@ struct HealthTests {
         // The run's own topic: on the shared `orders` topic a new group also works through every other test's
         // records, so its lag would say nothing about this test's orders.
         let run = try await RestartTests.Run.make()
-        let relayPort = Int.random(in: 26_000..<28_000)
-        let consumerPort = relayPort + 2_000
+        let relayPort = try FreePort.pick()
+        let consumerPort = try FreePort.pick()
         let relay = PipelineProcess(role: "relay", environment: run.environment.merging(["METRICS_PORT": "\(relayPort)"]) { $1 }, name: run.name)
         let consumer = PipelineProcess(role: "consume", environment: run.environment.merging(["METRICS_PORT": "\(consumerPort)"]) { $1 }, name: run.name)
         defer { relay.stop(); consumer.stop() }

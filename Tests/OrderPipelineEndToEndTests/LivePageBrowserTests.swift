@@ -66,7 +66,7 @@ struct ScratchPipeline {
         await ConnectionGate.wait()
         let database = try await TestDatabase(adminURL: Restart.environment["DATABASE_URL"]!)
         let name = Restart.randomName(prefix)
-        let port = Int.random(in: 30_000..<32_000)
+        let port = try FreePort.pick()
         var environment = Restart.environment
         environment["DATABASE_URL"] = database.url
         environment["KAFKA_TOPIC"] = name

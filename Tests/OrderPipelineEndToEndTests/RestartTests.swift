@@ -124,8 +124,8 @@ struct RestartTests {
     func consumerKilled() async throws {
         let run = try await Run.make()
         // Both serve /metrics (METRICS_PORT), checked at the end.
-        let relayPort = Int.random(in: 21_000..<25_000)
-        let consumerPort = relayPort + 4_000
+        let relayPort = try FreePort.pick()
+        let consumerPort = try FreePort.pick()
         var relayEnvironment = run.environment
         relayEnvironment["METRICS_PORT"] = "\(relayPort)"
         var consumerEnvironment = run.environment

@@ -22,7 +22,7 @@ struct UnassignedConsumerTests {
         defer { kafka.stop() }
         try kafka.createTopic("orders", partitions: 3)
         kafka.signal(SIGSTOP)
-        let port = Int.random(in: 30_000..<32_000)
+        let port = try FreePort.pick()
         let consumer = PipelineProcess(
             role: "consume",
             environment: run.environment.merging([
