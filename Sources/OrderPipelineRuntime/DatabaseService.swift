@@ -1,4 +1,5 @@
 import Logging
+import OrderPipelineCore
 import OrderPipelinePostgres
 import ServiceLifecycle
 
@@ -16,6 +17,7 @@ public struct DatabaseService: Service {
     public func run() async throws {
         try? await gracefulShutdown()
         logger.info("Closing the database pool")
-        store.close()
+        // Off the cooperative pool: closing waits for every connection's thread to finish its statement.
+        await DedicatedThread.run("pg-close") { store.close() }
     }
 }

@@ -103,13 +103,13 @@ struct OwnerLockService: Service {
     }
 }
 
-/// Closes the LISTEN connection at shutdown (after the relays that use it).
-/// Closes a connection-owning helper (the LISTEN connection, the notifier) at graceful shutdown.
+/// Closes a connection-owning helper (the LISTEN connection, the notifier) at graceful shutdown, after the services
+/// that use it; on a thread of its own, since closing waits for the helper's thread.
 struct CloseOnShutdown: Service {
     let close: @Sendable () -> Void
     func run() async throws {
         try? await gracefulShutdown()
-        close()
+        await DedicatedThread.run("pg-close", close)
     }
 }
 

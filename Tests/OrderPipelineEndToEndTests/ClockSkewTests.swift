@@ -32,7 +32,7 @@ struct ClockSkewTests {
         fast.viaShell = true
         let consumer = PipelineProcess(role: "consume", environment: run.environment, name: run.name)
         let processes = [healthy, fast, consumer]
-        defer { for process in processes { process.stop() } }
+        defer { for process in processes { process.abandon() } }
         try fast.start()
         try healthy.start()
         try consumer.start()
@@ -78,7 +78,7 @@ struct ClockSkewTests {
             "clock skew +45 s: \(orders) orders fulfilled and published \(String(format: "%.1f", settled)) s after the last was created; "
                 + "\(messages.count) messages, \(distinct.count) distinct (\(extra) extra); \"Lease lost\" warnings: \(leaseLost); "
                 + "Kafka rows published > 5 s after their commit: \(waits.first?[0] ?? "?"), longest wait \(waits.first?[1] ?? "?") s")
-        for process in processes { process.stop() }
+        for process in processes { await process.stop() }
         await run.close()
     }
 }

@@ -43,7 +43,7 @@ struct HealthTests {
         let consumerPort = try FreePort.pick()
         let relay = PipelineProcess(role: "relay", environment: run.environment.merging(["METRICS_PORT": "\(relayPort)"]) { $1 }, name: run.name)
         let consumer = PipelineProcess(role: "consume", environment: run.environment.merging(["METRICS_PORT": "\(consumerPort)"]) { $1 }, name: run.name)
-        defer { relay.stop(); consumer.stop() }
+        defer { relay.abandon(); consumer.abandon() }
         try relay.start()
         try consumer.start()
 
@@ -78,9 +78,9 @@ struct HealthTests {
         #expect(!gone.body.contains("orderpipeline_outbox_pending"), "stale outbox gauges: \(gone.body.prefix(1500))")
         let notReady = await Self.poll(port: relayPort, path: "/health/ready", upTo: 20) { status, _ in status == 503 }
         #expect(notReady.status == 503 && notReady.body.contains(#""postgres":{"status":"down"}"#), "\(notReady)")
-        relay.stop()
-        consumer.stop()
+        await relay.stop()
+        await consumer.stop()
         run.store.close()
-        ScratchTopic.delete(run.topic)
+        await ScratchTopic.delete(run.topic)
     }
 }

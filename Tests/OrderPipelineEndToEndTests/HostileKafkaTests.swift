@@ -15,9 +15,9 @@ import Testing
 )
 struct HostileKafkaTests {
     /// The run's environment on a fresh scratch topic of 2 partitions.
-    private func scratchTopic(_ run: RestartTests.Run) throws -> (environment: [String: String], topic: String) {
+    private func scratchTopic(_ run: RestartTests.Run) async throws -> (environment: [String: String], topic: String) {
         let topic = Restart.randomName("hostile-orders-")
-        try KafkaAdmin.run("create", topic)
+        try await KafkaAdmin.run("create", topic)
         var environment = run.environment
         environment["KAFKA_TOPIC"] = topic
         return (environment, topic)
@@ -26,14 +26,14 @@ struct HostileKafkaTests {
     @Test("dead-letter topic unusable: the poison record is kept in dead_letters and later orders are still fulfilled")
     func deadLetterTopicUnusable() async throws {
         let run = try await RestartTests.Run.make()
-        var (environment, topic) = try scratchTopic(run)
+        var (environment, topic) = try await scratchTopic(run)
         // Tansu would create a missing topic on the first produce; a name Kafka forbids makes the forward fail
         // as a missing topic with auto-create off does (the broker answers "Invalid topic").
         environment["KAFKA_DEAD_LETTER_TOPIC"] = "no such topic!"
-        try KafkaAdmin.run("produce", topic, "poison: not an order event")
+        try await KafkaAdmin.run("produce", topic, "poison: not an order event")
         let relay = PipelineProcess(role: "relay", environment: environment, name: run.name)
         let consumer = PipelineProcess(role: "consume", environment: environment, name: run.name)
-        defer { relay.stop(); consumer.stop() }
+        defer { relay.abandon(); consumer.abandon() }
         try relay.start()
         try consumer.start()
         let stream = OrderStream()
@@ -49,21 +49,21 @@ struct HostileKafkaTests {
         #expect(letters.count == 1 && letters.first?[0]?.hasPrefix(topic + "/") == true, "dead letters: \(letters)")
         // The forward really failed: otherwise this test proves nothing.
         #expect(consumer.output.contains("dead-letters table only"), "the consumer never gave up on the topic copy:\n\(consumer.tail())")
-        relay.stop()
-        consumer.stop()
-        try? KafkaAdmin.run("delete", topic)
+        await relay.stop()
+        await consumer.stop()
+        try? await KafkaAdmin.run("delete", topic)
         await run.close()
     }
 
     @Test("records lost from the topic while the consumer is stopped: the reconciler brings every order to Fulfilled once")
     func recordsLost() async throws {
         let run = try await RestartTests.Run.make()
-        var (environment, topic) = try scratchTopic(run)
+        var (environment, topic) = try await scratchTopic(run)
         environment["RECONCILE_AFTER_SECONDS"] = "3"
         environment["RECONCILE_INTERVAL_SECONDS"] = "1"
         let relay = PipelineProcess(role: "relay", environment: environment, name: run.name)
         let consumer = PipelineProcess(role: "consume", environment: environment, name: run.name)
-        defer { relay.stop(); consumer.stop() }
+        defer { relay.abandon(); consumer.abandon() }
         try relay.start()
         try consumer.start()
         // The group has committed offsets before the loss.
@@ -71,7 +71,7 @@ struct HostileKafkaTests {
         stream.start(store: run.store, total: 10, every: .milliseconds(10))
         let started = try await run.wait(upTo: 45) { try await run.fulfilled() == 10 }
         #expect(started, "the first 10 orders were not fulfilled within 45 s:\n\(consumer.tail())")
-        consumer.stop()
+        await consumer.stop()
 
         let lost = OrderStream()
         lost.start(store: run.store, total: 30, every: .milliseconds(5))
@@ -82,7 +82,7 @@ struct HostileKafkaTests {
         #expect(published, "the relay did not publish the 30 orders within 20 s")
         // Tansu has no DeleteRecords and keeps records in memory regardless of retention.ms: delete the topic and
         // create it again, empty (the relay may recreate it first; then it is empty too).
-        try KafkaAdmin.run("recreate", topic)
+        try await KafkaAdmin.run("recreate", topic)
         let lostAt = Date()
         try consumer.start()
         let ids = stream.ids + lost.ids
@@ -100,9 +100,9 @@ struct HostileKafkaTests {
         // The reconciler did it: nothing else re-sends a record that was published.
         #expect(relay.output.contains("Overdue orders re-announced"), "the relay never re-announced an order:\n\(relay.tail())")
         print("records lost: \(lost.ids.count) orders' records deleted with the topic; all \(ids.count) fulfilled \(String(format: "%.1f", recovery)) s after the loss")
-        relay.stop()
-        consumer.stop()
-        try? KafkaAdmin.run("delete", topic)
+        await relay.stop()
+        await consumer.stop()
+        try? await KafkaAdmin.run("delete", topic)
         await run.close()
     }
 }
@@ -130,15 +130,12 @@ enum KafkaAdmin {
             if producer.flush(15) != 0: sys.exit("not delivered")
         """#
 
-    static func run(_ action: String, _ topic: String, _ value: String? = nil) throws {
+    static func run(_ action: String, _ topic: String, _ value: String? = nil) async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestEnvironment.value("SERVICES_PYTHON")!)
         process.arguments = ["-c", script, Restart.environment["KAFKA_BROKERS"]!, action, topic] + (value.map { [$0] } ?? [])
         try process.run()
-        let deadline = Date().addingTimeInterval(30)
-        while process.isRunning, Date() < deadline { usleep(20_000) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw TestFailure("kafka \(action) \(topic) failed with \(process.terminationStatus)") }
+        let status = await process.finish(within: .seconds(30)).status
+        guard status == 0 else { throw TestFailure("kafka \(action) \(topic) failed with \(status)") }
     }
 }

@@ -26,12 +26,12 @@ struct HostileWorldTests {
     /// and the Service Bus outbox has nothing left to send.
     private func refusedSends(orders: Int, rejects: Int, condition: String) async throws -> (RestartTests.Run, ScriptedAMQPPeer, [OrderID]) {
         let run = try await RestartTests.Run.make()
-        let peer = try ScriptedAMQPPeer(rejects: rejects, condition: condition)
+        let peer = try await ScriptedAMQPPeer(rejects: rejects, condition: condition)
         var kafkaOnly = run.environment
         kafkaOnly["SERVICEBUS_CONNECTION_STRING"] = nil
         let relay = PipelineProcess(role: "relay", environment: kafkaOnly, name: run.name)
         let consumer = PipelineProcess(role: "consume", environment: kafkaOnly, name: run.name)
-        defer { relay.stop(); consumer.stop() }
+        defer { relay.abandon(); consumer.abandon() }
 
         var configuration = try ServiceBusConfiguration.parse(
             "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=\(peer.key);UseDevelopmentEmulator=true")

@@ -45,12 +45,9 @@ struct LivePageBrowserTests {
         let output = Pipe()
         process.standardOutput = output
         try process.run()
-        let deadline = Date().addingTimeInterval(180)
-        while process.isRunning, Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
+        let status = await process.finish(within: .seconds(180)).status
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.terminationStatus, text.trimmingCharacters(in: .whitespacesAndNewlines))
+        return (status, text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 }
 
@@ -81,19 +78,19 @@ struct ScratchPipeline {
             try await pipeline.start()
             try await body(pipeline)
         } catch {
-            pipeline.all.stop()
+            await pipeline.all.stop()
             await database.drop()
-            ScratchTopic.delete(name, name + ".dead-letter")
+            await ScratchTopic.delete(name, name + ".dead-letter")
             throw error
         }
-        pipeline.all.stop()
+        await pipeline.all.stop()
         await database.drop()
-        ScratchTopic.delete(name, name + ".dead-letter")
+        await ScratchTopic.delete(name, name + ".dead-letter")
     }
 
     private func start() async throws {
         let migrate = PipelineProcess(role: "migrate", environment: environment, name: name)
-        let status = try migrate.runToCompletion(timeout: 60)
+        let status = try await migrate.runToCompletion(timeout: .seconds(60))
         try #require(status == 0, "migrate exited with \(status):\n\(migrate.tail())")
         // A consumer that subscribes to a topic that does not exist yet sees it only at its next metadata refresh.
         let topic = try await LivePageBrowserTests.runScript(["--create-topic", name, "--brokers", environment["KAFKA_BROKERS"]!], python: LivePageBrowserTests.servicesPython)

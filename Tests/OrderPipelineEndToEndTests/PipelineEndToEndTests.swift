@@ -60,7 +60,7 @@ struct PipelineEndToEndTests {
         let store = PostgresStore(configuration: pool, logger: EndToEnd.logger)
         var brokers = try BrokerConfiguration.fromEnvironment(environment, needsServiceBus: true)
         let name = "e2e-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
-        try ScratchTopic.create(name)
+        try await ScratchTopic.create(name)
         brokers.kafka.topic = name
         brokers.kafka.groupID = name
         brokers.serviceBus!.queue = name
@@ -118,7 +118,7 @@ struct PipelineEndToEndTests {
         listener.close()
         store.close()
         await drop()
-        ScratchTopic.delete(name)
+        await ScratchTopic.delete(name)
 
         let messages = received.withLock { $0 }
         #expect(messages.count == orders.count)

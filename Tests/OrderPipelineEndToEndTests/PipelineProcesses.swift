@@ -134,40 +134,34 @@ final class PipelineProcess: @unchecked Sendable {
     var isRunning: Bool { process?.isRunning ?? false }
 
     /// SIGKILL, then wait (bounded) until the kernel has reaped it.
-    func kill9() throws {
+    func kill9() async throws {
         guard let process, process.isRunning else { throw TestFailure("\(role) is not running") }
-        #if canImport(Glibc)
-            _ = Glibc.kill(process.processIdentifier, SIGKILL)
-        #endif
-        let deadline = Date().addingTimeInterval(10)
-        while process.isRunning, Date() < deadline { usleep(10_000) }
+        await process.kill9()
         guard !process.isRunning else { throw TestFailure("\(role) survived SIGKILL") }
     }
 
     /// SIGTERM (graceful shutdown), SIGKILL after 10 s.
-    func stop() {
+    func stop() async {
         guard let process, process.isRunning else { return }
         process.terminate()
-        let deadline = Date().addingTimeInterval(10)
-        while process.isRunning, Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            #if canImport(Glibc)
-                _ = Glibc.kill(process.processIdentifier, SIGKILL)
-            #endif
-            process.waitUntilExit()
-        }
+        if !(await process.exit(within: .seconds(10))) { await process.kill9() }
+    }
+
+    /// SIGKILL without waiting: for `defer` on a failure path (a `defer` cannot await); nothing when stopped.
+    func abandon() {
+        guard let process, process.isRunning else { return }
+        #if canImport(Glibc)
+            _ = Glibc.kill(process.processIdentifier, SIGKILL)
+        #endif
     }
 
     /// Runs the role to completion (for `migrate`), bounded.
-    func runToCompletion(timeout: TimeInterval) throws -> Int32 {
+    func runToCompletion(timeout: Duration) async throws -> Int32 {
         try start()
-        let deadline = Date().addingTimeInterval(timeout)
-        while isRunning, Date() < deadline { usleep(10_000) }
-        guard let process, !process.isRunning else {
-            stop()
-            throw TestFailure("\(role) did not finish within \(timeout) s")
-        }
-        return process.terminationStatus
+        guard let process else { throw TestFailure("\(role) did not start") }
+        let (status, inTime) = await process.finish(within: timeout)
+        guard inTime else { throw TestFailure("\(role) did not finish within \(timeout)") }
+        return status
     }
 
     var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }

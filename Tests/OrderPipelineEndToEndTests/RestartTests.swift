@@ -41,7 +41,7 @@ struct RestartTests {
             let base = Restart.environment
             await ConnectionGate.wait()
             let name = Restart.randomName("restart-")
-            try ScratchTopic.create(name)
+            try await ScratchTopic.create(name)
             let database = try await TestDatabase(adminURL: base["DATABASE_URL"]!)
             var environment = base
             environment["DATABASE_URL"] = database.url
@@ -53,7 +53,7 @@ struct RestartTests {
             // Few connections: the whole test run shares PostgreSQL's 100 (this run holds about 9).
             environment["DB_POOL_SIZE"] = "2"
             let migrate = PipelineProcess(role: "migrate", environment: environment, name: name)
-            let status = try migrate.runToCompletion(timeout: 60)
+            let status = try await migrate.runToCompletion(timeout: .seconds(60))
             guard status == 0 else { throw TestFailure("migrate exited with \(status):\n\(migrate.tail())") }
             var pool = PostgresPool.Configuration(url: database.url)
             pool.size = 1
@@ -116,7 +116,7 @@ struct RestartTests {
         func close() async {
             store.close()
             await database.drop()
-            ScratchTopic.delete(topic)
+            await ScratchTopic.delete(topic)
         }
     }
 
@@ -132,7 +132,7 @@ struct RestartTests {
         consumerEnvironment["METRICS_PORT"] = "\(consumerPort)"
         let relay = PipelineProcess(role: "relay", environment: relayEnvironment, name: run.name)
         let consumer = PipelineProcess(role: "consume", environment: consumerEnvironment, name: run.name)
-        defer { relay.stop(); consumer.stop() }
+        defer { relay.abandon(); consumer.abandon() }
         try relay.start()
         try consumer.start()
 
@@ -146,7 +146,7 @@ struct RestartTests {
         stream.burst(store: run.store, count: 40)
         _ = try await run.wait(upTo: 10, poll: .milliseconds(2)) { try await run.fulfilled() > base + 3 }
         let before = stream.ids.count
-        try consumer.kill9()
+        try await consumer.kill9()
         let fulfilledAtKill = try await run.fulfilled()
         try await Task.sleep(for: .milliseconds(500))
         try consumer.start()
@@ -169,8 +169,8 @@ struct RestartTests {
         #expect(await httpGet(port: consumerPort, path: "/health/live") != nil)
         let inbox = try await run.database.int("SELECT count(*) FROM consumer_inbox")
         print("consumer killed after \(fulfilledAtKill) of \(ids.count) orders were fulfilled (\(before) created); inbox rows: \(inbox)")
-        relay.stop()
-        consumer.stop()
+        await relay.stop()
+        await consumer.stop()
         await run.close()
     }
 
@@ -185,7 +185,7 @@ struct RestartTests {
         kafkaOnly["SERVICEBUS_CONNECTION_STRING"] = nil
         let relay = PipelineProcess(role: "relay", environment: kafkaOnly, name: run.name)
         let consumer = PipelineProcess(role: "consume", environment: run.environment, name: run.name)
-        defer { relay.stop(); consumer.stop() }
+        defer { relay.abandon(); consumer.abandon() }
 
         var settings = PostgresConnection.Settings(url: run.database.url)
         settings.applicationName = "restart-test-sb-relay"
@@ -213,7 +213,7 @@ struct RestartTests {
             try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE claimed_by IS NOT NULL") > 0
         }
         let before = stream.ids.count
-        try relay.kill9()
+        try await relay.kill9()
         let publishedAtKill = try await run.publishedToKafka()
         let claimedAtKill = try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE claimed_by IS NOT NULL")
         try await Task.sleep(for: .milliseconds(500))
@@ -231,8 +231,8 @@ struct RestartTests {
         await group.triggerGracefulShutdown()
         try await serviceBusRelay.value
         listener.close()
-        relay.stop()
-        consumer.stop()
+        await relay.stop()
+        await consumer.stop()
         await run.close()
     }
 }

@@ -18,9 +18,9 @@ struct UnassignedConsumerTests {
     @Test("Kafka frozen before the join: /health/live 503 once unassigned past the bound; thawed, the consumer is assigned and live")
     func wedgedJoin() async throws {
         let run = try await RestartTests.Run.make()
-        let kafka = try PrivateTansu()
+        let kafka = try await PrivateTansu()
         defer { kafka.stop() }
-        try kafka.createTopic("orders", partitions: 3)
+        try await kafka.createTopic("orders", partitions: 3)
         kafka.signal(SIGSTOP)
         let port = try FreePort.pick()
         let consumer = PipelineProcess(
@@ -28,7 +28,7 @@ struct UnassignedConsumerTests {
             environment: run.environment.merging([
                 "METRICS_PORT": "\(port)", "KAFKA_BROKERS": kafka.address, "KAFKA_TOPIC": "orders", "LIVENESS_UNASSIGNED_SECONDS": "3",
             ]) { $1 }, name: run.name)
-        defer { consumer.stop() }
+        defer { consumer.abandon() }
         try consumer.start()
 
         let stuck = await HealthTests.poll(port: port, path: "/health/live", upTo: 30) { status, _ in status == 503 }
@@ -40,7 +40,7 @@ struct UnassignedConsumerTests {
         let live = await HealthTests.poll(port: port, path: "/health/live", upTo: 60) { status, _ in status == 200 }
         #expect(live.status == 200, "after the thaw: \(live)\n\(consumer.tail())")
         #expect(!live.body.contains("secondsUnassigned"), "\(live.body)")
-        consumer.stop()
+        await consumer.stop()
         await run.close()
     }
 }
@@ -55,7 +55,7 @@ final class PrivateTansu {
 
     /// On a port below the ephemeral range (32768+, where an outgoing connection may hold it: seen once, 33164), and
     /// beside the private servers of scripts/chaos and scripts/frozen-postgres (19400+); another port if it is taken.
-    init() throws {
+    init() async throws {
         let pidFile = try #require(Restart.environment["TANSU_PID_FILE"], "TANSU_PID_FILE is not set (scripts/services env)")
         binary = URL(fileURLWithPath: pidFile).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("bin/tansu")
         for _ in 0..<3 {
@@ -69,26 +69,24 @@ final class PrivateTansu {
             process.standardError = FileHandle.nullDevice
             try process.run()
             let deadline = Date().addingTimeInterval(20)
-            while !Self.listening(port), process.isRunning, Date() < deadline { usleep(50_000) }
+            while !Self.listening(port), process.isRunning, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
             if Self.listening(port) {
                 self.port = port
                 self.process = process
                 return
             }
-            if process.isRunning { process.terminate() }
-            process.waitUntilExit()
+            await process.kill9()
         }
         throw TestFailure("tansu did not listen on any of 3 ports")
     }
 
-    func createTopic(_ name: String, partitions: Int) throws {
+    func createTopic(_ name: String, partitions: Int) async throws {
         let create = Process()
         create.executableURL = binary
         create.arguments = ["topic", "create", name, "--partitions", "\(partitions)", "--broker", "tcp://\(address)"]
         create.standardOutput = FileHandle.nullDevice
         try create.run()
-        create.waitUntilExit()
-        guard create.terminationStatus == 0 else { throw TestFailure("tansu topic create \(name) failed") }
+        guard await create.finish(within: .seconds(30)).status == 0 else { throw TestFailure("tansu topic create \(name) failed") }
     }
 
     func signal(_ signal: Int32) { _ = kill(process.processIdentifier, signal) }

@@ -7,6 +7,7 @@ import OrderPipelineCore
 import OrderPipelineHTTP
 import OrderPipelinePostgres
 import OrderPipelineRuntime
+import OrderPipelineTestSupport
 import Synchronization
 import Testing
 
@@ -109,91 +110,94 @@ struct DatabaseFailureTests {
 struct FrozenDatabaseTests {
     @Test("frozen: every request is answered 503 within the deadline and the queue stays bounded; thawed, retries with the same keys create each order once")
     func frozen() async throws {
-        let server = try PrivatePostgres()
-        defer { server.stop() }
-        var configuration = PostgresPool.Configuration(url: server.url)
-        configuration.size = 2
-        configuration.queueLimit = 4
-        configuration.requestTimeout = .seconds(1)
-        let migrator = PostgresSession(settings: configuration.connection, logger: HTTPTestDatabase.logger)
-        let migrated: Result<[Int], PostgresError> = await migrator.withConnection { c in
-            Result { () throws(PostgresError) in try Migrations.apply(on: try c.get(), logger: HTTPTestDatabase.logger) }
-        }
-        migrator.close()
-        _ = try migrated.get()
-        let store = PostgresStore(configuration: configuration, logger: HTTPTestDatabase.logger)
-        defer { store.close() }
-        let metrics = PipelineMetrics()
-        // Creates share at most two transactions (group commit) and at most four wait for them: the rest are shed.
-        var intake = OrderIntake.Configuration()
-        intake.createsInFlight = 2
-        intake.maxWaitingCreates = 4
-        let shell = IntakeShell(store: store, configuration: intake, logger: HTTPTestDatabase.logger, metrics: metrics)
-        let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
-        let app = Application(router: api.makeRouter(), logger: HTTPTestDatabase.logger)
-        let count = 16
-        try await app.test(.router) { client in
-            #expect(try await client.execute(uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "warm"), body: ByteBuffer(string: johnSmith)).status == .created)
-            try server.freeze()
-            let deepest = Peak()
-            let sampler = Task {
-                while !Task.isCancelled {
-                    deepest.record(store.pool.queueDepth)
-                    try? await Task.sleep(for: .milliseconds(2))
-                }
+        let server = try await PrivatePostgres.start()
+        try await withCleanup {
+            var configuration = PostgresPool.Configuration(url: server.url)
+            configuration.size = 2
+            configuration.queueLimit = 4
+            configuration.requestTimeout = .seconds(1)
+            let migrator = PostgresSession(settings: configuration.connection, logger: HTTPTestDatabase.logger)
+            let migrated: Result<[Int], PostgresError> = await migrator.withConnection { c in
+                Result { () throws(PostgresError) in try Migrations.apply(on: try c.get(), logger: HTTPTestDatabase.logger) }
             }
-            let answers = try await withThrowingTaskGroup(of: (HTTPResponse.Status, Duration, String).self) { group in
-                for n in 0..<count {
-                    group.addTask {
-                        let start = ContinuousClock.now
-                        let response = try await client.execute(
-                            uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
-                            body: ByteBuffer(string: johnSmith))
-                        return (response.status, ContinuousClock.now - start, response.text)
+            migrator.close()
+            _ = try migrated.get()
+            let store = PostgresStore(configuration: configuration, logger: HTTPTestDatabase.logger)
+            defer { store.close() }
+            let metrics = PipelineMetrics()
+            // Creates share at most two transactions (group commit) and at most four wait for them: the rest are shed.
+            var intake = OrderIntake.Configuration()
+            intake.createsInFlight = 2
+            intake.maxWaitingCreates = 4
+            let shell = IntakeShell(store: store, configuration: intake, logger: HTTPTestDatabase.logger, metrics: metrics)
+            let api = OrderAPI(shell: shell, reads: store, metrics: metrics)
+            let app = Application(router: api.makeRouter(), logger: HTTPTestDatabase.logger)
+            let count = 16
+            try await app.test(.router) { client in
+                #expect(try await client.execute(uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "warm"), body: ByteBuffer(string: johnSmith)).status == .created)
+                try await server.freeze()
+                let deepest = Peak()
+                let sampler = Task {
+                    while !Task.isCancelled {
+                        deepest.record(store.pool.queueDepth)
+                        try? await Task.sleep(for: .milliseconds(2))
                     }
                 }
-                group.addTask {
-                    let start = ContinuousClock.now
-                    let response = try await client.execute(uri: "/health/ready", method: .get)
-                    return (response.status, ContinuousClock.now - start, "ready")
+                let answers = try await withThrowingTaskGroup(of: (HTTPResponse.Status, Duration, String).self) { group in
+                    for n in 0..<count {
+                        group.addTask {
+                            let start = ContinuousClock.now
+                            let response = try await client.execute(
+                                uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
+                                body: ByteBuffer(string: johnSmith))
+                            return (response.status, ContinuousClock.now - start, response.text)
+                        }
+                    }
+                    group.addTask {
+                        let start = ContinuousClock.now
+                        let response = try await client.execute(uri: "/health/ready", method: .get)
+                        return (response.status, ContinuousClock.now - start, "ready")
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
                 }
-                return try await group.reduce(into: []) { $0.append($1) }
-            }
-            sampler.cancel()
-            for (status, elapsed, text) in answers {
-                #expect(status == .serviceUnavailable, "\(text)")
-                // One deadline (1 s) and scheduling slack on a loaded machine; never a hang.
-                #expect(elapsed < .milliseconds(2_500), "answered after \(elapsed): \(text)")
-                #expect(!text.contains("127.0.0.1"))
-            }
-            #expect(deepest.value <= 4)
-            let slowest = answers.map(\.1).max() ?? .zero
-            let shed = String(decoding: metrics.render(), as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("orderpipeline_requests_shed_total ") }
-            let stats = store.pool.statistics
-            print(
-                "frozen PostgreSQL: \(answers.count) requests, all 503 within \(slowest); deepest queue \(deepest.value); \(shed ?? ""); rejected: queue_full=\(stats.rejectedQueueFull) deadline=\(stats.rejectedDeadline) stalled=\(stats.rejectedStalled); abandoned statements=\(stats.noAnswer)"
-            )
-            #expect(shed.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0 > 0, "\(shed ?? "no shed counter")")
-            try server.thaw()
-            // Thawed: the clients retry with their keys; each order exists once (a statement abandoned while frozen
-            // may have committed after the thaw: its retry replays it).
-            var created = 0
-            for n in 0..<count {
-                var status = HTTPResponse.Status.serviceUnavailable
-                for _ in 0..<50 where status == .serviceUnavailable {
-                    status = try await client.execute(
-                        uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
-                        body: ByteBuffer(string: johnSmith)
-                    ).status
-                    if status == .serviceUnavailable { try await Task.sleep(for: .milliseconds(100)) }
+                sampler.cancel()
+                for (status, elapsed, text) in answers {
+                    #expect(status == .serviceUnavailable, "\(text)")
+                    // One deadline (1 s) and scheduling slack on a loaded machine; never a hang.
+                    #expect(elapsed < .milliseconds(2_500), "answered after \(elapsed): \(text)")
+                    #expect(!text.contains("127.0.0.1"))
                 }
-                if status == .created { created += 1 }
+                #expect(deepest.value <= 4)
+                let slowest = answers.map(\.1).max() ?? .zero
+                let shed = String(decoding: metrics.render(), as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("orderpipeline_requests_shed_total ") }
+                let stats = store.pool.statistics
+                print(
+                    "frozen PostgreSQL: \(answers.count) requests, all 503 within \(slowest); deepest queue \(deepest.value); \(shed ?? ""); rejected: queue_full=\(stats.rejectedQueueFull) deadline=\(stats.rejectedDeadline) stalled=\(stats.rejectedStalled); abandoned statements=\(stats.noAnswer)"
+                )
+                #expect(shed.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0 > 0, "\(shed ?? "no shed counter")")
+                try await server.thaw()
+                // Thawed: the clients retry with their keys; each order exists once (a statement abandoned while frozen
+                // may have committed after the thaw: its retry replays it).
+                var created = 0
+                for n in 0..<count {
+                    var status = HTTPResponse.Status.serviceUnavailable
+                    for _ in 0..<50 where status == .serviceUnavailable {
+                        status = try await client.execute(
+                            uri: "/api/orders", method: .post, headers: .json(idempotencyKey: "frozen-\(n)"),
+                            body: ByteBuffer(string: johnSmith)
+                        ).status
+                        if status == .serviceUnavailable { try await Task.sleep(for: .milliseconds(100)) }
+                    }
+                    if status == .created { created += 1 }
+                }
+                #expect(created == count)
+                let rows: Result<Int64?, PostgresError> = await store.pool.withConnection { c in
+                    Result { () throws(PostgresError) in try c.get().query("SELECT count(*) FROM orders").int(0, 0) }
+                }
+                #expect(try rows.get() == Int64(count + 1))
             }
-            #expect(created == count)
-            let rows: Result<Int64?, PostgresError> = await store.pool.withConnection { c in
-                Result { () throws(PostgresError) in try c.get().query("SELECT count(*) FROM orders").int(0, 0) }
-            }
-            #expect(try rows.get() == Int64(count + 1))
+        } cleanup: {
+            await server.stop()
         }
     }
 }

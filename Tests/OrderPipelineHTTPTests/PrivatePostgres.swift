@@ -1,4 +1,5 @@
 import Foundation
+import OrderPipelineTestSupport
 
 /// A PostgreSQL server of this test's own (initdb into a temporary folder, another port), for tests that must
 /// freeze or stop the database: the shared server of the other tests is never touched.
@@ -19,7 +20,12 @@ final class PrivatePostgres: Sendable {
 
     static var isAvailable: Bool { serverBinaries != nil }
 
-    init() throws {
+    /// initdb and start: seconds of waiting for child processes, on a thread of their own (see `offPool`).
+    static func start() async throws -> PrivatePostgres {
+        try await offPool { try PrivatePostgres() }
+    }
+
+    private init() throws {
         guard let bindir = Self.serverBinaries else { throw ShellError(message: "PostgreSQL server binaries not found") }
         self.bindir = bindir
         directory = try shell("mktemp -d /tmp/orderpipeline-private-pg.XXXXXX").trimmingCharacters(in: .whitespacesAndNewlines)
@@ -43,17 +49,25 @@ final class PrivatePostgres: Sendable {
     }
 
     /// SIGSTOP of the postmaster and every server process: the sockets stay open, nothing answers.
-    func freeze() throws {
-        let pid = try postmaster
-        _ = try shell("kill -STOP \(pid) $(pgrep -P \(pid))")
+    func freeze() async throws {
+        try await offPool {
+            let pid = try self.postmaster
+            _ = try shell("kill -STOP \(pid) $(pgrep -P \(pid))")
+        }
     }
 
-    func thaw() throws {
-        let pid = try postmaster
-        _ = try shell("kill -CONT $(pgrep -P \(pid)) \(pid)")
+    func thaw() async throws {
+        try await offPool {
+            let pid = try self.postmaster
+            _ = try shell("kill -CONT $(pgrep -P \(pid)) \(pid)")
+        }
     }
 
-    func stop() {
+    func stop() async {
+        _ = try? await offPool { self.stopNow() }
+    }
+
+    private func stopNow() {
         let asPostgres = getuid() == 0 ? "runuser -u postgres -- " : ""
         if let pid = try? postmaster { _ = try? shell("kill -CONT $(pgrep -P \(pid)) \(pid)") }
         _ = try? shell("\(asPostgres)'\(bindir)/pg_ctl' -D '\(directory)/data' -m immediate -w stop > /dev/null 2>&1")

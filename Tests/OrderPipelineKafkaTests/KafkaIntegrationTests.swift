@@ -131,65 +131,68 @@ struct KafkaIntegrationTests {
         // A topic of its own: the new group reads from the earliest record, on `orders` through every other test's.
         var configuration = TestKafka.configuration
         configuration.topic = configuration.groupID
-        try ScratchTopic.create(configuration.topic)
-        defer { ScratchTopic.delete(configuration.topic) }
-        let producer = try KafkaProducer(configuration: configuration, logger: TestKafka.logger)
-        let first = TestKafka.message(sequence: 1)
-        let firstOutcome = await producer.publish([first])
-        guard case .appended(let firstPosition)? = firstOutcome.first else { Issue.record("expected a position, got \(firstOutcome)"); return }
+        try await ScratchTopic.create(configuration.topic)
+        try await withCleanup {
+            let producer = try KafkaProducer(configuration: configuration, logger: TestKafka.logger)
+            let first = TestKafka.message(sequence: 1)
+            let firstOutcome = await producer.publish([first])
+            guard case .appended(let firstPosition)? = firstOutcome.first else { Issue.record("expected a position, got \(firstOutcome)"); return }
 
-        func isMessage(_ record: ConsumedRecord, _ message: OutboxMessage) -> Bool {
-            record.headers.contains { $0.name == "event-id" && $0.value == Array(message.event.id.description.utf8) }
+            func isMessage(_ record: ConsumedRecord, _ message: OutboxMessage) -> Bool {
+                record.headers.contains { $0.name == "event-id" && $0.value == Array(message.event.id.description.utf8) }
+            }
+
+            // First consumer: sees the message with its key and headers, commits past it.
+            let probe = ConsumerProbe()
+            let consumer = try KafkaConsumer(configuration: configuration, logger: TestKafka.logger, sink: probe.sink)
+            var driver = ConsumerDriver(consumer: consumer, probe: probe)
+            let seen = await driver.fetch(until: { $0.contains { isMessage($0, first) } })
+            let record = try #require(seen.first { isMessage($0, first) })
+            #expect(RecordPosition(partition: record.partition, offset: record.offset) == firstPosition, "the delivery report names where it is")
+            #expect(record.key == Array(first.event.orderID.description.utf8))
+            #expect(record.value == first.event.payload)
+            #expect(record.headers.first { $0.name == "event-type" }?.value == Array("OrderCreated".utf8))
+            #expect(driver.generation >= 1)
+            #expect(driver.partitions == [0, 1, 2])
+            var next: [Int32: Int64] = [:]
+            for seenRecord in seen { next[seenRecord.partition] = max(next[seenRecord.partition] ?? 0, seenRecord.offset + 1) }
+            let offsets = next.keys.sorted().map { PartitionOffset(partition: $0, offset: next[$0]!) }
+            #expect(await driver.commit(offsets) == .committed)
+
+            // A commit for an older generation changes nothing and says so.
+            let stale = probe.nextTicket()
+            consumer.commit(stale, offsets, generation: driver.generation - 1)
+            var staleOutcome: CommitOutcome?
+            while let input = await driver.next() {
+                if case let .offsetsCommitted(ticket, outcome) = input, ticket == stale { staleOutcome = outcome; break }
+            }
+            #expect(staleOutcome == .rebalanced)
+            await consumer.shutdown()
+
+            // A second message with the same key lands on the same partition, right after the first.
+            let second = OutboxMessage(
+                sequence: 2, event: PipelineEvent(type: .orderFulfilled, orderID: first.event.orderID, at: first.event.occurredAt, status: .fulfilled), attempts: 1)
+            #expect(await producer.publish([second]).allSatisfy(\.isDelivered))
+            await producer.shutdown()
+
+            // Second consumer in the same group resumes from the committed offsets: the first message never comes again.
+            let probe2 = ConsumerProbe()
+            let consumer2 = try KafkaConsumer(configuration: configuration, logger: TestKafka.logger, sink: probe2.sink)
+            var driver2 = ConsumerDriver(consumer: consumer2, probe: probe2)
+            let resumed = await driver2.fetch(until: { $0.contains { isMessage($0, second) } })
+            await consumer2.shutdown()
+            let secondRecord = try #require(resumed.first { isMessage($0, second) })
+            #expect(secondRecord.partition == record.partition)
+            #expect(!resumed.contains { isMessage($0, first) })
+            // Exactly at the committed offset.
+            let onPartition = resumed.filter { $0.partition == record.partition }.map(\.offset)
+            let committed = next[record.partition]!
+            #expect(committed > record.offset)
+            #expect(onPartition.first == committed, "resumed at \(onPartition.first ?? -1), committed \(committed)")
+            #expect(secondRecord.offset >= committed)
+        } cleanup: {
+            await ScratchTopic.delete(configuration.topic)
         }
-
-        // First consumer: sees the message with its key and headers, commits past it.
-        let probe = ConsumerProbe()
-        let consumer = try KafkaConsumer(configuration: configuration, logger: TestKafka.logger, sink: probe.sink)
-        var driver = ConsumerDriver(consumer: consumer, probe: probe)
-        let seen = await driver.fetch(until: { $0.contains { isMessage($0, first) } })
-        let record = try #require(seen.first { isMessage($0, first) })
-        #expect(RecordPosition(partition: record.partition, offset: record.offset) == firstPosition, "the delivery report names where it is")
-        #expect(record.key == Array(first.event.orderID.description.utf8))
-        #expect(record.value == first.event.payload)
-        #expect(record.headers.first { $0.name == "event-type" }?.value == Array("OrderCreated".utf8))
-        #expect(driver.generation >= 1)
-        #expect(driver.partitions == [0, 1, 2])
-        var next: [Int32: Int64] = [:]
-        for seenRecord in seen { next[seenRecord.partition] = max(next[seenRecord.partition] ?? 0, seenRecord.offset + 1) }
-        let offsets = next.keys.sorted().map { PartitionOffset(partition: $0, offset: next[$0]!) }
-        #expect(await driver.commit(offsets) == .committed)
-
-        // A commit for an older generation changes nothing and says so.
-        let stale = probe.nextTicket()
-        consumer.commit(stale, offsets, generation: driver.generation - 1)
-        var staleOutcome: CommitOutcome?
-        while let input = await driver.next() {
-            if case let .offsetsCommitted(ticket, outcome) = input, ticket == stale { staleOutcome = outcome; break }
-        }
-        #expect(staleOutcome == .rebalanced)
-        await consumer.shutdown()
-
-        // A second message with the same key lands on the same partition, right after the first.
-        let second = OutboxMessage(
-            sequence: 2, event: PipelineEvent(type: .orderFulfilled, orderID: first.event.orderID, at: first.event.occurredAt, status: .fulfilled), attempts: 1)
-        #expect(await producer.publish([second]).allSatisfy(\.isDelivered))
-        await producer.shutdown()
-
-        // Second consumer in the same group resumes from the committed offsets: the first message never comes again.
-        let probe2 = ConsumerProbe()
-        let consumer2 = try KafkaConsumer(configuration: configuration, logger: TestKafka.logger, sink: probe2.sink)
-        var driver2 = ConsumerDriver(consumer: consumer2, probe: probe2)
-        let resumed = await driver2.fetch(until: { $0.contains { isMessage($0, second) } })
-        await consumer2.shutdown()
-        let secondRecord = try #require(resumed.first { isMessage($0, second) })
-        #expect(secondRecord.partition == record.partition)
-        #expect(!resumed.contains { isMessage($0, first) })
-        // Exactly at the committed offset.
-        let onPartition = resumed.filter { $0.partition == record.partition }.map(\.offset)
-        let committed = next[record.partition]!
-        #expect(committed > record.offset)
-        #expect(onPartition.first == committed, "resumed at \(onPartition.first ?? -1), committed \(committed)")
-        #expect(secondRecord.offset >= committed)
     }
 
     @Test("forward a poison record to the dead-letter topic")

@@ -24,7 +24,7 @@ struct SharedAccessSignatureTests {
 struct CBSTests {
     @Test("put-token with a valid SAS token, then the queue link opens and the send is accepted")
     func putTokenThenSend() async throws {
-        let peer = try ScriptedAMQPPeer(status: 202)
+        let peer = try await ScriptedAMQPPeer(status: 202)
         defer { peer.stop() }
         var configuration = try ServiceBusConfiguration.parse(
             "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=s3cret+key=;UseDevelopmentEmulator=true")
@@ -56,7 +56,7 @@ struct CBSTests {
 
     @Test("a refused token: no queue link, the send fails (retriable) with the CBS status")
     func refused() async throws {
-        let peer = try ScriptedAMQPPeer(status: 401)
+        let peer = try await ScriptedAMQPPeer(status: 401)
         defer { peer.stop() }
         var configuration = try ServiceBusConfiguration.parse(
             "Endpoint=sb://127.0.0.1:\(peer.port)/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=wrong;UseDevelopmentEmulator=true")

@@ -10,17 +10,17 @@ import Foundation
 /// Tansu's CLI (`TANSU_BIN`, or `bin/tansu` in the services directory next to `TANSU_PID_FILE`).
 public enum ScratchTopic {
     /// Creates `name` with `partitions` partitions on KAFKA_BROKERS.
-    public static func create(_ name: String, partitions: Int = 3) throws {
-        let status = try tansu(["topic", "create", name, "--partitions", String(partitions)], quiet: false)
+    public static func create(_ name: String, partitions: Int = 3) async throws {
+        let status = try await tansu(["topic", "create", name, "--partitions", String(partitions)], quiet: false)
         guard status == 0 else { throw TestFailure("tansu topic create \(name) exited with \(status)") }
     }
 
     /// Deletes the topics that exist; best effort (a leftover costs the broker memory, not a test its verdict).
-    public static func delete(_ names: String...) {
-        for name in names { _ = try? tansu(["topic", "delete", name], quiet: true) }
+    public static func delete(_ names: String...) async {
+        for name in names { _ = try? await tansu(["topic", "delete", name], quiet: true) }
     }
 
-    private static func tansu(_ arguments: [String], quiet: Bool) throws -> Int32 {
+    private static func tansu(_ arguments: [String], quiet: Bool) async throws -> Int32 {
         guard let brokers = TestEnvironment.value("KAFKA_BROKERS") else { throw TestFailure("KAFKA_BROKERS is not set") }
         let binary: URL
         if let path = TestEnvironment.value("TANSU_BIN") {
@@ -37,10 +37,6 @@ public enum ScratchTopic {
         process.standardOutput = FileHandle.nullDevice
         if quiet { process.standardError = FileHandle.nullDevice }
         try process.run()
-        let deadline = Date().addingTimeInterval(30)
-        while process.isRunning, Date() < deadline { usleep(20_000) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        return process.terminationStatus
+        return await process.finish(within: .seconds(30)).status
     }
 }

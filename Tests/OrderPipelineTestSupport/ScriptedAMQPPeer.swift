@@ -20,7 +20,7 @@ public final class ScriptedAMQPPeer: @unchecked Sendable {
     /// Starts the peer: put-token requests are answered with `status`; the first `rejects` messages are rejected with
     /// `condition`, every other one accepted. A random port that turns out taken (the peer exits before it is ready)
     /// is replaced by another, up to five times.
-    public init(key: String = "s3cret+key=", status: Int = 202, rejects: Int = 0, condition: String = "amqp:internal-error") throws {
+    public init(key: String = "s3cret+key=", status: Int = 202, rejects: Int = 0, condition: String = "amqp:internal-error") async throws {
         self.key = key
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("amqp-peer-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -35,7 +35,9 @@ public final class ScriptedAMQPPeer: @unchecked Sendable {
             process.arguments = ["-B", script.path, String(port), key, output.path, ready.path, String(status), String(rejects), condition]
             try process.run()
             let deadline = Date().addingTimeInterval(10)
-            while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning { usleep(20_000) }
+            while !FileManager.default.fileExists(atPath: ready.path), Date() < deadline, process.isRunning {
+                try await Task.sleep(for: .milliseconds(20))
+            }
             if FileManager.default.fileExists(atPath: ready.path), process.isRunning { return }
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         }

@@ -20,6 +20,13 @@ public enum DedicatedThread {
         thread.start()
     }
 
+    /// Runs blocking work (joining threads, waiting for a child process) on a new thread named `name` and returns its
+    /// value: blocking a thread of Swift's cooperative pool instead (one per core, two here) stalls every other task
+    /// of the process meanwhile.
+    public static func run<T: Sendable>(_ name: String, _ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in start(name) { continuation.resume(returning: body()) } }
+    }
+
     /// `pthread_setname_np` is not visible to Swift in Glibc, and `prctl` is variadic: the kernel also takes the
     /// name written to the thread's own `comm` file. Best effort: a name is for people, nothing depends on it.
     private static func nameCurrentThread(_ name: String) {
