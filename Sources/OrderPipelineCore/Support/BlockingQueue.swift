@@ -10,7 +10,9 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // e
     public enum Admission: Sendable { case queued, full, closed }
 
     private let condition = NSCondition()
-    private var items: [Element] = []
+    /// Taken items leave a nil behind until the next compaction: a slot kept holding its item held a PostgreSQL job
+    /// (its closure, with a batch of orders and their events) alive for up to a thousand more jobs.
+    private var items: [Element?] = []
     private var head = 0
     private var closed = false
     /// Items that may wait at once; nil: unbounded.
@@ -43,7 +45,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // e
         condition.lock()
         defer { condition.unlock() }
         var out: [Element] = []
-        while head < items.count, take(items[head]), let item = takeHead() { out.append(item) }
+        while head < items.count, let next = items[head], take(next), let item = takeHead() { out.append(item) }
         return out
     }
 
@@ -51,7 +53,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // e
     public func peekHead<T>(_ read: (Element) -> T) -> T? {
         condition.lock()
         defer { condition.unlock() }
-        return head < items.count ? read(items[head]) : nil
+        return head < items.count ? items[head].map(read) : nil
     }
 
     /// Items waiting.
@@ -73,6 +75,7 @@ public final class BlockingQueue<Element: Sendable>: @unchecked Sendable {  // e
     private func takeHead() -> Element? {
         guard head < items.count else { return nil }
         let item = items[head]
+        items[head] = nil
         head += 1
         if head > 1024 && head * 2 > items.count {
             items.removeFirst(head)
