@@ -1,3 +1,4 @@
+import OrderPipelineCore
 import OrderPipelineKafka
 import OrderPipelineServiceBus
 
@@ -18,6 +19,10 @@ public struct BrokerConfiguration: Sendable {
     /// `<gethostname()>-<role>` (not `$HOSTNAME`, which systemd and non-interactive shells do not export). Every
     /// relay process needs its own: a second live process with the same one is refused at start (`OwnerLock`).
     public var relayID: String
+    /// `RELAY_OUTBOXES` (the `relay` role only) — the outboxes this process relays: `kafka`, `service-bus`, or both
+    /// (the default: Kafka, and Service Bus when `SERVICEBUS_CONNECTION_STRING` is set). One process per outbox
+    /// scales and fails apart from the other.
+    public var relayOutboxes: [OutboxKind]
 
     public static let environmentHelp = """
         Kafka / Service Bus (relay, consume, all):
@@ -41,6 +46,9 @@ public struct BrokerConfiguration: Sendable {
           RELAY_ID       lease owner of this relay process (default <hostname>-relay,
                          <hostname>-all); unique per live process: a second
                          process with the same RELAY_ID refuses to start
+          RELAY_OUTBOXES outboxes `relay` relays: kafka, service-bus or
+                         kafka,service-bus (default kafka, and service-bus when
+                         SERVICEBUS_CONNECTION_STRING is set); `all` relays both
         """
 
     /// `role` names the subcommand (relay, all) in the default `RELAY_ID`.
@@ -77,7 +85,22 @@ public struct BrokerConfiguration: Sendable {
             throw .init(description: "SERVICEBUS_CONNECTION_STRING is not set (e.g. amqp://guest:guest@127.0.0.1:55672)")
         }
         let relayID = environment["RELAY_ID"].flatMap { $0.isEmpty ? nil : $0 } ?? "\(hostName())-\(role)"
-        return BrokerConfiguration(kafka: kafka, serviceBus: serviceBus, relayID: relayID)
+        var outboxes: [OutboxKind] = serviceBus == nil ? [.kafka] : [.kafka, .serviceBus]
+        if let text = environment["RELAY_OUTBOXES"], !text.isEmpty {
+            guard role == "relay" else { throw .init(description: "RELAY_OUTBOXES is for `relay` only: `\(role)` relays both outboxes") }
+            let names = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let known = OutboxKind.allCases.map(\.rawValue).joined(separator: ", ")
+            outboxes = []
+            for name in names {
+                guard let kind = OutboxKind(rawValue: name) else { throw .init(description: "RELAY_OUTBOXES: \(name) is not an outbox (\(known))") }
+                guard !outboxes.contains(kind) else { throw .init(description: "RELAY_OUTBOXES names \(name) twice") }
+                outboxes.append(kind)
+            }
+            if outboxes.contains(.serviceBus), serviceBus == nil {
+                throw .init(description: "RELAY_OUTBOXES includes service-bus but SERVICEBUS_CONNECTION_STRING is not set")
+            }
+        }
+        return BrokerConfiguration(kafka: kafka, serviceBus: serviceBus, relayID: relayID, relayOutboxes: outboxes)
     }
 
     /// This machine's name from `gethostname()`.

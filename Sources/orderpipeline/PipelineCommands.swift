@@ -26,8 +26,8 @@ enum BrokerBootstrap {
         + "\n\n" + LivePage.Configuration.environmentHelp
         + "\n\nlibrdkafka 2.16 must be the one loaded (LD_LIBRARY_PATH=$RDKAFKA_LIB_DIR, set by scripts/services env) to talk to Tansu."
 
-    /// Both relays: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY. First takes the lock
-    /// of `RELAY_ID` (refused: another live process uses it), which a service then watches.
+    /// The relays of `brokers.relayOutboxes`: Kafka outbox → Kafka, Service Bus outbox → Service Bus, woken by NOTIFY.
+    /// First takes the lock of `RELAY_ID` (refused: another live process uses it), which a service then watches.
     static func relayServices(
         configuration: RuntimeConfiguration, brokers: BrokerConfiguration, store: PostgresStore, logger: Logger, metrics: PipelineMetrics,
         listener given: PostgresListener? = nil
@@ -41,7 +41,8 @@ enum BrokerBootstrap {
             throw ValidationError("could not take the lock of RELAY_ID \(brokers.relayID): \(error)")
         }
         logger.info("Relay owner", metadata: ["relay.id": "\(brokers.relayID)"])
-        if let serviceBus = brokers.serviceBus, case .sharedAccessKey = serviceBus.authentication {
+        let relaysServiceBus = brokers.relayOutboxes.contains(.serviceBus)
+        if relaysServiceBus, let serviceBus = brokers.serviceBus, case .sharedAccessKey = serviceBus.authentication {
             logger.warning(
                 "Exactly-once delivery to Service Bus relies on duplicate detection: make sure it is enabled on the queue",
                 metadata: [
@@ -49,15 +50,18 @@ enum BrokerBootstrap {
                 ])
         }
         let listener = given ?? PostgresListener(settings: configuration.pool.connection, logger: logger)
-        let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
-        var kafkaRelay = RelayService(
-            outbox: .kafka, owner: brokers.relayID, store: store, publisher: producer, listener: listener, logger: logger, metrics: metrics,
-            onStop: { await producer.shutdown() }
-        )
-        kafkaRelay.batchSize = configuration.relayBatchSize
-        kafkaRelay.pipelineDepth = configuration.relayPipelineDepth
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: OwnerLockService(lock: lock, logger: logger)), .init(service: kafkaRelay)]
-        if let serviceBus = brokers.serviceBus {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: OwnerLockService(lock: lock, logger: logger))]
+        if brokers.relayOutboxes.contains(.kafka) {
+            let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
+            var kafkaRelay = RelayService(
+                outbox: .kafka, owner: brokers.relayID, store: store, publisher: producer, listener: listener, logger: logger, metrics: metrics,
+                onStop: { await producer.shutdown() }
+            )
+            kafkaRelay.batchSize = configuration.relayBatchSize
+            kafkaRelay.pipelineDepth = configuration.relayPipelineDepth
+            services.append(.init(service: kafkaRelay))
+        }
+        if relaysServiceBus, let serviceBus = brokers.serviceBus {
             let sender = try ServiceBusSender(configuration: serviceBus, logger: logger)
             var serviceBusRelay = RelayService(
                 outbox: .serviceBus, owner: brokers.relayID, store: store, publisher: sender, listener: listener, logger: logger, metrics: metrics,
@@ -128,6 +132,7 @@ struct Relay: AsyncParsableCommand {
         let store = PostgresStore(configuration: configuration.pool(for: .relay), logger: logger)
         let (relays, listener) = try await BrokerBootstrap.relayServices(configuration: configuration, brokers: brokers, store: store, logger: logger, metrics: metrics)
         if brokers.serviceBus == nil { logger.warning("SERVICEBUS_CONNECTION_STRING is not set: only the Kafka outbox is relayed") }
+        logger.info("Relaying", metadata: ["relay.outboxes": "\(brokers.relayOutboxes.map(\.rawValue).joined(separator: ","))"])
         let endpoint = try MetricsEndpoint.service(environment: ProcessInfo.processInfo.environment, metrics: metrics, store: store, logger: logger)
         // The metrics endpoint stops first, the pool last.
         let group = ServiceGroup(

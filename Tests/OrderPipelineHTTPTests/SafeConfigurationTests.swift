@@ -50,6 +50,29 @@ struct SafeConfigurationTests {
         #expect(try brokers(["RELAY_ID": "relay-7"]).relayID == "relay-7")
     }
 
+    @Test("RELAY_OUTBOXES picks the relay's outboxes; the default follows SERVICEBUS_CONNECTION_STRING; bad values are refused")
+    func relayOutboxes() throws {
+        let serviceBus = ["SERVICEBUS_CONNECTION_STRING": "amqp://guest:guest@127.0.0.1:55672"]
+        #expect(try brokers([:]).relayOutboxes == [.kafka])
+        #expect(try brokers(serviceBus).relayOutboxes == [.kafka, .serviceBus])
+        #expect(try brokers(serviceBus.merging(["RELAY_OUTBOXES": "service-bus"]) { $1 }).relayOutboxes == [.serviceBus])
+        #expect(try brokers(serviceBus.merging(["RELAY_OUTBOXES": "kafka"]) { $1 }).relayOutboxes == [.kafka])
+        #expect(try brokers(serviceBus.merging(["RELAY_OUTBOXES": " service-bus , kafka"]) { $1 }).relayOutboxes == [.serviceBus, .kafka])
+        let refusals: [([String: String], String, String)] = [
+            (["RELAY_OUTBOXES": "service-bus"], "relay", "SERVICEBUS_CONNECTION_STRING is not set"),
+            (["RELAY_OUTBOXES": "kafka,rabbit"], "relay", "rabbit is not an outbox (kafka, service-bus)"),
+            (["RELAY_OUTBOXES": "kafka,kafka"], "relay", "names kafka twice"),
+            (["RELAY_OUTBOXES": "kafka"], "all", "for `relay` only"),
+        ]
+        for (extra, role, message) in refusals {
+            #expect {
+                try brokers(extra, role: role)
+            } throws: { error in
+                (error as? RuntimeConfiguration.Problem)?.description.contains(message) == true
+            }
+        }
+    }
+
     @Test("DB_QUEUE_LIMIT and DB_REQUEST_TIMEOUT_MS reach the pool; bad values are refused")
     func admissionSettings() throws {
         let url = ["DATABASE_URL": "postgres://u@h/db"]
