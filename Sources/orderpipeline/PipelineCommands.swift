@@ -50,26 +50,21 @@ enum BrokerBootstrap {
                 ])
         }
         let listener = given ?? PostgresListener(settings: configuration.pool.connection, logger: logger)
+        func relay(_ outbox: OutboxKind, _ publisher: any OutboxPublishing, onStop: @escaping @Sendable () async -> Void) -> ServiceGroupConfiguration.ServiceConfiguration {
+            var relay = RelayService(
+                outbox: outbox, owner: brokers.relayID, store: store, publisher: publisher, listener: listener, logger: logger, metrics: metrics, onStop: onStop)
+            relay.batchSize = configuration.relayBatchSize
+            relay.pipelineDepth = configuration.relayPipelineDepth
+            return .init(service: relay)
+        }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: OwnerLockService(lock: lock, logger: logger))]
         if brokers.relayOutboxes.contains(.kafka) {
             let producer = try KafkaProducer(configuration: brokers.kafka, logger: logger)
-            var kafkaRelay = RelayService(
-                outbox: .kafka, owner: brokers.relayID, store: store, publisher: producer, listener: listener, logger: logger, metrics: metrics,
-                onStop: { await producer.shutdown() }
-            )
-            kafkaRelay.batchSize = configuration.relayBatchSize
-            kafkaRelay.pipelineDepth = configuration.relayPipelineDepth
-            services.append(.init(service: kafkaRelay))
+            services.append(relay(.kafka, producer) { await producer.shutdown() })
         }
         if relaysServiceBus, let serviceBus = brokers.serviceBus {
             let sender = try ServiceBusSender(configuration: serviceBus, logger: logger)
-            var serviceBusRelay = RelayService(
-                outbox: .serviceBus, owner: brokers.relayID, store: store, publisher: sender, listener: listener, logger: logger, metrics: metrics,
-                onStop: { await sender.shutdown() }
-            )
-            serviceBusRelay.batchSize = configuration.relayBatchSize
-            serviceBusRelay.pipelineDepth = configuration.relayPipelineDepth
-            services.append(.init(service: serviceBusRelay))
+            services.append(relay(.serviceBus, sender) { await sender.shutdown() })
         }
         if let reconciler = configuration.reconciler {
             services.append(.init(service: ReconcilerService(configuration: reconciler, store: store, logger: logger, metrics: metrics)))

@@ -286,6 +286,49 @@ def process_counters(pid):
     return cpu, switches
 
 
+def _stat_fields(pid):
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+class CpuMeter:
+    """CPU seconds of the machine's parts over a span, for notes that say where a benchmark's CPU went: PostgreSQL
+    (its live processes, plus the postmaster's reaped children, so a backend that ended within the span, such as
+    pgbench's, still counts), this script's children (pgbench, wrk), Tansu, and given processes."""
+
+    def __init__(self, url, pids=()):
+        with psycopg.connect(url) as db:
+            backend = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+        self.postmaster = int(_stat_fields(backend)[1])
+        with open(ENV["TANSU_PID_FILE"]) as f:
+            self.tansu = int(f.read().split()[0])
+        self.pids = list(pids)
+        self.start = self.read()
+
+    def read(self):
+        ticks = os.sysconf("SC_CLK_TCK")
+        postgres = 0.0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                fields = _stat_fields(pid)
+                if int(pid) == self.postmaster:
+                    postgres += sum(int(f) for f in fields[11:15]) / ticks  # its own time and its reaped children's
+                elif int(fields[1]) == self.postmaster:
+                    postgres += (int(fields[11]) + int(fields[12])) / ticks
+            except (OSError, IndexError, ValueError):
+                continue
+        children = os.times()
+        return {"postgres": postgres, "clients": children.children_user + children.children_system,
+                "tansu": process_counters(self.tansu)[0], **{f"pid{pid}": process_counters(pid)[0] for pid in self.pids}}
+
+    def per_unit(self, units, names):
+        """Text: µs of CPU per unit for each part, `names` mapping keys (postgres, clients, tansu, pidN) to labels."""
+        end = self.read()
+        return ", ".join(f"{label} {(end[key] - self.start[key]) / units * 1e6:.1f}" for key, label in names.items())
+
+
 def per_unit(spans, units):
     """Text for a note: CPU µs and context switches per unit over `spans`, (before, after) pairs of
     `process_counters` readings."""

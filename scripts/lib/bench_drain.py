@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from bench_common import Pipeline, drain_limit, kafka_producer, log, median, pgbench, scalar, scratch_database, scratch_topic, wait_until
+from bench_common import CpuMeter, Pipeline, drain_limit, kafka_producer, log, median, pgbench, scalar, scratch_database, scratch_topic, wait_until
 
 NAMESPACE = "2b1f6f1e-8a3c-4c56-9d0e-5a7b3c9e4f10"  # EventID.namespace
 BATCH = 500  # OutboxRelay.Configuration.batchSize of the Kafka relay
@@ -144,8 +144,10 @@ def relay(settings, figures):
         for relays in (1, 2):
             runs = []
             for _ in range(rounds):
+                meter = CpuMeter(url)
                 _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(BATCH)), relays,
                                         transactions=math.ceil(rows / BATCH / relays) + 2)
+                ceiling_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", "clients": "pgbench"})
                 published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
                 if published != rows:
                     raise RuntimeError(f"pgbench claim+settle published {published} of {rows} rows")
@@ -154,22 +156,26 @@ def relay(settings, figures):
                 with Pipeline(settings, url, topic, "unused", f"relay{relays}") as pipeline:
                     for n in range(relays):
                         pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}")
+                    meter = CpuMeter(url, [process.pid for process in pipeline.processes])
                     done = wait_until(lambda: scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NULL") == 0,
                                       drain_limit(settings), "the relay to drain the backlog", poll=0.2, alive=pipeline.check_alive,
                                       required=False)
+                    drain_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", **{f"pid{process.pid}": f"relay {n + 1}"
+                                                      for n, process in enumerate(pipeline.processes)}, "tansu": "Tansu"})
                 rate = settle_rate(url, "kafka_outbox", "published_at")
                 published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
-                runs.append((rate, ceiling, done, published))
+                runs.append((rate, ceiling, done, published, ceiling_cpu, drain_cpu))
                 reset_outbox(url)
             label = "1 relay" if relays == 1 else f"{relays} relays"
-            unfinished = [published for _, _, done, published in runs if not done]
+            unfinished = [run[3] for run in runs if not run[2]]
             rates = ", ".join("–" if r[0] is None else f"{r[0]:,.0f}" for r in runs)
-            note = f"median of {rounds} interleaved rounds (relay {rates}; pgbench {', '.join(f'{r[1]:,.0f}' for r in runs)})"
+            note = (f"median of {rounds} interleaved rounds (relay {rates}; pgbench {', '.join(f'{r[1]:,.0f}' for r in runs)}); "
+                    f"CPU µs per event in the last round: drain: {runs[-1][5]}; pgbench: {runs[-1][4]}")
             if unfinished:
                 note += f"; {len(unfinished)} stopped after {drain_limit(settings)} s ({min(unfinished):,} of {rows:,} published)"
             figures.add("relay", f"drain {rows / 1000:g}k-row backlog, {label} (events/s)", median(r[0] for r in runs), "/s",
                         median(r[1] for r in runs), f"pgbench claim+settle, {relays} client{'s' if relays > 1 else ''}",
-                        note=note if rounds > 1 or unfinished else "")
+                        note=note)
         figures.add("relay", "raw librdkafka producer, same messages (msgs/s)", producer_rate, "/s",
                     note="the broker side of the relay's ceiling")
 
