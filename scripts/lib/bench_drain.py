@@ -6,7 +6,8 @@ import uuid
 
 import psycopg
 
-from bench_common import CpuMeter, Pipeline, drain_limit, kafka_producer, log, median, pgbench, scalar, scratch_database, scratch_topic, wait_until
+from bench_common import (CpuMeter, Pipeline, drain_limit, kafka_producer, log, median, pgbench, scalar, scratch_database,
+                          scratch_topic, wait_until_none)
 
 NAMESPACE = "2b1f6f1e-8a3c-4c56-9d0e-5a7b3c9e4f10"  # EventID.namespace
 BATCH = 500  # OutboxRelay.Configuration.batchSize of the Kafka relay
@@ -157,9 +158,8 @@ def relay(settings, figures):
                     for n in range(relays):
                         pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}")
                     meter = CpuMeter(url, [process.pid for process in pipeline.processes])
-                    done = wait_until(lambda: scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NULL") == 0,
-                                      drain_limit(settings), "the relay to drain the backlog", poll=0.2, alive=pipeline.check_alive,
-                                      required=False)
+                    done = wait_until_none(url, "SELECT 1 FROM kafka_outbox WHERE published_at IS NULL", drain_limit(settings),
+                                           "the relay to drain the backlog", alive=pipeline.check_alive, required=False)
                     drain_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", **{f"pid{process.pid}": f"relay {n + 1}"
                                                       for n, process in enumerate(pipeline.processes)}, "tansu": "Tansu"})
                 rate = settle_rate(url, "kafka_outbox", "published_at")
@@ -245,9 +245,8 @@ def consumer(settings, figures):
         raw = raw_consumer(settings, topic, rows)
         with Pipeline(settings, url, topic, "unused", "consumer") as pipeline:
             pipeline.start("consume")
-            done = wait_until(lambda: scalar(url, "SELECT count(*) FROM orders WHERE status <> 'Fulfilled'") == 0,
-                              drain_limit(settings), "the consumer to fulfil every order", poll=0.5, alive=pipeline.check_alive,
-                              required=False)
+            done = wait_until_none(url, "SELECT 1 FROM orders WHERE status <> 'Fulfilled'", drain_limit(settings),
+                                   "the consumer to fulfil every order", poll=0.5, alive=pipeline.check_alive, required=False)
         rate = settle_rate(url, "orders", "processed_at")
         fulfilled = scalar(url, "SELECT count(*) FROM orders WHERE status = 'Fulfilled'")
         figures.add("consumer", f"drain {rows / 1000:g}k records (orders fulfilled/s)", rate, "/s", ceilings[1],

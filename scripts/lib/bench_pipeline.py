@@ -9,7 +9,7 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, per_unit, pgbench,
-                          process_counters, scalar, scratch_database, scratch_topic, wait_fulfilled, wait_until, wrk)
+                          process_counters, scalar, scratch_database, scratch_topic, wait_fulfilled, wait_until_none, wrk)
 
 PAYLOAD = "x" * 560  # an OrderCreated payload's size
 # The transaction the API commits for one order (SQL.createOrders with a batch of one: idempotency key, order, item,
@@ -169,9 +169,8 @@ def e2e(settings, figures):
                     threading.Thread(target=rss_sampler, args=(main.pid, stop, samples), daemon=True).start()
                 counters = [process_counters(process.pid) for process in pipeline.processes]
                 rps, _, _, non2xx = wrk(settings, pipeline.url("/api/orders"), connections, seconds)
-                done = wait_until(lambda: scalar(url, "SELECT count(*) FROM orders WHERE status <> 'Fulfilled'") == 0,
-                                  drain_limit(settings), "every order to be fulfilled", poll=0.5, alive=pipeline.check_alive,
-                                  required=False)
+                done = wait_until_none(url, "SELECT 1 FROM orders WHERE status <> 'Fulfilled'", drain_limit(settings),
+                                       "every order to be fulfilled", poll=0.5, alive=pipeline.check_alive, required=False)
                 spans = list(zip(counters, [process_counters(process.pid) for process in pipeline.processes]))
                 stop.set()
             with psycopg.connect(url) as db:
@@ -328,9 +327,9 @@ def latency(settings, figures):
                         wait_fulfilled(url, pipeline.post_order(), 90, alive=pipeline.check_alive)
                     since, counters, before = scalar(url, "SELECT now()"), process_counters(main.pid), transactions(url)
                     round_sent, round_failures, round_late = asyncio.run(open_loop(settings.http_port, rate, seconds))
-                    wait_until(lambda: scalar(url, """SELECT (SELECT count(*) FROM orders WHERE status <> 'Fulfilled')
-                                                  + (SELECT count(*) FROM service_bus_outbox WHERE published_at IS NULL)""") == 0,
-                               settings.size(300, 60), "every order to be fulfilled and announced", poll=0.2, alive=pipeline.check_alive)
+                    wait_until_none(url, """SELECT 1 FROM orders WHERE status <> 'Fulfilled'
+                                            UNION ALL SELECT 1 FROM service_bus_outbox WHERE published_at IS NULL""",
+                                    settings.size(300, 60), "every order to be fulfilled and announced", alive=pipeline.check_alive)
                     spans.append((counters, process_counters(main.pid)))
                     commits += transactions(url) - before
                     sent, failures, late = sent + round_sent, failures + round_failures, max(late, round_late)
