@@ -105,6 +105,9 @@ public final class PostgresConnection {
     var deadline: ContinuousClock.Instant?
     /// Whether the last call was abandoned at the deadline (the pool then stops feeding work to the server).
     private(set) var missedDeadline = false
+    /// Called as a call is abandoned at its deadline, before its caller sees the error: the pool's stall guard is set
+    /// then, so work the caller issues in reaction (a re-issue after the unknown outcome) is refused, not sent.
+    var deadlineMissed: (() -> Void)?
 
     /// A connection that is not connected yet: `connect()` opens it.
     public init(settings: Settings) {
@@ -304,6 +307,7 @@ public final class PostgresConnection {
     /// server rolls back an open transaction when it notices).
     private func abandon() -> PostgresError {
         missedDeadline = true
+        deadlineMissed?()
         close()
         return PostgresError(code: .connectionLost, message: "PostgreSQL did not answer before the request deadline")
     }

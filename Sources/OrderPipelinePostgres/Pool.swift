@@ -79,6 +79,10 @@ final class ConnectionWorker: @unchecked Sendable {
 
     private func run() {
         let connection = PostgresConnection(settings: settings)
+        // At the moment of abandoning, not after the job: the job's own callback may already issue the next work
+        // (results are fed to the machines from this thread), which another worker would otherwise send to the
+        // server that is not answering — each re-issue waiting out a deadline of its own (6 s for a 2 s deadline).
+        connection.deadlineMissed = { [stall] in stall?.stalled() }
         var failures = 0
         var retryAt = ContinuousClock.now
         var lastError = PostgresError(code: .unavailable, message: "not connected yet")
@@ -130,7 +134,6 @@ final class ConnectionWorker: @unchecked Sendable {
             }
             if connection.missedDeadline {
                 metrics?.noAnswer()
-                stall?.stalled()
                 logger.warning("PostgreSQL did not answer before the request deadline; connection closed", metadata: ["db.worker": "\(name)"])
             }
             connection.deadline = nil

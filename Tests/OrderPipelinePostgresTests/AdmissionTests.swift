@@ -143,6 +143,41 @@ struct AdmissionTests {
         await store.tearDown()
     }
 
+    @Test("work issued by a job abandoned at its deadline is refused at once, never sent to the server that did not answer")
+    func reissueAfterMissedDeadline() async throws {
+        let store = try await PostgresUnderTest()
+        let pool = pool(store, size: 2, queueLimit: 10, timeout: .milliseconds(400))
+        // The intake re-issues a create whose outcome is unknown from the job's own callback, on the connection's
+        // thread. The stall guard must already be set then: the other connection is idle and would send it.
+        let reissued: PostgresError.Code?? = await withCheckedContinuation { continuation in
+            pool.submit { first in
+                let stuck: PostgresError.Code?
+                do throws(PostgresError) {
+                    _ = try first.get().query("SELECT pg_sleep(10)")
+                    stuck = nil
+                } catch {
+                    stuck = error.code
+                }
+                guard stuck == .connectionLost else { return continuation.resume(returning: .some(stuck)) }
+                pool.submit { second in
+                    do throws(PostgresError) {
+                        _ = try second.get().query("SELECT 1")
+                        continuation.resume(returning: .some(nil))
+                    } catch {
+                        continuation.resume(returning: .some(error.code))
+                    }
+                }
+                // More of the caller's own work on this thread (answering the batch's other requests): the idle
+                // connection has long taken the re-issue by the time this job returns to its worker.
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+        }
+        #expect(reissued == .some(.unavailable), "the re-issue was sent: \(String(describing: reissued))")
+        #expect(pool.statistics.rejectedStalled == 1)
+        pool.close()
+        await store.tearDown()
+    }
+
     @Test("every pooled connection terminated: the next commands succeed, none unknown, none failed")
     func terminatedConnections() async throws {
         let store = try await PostgresUnderTest()
