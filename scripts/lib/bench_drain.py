@@ -138,6 +138,8 @@ def relay(settings, figures):
     many clients. Ceiling and drain alternate in rounds and each figure is the median of its rounds, so a change in
     the machine's load hits both."""
     rows, rounds = settings.size(100_000, 500), settings.size(3, 1)
+    # Smoke: batches of 50, so that a 500-row drain has settles to time (one claim took it all).
+    batch = settings.size(BATCH, 50)
     with scratch_database(settings, "relay") as url, scratch_topic(settings, "relay") as topic:
         log(f"relay: backlog of {rows:,} outbox rows")
         make_backlog(url, rows)
@@ -146,8 +148,8 @@ def relay(settings, figures):
             runs = []
             for _ in range(rounds):
                 meter = CpuMeter(url)
-                _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(BATCH)), relays,
-                                        transactions=math.ceil(rows / BATCH / relays) + 2)
+                _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(batch)), relays,
+                                        transactions=math.ceil(rows / batch / relays) + 2)
                 ceiling_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", "clients": "pgbench"})
                 published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
                 if published != rows:
@@ -156,7 +158,7 @@ def relay(settings, figures):
                 reset_outbox(url)
                 with Pipeline(settings, url, topic, "unused", f"relay{relays}") as pipeline:
                     for n in range(relays):
-                        pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}")
+                        pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}", RELAY_BATCH_SIZE=str(batch))
                     meter = CpuMeter(url, [process.pid for process in pipeline.processes])
                     done = wait_until_none(url, "SELECT 1 FROM kafka_outbox WHERE published_at IS NULL", drain_limit(settings),
                                            "the relay to drain the backlog", alive=pipeline.check_alive, required=False)
