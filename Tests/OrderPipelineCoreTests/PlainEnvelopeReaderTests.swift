@@ -1,3 +1,4 @@
+import OrderPipelineTestSupport
 import Testing
 
 @testable import OrderPipelineCore
@@ -11,10 +12,18 @@ import Testing
     /// Checks one payload; true when the plain reader read it.
     @discardableResult
     static func agree(_ payload: [UInt8], _ comment: @autoclosure () -> String) -> Bool {
-        #expect(EventEnvelope.decode(payload) == EventEnvelope.decodeWithDecoder(payload), "payload: \(comment())")
-        guard let plain = PlainJSONReader.readEnvelope(payload) else { return false }
-        #expect(plain == EventEnvelope.decoderFields(payload), "payload: \(comment())")
-        return true
+        let (plain, disagreement) = compare(payload, comment())
+        #expect(disagreement == nil, "\(disagreement ?? "")")
+        return plain
+    }
+
+    /// Whether the plain reader read the payload, and how the two readers disagree on it (nil when they agree):
+    /// the loops of thousands of payloads run it off the cooperative pool (`compute`) and assert on what it found.
+    static func compare(_ payload: [UInt8], _ comment: @autoclosure () -> String) -> (plain: Bool, disagreement: String?) {
+        guard EventEnvelope.decode(payload) == EventEnvelope.decodeWithDecoder(payload) else { return (false, "decode differs, payload: \(comment())") }
+        guard let plain = PlainJSONReader.readEnvelope(payload) else { return (false, nil) }
+        guard plain == EventEnvelope.decoderFields(payload) else { return (true, "fields differ, payload: \(comment())") }
+        return (true, nil)
     }
 
     @Test func eventsThePipelineWritesAreReadPlainly() {
@@ -47,52 +56,66 @@ import Testing
     ]
     static let spaces = ["", " ", "\n", "\t", "\r\n "]
 
-    @Test func agreesWithTheDecoderOnGeneratedPayloads() {
-        var random = SplitMix64(seed: 0xE1_7E10)
-        func pick<T>(_ list: [T]) -> T { list[Int(random.below(UInt64(list.count)))] }
-        func mostly(_ valid: String, _ list: [String]) -> String { random.chance(0.7) ? valid : pick(list) }
-        var (plain, successes) = (0, 0)
-        for _ in 0..<5_000 {
-            let space = pick(Self.spaces)
-            var fields = [
-                ("eventId", mostly(Self.idTexts[0], Self.idTexts)), ("eventType", mostly(Self.typeTexts[0], Self.typeTexts)),
-                ("orderId", mostly(Self.orderTexts[0], Self.orderTexts)),
-            ]
-            fields = fields.filter { _ in random.chance(0.95) }
-            for _ in 0..<random.below(4) { fields.append((pick(["status", "order", "totalAmount", "x", ""]), pick(Self.others))) }
-            if random.chance(0.05) { fields.append((pick(["eventId", "eventType", "orderId"]), pick(Self.idTexts + Self.typeTexts))) }
-            fields.shuffle(using: &random)
-            let object = "{" + space + fields.map { "\"\($0.0)\"" + space + ":" + space + $0.1 }.joined(separator: "," + space) + space + "}"
-            let payload = space + object + (random.chance(0.05) ? pick(["x", "}", ",", "{}", "\u{0}"]) : pick(Self.spaces))
-            if Self.agree(Array(payload.utf8), payload) { plain += 1 }
-            if case .success = EventEnvelope.decode(Array(payload.utf8)) { successes += 1 }
+    @Test func agreesWithTheDecoderOnGeneratedPayloads() async {
+        let (plain, successes, disagreements) = await compute { () -> (Int, Int, [String]) in
+            var random = SplitMix64(seed: 0xE1_7E10)
+            func pick<T>(_ list: [T]) -> T { list[Int(random.below(UInt64(list.count)))] }
+            func mostly(_ valid: String, _ list: [String]) -> String { random.chance(0.7) ? valid : pick(list) }
+            var (plain, successes, disagreements) = (0, 0, [String]())
+            for _ in 0..<5_000 {
+                let space = pick(Self.spaces)
+                var fields = [
+                    ("eventId", mostly(Self.idTexts[0], Self.idTexts)), ("eventType", mostly(Self.typeTexts[0], Self.typeTexts)),
+                    ("orderId", mostly(Self.orderTexts[0], Self.orderTexts)),
+                ]
+                fields = fields.filter { _ in random.chance(0.95) }
+                for _ in 0..<random.below(4) { fields.append((pick(["status", "order", "totalAmount", "x", ""]), pick(Self.others))) }
+                if random.chance(0.05) { fields.append((pick(["eventId", "eventType", "orderId"]), pick(Self.idTexts + Self.typeTexts))) }
+                fields.shuffle(using: &random)
+                let object = "{" + space + fields.map { "\"\($0.0)\"" + space + ":" + space + $0.1 }.joined(separator: "," + space) + space + "}"
+                let payload = space + object + (random.chance(0.05) ? pick(["x", "}", ",", "{}", "\u{0}"]) : pick(Self.spaces))
+                let (read, disagreement) = Self.compare(Array(payload.utf8), payload)
+                if read { plain += 1 }
+                if let disagreement { disagreements.append(disagreement) }
+                if case .success = EventEnvelope.decode(Array(payload.utf8)) { successes += 1 }
+            }
+            return (plain, successes, disagreements)
         }
+        #expect(disagreements.isEmpty, "\(disagreements.count) payloads: \(disagreements.prefix(5))")
         #expect(plain > 1_000, "enough payloads read plainly to compare the plain reader's fields")
         #expect(successes > 500, "enough valid payloads")
     }
 
-    @Test func agreesWithTheDecoderOnDamagedPayloads() {
-        let order = Order(
-            id: Self.order, customerName: "Customer 1", customerEmail: "a@example.com",
-            items: [OrderItem(productName: "Product 1", quantity: 2, unitPrice: Money(cents: 999))], totalAmount: Money(cents: 1_998),
-            createdAt: Instant(microseconds: 0))
-        let payload = PipelineEvent(type: .orderCreated, order: order, at: Instant(microseconds: 0), includeOrder: true).payload
-        // Every prefix (a truncated record) and, at every position, a byte replaced, inserted or removed.
-        for end in 0...payload.count { Self.agree(Array(payload[..<end]), "prefix of \(end) bytes") }
-        let replacements = Array(#"{}[],:" \-.0e9tnx"#.utf8) + [0x00, 0x7F, 0xC3, 0xFF]
-        for position in payload.indices {
-            for byte in replacements {
-                var replaced = payload
-                replaced[position] = byte
-                Self.agree(replaced, "byte \(position) replaced by \(byte)")
-                var inserted = payload
-                inserted.insert(byte, at: position)
-                Self.agree(inserted, "byte \(byte) inserted at \(position)")
+    @Test func agreesWithTheDecoderOnDamagedPayloads() async {
+        let disagreements = await compute { () -> [String] in
+            let order = Order(
+                id: Self.order, customerName: "Customer 1", customerEmail: "a@example.com",
+                items: [OrderItem(productName: "Product 1", quantity: 2, unitPrice: Money(cents: 999))], totalAmount: Money(cents: 1_998),
+                createdAt: Instant(microseconds: 0))
+            let payload = PipelineEvent(type: .orderCreated, order: order, at: Instant(microseconds: 0), includeOrder: true).payload
+            var disagreements: [String] = []
+            func check(_ damaged: [UInt8], _ comment: @autoclosure () -> String) {
+                if let disagreement = Self.compare(damaged, comment()).disagreement { disagreements.append(disagreement) }
             }
-            var removed = payload
-            removed.remove(at: position)
-            Self.agree(removed, "byte \(position) removed")
+            // Every prefix (a truncated record) and, at every position, a byte replaced, inserted or removed.
+            for end in 0...payload.count { check(Array(payload[..<end]), "prefix of \(end) bytes") }
+            let replacements = Array(#"{}[],:" \-.0e9tnx"#.utf8) + [0x00, 0x7F, 0xC3, 0xFF]
+            for position in payload.indices {
+                for byte in replacements {
+                    var replaced = payload
+                    replaced[position] = byte
+                    check(replaced, "byte \(position) replaced by \(byte)")
+                    var inserted = payload
+                    inserted.insert(byte, at: position)
+                    check(inserted, "byte \(byte) inserted at \(position)")
+                }
+                var removed = payload
+                removed.remove(at: position)
+                check(removed, "byte \(position) removed")
+            }
+            return disagreements
         }
+        #expect(disagreements.isEmpty, "\(disagreements.count) payloads: \(disagreements.prefix(5))")
     }
 }
 

@@ -110,6 +110,7 @@ struct DatabaseFailureTests {
 struct FrozenDatabaseTests {
     @Test("frozen: every request is answered 503 within the deadline and the queue stays bounded; thawed, retries with the same keys create each order once")
     func frozen() async throws {
+        PoolStallWatch.start()
         let server = try await PrivatePostgres.start()
         try await withCleanup {
             var configuration = PostgresPool.Configuration(url: server.url)

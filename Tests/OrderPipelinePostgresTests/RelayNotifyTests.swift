@@ -23,6 +23,15 @@ struct RelayNotifyTests {
         await store.pool.withConnection { c in (try? c.get().query("SELECT pg_backend_pid()"))?.int(0, 0).map { Int32($0) } }
     }
 
+    /// Whether the listening socket has input, asked without blocking and slept on between (`Task.sleep`): a
+    /// `poll` with a timeout would hold a thread of the cooperative pool that every other test shares.
+    static func readable(_ connection: PostgresConnection) async throws -> Bool {
+        var descriptor = pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)
+        if poll(&descriptor, 1, 0) > 0 { return true }
+        try await Task.sleep(for: .milliseconds(20))
+        return false
+    }
+
     @Test("an order created by a non-notifying session sends no NOTIFY; the same write by a notifying one does")
     func silentSession() async throws {
         let fixture = try await PostgresUnderTest()
@@ -40,8 +49,7 @@ struct RelayNotifyTests {
         var senders: [Int32] = []
         let deadline = ContinuousClock.now + .seconds(10)
         while !senders.contains(loudPID), ContinuousClock.now < deadline {
-            var descriptor = pollfd(fd: listening.socket, events: Int16(POLLIN), revents: 0)
-            guard poll(&descriptor, 1, 100) > 0 else { continue }
+            guard try await Self.readable(listening) else { continue }
             senders += try listening.consumeNotifications().filter { $0.payload == "kafka" }.map(\.sender)
         }
         #expect(senders.contains(loudPID), "the notifying session's order was heard")
@@ -69,8 +77,7 @@ struct RelayNotifyTests {
         var heard = 0
         let deadline = ContinuousClock.now + .seconds(3)
         while ContinuousClock.now < deadline {
-            var descriptor = pollfd(fd: listening.socket, events: Int16(POLLIN), revents: 0)
-            guard poll(&descriptor, 1, 100) > 0 else { continue }
+            guard try await Self.readable(listening) else { continue }
             for notification in try listening.consumeNotifications() where notification.payload == "service-bus" {
                 if notifierPID == nil {
                     let name = try listening.query("SELECT application_name FROM pg_stat_activity WHERE pid = $1", [.int(Int64(notification.sender))]).string(0, 0)

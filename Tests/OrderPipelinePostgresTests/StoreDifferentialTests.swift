@@ -1,5 +1,6 @@
 import OrderPipelineCore
 import OrderPipelineSimulation
+import OrderPipelineTestSupport
 import Testing
 
 /// Random differential testing of the store: the same seeded sequences of store commands run against the
@@ -59,39 +60,43 @@ struct StoreDifferentialTests {
     }
 
     @Test("the generator is deterministic and covers every command, every reply, stale owners and skewed clocks")
-    func generatorCoverage() {
+    func generatorCoverage() async {
         #expect(StoreCommandGenerator.sequence(seed: 7, count: 50) == StoreCommandGenerator.sequence(seed: 7, count: 50))
-        var replies: Set<String> = []
-        var staleSettlements = 0
-        var skewed = 0
-        var mixedBatches = 0
-        var mixedCreateBatches = 0
-        var heldBack = 0
-        for seed in UInt64(0)..<200 {
-            let model = PostgresModel()
-            model.now = Step.instant(0)
-            for step in StoreCommandGenerator.sequence(seed: seed, count: Differential.length(seed: seed)) {
-                // A settlement naming a row that another owner has claimed since.
-                if case .settle(let outbox, let owner, _, let published, let retries, let rejections) = step,
-                    (published + retries.map(\.sequence) + rejections.map(\.sequence)).contains(where: { sequence in
-                        model.outbox(outbox).row(sequence).map { $0.claimedBy != nil && $0.claimedBy != owner } ?? false
-                    })
-                {
-                    staleSettlements += 1
-                }
-                if case .skewed = step { skewed += 1 }
-                let reply = Differential.reply(step, on: model)
-                replies.insert(String(String(describing: reply).prefix { $0 != "(" }))
-                if case .claimed(_, heldBack: true) = reply { heldBack += 1 }
-                if case .ordersCreated(let outcomes) = reply {
-                    for outcome in outcomes { replies.insert("create." + String(String(describing: outcome).prefix { $0 != "(" })) }
-                    if Set(outcomes.map(\.isCreated)).count > 1 { mixedCreateBatches += 1 }
-                }
-                if case .fulfilments(let outcomes) = reply {
-                    for outcome in outcomes { replies.insert("fulfil." + String(String(describing: outcome).prefix { $0 != "(" })) }
-                    if Set(outcomes).count > 1 { mixedBatches += 1 }
+        // 200 sequences through the model: seconds of CPU, off the cooperative pool (`compute`).
+        let (replies, staleSettlements, skewed, mixedBatches, mixedCreateBatches, heldBack) = await compute { () -> (Set<String>, Int, Int, Int, Int, Int) in
+            var replies: Set<String> = []
+            var staleSettlements = 0
+            var skewed = 0
+            var mixedBatches = 0
+            var mixedCreateBatches = 0
+            var heldBack = 0
+            for seed in UInt64(0)..<200 {
+                let model = PostgresModel()
+                model.now = Step.instant(0)
+                for step in StoreCommandGenerator.sequence(seed: seed, count: Differential.length(seed: seed)) {
+                    // A settlement naming a row that another owner has claimed since.
+                    if case .settle(let outbox, let owner, _, let published, let retries, let rejections) = step,
+                        (published + retries.map(\.sequence) + rejections.map(\.sequence)).contains(where: { sequence in
+                            model.outbox(outbox).row(sequence).map { $0.claimedBy != nil && $0.claimedBy != owner } ?? false
+                        })
+                    {
+                        staleSettlements += 1
+                    }
+                    if case .skewed = step { skewed += 1 }
+                    let reply = Differential.reply(step, on: model)
+                    replies.insert(String(String(describing: reply).prefix { $0 != "(" }))
+                    if case .claimed(_, heldBack: true) = reply { heldBack += 1 }
+                    if case .ordersCreated(let outcomes) = reply {
+                        for outcome in outcomes { replies.insert("create." + String(String(describing: outcome).prefix { $0 != "(" })) }
+                        if Set(outcomes.map(\.isCreated)).count > 1 { mixedCreateBatches += 1 }
+                    }
+                    if case .fulfilments(let outcomes) = reply {
+                        for outcome in outcomes { replies.insert("fulfil." + String(String(describing: outcome).prefix { $0 != "(" })) }
+                        if Set(outcomes).count > 1 { mixedBatches += 1 }
+                    }
                 }
             }
+            return (replies, staleSettlements, skewed, mixedBatches, mixedCreateBatches, heldBack)
         }
         let expected: Set<String> = [
             "ordersCreated", "create.created", "create.replayed", "create.keyReused", "transitioned", "orderNotFound", "illegalTransition",

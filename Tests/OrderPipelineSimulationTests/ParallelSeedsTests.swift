@@ -1,5 +1,6 @@
 import OrderPipelineCore
 import OrderPipelineSimulation
+import OrderPipelineTestSupport
 import Testing
 
 /// `order-sim --jobs N` runs seeds side by side; the outcomes must reach the caller in seed order and add up to
@@ -17,7 +18,12 @@ import Testing
         var recoveries: RecoveryCounts
     }
 
-    func runAll(jobs: Int, count: Int, options: @escaping @Sendable (Int) -> SimulationOptions) -> (SeedsSummary, [Verdict]) {
+    /// Off the cooperative pool, like every simulated world in the tests (`simulate`).
+    func runAll(jobs: Int, count: Int, options: @escaping @Sendable (Int) -> SimulationOptions) async -> (SeedsSummary, [Verdict]) {
+        await compute { Self.runAllHere(jobs: jobs, count: count, options: options) }
+    }
+
+    static func runAllHere(jobs: Int, count: Int, options: @escaping @Sendable (Int) -> SimulationOptions) -> (SeedsSummary, [Verdict]) {
         var summary = SeedsSummary()
         var verdicts: [Verdict] = []
         Simulation.run(count: count, jobs: jobs, options: options) { n, outcome in
@@ -30,15 +36,15 @@ import Testing
         return (summary, verdicts)
     }
 
-    @Test func twoJobsGiveTheSameSummaryAsOne() {
+    @Test func twoJobsGiveTheSameSummaryAsOne() async {
         let options: @Sendable (Int) -> SimulationOptions = { n in
             var options = SimulationOptions()
             options.seed = 40 + UInt64(n)
             options.orders = 40
             return options
         }
-        let (one, oneVerdicts) = runAll(jobs: 1, count: 9, options: options)
-        let (two, twoVerdicts) = runAll(jobs: 2, count: 9, options: options)
+        let (one, oneVerdicts) = await runAll(jobs: 1, count: 9, options: options)
+        let (two, twoVerdicts) = await runAll(jobs: 2, count: 9, options: options)
         #expect(one.seeds == 9)
         #expect(one.ordersPersisted > 9 * 30, "the workload really ran")
         #expect(oneVerdicts.map(\.index) == Array(0..<9))
@@ -47,14 +53,14 @@ import Testing
     }
 
     /// Failing seeds (a bug-zoo variant under swarm faults) are reported in the same order too.
-    @Test func failuresComeInSeedOrder() {
+    @Test func failuresComeInSeedOrder() async {
         let options: @Sendable (Int) -> SimulationOptions = { n in
             var options = SimulationOptions.swarm(seed: 1 + UInt64(n), orders: 30)
             options.bug = .dualWrite
             return options
         }
-        let (one, oneVerdicts) = runAll(jobs: 1, count: 12, options: options)
-        let (three, threeVerdicts) = runAll(jobs: 3, count: 12, options: options)
+        let (one, oneVerdicts) = await runAll(jobs: 1, count: 12, options: options)
+        let (three, threeVerdicts) = await runAll(jobs: 3, count: 12, options: options)
         #expect(!one.failures.isEmpty, "the bug is caught in 12 swarm seeds")
         #expect(three == one)
         #expect(threeVerdicts == oneVerdicts)

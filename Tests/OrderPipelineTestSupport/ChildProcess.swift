@@ -55,8 +55,3 @@ public func withCleanup<T>(_ body: () async throws -> T, cleanup: () async -> Vo
         throw error
     }
 }
-
-/// Runs blocking work (a command waited for, threads joined) on a thread of its own, for the same reason.
-public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await DedicatedThread.run("test-blocking") { Result { try body() } }.get()
-}
