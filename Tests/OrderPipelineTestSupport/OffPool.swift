@@ -45,11 +45,11 @@ public enum PoolStallWatch {
     /// Starts the watch once per process, when the variable is set; cheap to call from any test.
     public static func start() {
         guard let directory = TestEnvironment.value("ORDERPIPELINE_STALL_DUMPS") else { return }
-        guard
-            started.withLock({ was in
-                defer { was = true }; return !was
-            })
-        else { return }
+        let first = started.withLock { was in
+            defer { was = true }
+            return !was
+        }
+        guard first else { return }
         beat.store(milliseconds(), ordering: .relaxed)
         Task.detached {
             while true {
