@@ -104,6 +104,7 @@ public enum Migrations {
                 ALTER TABLE service_bus_outbox ADD COLUMN traceparent text;
                 """),
         relay,
+        plans,
     ]
 
     /// Both outboxes have the same shape.

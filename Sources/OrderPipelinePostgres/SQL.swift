@@ -145,7 +145,8 @@ enum SQL {
     /// `OFFSET 0` keeps the head-of-line probe a correlated subplan, an index lookup on (order_id, sequence) per
     /// candidate, whatever the statistics: as an anti join, a plan cached while the table looked empty probed the
     /// whole partial index per candidate (no index condition), and a 27,000-row backlog drained at 250 rows/s
-    /// until autovacuum's analyze replaced the plan (docs/POSTGRES.md).
+    /// until autovacuum's analyze replaced the plan (docs/POSTGRES.md). The candidates come from `_claimable`,
+    /// which the probes cannot use (`Migrations.plans`): on a table never analyzed they took it, and walked it.
     static func claim(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
         return PreparedStatement(
@@ -174,7 +175,7 @@ enum SQL {
                 SELECT CASE WHEN (SELECT count(*) FROM taken) >= $3::int THEN false ELSE EXISTS (
                     SELECT 1 FROM (
                         SELECT h.order_id, h.sequence FROM \(t) h
-                        WHERE h.claimed_by = $1::text AND h.published_at IS NULL AND h.dead_lettered_at IS NULL
+                        WHERE h.claimed_by = $1::text
                         UNION ALL SELECT order_id, sequence FROM taken
                     ) h
                     WHERE EXISTS (
@@ -196,7 +197,9 @@ enum SQL {
     // Every time is the database's own clock.
     static func settle(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
-        let fence = "o.claimed_by = $1::text AND o.published_at IS NULL AND o.dead_lettered_at IS NULL"
+        // Claims exist only on unsettled rows (CHECK, migration 4): the owner alone fences, and the rows are found
+        // by primary key, never by scanning the unsettled indexes (`Migrations.plans`).
+        let fence = "o.claimed_by = $1::text"
         let published =
             kind == .kafka
             ? """
@@ -244,7 +247,7 @@ enum SQL {
             "op_release_\(name(kind))",
             """
             UPDATE \(table(kind)) SET claimed_by = NULL, claimed_until = NULL
-            WHERE claimed_by = $1::text AND published_at IS NULL AND dead_lettered_at IS NULL
+            WHERE claimed_by = $1::text
             """)
     }
     static let releaseKafka = release(.kafka)

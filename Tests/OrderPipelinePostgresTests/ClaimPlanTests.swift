@@ -1,4 +1,5 @@
 import OrderPipelineCore
+import OrderPipelineTestSupport
 import Testing
 
 @testable import OrderPipelinePostgres
@@ -25,5 +26,60 @@ struct ClaimPlanTests {
         #expect(text.contains(".order_id) AND (sequence > "), "\(text)")
         #expect(!text.contains("Seq Scan"), "\(text)")
         await drop()
+    }
+
+    /// Until autovacuum's first analyze the planner has no statistics and costs every path over the partial indexes
+    /// alike: on a backlog it probed the head of line through the `(sequence)` index (walking the backlog before each
+    /// candidate) and settled by scanning every unsettled row. A never-analyzed table with a backlog, generic plans:
+    /// the probes and the settle must find their rows by order, by primary key or by owner (`Migrations.plans`).
+    @Test("on a table never analyzed, with a backlog, the probes look up by order and the settle by key or owner", arguments: OutboxKind.allCases)
+    func neverAnalyzedBacklog(_ kind: OutboxKind) async throws {
+        let (settings, drop) = try await TestDatabase.freshSchema()
+        let table = kind == .kafka ? "kafka_outbox" : "service_bus_outbox"
+        let plans = try await withCleanup {
+            try await offPool { () throws -> [String] in
+                let connection = PostgresConnection(settings: settings)
+                defer { connection.close() }
+                try connection.connect()
+                func plan(_ statement: String) throws -> String {
+                    let rows = try connection.execute(script: statement)
+                    return (0..<rows.count).compactMap { rows.string($0, 0) }.joined(separator: "\n")
+                }
+                _ = try connection.execute(
+                    script: """
+                        ALTER TABLE \(table) SET (autovacuum_enabled = off);
+                        INSERT INTO \(table) (event_id, order_id, event_type, occurred_at, payload, next_attempt_at)
+                            SELECT gen_random_uuid(), gen_random_uuid(), 'OrderCreated', now(), '\\x7b7d', now() FROM generate_series(1, 20000);
+                        UPDATE \(table) SET published_at = now() WHERE sequence <= 4000;
+                        UPDATE \(table) SET claimed_by = 'owner', claimed_until = now() + interval '1 minute'
+                            WHERE sequence > 4000 AND sequence <= 5000;
+                        SET plan_cache_mode = force_generic_plan;
+                        """)
+                _ = try connection.execute(script: "PREPARE claim(text, int8, int) AS \(SQL.claim(kind).sql)")
+                _ = try connection.execute(script: "PREPARE settle AS \(SQL.settle(kind).sql)")
+                let batch = "'{" + (4_001...4_500).map(String.init).joined(separator: ",") + "}'"
+                let settleArguments = kind == .kafka ? "'owner', \(batch), '{}', '{}', '{}', '{}', '{}', '{}', '{}'" : "'owner', \(batch), '{}', '{}', '{}', '{}', '{}'"
+                var plans: [String] = []
+                // A full claim, a claim short of its limit (the held-back check runs), a settle; each rolled back.
+                for statement in ["EXECUTE claim('owner', 60000000, 500)", "EXECUTE claim('owner', 60000000, 100000)", "EXECUTE settle(\(settleArguments))"] {
+                    _ = try connection.execute(constant: "BEGIN")
+                    plans.append(try plan("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) \(statement)"))
+                    _ = try connection.execute(constant: "ROLLBACK")
+                }
+                return plans
+            }
+        } cleanup: {
+            await drop()
+        }
+        let (full, short, settle) = (plans[0], plans[1], plans[2])
+        for claim in [full, short] {
+            #expect(claim.contains("Index Scan using \(table)_claimable on \(table) o "), "\(claim)")
+            #expect(claim.contains("Index Cond: ((order_id = o.order_id) AND (sequence < o.sequence))"), "\(claim)")
+            // Neither probe (p: earlier rows of a candidate's order, s: later rows of a held one) walks the claim index.
+            #expect(!claim.contains("_claimable on \(table) p") && !claim.contains("_claimable on \(table) s"), "\(claim)")
+        }
+        #expect(short.contains(".order_id) AND (sequence > "), "\(short)")
+        #expect(!settle.contains("_claimable") && !settle.contains("_unsettled_order"), "\(settle)")
+        #expect(settle.contains("\(table)_pkey") || settle.contains("\(table)_claimed_by"), "\(settle)")
     }
 }
