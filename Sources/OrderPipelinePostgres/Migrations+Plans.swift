@@ -25,3 +25,11 @@ extension Migrations {
             """
         }.joined(separator: "\n"))
 }
+
+extension Migrations {
+    /// The reconciler's pending orders by an index of their own, oldest first (`SQL.pendingOrdersPage`): its round
+    /// read every order before. An order enters it at creation and leaves it at its first status change.
+    static let pendingOrders = Migration(
+        version: 5, name: "index of pending orders for the reconciler",
+        sql: "CREATE INDEX orders_pending ON orders (created_at, id) WHERE status = 'Pending';")
+}

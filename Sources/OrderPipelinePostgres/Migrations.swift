@@ -105,6 +105,7 @@ public enum Migrations {
                 """),
         relay,
         plans,
+        pendingOrders,
     ]
 
     /// Both outboxes have the same shape.

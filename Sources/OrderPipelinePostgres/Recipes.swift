@@ -209,12 +209,29 @@ public enum StoreRecipes {
         }
     }
 
+    /// Pending orders a page at a time, oldest first, and the overdue OrderCreated rows among them reopened, until
+    /// `limit` are or no page is left (`SQL.pendingOrdersPage`, `SQL.reopenOverdue`). One transaction.
     static func reannounce(overdueAfter: Duration, limit: Int, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
-        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
-            let rows = try c.execute(SQL.reannounceOverdue, [.int(overdueAfter.microseconds), .int(limit)])
-            return .reannounced((0..<rows.count).compactMap { rows.string($0, 0).flatMap(OrderID.init) })
+        transaction(c, mode) { () throws(PostgresError) -> Outcome in
+            var reopened: [OrderID] = []
+            var after = ("-infinity", "00000000-0000-0000-0000-000000000000")
+            while reopened.count < limit {
+                let page = try c.execute(SQL.pendingOrdersPage, [.text(after.0), .text(after.1), .int(reannouncePage)])
+                guard page.count > 0 else { break }
+                let orders = (0..<page.count).compactMap { page.string($0, 0).flatMap(OrderID.init) }
+                let events = orders.map { EventID.derived(order: $0, type: .orderCreated).description }
+                let rows = try c.execute(
+                    SQL.reopenOverdue, [.int(overdueAfter.microseconds), .text(SQL.arrayLiteral(events)), .int(limit - reopened.count)])
+                reopened += (0..<rows.count).compactMap { rows.string($0, 0).flatMap(OrderID.init) }
+                guard page.count == reannouncePage, let id = page.string(page.count - 1, 0), let at = page.string(page.count - 1, 1) else { break }
+                after = (at, id)
+            }
+            return reopened.isEmpty ? .rollback(.reannounced([])) : .commit(.reannounced(reopened))
         }
     }
+
+    /// Pending orders read per round trip by the reconciler.
+    static let reannouncePage = 500
 
     // MARK: reads
 
