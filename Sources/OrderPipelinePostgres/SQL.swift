@@ -262,6 +262,10 @@ enum SQL {
     /// (locked; only for a new OrderCreated), whether it fulfilled the order (only the first new OrderCreated of
     /// an order can), and, for the first duplicate OrderCreated of an event id, whether its order was fulfilled with
     /// this record's `at` (by an earlier attempt of this batch; read in the statement's snapshot, from before it). Rows, transitions and outbox rows are written in record order.
+    /// `orders` is reached by key only, whatever the statistics: a generic plan cached while the table was small
+    /// joined every record to a sequential scan of it, kept as the table grew (docs/POSTGRES.md). So `target`
+    /// locks through a `LATERAL … OFFSET 0` lookup, in `creates`' order (by order id), and the duplicate check is
+    /// a scalar subquery, never hashed, read only for a duplicate `OrderCreated`.
     static let fulfil = PreparedStatement(
         "op_fulfil_batch",
         """
@@ -278,7 +282,8 @@ enum SQL {
         ), creates AS (
             SELECT DISTINCT ON (order_id) * FROM fresh WHERE event_type = 'OrderCreated' ORDER BY order_id, n
         ), target AS (
-            SELECT o.id, o.status FROM orders o JOIN creates c ON c.order_id = o.id ORDER BY o.id FOR UPDATE OF o
+            SELECT c.order_id AS id, o.status FROM creates c
+            CROSS JOIN LATERAL (SELECT status FROM orders WHERE id = c.order_id OFFSET 0 FOR UPDATE) o
         ), upd AS (
             UPDATE orders o SET status = 'Fulfilled', processed_at = c.at
             FROM target t JOIN creates c ON c.order_id = t.id
@@ -295,13 +300,13 @@ enum SQL {
             FROM upd ORDER BY n
         )
         SELECT f.n IS NOT NULL, t.status, u.n IS NOT NULL,
-            f.n IS NULL AND i.event_type = 'OrderCreated' AND e.status = 'Fulfilled' AND e.processed_at = i.at
+            f.n IS NULL AND i.event_type = 'OrderCreated'
                 AND NOT EXISTS (SELECT 1 FROM input j WHERE j.event_id = i.event_id AND j.n < i.n)
+                AND (SELECT e.status = 'Fulfilled' AND e.processed_at = i.at FROM orders e WHERE e.id = i.order_id)
         FROM input i
         LEFT JOIN fresh f ON f.n = i.n
         LEFT JOIN target t ON t.id = i.order_id
         LEFT JOIN upd u ON u.n = i.n
-        LEFT JOIN orders e ON e.id = i.order_id
         ORDER BY i.n
         """)
 
