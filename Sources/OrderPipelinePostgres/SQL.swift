@@ -338,7 +338,8 @@ enum SQL {
               AND k.published_at IS NOT NULL AND k.published_at <= now() - $1::int8 * interval '1 microsecond'
               AND NOT EXISTS (
                   SELECT 1 FROM kafka_outbox u
-                  WHERE u.order_id = o.id AND u.published_at IS NULL AND u.dead_lettered_at IS NULL)
+                  WHERE u.order_id = o.id AND u.published_at IS NULL AND u.dead_lettered_at IS NULL
+                  OFFSET 0)  -- a lookup by order, as the claim's probe: an anti join walked the unsettled index per order
             ORDER BY o.created_at, o.id
             LIMIT $3::int
             FOR UPDATE OF k SKIP LOCKED
