@@ -287,9 +287,11 @@ def round_trip(settings, samples, rate=100):
                         VALUES (gen_random_uuid(), %s, 'OrderCreated', now(), convert_to(%s, 'UTF8'), now())""", (order, PAYLOAD))
                 producer.produce(topic, key=str(order), value=PAYLOAD.encode())
                 producer.flush(10)
-                message = None
-                while message is None or message.error():
-                    message = consumer.poll(5)
+                message, deadline = None, time.monotonic() + 30
+                while message is None or message.error():  # bounded: a record that never comes fails the run, not hangs it
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"round trip: order {order} was not consumed from {topic} within 30 s")
+                    message = consumer.poll(1)
                 consumer_db.execute("UPDATE orders SET status = 'Fulfilled', processed_at = now() WHERE id = %s", (order,))
                 if i >= 10:
                     latencies.append((time.perf_counter() - start) * 1000)
