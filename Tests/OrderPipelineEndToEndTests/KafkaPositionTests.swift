@@ -6,7 +6,8 @@ import Testing
 @Suite(
     "Kafka positions: stored with the outbox row, shown in the journey, equal to the consumed record's",
     .enabled(if: EndToEnd.isConfigured, "DATABASE_URL, KAFKA_BROKERS or SERVICEBUS_CONNECTION_STRING is not set"),
-    .serialized
+    .serialized,
+    .timeLimit(.minutes(10))
 )
 struct KafkaPositionTests {
     @Test("a POSTed order's OrderCreated record: stored partition/offset = the consumed record's")

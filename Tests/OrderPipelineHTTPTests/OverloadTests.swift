@@ -41,7 +41,7 @@ func expectNothingInternal(_ response: TestResponse, sourceLocation: SourceLocat
     }
 }
 
-@Suite("HTTP API under database failure: 503, a request id, nothing internal")
+@Suite("HTTP API under database failure: 503, a request id, nothing internal", .timeLimit(.minutes(5)))
 struct DatabaseFailureTests {
     @Test("database unreachable: every route answers 503 database unavailable + request id; the details are logged under that id")
     func unreachable() async throws {

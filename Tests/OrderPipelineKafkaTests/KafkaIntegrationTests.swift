@@ -43,6 +43,15 @@ final class ConsumerProbe: Sendable {
     var sink: @Sendable (Input) -> Void { { [continuation] in continuation.yield($0) } }
 
     func nextTicket() -> Ticket { Ticket(ticket.add(1, ordering: .relaxed).newValue) }
+
+    /// Says `.wake` (which the driver ignores) once `deadline` has passed, unless cancelled first: a wait for the
+    /// consumer's next input then sees its deadline even when the consumer says nothing (a join that never completes).
+    func alarm(at deadline: ContinuousClock.Instant) -> Task<Void, Never> {
+        Task { [continuation] in
+            guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
+            continuation.yield(.wake)
+        }
+    }
 }
 
 /// Drives a consumer like the machine would: wait for an assignment, fetch until `until` says stop.
@@ -63,10 +72,12 @@ struct ConsumerDriver {
 
     /// Fetches until `predicate` holds for the records seen so far (or the deadline passes); returns them all.
     mutating func fetch(until predicate: ([ConsumedRecord]) -> Bool, within seconds: Double = 30) async -> [ConsumedRecord] {
-        let deadline = Date().addingTimeInterval(seconds)
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        let alarm = probe.alarm(at: deadline)
+        defer { alarm.cancel() }
         var seen: [ConsumedRecord] = []
         var outstanding: Ticket?
-        while Date() < deadline, !predicate(seen) {
+        while ContinuousClock.now < deadline, !predicate(seen) {
             if outstanding == nil, !partitions.isEmpty {
                 let ticket = probe.nextTicket()
                 consumer.fetch(ticket, max: 500)
@@ -87,10 +98,19 @@ struct ConsumerDriver {
         return seen
     }
 
-    mutating func commit(_ offsets: [PartitionOffset]) async -> CommitOutcome? {
+    /// Commits `offsets` in the current generation; nil when no answer came within `seconds`.
+    mutating func commit(_ offsets: [PartitionOffset], within seconds: Double = 30) async -> CommitOutcome? {
         let ticket = probe.nextTicket()
         consumer.commit(ticket, offsets, generation: generation)
-        while let input = await next() {
+        return await outcome(of: ticket, within: seconds)
+    }
+
+    /// The answer to the commit `ticket`; nil when none came within `seconds`.
+    mutating func outcome(of ticket: Ticket, within seconds: Double = 30) async -> CommitOutcome? {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        let alarm = probe.alarm(at: deadline)
+        defer { alarm.cancel() }
+        while ContinuousClock.now < deadline, let input = await next() {
             switch input {
             case let .offsetsCommitted(answered, outcome) where answered == ticket: return outcome
             case let .assigned(generation, partitions):
@@ -147,7 +167,8 @@ struct KafkaIntegrationTests {
             let consumer = try KafkaConsumer(configuration: configuration, logger: TestKafka.logger, sink: probe.sink)
             var driver = ConsumerDriver(consumer: consumer, probe: probe)
             let seen = await driver.fetch(until: { $0.contains { isMessage($0, first) } })
-            let record = try #require(seen.first { isMessage($0, first) })
+            let record = try #require(
+                seen.first { isMessage($0, first) }, "not consumed within 30 s (\(seen.count) records; assigned partitions \(driver.partitions))")
             #expect(RecordPosition(partition: record.partition, offset: record.offset) == firstPosition, "the delivery report names where it is")
             #expect(record.key == Array(first.event.orderID.description.utf8))
             #expect(record.value == first.event.payload)
@@ -157,16 +178,14 @@ struct KafkaIntegrationTests {
             var next: [Int32: Int64] = [:]
             for seenRecord in seen { next[seenRecord.partition] = max(next[seenRecord.partition] ?? 0, seenRecord.offset + 1) }
             let offsets = next.keys.sorted().map { PartitionOffset(partition: $0, offset: next[$0]!) }
-            #expect(await driver.commit(offsets) == .committed)
+            let commitOutcome = await driver.commit(offsets)
+            #expect(commitOutcome == .committed, "the commit: \(commitOutcome.map { "\($0)" } ?? "no answer within 30 s")")
 
             // A commit for an older generation changes nothing and says so.
             let stale = probe.nextTicket()
             consumer.commit(stale, offsets, generation: driver.generation - 1)
-            var staleOutcome: CommitOutcome?
-            while let input = await driver.next() {
-                if case let .offsetsCommitted(ticket, outcome) = input, ticket == stale { staleOutcome = outcome; break }
-            }
-            #expect(staleOutcome == .rebalanced)
+            let staleOutcome = await driver.outcome(of: stale)
+            #expect(staleOutcome == .rebalanced, "the stale commit: \(staleOutcome.map { "\($0)" } ?? "no answer within 30 s")")
             await consumer.shutdown()
 
             // A second message with the same key lands on the same partition, right after the first.
@@ -181,7 +200,8 @@ struct KafkaIntegrationTests {
             var driver2 = ConsumerDriver(consumer: consumer2, probe: probe2)
             let resumed = await driver2.fetch(until: { $0.contains { isMessage($0, second) } })
             await consumer2.shutdown()
-            let secondRecord = try #require(resumed.first { isMessage($0, second) })
+            let secondRecord = try #require(
+                resumed.first { isMessage($0, second) }, "not consumed within 30 s (\(resumed.count) records; assigned partitions \(driver2.partitions))")
             #expect(secondRecord.partition == record.partition)
             #expect(!resumed.contains { isMessage($0, first) })
             // Exactly at the committed offset.

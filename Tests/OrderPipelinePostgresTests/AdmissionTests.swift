@@ -1,6 +1,7 @@
 import Foundation
 import OrderPipelineCore
 import OrderPipelinePostgres
+import OrderPipelineTestSupport
 import Testing
 
 /// Runs `sql` on a session of its own and returns the first column of each row.
@@ -18,19 +19,26 @@ func adminQuery(_ settings: PostgresConnection.Settings, _ sql: String, _ parame
     return try result.get()
 }
 
-/// Holds a pool's thread inside a job until opened (a connection busy for as long as the test wants).
+/// Holds a pool's thread inside a job until opened (a connection busy for as long as the test wants), at most 60 s:
+/// a test that fails before it opens the gate must not keep the pool's thread, and with it the `async let` that runs
+/// the job and `pool.close()`, waiting for ever.
 final class Gate: Sendable {
     private let held = DispatchSemaphore(value: 0)
     private let released = DispatchSemaphore(value: 0)
 
-    /// Called on the pool's thread.
-    func hold() {
+    /// Called on the pool's thread; false when the gate was not opened within 60 s.
+    func hold() -> Bool {
         held.signal()
-        released.wait()
+        return released.wait(timeout: .now() + 60) == .success
     }
 
-    func waitUntilHeld() async {
-        while held.wait(timeout: .now()) != .success { try? await Task.sleep(for: .milliseconds(5)) }
+    /// Returns once the pool runs the job that holds the gate; throws after 30 s.
+    func waitUntilHeld() async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while held.wait(timeout: .now()) != .success {
+            guard ContinuousClock.now < deadline else { throw TestFailure("the pool did not run the job that holds the gate within 30 s") }
+            try await Task.sleep(for: .milliseconds(5))
+        }
     }
 
     func open() { released.signal() }
@@ -67,11 +75,13 @@ struct AdmissionTests {
         let store = try await PostgresUnderTest()
         let pool = pool(store, size: 1, queueLimit: 2, timeout: .seconds(10))
         let gate = Gate()
-        async let busy: Void = pool.withConnection { _ in gate.hold() }
-        await gate.waitUntilHeld()
+        async let busy = pool.withConnection { _ in gate.hold() }
+        try await gate.waitUntilHeld()
         async let queued1 = outcome(pool, "SELECT 1")
         async let queued2 = outcome(pool, "SELECT 2")
-        while pool.queueDepth < 2 { try await Task.sleep(for: .milliseconds(5)) }
+        let queued = ContinuousClock.now + .seconds(30)
+        while pool.queueDepth < 2, ContinuousClock.now < queued { try await Task.sleep(for: .milliseconds(5)) }
+        try #require(pool.queueDepth >= 2, "the two jobs behind the held connection were not queued within 30 s")
         let start = ContinuousClock.now
         let refused = await outcome(pool, "SELECT 3")
         #expect(refused == .unavailable)
@@ -79,7 +89,7 @@ struct AdmissionTests {
         #expect(ContinuousClock.now - start < .milliseconds(500))
         #expect(pool.statistics.rejectedQueueFull == 1)
         gate.open()
-        await busy
+        #expect(await busy, "the gate was not opened within 60 s")
         #expect(await queued1 == nil)
         #expect(await queued2 == nil)
         pool.close()
@@ -96,11 +106,13 @@ struct AdmissionTests {
         configuration.requestTimeout = .milliseconds(400)
         let small = PostgresStore(configuration: configuration, logger: TestDatabase.logger)
         let gate = Gate()
-        async let busy: Void = small.pool.withConnection { _ in gate.hold() }
-        await gate.waitUntilHeld()
+        async let busy = small.pool.withConnection { _ in gate.hold() }
+        try await gate.waitUntilHeld()
         let start = ContinuousClock.now
         async let expired = small.perform(.createOrders([newOrder(1)]))
-        while small.pool.queueDepth < 1 { try await Task.sleep(for: .milliseconds(5)) }
+        let queued = ContinuousClock.now + .seconds(30)
+        while small.pool.queueDepth < 1, ContinuousClock.now < queued { try await Task.sleep(for: .milliseconds(5)) }
+        try #require(small.pool.queueDepth >= 1, "the create behind the held connection was not queued within 30 s")
         let full = await small.perform(.createOrders([newOrder(2)]))
         guard case .failed = full else { Issue.record("queue full: \(full)"); return }
         let late = await expired
@@ -108,7 +120,7 @@ struct AdmissionTests {
         #expect(ContinuousClock.now - start < .seconds(5), "refused long before the gate opens")
         #expect(small.pool.statistics.rejectedQueueFull == 1 && small.pool.statistics.rejectedDeadline == 1)
         gate.open()
-        await busy
+        #expect(await busy, "the gate was not opened within 60 s")
         #expect(try await small.order(orderID(1)) == nil)
         #expect(try await small.order(orderID(2)) == nil)
         small.close()

@@ -3,7 +3,7 @@ import Testing
 
 @testable import OrderPipelinePostgres
 
-@Suite("PostgreSQL: text[] literals", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("PostgreSQL: text[] literals", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct ArrayLiteralTests {
     @Test("quotes, backslashes, commas, braces, non-ASCII and empty elements come back as they went in; NUL is dropped")
     func roundTrip() throws {

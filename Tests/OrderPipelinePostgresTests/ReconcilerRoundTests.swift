@@ -7,7 +7,7 @@ import Testing
 
 /// The reconciler's round reads the pending orders and their rows, never the history (`SQL.pendingOrdersPage`,
 /// `SQL.reopenOverdue`): its single join read every order and the whole Kafka outbox each round.
-@Suite("PostgreSQL: the reconciler's round", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("PostgreSQL: the reconciler's round", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct ReconcilerRoundTests {
     @Test("over several pages: the oldest overdue orders first, at most the limit; the history is not read")
     func pagesOldestFirst() async throws {

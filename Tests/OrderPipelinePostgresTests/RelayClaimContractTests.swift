@@ -2,7 +2,7 @@ import OrderPipelineCore
 import Testing
 
 /// The claim rules the relay's pipelining relies on: two batches of one relay in the air at once.
-@Suite("Store contract: pipelined claims of one relay", .serialized)
+@Suite("Store contract: pipelined claims of one relay", .serialized, .timeLimit(.minutes(5)))
 struct RelayClaimContractTests {
     @Test("the owner's second claim skips the next row of an order whose head it holds unsettled", arguments: Implementation.available)
     func headOfLineAcrossOneOwnersBatches(_ implementation: Implementation) async throws {

@@ -9,7 +9,8 @@ import Testing
 
 /// `notifiesOutbox = false` (`all`'s API and consumer sessions, `-c orderpipeline.notify=off`): the outbox trigger
 /// skips its NOTIFY — PostgreSQL serialises notifying commits on one lock held through their WAL flush.
-@Suite("PostgreSQL: the outbox NOTIFY can be switched off per session", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite(
+    "PostgreSQL: the outbox NOTIFY can be switched off per session", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct RelayNotifyTests {
     static func store(_ settings: PostgresConnection.Settings, notifies: Bool) -> PostgresStore {
         var configuration = PostgresPool.Configuration(url: settings.url)

@@ -6,7 +6,7 @@ import Testing
 
 /// A session caches a prepared statement's generic plan, made with whatever statistics the tables had then, until
 /// the next analyze: every statement that reaches a row by key must plan a lookup by key even on empty or small tables.
-@Suite("PostgreSQL: statement plans whatever the statistics", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"))
+@Suite("PostgreSQL: statement plans whatever the statistics", .enabled(if: TestDatabase.isConfigured, "DATABASE_URL is not set"), .timeLimit(.minutes(5)))
 struct StatementPlanTests {
     /// A session caches a prepared statement's generic plan, made with whatever statistics the tables had then. On
     /// fresh, empty tables the head-of-line probe planned as an anti join had no index condition: every candidate

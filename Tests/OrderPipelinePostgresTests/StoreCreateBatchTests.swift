@@ -3,7 +3,7 @@ import Testing
 
 /// The create recipe over a batch (the intake's group commit): one transaction, one answer per order in order,
 /// and each order written or refused exactly as if it had been created alone.
-@Suite struct StoreCreateBatchTests {
+@Suite(.timeLimit(.minutes(5))) struct StoreCreateBatchTests {
     @Test("a batch creates, replays and refuses per order, and writes only what it creates", arguments: Implementation.available)
     func mixedBatch(_ implementation: Implementation) async throws {
         try await withStore(implementation) { store in

@@ -3,7 +3,7 @@ import Testing
 
 /// The fulfilment recipe over a batch: one transaction whose records are handled in order, each with its own answer,
 /// exactly as if they had been fulfilled one after another.
-@Suite struct StoreFulfilBatchTests {
+@Suite(.timeLimit(.minutes(5))) struct StoreFulfilBatchTests {
     @Test(
         "a batch answers per record in order, and fulfils, skips, dedupes and records as a serial run would",
         arguments: Implementation.available)

@@ -80,20 +80,31 @@ struct ShellTests {
 
     @Test("IntakeShell: creates that arrive while the create transactions are busy share the next one; each request gets its own order")
     func intakeGroupCommit() async throws {
-        /// Holds the first two transactions until the test opens the gate; records the size of every batch.
+        /// Holds the first two transactions until the test opens the gate (nil once open: a transaction that comes
+        /// later is not held); records the size of every batch.
         final class Store: StorePerforming {
             let batches = Mutex<[Int]>([])
-            let held = Mutex<[CheckedContinuation<Void, Never>]>([])
+            let held = Mutex<[CheckedContinuation<Void, Never>]?>([])
             func perform(_ command: StoreCommand) async -> StoreResult {
                 guard case .createOrders(let batch) = command else { return .failed(.unavailable("unexpected")) }
                 let first = batches.withLock {
                     $0.append(batch.count)
                     return $0.count <= 2
                 }
-                if first { await withCheckedContinuation { gate in held.withLock { $0.append(gate) } } }
+                if first {
+                    await withCheckedContinuation { gate in
+                        if !held.withLock({ $0?.append(gate) != nil }) { gate.resume() }
+                    }
+                }
                 return .committed(.ordersCreated(batch.map { .created($0.order) }))
             }
-            func open() { for gate in held.withLock({ $0 }) { gate.resume() } }
+            func open() {
+                let gates = held.withLock { held in
+                    defer { held = nil }
+                    return held ?? []
+                }
+                for gate in gates { gate.resume() }
+            }
         }
         let store = Store()
         let shell = IntakeShell(store: store, logger: logger)  // two create transactions at once (the default)
@@ -101,7 +112,10 @@ struct ShellTests {
         let answers = await withTaskGroup(of: IntakeResponse.self) { group in
             for n in 1...6 { group.addTask { await shell.createOrder(body: body, idempotencyKey: "group-\(n)") } }
             // Every request has reached the machine and both transactions are held: then let them commit.
-            while shell.requestsInFlight < 6 || store.held.withLock({ $0.count }) < 2 { await Task.yield() }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while shell.requestsInFlight < 6 || store.held.withLock({ $0?.count ?? 0 }) < 2, ContinuousClock.now < deadline { await Task.yield() }
+            let (inFlight, held) = (shell.requestsInFlight, store.held.withLock { $0?.count ?? 0 })
+            #expect(inFlight == 6 && held == 2, "within 30 s: \(inFlight) of 6 requests in flight, \(held) of 2 transactions held")
             store.open()
             return await group.reduce(into: []) { $0.append($1) }
         }

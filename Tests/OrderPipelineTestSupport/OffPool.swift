@@ -69,9 +69,10 @@ public enum PoolStallWatch {
                 dumps += 1
                 let path = "\(directory)/stall-\(dumps)-lag\(lag).txt"
                 guard FileManager.default.createFile(atPath: path, contents: nil), let file = FileHandle(forWritingAtPath: path) else { continue }
+                // Under `timeout`, as scripts/test runs it: a gdb that hangs would keep this process stopped for ever.
                 let gdb = Process()
-                gdb.executableURL = URL(fileURLWithPath: "/usr/bin/gdb")
-                gdb.arguments = ["-p", "\(getpid())", "-batch", "-ex", "thread apply all bt 40"]
+                gdb.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+                gdb.arguments = ["-k", "10", "120", "/usr/bin/gdb", "-p", "\(getpid())", "-batch", "-ex", "thread apply all bt 40"]
                 gdb.standardOutput = file
                 gdb.standardError = FileHandle.nullDevice
                 try? gdb.run()

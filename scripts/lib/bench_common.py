@@ -129,7 +129,7 @@ def scratch_database(settings, name):
     url = database_url(settings.database_url, database)
     try:
         subprocess.run([settings.orderpipeline, "migrate"], env={**ENV, "DATABASE_URL": url, "LOG_LEVEL": "warning"},
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
         yield url
     finally:
         with psycopg.connect(settings.database_url, autocommit=True) as admin:

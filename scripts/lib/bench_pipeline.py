@@ -199,6 +199,9 @@ def e2e(settings, figures):
 # ---------------------------------------------------------------------------------------------------------------
 # latency
 
+ANSWER_TIMEOUT = 30  # seconds: a request the API accepted and never answers counts as a failure, not a hang
+
+
 async def open_loop(port, rate, seconds):
     """POSTs at fixed times (i / rate), whatever the responses do: the load does not slow down when the server
     does. Connections are reused when free, opened when not. Returns (sent, failures, worst lateness ms)."""
@@ -216,13 +219,13 @@ async def open_loop(port, rate, seconds):
         reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
             length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
+            await asyncio.wait_for(reader.readexactly(length), ANSWER_TIMEOUT)
             if not head.startswith(b"HTTP/1.1 201"):
                 failures[0] += 1
             idle.append((reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
             failures[0] += 1
             writer.close()
 
