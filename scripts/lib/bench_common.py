@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -300,6 +301,32 @@ def _stat_fields(pid):
         return stat.read().rsplit(")", 1)[1].split()
 
 
+def tansu_pid():
+    with open(ENV["TANSU_PID_FILE"]) as f:
+        return int(f.read().split()[0])
+
+
+class EachSecond(threading.Thread):
+    """Reads `read()` once a second on a thread of its own until `stop()`, which returns the change over each
+    second: how a cost moves within a run (Tansu's CPU grows as its partitions do, docs/BROKERS.md)."""
+
+    def __init__(self, read):
+        super().__init__(daemon=True)
+        self.read, self.readings, self.stopped = read, [], threading.Event()
+        self.start()
+
+    def run(self):
+        while True:
+            self.readings.append(self.read())
+            if self.stopped.wait(1.0):
+                return
+
+    def stop(self):
+        self.stopped.set()
+        self.join()
+        return [after - before for before, after in zip(self.readings, self.readings[1:])]
+
+
 class CpuMeter:
     """CPU seconds of the machine's parts over a span, for notes that say where a benchmark's CPU went: PostgreSQL
     (its live processes, plus the postmaster's reaped children, so a backend that ended within the span, such as
@@ -308,8 +335,7 @@ class CpuMeter:
     def __init__(self, url, pids=()):
         with psycopg.connect(url) as db:  # its backend's parent, read while the backend lives
             self.postmaster = int(_stat_fields(db.execute("SELECT pg_backend_pid()").fetchone()[0])[1])
-        with open(ENV["TANSU_PID_FILE"]) as f:
-            self.tansu = int(f.read().split()[0])
+        self.tansu = tansu_pid()
         self.pids = list(pids)
         self.start = self.read()
 

@@ -8,8 +8,9 @@ import uuid
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from bench_common import (ORDER_BODY, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, per_unit, pgbench,
-                          process_counters, scalar, scratch_database, scratch_topic, wait_fulfilled, wait_until_none, wrk)
+from bench_common import (ORDER_BODY, EachSecond, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, per_unit,
+                          pgbench, process_counters, scalar, scratch_database, scratch_topic, tansu_pid, wait_fulfilled,
+                          wait_until_none, wrk)
 
 PAYLOAD = "x" * 560  # an OrderCreated payload's size
 # The transaction the API commits for one order (SQL.createOrders with a batch of one: idempotency key, order, item,
@@ -322,7 +323,7 @@ def latency(settings, figures):
             # topic, a queue and an `all` of its own on the same database: Tansu's in-memory topic slows down as it
             # grows (four 10 s rounds at 1,000/s on one topic: p50 14 → 20 → 37 → 57 ms; on a topic per round, same
             # database and queue: 12–16 ms), which would measure the broker, not the pipeline.
-            rounds, spans, commits, sent, failures, late = [], [], 0, 0, 0, 0.0
+            rounds, spans, commits, sent, failures, late, tansu = [], [], 0, 0, 0, 0.0, []
             for number in range(settings.size(3, 1)):
                 with (scratch_topic(settings, f"latency-{rate}-{number}") as topic,
                       Pipeline(settings, url, topic, declare_queue(settings, f"latency-{rate}-{number}"), f"latency-{rate}-{number}") as pipeline):
@@ -331,7 +332,9 @@ def latency(settings, figures):
                     for _ in range(5):
                         wait_fulfilled(url, pipeline.post_order(), 90, alive=pipeline.check_alive)
                     since, counters, before = scalar(url, "SELECT now()"), process_counters(main.pid), transactions(url)
+                    broker = EachSecond(lambda: process_counters(tansu_pid())[0])
                     round_sent, round_failures, round_late = asyncio.run(open_loop(settings.http_port, rate, seconds))
+                    tansu.append(broker.stop())
                     wait_until_none(url, """SELECT 1 FROM orders WHERE status <> 'Fulfilled'
                                             UNION ALL SELECT 1 FROM service_bus_outbox WHERE published_at IS NULL""",
                                     settings.size(300, 60), "every order to be fulfilled and announced", alive=pipeline.check_alive)
@@ -347,6 +350,9 @@ def latency(settings, figures):
                 note = ""
                 if index == 0:
                     note = f"median of {len(rounds)} rounds of {seconds} s, {sent} orders, {failures} failed, client ≤{late:.0f} ms late; `all` per order: {cost}"
+                elif index == 1:
+                    note = ("Tansu's CPU in the first → last second of each round: "
+                            + ", ".join(f"{round(r[0] * 1000)} → {round(r[-1] * 1000)}" for r in tansu if r) + " ms/s")
                 elif index == 2:
                     note = f"p99 of each round: {each} ms"
                 figures.add("latency", f"create→Fulfilled at {rate} orders/s, {name} (ms)", total[index], "ms", ceiling[index],
