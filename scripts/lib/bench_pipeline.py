@@ -220,9 +220,10 @@ async def open_loop(port, rate, seconds):
         reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(request)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_TIMEOUT)
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
-            await asyncio.wait_for(reader.readexactly(length), ANSWER_TIMEOUT)
+            async with asyncio.timeout(ANSWER_TIMEOUT):  # one deadline, no task of its own (wait_for makes one per read)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
             if not head.startswith(b"HTTP/1.1 201"):
                 failures[0] += 1
             idle.append((reader, writer))
