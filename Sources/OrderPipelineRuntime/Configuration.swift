@@ -22,6 +22,9 @@ public struct RuntimeConfiguration: Sendable {
     /// machine's defaults: 500 for Kafka, 100 for Service Bus, and 2).
     public var relayBatchSize: Int?
     public var relayPipelineDepth: Int?
+    /// `RELAY_GATHER_MS` — how long a relay's claim waits under load to take more rows at once (nil: the machine's
+    /// default, 5 ms; 0: never).
+    public var relayGatherDelay: Duration?
     /// `DB_CREATE_TRANSACTIONS` — the API's create transactions in flight at once (default 2, at most
     /// `DB_POOL_SIZE`). Creates arriving while they are busy wait and share the next transaction (group commit).
     public var createTransactions = 2
@@ -65,6 +68,10 @@ public struct RuntimeConfiguration: Sendable {
           RELAY_PIPELINE_DEPTH
                          relay/all: batches a relay has in the air at once
                          (default 2; 1 = claim, publish, settle in turn)
+          RELAY_GATHER_MS
+                         relay/all: under load (the latest claim found 4
+                         rows or more), a claim waits this long to take
+                         more rows at once (default 5; 0 = never)
           DB_CREATE_TRANSACTIONS
                          the API's create transactions at once; creates
                          arriving meanwhile share the next one (default 2,
@@ -116,6 +123,7 @@ public struct RuntimeConfiguration: Sendable {
         if let value = try whole(environment, "DB_CONSUMER_POOL_SIZE", in: 1...256) { configuration.consumerPoolSize = value }
         if let value = try whole(environment, "RELAY_BATCH_SIZE", in: 1...10_000) { configuration.relayBatchSize = value }
         if let value = try whole(environment, "RELAY_PIPELINE_DEPTH", in: 1...16) { configuration.relayPipelineDepth = value }
+        if let value = try whole(environment, "RELAY_GATHER_MS", in: 0...1_000) { configuration.relayGatherDelay = .milliseconds(value) }
         if let value = try whole(environment, "DB_CREATE_TRANSACTIONS", in: 1...256) { configuration.createTransactions = value }
         if let value = try whole(environment, "CREATE_BATCH_SIZE", in: 1...1_000) { configuration.createBatchSize = value }
         if let text = environment["DB_STATEMENT_TIMEOUT_MS"] {

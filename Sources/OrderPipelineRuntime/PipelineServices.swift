@@ -20,6 +20,8 @@ public struct RelayService: Service {
     /// Rows per claim and batches in the air (`RELAY_BATCH_SIZE`, `RELAY_PIPELINE_DEPTH`); nil: the machine's defaults.
     public var batchSize: Int?
     public var pipelineDepth: Int?
+    /// A claim's wait under load (`RELAY_GATHER_MS`); nil: the machine's default.
+    public var gatherDelay: Duration?
     /// Records a producer span per published row (`TracedPublisher`).
     public var tracer: any Tracer = InstrumentationSystem.tracer
 
@@ -42,6 +44,7 @@ public struct RelayService: Service {
         var configuration = OutboxRelay.Configuration(outbox: outbox, owner: "\(owner)-\(outbox.rawValue)")
         if let batchSize { configuration.batchSize = batchSize }
         if let pipelineDepth { configuration.pipelineDepth = pipelineDepth }
+        if let gatherDelay { configuration.gatherDelay = gatherDelay }
         let relay = OutboxRelay(configuration: configuration, seed: UInt64.random(in: 0...UInt64.max))
         var logger = logger
         logger[metadataKey: "outbox"] = "\(outbox.rawValue)"
@@ -49,7 +52,7 @@ public struct RelayService: Service {
             "Outbox relay started",
             metadata: [
                 "relay.owner": "\(relay.configuration.owner)", "relay.batch_size": "\(configuration.batchSize)",
-                "relay.pipeline_depth": "\(configuration.pipelineDepth)",
+                "relay.pipeline_depth": "\(configuration.pipelineDepth)", "relay.gather_ms": "\(configuration.gatherDelay.milliseconds)",
             ])
         await withDiscardingTaskGroup { group in
             if let listener {

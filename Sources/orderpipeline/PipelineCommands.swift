@@ -55,6 +55,7 @@ enum BrokerBootstrap {
                 outbox: outbox, owner: brokers.relayID, store: store, publisher: publisher, listener: listener, logger: logger, metrics: metrics, onStop: onStop)
             relay.batchSize = configuration.relayBatchSize
             relay.pipelineDepth = configuration.relayPipelineDepth
+            relay.gatherDelay = configuration.relayGatherDelay
             return .init(service: relay)
         }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: OwnerLockService(lock: lock, logger: logger))]

@@ -21,6 +21,8 @@ public enum TimerID: String, Hashable, Sendable {
     case poll
     /// Any machine: re-issue an effect that failed, after its backoff.
     case retry
+    /// Relay under load: the end of the short wait that lets a claim take the rows of several orders at once.
+    case gather
 }
 
 /// Where a message goes. The adapters map channels to names (`KAFKA_TOPIC`, its dead-letter topic, `SERVICEBUS_QUEUE`).

@@ -138,7 +138,7 @@ public struct FulfilmentConsumer: Sendable {
             case .failed(let reason):
                 return backOff(work, note: .storeRetry("commit: \(reason)"), now: now)
             }
-        case .timer(.poll), .wake, .createOrder, .changeStatus:
+        case .timer(.poll), .timer(.gather), .wake, .createOrder, .changeStatus:
             return []
         }
     }

@@ -15,6 +15,10 @@
 ///   behind this relay's own heads (their settle frees them, and no NOTIFY says so). Rows behind another relay's head
 ///   are that relay's to claim; rows in retry backoff are found by the next claim after they are due, the poll's at
 ///   the latest.
+/// - Under load it gathers: when its latest claim found several rows but not a full batch, the next claim waits
+///   `gatherDelay` first, so that it takes the rows of more orders at once. Each claim, settle and produce request
+///   has a fixed cost, in PostgreSQL and in the broker, that a bigger batch shares. At a low rate claims find one
+///   row and go out at once; a backlog's full claims are followed at once by the next.
 /// - Retriable failures and unknown outcomes back off with jitter and are retried forever; only a permanent
 ///   refusal dead-letters a row. Nothing is stranded.
 /// - A publisher that reports its session unusable (a fenced Kafka producer) is reset (`.resetPublisher`) just
@@ -30,6 +34,11 @@ public struct OutboxRelay: Sendable {
         /// Batches claimed and not yet settled at once. A full claim is followed at once by the next claim while
         /// the first batch is published; a NOTIFY claims whenever a slot is free.
         public var pipelineDepth = 2
+        /// How long a claim waits under load (zero: never), and the load signal: the latest claim found at least
+        /// `gatherAfterRows` rows and fewer than `batchSize`. 5 ms is librdkafka's own default `linger.ms`, for the
+        /// same reason; at 1,000 orders/s it halved claims and produce requests per order (docs/ARCHITECTURE.md).
+        public var gatherDelay: Duration = .milliseconds(5)
+        public var gatherAfterRows = 4
         public var lease: Duration = .seconds(30)
         /// Fallback poll when no NOTIFY arrives.
         public var pollInterval: Duration = .seconds(1)
@@ -78,6 +87,12 @@ public struct OutboxRelay: Sendable {
     private var settledDuringClaim = false
     /// Idle: the poll timer is set.
     private var polling = false
+    /// Rows the latest claim found: the load signal for gathering.
+    private var latestClaimRows = 0
+    /// A claim is waiting for the gather timer (`.waiting`), or its wait is over (`.done`): it goes out at the next
+    /// free slot.
+    private var gathering = Gathering.no
+    enum Gathering { case no, waiting, done }
     private var storeFailures = 0
     /// Consecutive batches of which nothing was delivered.
     private var brokerFailures = 0
@@ -94,7 +109,7 @@ public struct OutboxRelay: Sendable {
     }
 
     /// Started, nothing in flight, nothing to retry: waiting for a NOTIFY or the poll.
-    public var isIdle: Bool { released && awaiting.isEmpty && retrying.isEmpty && pausedUntil == nil }
+    public var isIdle: Bool { released && awaiting.isEmpty && retrying.isEmpty && pausedUntil == nil && gathering != .waiting }
 
     /// Nothing got through on the latest batch: the broker may be unreachable from here.
     private var suspectsBroker: Bool { configuration.backOffWhileBrokerUnreachable && brokerFailures > 0 }
@@ -111,6 +126,8 @@ public struct OutboxRelay: Sendable {
             rowsHeldBack = false
             settledDuringClaim = false
             polling = false
+            latestClaimRows = 0
+            gathering = .no
             storeFailures = 0
             brokerFailures = 0
             // A restarted relay process has a fresh publisher.
@@ -129,6 +146,10 @@ public struct OutboxRelay: Sendable {
             return claimIfPossible(now: now)
         case .timer(.retry):
             return retryTimerFired(now: now)
+        case .timer(.gather):
+            guard gathering == .waiting else { return [] }
+            gathering = .done
+            return claimIfPossible(now: now)
         case let .stored(ticket, result):
             guard let work = awaiting[ticket], !work.isPublish else { return [] }
             awaiting[ticket] = nil
@@ -173,13 +194,25 @@ public struct OutboxRelay: Sendable {
         }
     }
 
-    /// Claims when rows may be waiting, no claim is out, a batch slot is free and no broker backoff holds it.
-    /// With nothing at all to do, goes idle on the poll timer.
+    /// Under load (see `gatherDelay`), and not probing a suspected broker.
+    private var shouldGather: Bool {
+        let c = configuration
+        return c.gatherDelay > .zero && !suspectsBroker && latestClaimRows >= c.gatherAfterRows && latestClaimRows < c.batchSize
+    }
+
+    /// Claims when rows may be waiting, no claim is out, a batch slot is free and no broker backoff holds it; under
+    /// load, after the gather wait. With nothing at all to do, goes idle on the poll timer.
     private mutating func claimIfPossible(now: Instant) -> [Effect] {
         let depth = suspectsBroker ? 1 : max(1, configuration.pipelineDepth)
         if wantsClaim, released, pausedUntil == nil, !claimOutstanding, batchesInFlight < depth {
-            wantsClaim = false
             polling = false
+            if gathering == .no, shouldGather {
+                gathering = .waiting
+                return [.setTimer(.gather, at: now + configuration.gatherDelay)]
+            }
+            guard gathering != .waiting else { return [] }
+            wantsClaim = false
+            gathering = .no
             return issue(.claim)
         }
         guard released, !wantsClaim, !polling, awaiting.isEmpty, retrying.isEmpty, pausedUntil == nil else { return [] }
@@ -231,6 +264,7 @@ public struct OutboxRelay: Sendable {
             return claimIfPossible(now: now)
         case (.claim, .claimed(let rows, let heldBack)):
             rowsHeldBack = heldBack
+            latestClaimRows = rows.count
             // A full batch: more rows are likely waiting, so the next claim goes out while this batch is published.
             // Rows held back behind a head whose settle came back meanwhile are free now.
             if rows.count >= configuration.batchSize || (heldBack && settledDuringClaim) { wantsClaim = true }
