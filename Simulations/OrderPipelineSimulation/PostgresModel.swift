@@ -63,8 +63,8 @@ public final class PostgresModel {
         mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants, at now: Instant) -> (rows: [OutboxMessage], heldBack: Bool) {
             var claimed: [OutboxMessage] = []
             let cursor = variants.idCursor ? cursors[claim.owner, default: 0] : .min
-            // Rows whose lease ran out (usually none), by the end of their lease; if there are none, free rows,
-            // oldest first (`SQL.claim`).
+            // Rows whose lease ran out first (usually none), by the end of their lease; then free rows, oldest first
+            // (`SQL.claim`).
             var expired: [(until: Instant, sequence: Int64)] = []
             for sequence in unsettledSequences where sequence > cursor {
                 guard let i = position[sequence], stored[i].claimedBy != nil, stored[i].claimedUntil <= now else { continue }
@@ -83,9 +83,7 @@ public final class PostgresModel {
                 claimed.append(OutboxMessage(sequence: sequence, event: row.event, attempts: stored[i].attempts))
             }
             for (_, sequence) in expired where claimed.count < claim.limit { take(sequence) }
-            // Free rows only when no lease ran out (the SQL would otherwise lock free rows it then leaves).
-            let tookExpired = !claimed.isEmpty
-            for sequence in unsettledSequences where !tookExpired && sequence > cursor {
+            for sequence in unsettledSequences where sequence > cursor {
                 guard claimed.count < claim.limit else { break }
                 if let i = position[sequence], stored[i].claimedBy == nil { take(sequence) }
             }
@@ -94,12 +92,8 @@ public final class PostgresModel {
             guard claimed.count < claim.limit else { return (claimed, false) }
             // Rows held back: a later unsettled row of an order whose unsettled row this owner holds (as before, or
             // just taken).
-            // (An expired lease does not count as held, unless this claim just took the row again: another claim may
-            // be taking it over at this moment.)
             let heldBack = unsettledSequences.contains { sequence in
-                guard let i = position[sequence], stored[i].claimedBy == claim.owner, stored[i].claimedUntil > now || claimed.contains(where: { $0.sequence == sequence }),
-                    let last = unsettled[stored[i].event.orderID]?.last
-                else { return false }
+                guard let i = position[sequence], stored[i].claimedBy == claim.owner, let last = unsettled[stored[i].event.orderID]?.last else { return false }
                 return last > sequence
             }
             return (claimed, heldBack)

@@ -172,24 +172,23 @@ enum SQL {
             """
             WITH expired AS (
                 -- Rows whose lease ran out (their relay is gone), from `_lease`, which holds only claimed rows and
-                -- is read up to now(): usually none. By the end of their lease. A claimed row is unsettled (CHECK,
-                -- migration 4): saying so would let a planner without statistics walk `_unsettled_order` instead.
+                -- is read up to now(): usually none. Taken first, by the end of their lease. A claimed row is
+                -- unsettled (CHECK, migration 4): saying so would let a planner without statistics walk
+                -- `_unsettled_order` instead.
                 SELECT e.sequence FROM \(t) e
                 WHERE e.claimed_by IS NOT NULL AND e.claimed_until <= now() AND e.next_attempt_at <= now()
                   AND \(headOfLine("e"))
                 ORDER BY e.claimed_until, e.sequence LIMIT $3::int FOR UPDATE OF e SKIP LOCKED
             ), free AS (
-                -- Only when no lease ran out: free rows, oldest first, from `_claimable`, which claimed rows leave
-                -- (never the batches in flight). Not both in one claim, so that no row is locked and then left.
+                -- Then free rows, oldest first, from `_claimable`, which claimed rows leave: never the batches in
+                -- flight. Exactly as many as are still wanted, so that no row is locked and then left.
                 SELECT o.sequence FROM \(t) o
-                WHERE NOT EXISTS (SELECT 1 FROM expired)
-                  AND o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at <= now()
+                WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at <= now()
                   AND o.claimed_by IS NULL AND \(headOfLine("o"))
-                ORDER BY o.sequence LIMIT $3::int FOR UPDATE OF o SKIP LOCKED
+                ORDER BY o.sequence LIMIT $3::int - (SELECT count(*) FROM expired) FOR UPDATE OF o SKIP LOCKED
             )
-            -- One update per source, each joined with a CTE of at most $3 rows: both stay lookups by key (a join with
-            -- their union, or with a CTE whose LIMIT the planner could not read, was planned as a hash join over a
-            -- sequential scan of the whole table; `= ANY` of an array, as a sequential scan on an empty table).
+            -- One update per source: joined with one small CTE each, both stay lookups by key (a join with their union
+            -- was planned as a hash of the whole table on empty tables).
             , taken_expired AS (\(take("expired"))
             ), taken_free AS (\(take("free"))
             ), taken AS (
@@ -198,7 +197,7 @@ enum SQL {
                 SELECT CASE WHEN (SELECT count(*) FROM taken) >= $3::int THEN false ELSE EXISTS (
                     SELECT 1 FROM (
                         SELECT h.order_id, h.sequence FROM \(t) h
-                        WHERE h.claimed_by = $1::text AND h.claimed_until > now()
+                        WHERE h.claimed_by = $1::text
                         UNION ALL SELECT order_id, sequence FROM taken
                     ) h
                     WHERE EXISTS (

@@ -48,15 +48,14 @@ WITH expired AS (
     ORDER BY e.claimed_until, e.sequence LIMIT BATCH FOR UPDATE OF e SKIP LOCKED
 ), free AS (
     SELECT o.sequence FROM kafka_outbox o
-    WHERE NOT EXISTS (SELECT 1 FROM expired)
-      AND o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at <= now()
+    WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at <= now()
       AND o.claimed_by IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM kafka_outbox p
           WHERE p.order_id = o.order_id AND p.sequence < o.sequence
             AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
           OFFSET 0)
-    ORDER BY o.sequence LIMIT BATCH FOR UPDATE OF o SKIP LOCKED
+    ORDER BY o.sequence LIMIT BATCH - (SELECT count(*) FROM expired) FOR UPDATE OF o SKIP LOCKED
 ), taken_expired AS (
     UPDATE kafka_outbox o SET claimed_by = 'pgbench-' || :client_id::text, claimed_until = now() + interval '30 seconds', attempts = o.attempts + 1
     FROM expired c WHERE o.sequence = c.sequence

@@ -90,16 +90,14 @@ public struct OrderTransition: Hashable, Sendable {
 
 /// Claim recipe: among rows of `outbox` that are not published and not dead-lettered, whose `next_attempt_at` has
 /// come and whose claim is absent or expired (`claimed_until <= now`), and that are the **head of their order** (no
-/// older row of the same order is still unsettled), take up to `limit` (`FOR UPDATE SKIP LOCKED`): those whose lease
-/// expired (a relay gone), by the end of their lease then sequence, or, when there are none, free ones oldest first; set
-/// `claimed_by = owner`, `claimed_until = now + lease`, `attempts += 1`, and return them sorted by sequence.
+/// older row of the same order is still unsettled), take the oldest `limit` by sequence (`FOR UPDATE SKIP LOCKED`),
+/// set `claimed_by = owner`, `claimed_until = now + lease`, `attempts += 1`, and return them oldest first.
 /// Head-of-line is what keeps one order's events in order however many relays run.
 ///
 /// The reply also says whether rows are **held back** behind this owner: whether some unsettled row of the outbox
-/// comes after (same order, higher sequence) an unsettled row claimed by `owner` — one it held before (its lease not
-/// yet expired: an expired one may be being taken over at this moment) or one this claim took. Such a row becomes
-/// claimable only when the owner settles its head, and no NOTIFY announces that, so the owner claims again after that
-/// settle (after an expired head, the poll finds it). Looked for only when the claim took fewer than
+/// comes after (same order, higher sequence) an unsettled row claimed by `owner` — one it held before (whatever its
+/// lease) or one this claim took. Such a row becomes claimable only when the owner settles its head, and no NOTIFY
+/// announces that, so the owner claims again after that settle. Looked for only when the claim took fewer than
 /// `limit` rows (a full claim answers `false`: its relay claims again anyway), so a backlog costs nothing more.
 ///
 /// `now` is **the database's clock**, never the relay's: leases and due times are compared by one clock, so a relay
