@@ -63,31 +63,18 @@ public final class PostgresModel {
         mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants, at now: Instant) -> (rows: [OutboxMessage], heldBack: Bool) {
             var claimed: [OutboxMessage] = []
             let cursor = variants.idCursor ? cursors[claim.owner, default: 0] : .min
-            // Rows whose lease ran out first (usually none), by the end of their lease; then free rows, oldest first
-            // (`SQL.claim`).
-            var expired: [(until: Instant, sequence: Int64)] = []
             for sequence in unsettledSequences where sequence > cursor {
-                guard let i = position[sequence], stored[i].claimedBy != nil, stored[i].claimedUntil <= now else { continue }
-                expired.append((stored[i].claimedUntil, sequence))
-            }
-            expired.sort { ($0.until, $0.sequence) < ($1.until, $1.sequence) }
-            func take(_ sequence: Int64) {
-                guard let i = position[sequence] else { return }
+                guard claimed.count < claim.limit, let i = position[sequence] else { break }
                 let row = stored[i]
-                guard row.nextAttemptAt <= now else { return }
-                if !variants.claimWithoutHeadOfLine, unsettled[row.event.orderID]?.first != sequence { return }
-                if let cap = variants.claimAttemptCap, row.attempts >= cap { return }
+                guard row.nextAttemptAt <= now else { continue }
+                guard row.claimedBy == nil || row.claimedUntil <= now else { continue }
+                if !variants.claimWithoutHeadOfLine, unsettled[row.event.orderID]?.first != sequence { continue }
+                if let cap = variants.claimAttemptCap, row.attempts >= cap { continue }
                 stored[i].claimedBy = claim.owner
                 stored[i].claimedUntil = now + claim.lease
                 stored[i].attempts += 1
                 claimed.append(OutboxMessage(sequence: sequence, event: row.event, attempts: stored[i].attempts))
             }
-            for (_, sequence) in expired where claimed.count < claim.limit { take(sequence) }
-            for sequence in unsettledSequences where sequence > cursor {
-                guard claimed.count < claim.limit else { break }
-                if let i = position[sequence], stored[i].claimedBy == nil { take(sequence) }
-            }
-            claimed.sort { $0.sequence < $1.sequence }
             if variants.idCursor, let last = claimed.last?.sequence { cursors[claim.owner] = max(cursor, last) }
             guard claimed.count < claim.limit else { return (claimed, false) }
             // Rows held back: a later unsettled row of an order whose unsettled row this owner holds (as before, or

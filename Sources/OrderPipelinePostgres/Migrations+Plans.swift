@@ -33,23 +33,3 @@ extension Migrations {
         version: 5, name: "index of pending orders for the reconciler",
         sql: "CREATE INDEX orders_pending ON orders (created_at, id) WHERE status = 'Pending';")
 }
-
-extension Migrations {
-    /// Claimed rows leave the claim's index. Every claim used to walk the rows of every batch in flight, its own and
-    /// the other relays' (unsettled, claimed, lease running: in `_claimable`, refused by the claim's filter one heap
-    /// visit at a time), before the first free row: with two relays of two batches each, 1,500 rows per 500-row claim.
-    /// Now a claim marks its rows out of `_claimable`, and an expired lease (a relay gone) is found by `_lease`, an
-    /// index of the claimed rows by the end of their lease, in which a claim visits only the expired ones; they are
-    /// taken first (`SQL.claim`). Measured in `scripts/bench relay`: two relays drained 41,600 events/s against one
-    /// relay's 35,700 (before: 31,000 against 32,200), PostgreSQL 31.6 µs per event against 42.7.
-    static let claimedRowsApart = Migration(
-        version: 6, name: "claimed rows out of the claim index; expired leases by their own index",
-        sql: ["kafka_outbox", "service_bus_outbox"].map { table in
-            """
-            DROP INDEX \(table)_claimable;
-            CREATE INDEX \(table)_claimable ON \(table) (sequence)
-                WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at IS NOT NULL AND claimed_by IS NULL;
-            CREATE INDEX \(table)_lease ON \(table) (claimed_until, sequence) WHERE claimed_by IS NOT NULL;
-            """
-        }.joined(separator: "\n"))
-}

@@ -106,7 +106,6 @@ public enum Migrations {
         relay,
         plans,
         pendingOrders,
-        claimedRowsApart,
     ]
 
     /// Both outboxes have the same shape.

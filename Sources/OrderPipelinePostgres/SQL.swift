@@ -149,50 +149,28 @@ enum SQL {
     /// which the probes cannot use (`Migrations.plans`): on a table never analyzed they took it, and walked it.
     static func claim(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
-        // Is `alias` the head of its order: no older row of the same order still unsettled?
-        func headOfLine(_ alias: String) -> String {
-            """
-            NOT EXISTS (
-                      SELECT 1 FROM \(t) p
-                      WHERE p.order_id = \(alias).order_id AND p.sequence < \(alias).sequence
-                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
-                      OFFSET 0)
-            """
-        }
-        func take(_ source: String) -> String {
-            """
-                UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
-                FROM \(source) c WHERE o.sequence = c.sequence
-                RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")) AS occurred, o.payload, o.attempts,
-                    o.traceparent
-            """
-        }
         return PreparedStatement(
             "op_claim_\(name(kind))",
             """
-            WITH expired AS (
-                -- Rows whose lease ran out (their relay is gone), from `_lease`, which holds only claimed rows and
-                -- is read up to now(): usually none. Taken first, by the end of their lease. A claimed row is
-                -- unsettled (CHECK, migration 4): saying so would let a planner without statistics walk
-                -- `_unsettled_order` instead.
-                SELECT e.sequence FROM \(t) e
-                WHERE e.claimed_by IS NOT NULL AND e.claimed_until <= now() AND e.next_attempt_at <= now()
-                  AND \(headOfLine("e"))
-                ORDER BY e.claimed_until, e.sequence LIMIT $3::int FOR UPDATE OF e SKIP LOCKED
-            ), free AS (
-                -- Then free rows, oldest first, from `_claimable`, which claimed rows leave: never the batches in
-                -- flight. Exactly as many as are still wanted, so that no row is locked and then left.
+            WITH candidates AS (
                 SELECT o.sequence FROM \(t) o
-                WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at <= now()
-                  AND o.claimed_by IS NULL AND \(headOfLine("o"))
-                ORDER BY o.sequence LIMIT $3::int - (SELECT count(*) FROM expired) FOR UPDATE OF o SKIP LOCKED
+                WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
+                  AND o.next_attempt_at <= now()
+                  AND (o.claimed_until IS NULL OR o.claimed_until <= now())
+                  AND NOT EXISTS (
+                      SELECT 1 FROM \(t) p
+                      WHERE p.order_id = o.order_id AND p.sequence < o.sequence
+                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
+                      OFFSET 0)
+                ORDER BY o.sequence
+                LIMIT $3::int
+                FOR UPDATE OF o SKIP LOCKED
             )
-            -- One update per source: joined with one small CTE each, both stay lookups by key (a join with their union
-            -- was planned as a hash of the whole table on empty tables).
-            , taken_expired AS (\(take("expired"))
-            ), taken_free AS (\(take("free"))
-            ), taken AS (
-                SELECT * FROM taken_expired UNION ALL SELECT * FROM taken_free
+            , taken AS (
+                UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
+                FROM candidates c WHERE o.sequence = c.sequence
+                RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")) AS occurred, o.payload, o.attempts,
+                    o.traceparent
             ), held AS (
                 SELECT CASE WHEN (SELECT count(*) FROM taken) >= $3::int THEN false ELSE EXISTS (
                     SELECT 1 FROM (
@@ -208,7 +186,6 @@ enum SQL {
             )
             SELECT k.sequence, k.event_id, k.event_type, k.order_id, k.occurred, k.payload, k.attempts, k.traceparent, held.held_back
             FROM held LEFT JOIN taken k ON true
-            ORDER BY k.sequence
             """)
     }
     static let claimKafka = claim(.kafka)

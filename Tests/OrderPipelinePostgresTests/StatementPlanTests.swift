@@ -76,9 +76,6 @@ struct StatementPlanTests {
         let (full, short, settle) = (plans[0], plans[1], plans[2])
         for claim in [full, short] {
             #expect(claim.contains("Index Scan using \(table)_claimable on \(table) o "), "\(claim)")
-            // Expired leases are looked for among the claimed rows only, up to now.
-            #expect(claim.contains("using \(table)_lease on \(table) e"), "\(claim)")
-            #expect(!claim.contains("_unsettled_order on \(table) e") && !claim.contains("Seq Scan"), "\(claim)")
             #expect(claim.contains("Index Cond: ((order_id = o.order_id) AND (sequence < o.sequence))"), "\(claim)")
             // Neither probe (p: earlier rows of a candidate's order, s: later rows of a held one) walks the claim index.
             #expect(!claim.contains("_claimable on \(table) p") && !claim.contains("_claimable on \(table) s"), "\(claim)")

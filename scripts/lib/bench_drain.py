@@ -37,35 +37,24 @@ FROM t ORDER BY t.n
 # SQL.claim(.kafka) then SQL.settle(.kafka) with every row published (with a partition and offset each), as one relay
 # round (owner per client).
 CLAIM_SETTLE = """
-WITH expired AS (
-    SELECT e.sequence FROM kafka_outbox e
-    WHERE e.claimed_by IS NOT NULL AND e.claimed_until <= now() AND e.next_attempt_at <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM kafka_outbox p
-          WHERE p.order_id = e.order_id AND p.sequence < e.sequence
-            AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
-          OFFSET 0)
-    ORDER BY e.claimed_until, e.sequence LIMIT BATCH FOR UPDATE OF e SKIP LOCKED
-), free AS (
-    SELECT o.sequence FROM kafka_outbox o
-    WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at <= now()
-      AND o.claimed_by IS NULL
-      AND NOT EXISTS (
-          SELECT 1 FROM kafka_outbox p
-          WHERE p.order_id = o.order_id AND p.sequence < o.sequence
-            AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
-          OFFSET 0)
-    ORDER BY o.sequence LIMIT BATCH - (SELECT count(*) FROM expired) FOR UPDATE OF o SKIP LOCKED
-), taken_expired AS (
+WITH c AS (
+    WITH candidates AS (
+        SELECT o.sequence FROM kafka_outbox o
+        WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
+          AND o.next_attempt_at <= now()
+          AND (o.claimed_until IS NULL OR o.claimed_until <= now())
+          AND NOT EXISTS (
+              SELECT 1 FROM kafka_outbox p
+              WHERE p.order_id = o.order_id AND p.sequence < o.sequence
+                AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
+              OFFSET 0)
+        ORDER BY o.sequence
+        LIMIT BATCH
+        FOR UPDATE OF o SKIP LOCKED
+    )
     UPDATE kafka_outbox o SET claimed_by = 'pgbench-' || :client_id::text, claimed_until = now() + interval '30 seconds', attempts = o.attempts + 1
-    FROM expired c WHERE o.sequence = c.sequence
+    FROM candidates c WHERE o.sequence = c.sequence
     RETURNING o.sequence, o.event_id, o.event_type, o.order_id, (extract(epoch from o.occurred_at) * 1000000)::int8, o.payload, o.attempts
-), taken_free AS (
-    UPDATE kafka_outbox o SET claimed_by = 'pgbench-' || :client_id::text, claimed_until = now() + interval '30 seconds', attempts = o.attempts + 1
-    FROM free c WHERE o.sequence = c.sequence
-    RETURNING o.sequence, o.event_id, o.event_type, o.order_id, (extract(epoch from o.occurred_at) * 1000000)::int8, o.payload, o.attempts
-), c AS (
-    SELECT * FROM taken_expired UNION ALL SELECT * FROM taken_free
 )
 SELECT coalesce(array_agg(sequence), '{}') AS seqs, sum(octet_length(payload)) AS bytes FROM c \\gset
 WITH pub AS (
