@@ -61,19 +61,34 @@ public final class PostgresModel {
         public var pending: [OutboxRow] { unsettledSequences.compactMap { row($0) } }
 
         mutating func claim(_ claim: OutboxClaim, variants: RecipeVariants, at now: Instant) -> (rows: [OutboxMessage], heldBack: Bool) {
-            var claimed: [OutboxMessage] = []
             let cursor = variants.idCursor ? cursors[claim.owner, default: 0] : .min
-            for sequence in unsettledSequences where sequence > cursor {
-                guard claimed.count < claim.limit, let i = position[sequence] else { break }
+            func claimable(_ sequence: Int64, expired: Bool) -> Bool {
+                guard sequence > cursor, let i = position[sequence] else { return false }
                 let row = stored[i]
-                guard row.nextAttemptAt <= now else { continue }
-                guard row.claimedBy == nil || row.claimedUntil <= now else { continue }
-                if !variants.claimWithoutHeadOfLine, unsettled[row.event.orderID]?.first != sequence { continue }
-                if let cap = variants.claimAttemptCap, row.attempts >= cap { continue }
+                guard row.nextAttemptAt <= now else { return false }
+                guard expired ? row.claimedBy != nil && row.claimedUntil <= now : row.claimedBy == nil else { return false }
+                if !variants.claimWithoutHeadOfLine, unsettled[row.event.orderID]?.first != sequence { return false }
+                if let cap = variants.claimAttemptCap, row.attempts >= cap { return false }
+                return true
+            }
+            // Expired leases first when asked (longest expired first), then free rows (oldest first), up to the
+            // limit in all: the recipe's two statements.
+            var picked: [Int64] = []
+            if claim.takeOverExpiredLeases {
+                let expired = unsettledSequences.filter { claimable($0, expired: true) }
+                    .sorted { (stored[position[$0]!].claimedUntil, $0) < (stored[position[$1]!].claimedUntil, $1) }
+                picked += expired.prefix(claim.limit)
+            }
+            for sequence in unsettledSequences where picked.count < claim.limit && claimable(sequence, expired: false) {
+                picked.append(sequence)
+            }
+            var claimed: [OutboxMessage] = []
+            for sequence in picked.sorted() {
+                guard let i = position[sequence] else { continue }
                 stored[i].claimedBy = claim.owner
                 stored[i].claimedUntil = now + claim.lease
                 stored[i].attempts += 1
-                claimed.append(OutboxMessage(sequence: sequence, event: row.event, attempts: stored[i].attempts))
+                claimed.append(OutboxMessage(sequence: sequence, event: stored[i].event, attempts: stored[i].attempts))
             }
             if variants.idCursor, let last = claimed.last?.sequence { cursors[claim.owner] = max(cursor, last) }
             guard claimed.count < claim.limit else { return (claimed, false) }

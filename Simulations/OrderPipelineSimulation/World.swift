@@ -246,6 +246,7 @@ public final class World {
             var configuration = OutboxRelay.Configuration(outbox: kind, owner: name)
             configuration.batchSize = 20
             configuration.lease = World.relayLease
+            configuration.leaseSweepInterval = World.relayLease / 4
             configuration.pollInterval = .milliseconds(500)
             return OutboxRelay(configuration: configuration, seed: machineSeeds.next())
         case .reconciler:

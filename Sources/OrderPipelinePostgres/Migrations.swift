@@ -106,6 +106,7 @@ public enum Migrations {
         relay,
         plans,
         pendingOrders,
+        claimedRowsApart,
     ]
 
     /// Both outboxes have the same shape.

@@ -112,30 +112,44 @@ public enum StoreRecipes {
     }
 
     static func claim(_ claim: OutboxClaim, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {
-        singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in
-            guard claim.limit > 0 else { return .claimed([]) }
-            let rows = try c.execute(
-                claim.outbox == .kafka ? SQL.claimKafka : SQL.claimServiceBus,
-                [
-                    .text(claim.owner), .int(claim.lease.microseconds), .int(claim.limit),
-                ])
-            var messages: [OutboxMessage] = []
-            messages.reserveCapacity(rows.count)
-            // A claim that took nothing answers one row of NULLs, to carry `held_back`.
-            for row in 0..<rows.count where !rows.isNull(row, 0) {
-                guard let sequence = rows.int(row, 0), let eventID = rows.string(row, 1).flatMap({ EventID($0) }),
-                    let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }),
-                    let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
-                    let occurred = rows.int(row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6)
-                else { throw PostgresError(code: .protocolViolation, message: "malformed outbox row") }
-                let event = PipelineEvent(
-                    stored: eventID, type: type, orderID: orderID, at: Instant(microseconds: occurred), payload: payload,
-                    traceParent: rows.string(row, 7).flatMap { TraceParent($0) })
-                messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
-            }
-            messages.sort { $0.sequence < $1.sequence }
-            return .claimed(messages, heldBack: rows.count > 0 && rows.string(0, 8) == "t")
+        guard claim.takeOverExpiredLeases, claim.limit > 0 else {
+            return singleStatement(c, mode, writes: true) { () throws(PostgresError) -> StoreReply in try claimFree(claim, c, taken: []) }
         }
+        // Expired leases first, then free rows, in one transaction (the free claim sees the rows taken over).
+        return transaction(c, mode) { () throws(PostgresError) -> Outcome in
+            let expired = try c.execute(
+                claim.outbox == .kafka ? SQL.takeOverKafka : SQL.takeOverServiceBus,
+                [.text(claim.owner), .int(claim.lease.microseconds), .int(claim.limit)])
+            return .commit(try claimFree(claim, c, taken: try messages(expired)))
+        }
+    }
+
+    /// The claim of free rows, up to what `taken` left of the limit; the reply holds both, oldest first.
+    private static func claimFree(_ claim: OutboxClaim, _ c: PostgresConnection, taken: [OutboxMessage]) throws(PostgresError) -> StoreReply {
+        guard claim.limit > 0 else { return .claimed([]) }
+        let rows = try c.execute(
+            claim.outbox == .kafka ? SQL.claimKafka : SQL.claimServiceBus,
+            [.text(claim.owner), .int(claim.lease.microseconds), .int(claim.limit - taken.count)])
+        let claimed = (taken + (try messages(rows))).sorted { $0.sequence < $1.sequence }
+        return .claimed(claimed, heldBack: rows.count > 0 && rows.string(0, 8) == "t")
+    }
+
+    /// Claimed rows as messages; a claim that took nothing answers one row of NULLs (to carry `held_back`), skipped.
+    private static func messages(_ rows: PostgresRows) throws(PostgresError) -> [OutboxMessage] {
+        var messages: [OutboxMessage] = []
+        messages.reserveCapacity(rows.count)
+        for row in 0..<rows.count where !rows.isNull(row, 0) {
+            guard let sequence = rows.int(row, 0), let eventID = rows.string(row, 1).flatMap({ EventID($0) }),
+                let type = rows.string(row, 2).flatMap({ EventType(rawValue: $0) }),
+                let orderID = rows.string(row, 3).flatMap({ OrderID($0) }),
+                let occurred = rows.int(row, 4), let payload = rows.bytes(row, 5), let attempts = rows.int(row, 6)
+            else { throw PostgresError(code: .protocolViolation, message: "malformed outbox row") }
+            let event = PipelineEvent(
+                stored: eventID, type: type, orderID: orderID, at: Instant(microseconds: occurred), payload: payload,
+                traceParent: rows.string(row, 7).flatMap { TraceParent($0) })
+            messages.append(OutboxMessage(sequence: sequence, event: event, attempts: Int(attempts)))
+        }
+        return messages
     }
 
     static func settle(_ s: OutboxSettlement, _ c: PostgresConnection, _ mode: TransactionMode) -> StoreResult {

@@ -156,7 +156,7 @@ enum SQL {
                 SELECT o.sequence FROM \(t) o
                 WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
                   AND o.next_attempt_at <= now()
-                  AND (o.claimed_until IS NULL OR o.claimed_until <= now())
+                  AND o.claimed_by IS NULL
                   AND NOT EXISTS (
                       SELECT 1 FROM \(t) p
                       WHERE p.order_id = o.order_id AND p.sequence < o.sequence
@@ -190,6 +190,38 @@ enum SQL {
     }
     static let claimKafka = claim(.kafka)
     static let claimServiceBus = claim(.serviceBus)
+
+    // MARK: take over expired leases — before a claim, in its transaction; $1 owner, $2 lease, $3 limit, as `claim`.
+    /// The claimed rows whose lease has run out and that head their order are taken by `$1`, longest expired first,
+    /// with the claim's columns. Found through `_lease` (the claimed rows by the end of their lease: the expired
+    /// ones, and stale entries of rows settled since the last vacuum), which is why relays do this about once a
+    /// second and not in every claim. Rows another session has locked (their owner settling them right now) are
+    /// skipped: this never waits for a settle.
+    static func takeOverExpired(_ kind: OutboxKind) -> PreparedStatement {
+        let t = table(kind)
+        return PreparedStatement(
+            "op_take_over_\(name(kind))",
+            """
+            WITH expired AS (
+                SELECT e.sequence FROM \(t) e
+                WHERE e.claimed_by IS NOT NULL AND e.claimed_until <= now() AND e.next_attempt_at <= now()
+                  AND NOT EXISTS (
+                      SELECT 1 FROM \(t) p
+                      WHERE p.order_id = e.order_id AND p.sequence < e.sequence
+                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
+                      OFFSET 0)
+                ORDER BY e.claimed_until, e.sequence
+                LIMIT $3::int
+                FOR UPDATE OF e SKIP LOCKED
+            )
+            UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
+            FROM expired x WHERE o.sequence = x.sequence
+            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")) AS occurred, o.payload, o.attempts,
+                o.traceparent
+            """)
+    }
+    static let takeOverKafka = takeOverExpired(.kafka)
+    static let takeOverServiceBus = takeOverExpired(.serviceBus)
 
     // MARK: settle — fenced by owner.
     // $1 owner, $2 published int8[], $3 retry seqs, $4 retry delays (microseconds), $5 retry errors, $6 rejected seqs,

@@ -12,7 +12,8 @@ enum Step: Hashable, Sendable {
     /// Creates committed as one transaction (the intake's group commit): `.create` steps with distinct keys.
     indirect case createBatch([Step])
     case transition(order: UInt64, to: OrderStatus, at: Int64, reason: String?)
-    case claim(OutboxKind, owner: String, limit: Int, at: Int64, lease: Int64)
+    /// `takeOver`: the claim takes over expired leases first (`OutboxClaim.takeOverExpiredLeases`).
+    case claim(OutboxKind, owner: String, limit: Int, at: Int64, lease: Int64, takeOver: Bool = false)
     case settle(OutboxKind, owner: String, at: Int64, published: [Int64], retries: [Retry], rejections: [Rejection])
     case release(OutboxKind, owner: String)
     /// Deliveries fulfilled as one batch, in order (the consumer's transaction over a fetched batch).
@@ -57,7 +58,7 @@ enum Step: Hashable, Sendable {
     /// The database's clock while this step runs (nil: the step reads none).
     var time: Int64? {
         switch self {
-        case .create(_, _, _, let at), .transition(_, _, let at, _), .claim(_, _, _, let at, _), .settle(_, _, let at, _, _, _),
+        case .create(_, _, _, let at), .transition(_, _, let at, _), .claim(_, _, _, let at, _, _), .settle(_, _, let at, _, _, _),
             .fulfil(_, let at), .deadLetter(_, _, _, let at):
             at
         case .release:
@@ -145,8 +146,8 @@ enum Step: Hashable, Sendable {
             return .createOrders(orders)
         case .transition(let n, let to, let at, let reason):
             return .transition(OrderTransition(orderID: orderID(n), to: to, at: Step.instant(at), reason: reason))
-        case .claim(let outbox, let owner, let limit, _, let lease):
-            return .claimOutbox(OutboxClaim(outbox: outbox, owner: owner, limit: limit, lease: .microseconds(lease)))
+        case .claim(let outbox, let owner, let limit, _, let lease, let takeOver):
+            return .claimOutbox(OutboxClaim(outbox: outbox, owner: owner, limit: limit, lease: .microseconds(lease), takeOverExpiredLeases: takeOver))
         case .settle(let outbox, let owner, _, let published, let retries, let rejections):
             var settlement = OutboxSettlement(
                 outbox: outbox, owner: owner, published: published,
@@ -187,8 +188,8 @@ extension Step: CustomStringConvertible {
             return ".createBatch([\(members.map(\.description).joined(separator: ", "))])"
         case .transition(let n, let to, let at, let reason):
             return ".transition(order: \(n), to: .\(to), at: \(at), reason: \(reason.map(text) ?? "nil"))"
-        case .claim(let outbox, let owner, let limit, let at, let lease):
-            return ".claim(.\(outbox), owner: \(text(owner)), limit: \(limit), at: \(at), lease: \(lease))"
+        case .claim(let outbox, let owner, let limit, let at, let lease, let takeOver):
+            return ".claim(.\(outbox), owner: \(text(owner)), limit: \(limit), at: \(at), lease: \(lease)\(takeOver ? ", takeOver: true" : ""))"
         case .settle(let outbox, let owner, let at, let published, let retries, let rejections):
             let r = retries.map { ".init(\($0.sequence), delay: \($0.delay), \(text($0.error)))" }
             let j = rejections.map { ".init(\($0.sequence), \(text($0.reason)))" }

@@ -27,6 +27,13 @@ struct StatementPlanTests {
         #expect(text.contains("_claimed_by on") && text.contains("Index Cond: (claimed_by = $1)"), "\(text)")
         #expect(text.contains(".order_id) AND (sequence > "), "\(text)")
         #expect(!text.contains("Seq Scan"), "\(text)")
+        // The take-over of expired leases: the expired ones by `_lease`, the same probe, the update by key.
+        _ = try connection.execute(script: "PREPARE takeover(text, int8, int) AS \(SQL.takeOverExpired(kind).sql)")
+        let takeover = try connection.execute(script: "EXPLAIN EXECUTE takeover('owner', 1000000, 500)")
+        let takeoverText = (0..<takeover.count).compactMap { takeover.string($0, 0) }.joined(separator: "\n")
+        #expect(takeoverText.contains("_lease on") && takeoverText.contains("Index Cond: (claimed_until <= now())"), "\(takeoverText)")
+        #expect(takeoverText.contains("Index Cond: ((order_id = e.order_id) AND (sequence < e.sequence))"), "\(takeoverText)")
+        #expect(!takeoverText.contains("Seq Scan"), "\(takeoverText)")
         await drop()
     }
 
@@ -55,15 +62,22 @@ struct StatementPlanTests {
                         UPDATE \(table) SET published_at = now() WHERE sequence <= 4000;
                         UPDATE \(table) SET claimed_by = 'owner', claimed_until = now() + interval '1 minute'
                             WHERE sequence > 4000 AND sequence <= 5000;
+                        UPDATE \(table) SET claimed_by = 'gone', claimed_until = now() - interval '1 minute'
+                            WHERE sequence > 5000 AND sequence <= 5200;
                         SET plan_cache_mode = force_generic_plan;
                         """)
                 _ = try connection.execute(script: "PREPARE claim(text, int8, int) AS \(SQL.claim(kind).sql)")
                 _ = try connection.execute(script: "PREPARE settle AS \(SQL.settle(kind).sql)")
+                _ = try connection.execute(script: "PREPARE takeover(text, int8, int) AS \(SQL.takeOverExpired(kind).sql)")
                 let batch = "'{" + (4_001...4_500).map(String.init).joined(separator: ",") + "}'"
                 let settleArguments = kind == .kafka ? "'owner', \(batch), '{}', '{}', '{}', '{}', '{}', '{}', '{}'" : "'owner', \(batch), '{}', '{}', '{}', '{}', '{}'"
                 var plans: [String] = []
-                // A full claim, a claim short of its limit (the held-back check runs), a settle; each rolled back.
-                for statement in ["EXECUTE claim('owner', 60000000, 500)", "EXECUTE claim('owner', 60000000, 100000)", "EXECUTE settle(\(settleArguments))"] {
+                // A full claim, a claim short of its limit (the held-back check runs), a settle, a take-over of the
+                // expired leases; each rolled back.
+                for statement in [
+                    "EXECUTE claim('owner', 60000000, 500)", "EXECUTE claim('owner', 60000000, 100000)", "EXECUTE settle(\(settleArguments))",
+                    "EXECUTE takeover('owner', 60000000, 500)",
+                ] {
                     _ = try connection.execute(constant: "BEGIN")
                     plans.append(try plan("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) \(statement)"))
                     _ = try connection.execute(constant: "ROLLBACK")
@@ -73,7 +87,7 @@ struct StatementPlanTests {
         } cleanup: {
             await drop()
         }
-        let (full, short, settle) = (plans[0], plans[1], plans[2])
+        let (full, short, settle, takeover) = (plans[0], plans[1], plans[2], plans[3])
         for claim in [full, short] {
             #expect(claim.contains("Index Scan using \(table)_claimable on \(table) o "), "\(claim)")
             #expect(claim.contains("Index Cond: ((order_id = o.order_id) AND (sequence < o.sequence))"), "\(claim)")
@@ -83,6 +97,11 @@ struct StatementPlanTests {
         #expect(short.contains(".order_id) AND (sequence > "), "\(short)")
         #expect(!settle.contains("_claimable") && !settle.contains("_unsettled_order"), "\(settle)")
         #expect(settle.contains("\(table)_pkey") || settle.contains("\(table)_claimed_by"), "\(settle)")
+        // The take-over visits the expired leases only, not the backlog nor the live leases, and takes all 200.
+        #expect(takeover.contains("\(table)_lease on \(table) e"), "\(takeover)")
+        #expect(takeover.contains("Index Cond: ((order_id = e.order_id) AND (sequence < e.sequence))"), "\(takeover)")
+        #expect(!takeover.contains("Seq Scan") && !takeover.contains("_claimable"), "\(takeover)")
+        #expect(takeover.contains("Update on \(table) o") && takeover.contains("(actual rows=200 loops=1)"), "\(takeover)")
     }
 
     /// Planned while `orders` was small (analyzed at 300 rows), the fulfil joined every record to `orders` through a

@@ -73,7 +73,7 @@ struct StoreCommandGenerator {
                 numbers[orderID(n)] = n
                 keys.append((key, body))
             }
-        case (.claim(let outbox, let owner, _, _, _), .claimed(let rows, _)):
+        case (.claim(let outbox, let owner, _, _, _, _), .claimed(let rows, _)):
             claimed[owner, default: []] += rows.map { (outbox, $0.sequence) }
         case (.fulfil(let deliveries, _), _):
             delivered += deliveries
@@ -135,7 +135,8 @@ struct StoreCommandGenerator {
         let limit = random.chance(0.05) ? 0 : Int(1 + random.below(4))
         // Short leases (often overtaken) and long ones (usually settled by their owner).
         let lease = random.chance(0.5) ? 200_000 + random.below(3_000_000) : 3_000_000 + random.below(17_000_000)
-        return .claim(outbox(), owner: owner(), limit: limit, at: clock, lease: Int64(lease))
+        // Often taking over expired leases first (relays do about once a second).
+        return .claim(outbox(), owner: owner(), limit: limit, at: clock, lease: Int64(lease), takeOver: random.chance(0.4))
     }
 
     private mutating func settle() -> Step { settle(outbox(), owner: owner()) }
@@ -243,11 +244,11 @@ struct StoreCommandGenerator {
         case 7 where !holders.isEmpty:
             let owner = pick(holders) ?? "relay-1"
             let other = pick(Self.owners.filter { $0 != owner }) ?? "relay-9"
-            group = shuffled([settle(.kafka, owner: owner), .claim(.kafka, owner: other, limit: Int(1 + random.below(4)), at: clock, lease: 5_000_000)])
+            group = shuffled([settle(.kafka, owner: owner), .claim(.kafka, owner: other, limit: Int(1 + random.below(4)), at: clock, lease: 5_000_000, takeOver: random.chance(0.5))])
         default:
             let outbox = outbox()
             group = shuffled(Self.owners).prefix(2 + Int(random.below(2))).map {
-                .claim(outbox, owner: $0, limit: Int(1 + random.below(3)), at: clock, lease: Int64(500_000 + random.below(20_000_000)))
+                .claim(outbox, owner: $0, limit: Int(1 + random.below(3)), at: clock, lease: Int64(500_000 + random.below(20_000_000)), takeOver: random.chance(0.5))
             }
         }
         return group

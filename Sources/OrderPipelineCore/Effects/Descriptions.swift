@@ -23,7 +23,7 @@ extension StoreCommand {
         switch self {
         case .createOrders(let batch): batch.map { "order=\($0.order.id) key=\($0.idempotencyKey)" }.joined(separator: "; ")
         case .transition(let t): "order=\(t.orderID) to=\(t.to.rawValue)"
-        case .claimOutbox(let c): "\(c.outbox.rawValue) owner=\(c.owner) limit=\(c.limit)"
+        case .claimOutbox(let c): "\(c.outbox.rawValue) owner=\(c.owner) limit=\(c.limit)" + (c.takeOverExpiredLeases ? " taking over expired leases" : "")
         case .settleOutbox(let s): "\(s.outbox.rawValue) owner=\(s.owner) published=\(s.published) retry=\(s.retries.map(\.sequence)) dead=\(s.rejections.map(\.sequence))"
         case .releaseClaims(let kind, let owner): "\(kind.rawValue) owner=\(owner)"
         case .fulfil(let batch): batch.map { "\($0.envelope.type.rawValue) order=\($0.envelope.orderID) event=\($0.envelope.id)" }.joined(separator: "; ")

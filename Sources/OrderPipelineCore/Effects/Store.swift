@@ -89,10 +89,17 @@ public struct OrderTransition: Hashable, Sendable {
 }
 
 /// Claim recipe: among rows of `outbox` that are not published and not dead-lettered, whose `next_attempt_at` has
-/// come and whose claim is absent or expired (`claimed_until <= now`), and that are the **head of their order** (no
-/// older row of the same order is still unsettled), take the oldest `limit` by sequence (`FOR UPDATE SKIP LOCKED`),
-/// set `claimed_by = owner`, `claimed_until = now + lease`, `attempts += 1`, and return them oldest first.
+/// come and that nobody claims (`claimed_by IS NULL`), and that are the **head of their order** (no older row of the
+/// same order is still unsettled), take the oldest `limit` by sequence (`FOR UPDATE SKIP LOCKED`), set
+/// `claimed_by = owner`, `claimed_until = now + lease`, `attempts += 1`, and return them oldest first.
 /// Head-of-line is what keeps one order's events in order however many relays run.
+///
+/// **Expired leases** (a relay gone or stalled past `claimed_until`) are taken over only by a claim with
+/// `takeOverExpiredLeases`: first, in the same transaction, it takes the oldest claimed rows whose lease has run out
+/// and that are the head of their order (rows another session has locked are skipped), then free rows up to
+/// `limit` in all. Relays ask for it about once a second, not on every claim: a claim then never walks the rows of
+/// the batches in flight (claimed rows are out of the claim's index), and the walk of the claimed rows that finds
+/// the expired ones is paid once per interval. Every row such a claim locks, it takes: none is locked and left.
 ///
 /// The reply also says whether rows are **held back** behind this owner: whether some unsettled row of the outbox
 /// comes after (same order, higher sequence) an unsettled row claimed by `owner` — one it held before (whatever its
@@ -107,12 +114,15 @@ public struct OutboxClaim: Hashable, Sendable {
     public var owner: String
     public var limit: Int
     public var lease: Duration
+    /// Take over expired leases first (see above).
+    public var takeOverExpiredLeases: Bool
 
-    public init(outbox: OutboxKind, owner: String, limit: Int, lease: Duration) {
+    public init(outbox: OutboxKind, owner: String, limit: Int, lease: Duration, takeOverExpiredLeases: Bool = false) {
         self.outbox = outbox
         self.owner = owner
         self.limit = limit
         self.lease = lease
+        self.takeOverExpiredLeases = takeOverExpiredLeases
     }
 }
 

@@ -6,7 +6,8 @@
 /// - Rows are marked published only after the broker acknowledged them; a crash in between re-sends them (same
 ///   event id), which the consumer's inbox and Service Bus duplicate detection remove.
 /// - Claims are leases fenced by owner: a relay paused past its lease is overtaken, and its late settlement
-///   changes nothing. A restarted relay first releases what its past life held.
+///   changes nothing. A restarted relay first releases what its past life held. Expired leases are taken over by
+///   a claim about once per `leaseSweepInterval` (every relay does it), not by every claim.
 /// - The claim takes only the head row of each order (the oldest unsettled one, claimed or not), so neither several
 ///   relays nor this relay's own batches in flight ever have two rows of one order out at once: order per order is
 ///   kept. Leases keep the batches apart (not even the owner re-claims a row within its lease).
@@ -40,6 +41,9 @@ public struct OutboxRelay: Sendable {
         public var gatherDelay: Duration = .milliseconds(5)
         public var gatherAfterRows = 4
         public var lease: Duration = .seconds(30)
+        /// How often a claim takes over expired leases first (`OutboxClaim.takeOverExpiredLeases`): a crashed or
+        /// stalled relay's rows are taken over about this long after its lease ran out, by whichever relay claims.
+        public var leaseSweepInterval: Duration = .seconds(1)
         /// Fallback poll when no NOTIFY arrives.
         public var pollInterval: Duration = .seconds(1)
         /// Backoff of a row whose publish failed (by its attempts) and of failed store calls.
@@ -93,6 +97,8 @@ public struct OutboxRelay: Sendable {
     /// free slot.
     private var gathering = Gathering.no
     enum Gathering { case no, waiting, done }
+    /// When the latest claim that takes over expired leases went out (nil: the next claim does).
+    private var lastLeaseSweep: Instant?
     private var storeFailures = 0
     /// Consecutive batches of which nothing was delivered.
     private var brokerFailures = 0
@@ -128,11 +134,12 @@ public struct OutboxRelay: Sendable {
             polling = false
             latestClaimRows = 0
             gathering = .no
+            lastLeaseSweep = nil
             storeFailures = 0
             brokerFailures = 0
             // A restarted relay process has a fresh publisher.
             publisherNeedsReset = false
-            return issue(.release)
+            return issue(.release, now: now)
         case .wake:
             guard released, !suspectsBroker else { return [] }
             wantsClaim = true
@@ -173,7 +180,7 @@ public struct OutboxRelay: Sendable {
         awaiting.values.reduce(0) { count, work in work.isBatch ? count + 1 : count } + retrying.reduce(0) { $1.isBatch ? $0 + 1 : $0 }
     }
 
-    private mutating func issue(_ work: Work) -> [Effect] {
+    private mutating func issue(_ work: Work, now: Instant) -> [Effect] {
         nextTicket += 1
         let ticket = Ticket(nextTicket)
         awaiting[ticket] = work
@@ -183,7 +190,12 @@ public struct OutboxRelay: Sendable {
             return [.store(ticket, .releaseClaims(outbox: c.outbox, owner: c.owner))]
         case .claim:
             settledDuringClaim = false
-            return [.store(ticket, .claimOutbox(OutboxClaim(outbox: c.outbox, owner: c.owner, limit: suspectsBroker ? 1 : c.batchSize, lease: c.lease)))]
+            // The host clock may step back (seen by the lab: a relay whose clock stepped back 21 s took over its own
+            // expired lease only 21 s later): a time before the latest sweep counts as due.
+            let sweep = lastLeaseSweep.map { now >= $0 + c.leaseSweepInterval || now < $0 } ?? true
+            if sweep { lastLeaseSweep = now }
+            let claim = OutboxClaim(outbox: c.outbox, owner: c.owner, limit: suspectsBroker ? 1 : c.batchSize, lease: c.lease, takeOverExpiredLeases: sweep)
+            return [.store(ticket, .claimOutbox(claim))]
         case .publish(let rows):
             guard publisherNeedsReset else { return [.publish(ticket, c.channel, rows)] }
             publisherNeedsReset = false
@@ -213,7 +225,7 @@ public struct OutboxRelay: Sendable {
             guard gathering != .waiting else { return [] }
             wantsClaim = false
             gathering = .no
-            return issue(.claim)
+            return issue(.claim, now: now)
         }
         guard released, !wantsClaim, !polling, awaiting.isEmpty, retrying.isEmpty, pausedUntil == nil else { return [] }
         polling = true
@@ -236,7 +248,7 @@ public struct OutboxRelay: Sendable {
             retryAt = nil
             let works = retrying
             retrying = []
-            for work in works { effects += issue(work) }
+            for work in works { effects += issue(work, now: now) }
         }
         if let until = pausedUntil, until <= due {
             pausedUntil = nil
@@ -268,7 +280,7 @@ public struct OutboxRelay: Sendable {
             // A full batch: more rows are likely waiting, so the next claim goes out while this batch is published.
             // Rows held back behind a head whose settle came back meanwhile are free now.
             if rows.count >= configuration.batchSize || (heldBack && settledDuringClaim) { wantsClaim = true }
-            return (rows.isEmpty ? [] : issue(.publish(rows))) + claimIfPossible(now: now)
+            return (rows.isEmpty ? [] : issue(.publish(rows), now: now)) + claimIfPossible(now: now)
         case (.settle(let settlement), .settled(let rows)):
             let expected = settlement.published.count + settlement.retries.count + settlement.rejections.count
             let lost: [Effect] = rows < expected ? [.note(.leaseLost(configuration.outbox, rows: expected - rows))] : []
@@ -331,7 +343,7 @@ public struct OutboxRelay: Sendable {
             // Nothing got through: suspect this relay's broker, not the rows. Others may take them at once.
             for index in settlement.retries.indices { settlement.retries[index].delay = .zero }
         }
-        return notes + issue(.settle(settlement))
+        return notes + issue(.settle(settlement), now: now)
     }
 }
 
