@@ -147,6 +147,22 @@ enum SQL {
     /// whole partial index per candidate (no index condition), and a 27,000-row backlog drained at 250 rows/s
     /// until autovacuum's analyze replaced the plan (docs/POSTGRES.md). The candidates come from `_claimable`,
     /// which the probes cannot use (`Migrations.plans`): on a table never analyzed they took it, and walked it.
+    /// The row `alias` of `table` is the head of its order: no older row of the same order is unsettled.
+    static func headOfItsOrder(_ table: String, _ alias: String) -> String {
+        """
+        NOT EXISTS (
+                      SELECT 1 FROM \(table) p
+                      WHERE p.order_id = \(alias).order_id AND p.sequence < \(alias).sequence
+                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
+                      OFFSET 0)
+        """
+    }
+
+    /// What a claim returns per row (`StoreRecipes.messages` reads it).
+    static let claimedColumns = """
+        o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")) AS occurred, o.payload, o.attempts, o.traceparent
+        """
+
     static func claim(_ kind: OutboxKind) -> PreparedStatement {
         let t = table(kind)
         return PreparedStatement(
@@ -157,11 +173,7 @@ enum SQL {
                 WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
                   AND o.next_attempt_at <= now()
                   AND o.claimed_by IS NULL
-                  AND NOT EXISTS (
-                      SELECT 1 FROM \(t) p
-                      WHERE p.order_id = o.order_id AND p.sequence < o.sequence
-                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
-                      OFFSET 0)
+                  AND \(headOfItsOrder(t, "o"))
                 ORDER BY o.sequence
                 LIMIT $3::int
                 FOR UPDATE OF o SKIP LOCKED
@@ -169,8 +181,7 @@ enum SQL {
             , taken AS (
                 UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
                 FROM candidates c WHERE o.sequence = c.sequence
-                RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")) AS occurred, o.payload, o.attempts,
-                    o.traceparent
+                RETURNING \(claimedColumns)
             ), held AS (
                 SELECT CASE WHEN (SELECT count(*) FROM taken) >= $3::int THEN false ELSE EXISTS (
                     SELECT 1 FROM (
@@ -205,19 +216,14 @@ enum SQL {
             WITH expired AS (
                 SELECT e.sequence FROM \(t) e
                 WHERE e.claimed_by IS NOT NULL AND e.claimed_until <= now() AND e.next_attempt_at <= now()
-                  AND NOT EXISTS (
-                      SELECT 1 FROM \(t) p
-                      WHERE p.order_id = e.order_id AND p.sequence < e.sequence
-                        AND p.published_at IS NULL AND p.dead_lettered_at IS NULL
-                      OFFSET 0)
+                  AND \(headOfItsOrder(t, "e"))
                 ORDER BY e.claimed_until, e.sequence
                 LIMIT $3::int
                 FOR UPDATE OF e SKIP LOCKED
             )
             UPDATE \(t) o SET claimed_by = $1::text, claimed_until = now() + $2::int8 * interval '1 microsecond', attempts = o.attempts + 1
             FROM expired x WHERE o.sequence = x.sequence
-            RETURNING o.sequence, o.event_id, o.event_type, o.order_id, \(micros("o.occurred_at")) AS occurred, o.payload, o.attempts,
-                o.traceparent
+            RETURNING \(claimedColumns)
             """)
     }
     static let takeOverKafka = takeOverExpired(.kafka)
