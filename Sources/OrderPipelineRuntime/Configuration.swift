@@ -71,7 +71,7 @@ public struct RuntimeConfiguration: Sendable {
           RELAY_GATHER_MS
                          relay/all: under load (the latest claim found 4
                          rows or more), a claim waits this long to take
-                         more rows at once (default 5; 0 = never)
+                         more rows at once (default 10; 0 = never)
           DB_CREATE_TRANSACTIONS
                          the API's create transactions at once; creates
                          arriving meanwhile share the next one (default 2,
