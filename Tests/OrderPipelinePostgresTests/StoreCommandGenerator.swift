@@ -244,7 +244,9 @@ struct StoreCommandGenerator {
         case 7 where !holders.isEmpty:
             let owner = pick(holders) ?? "relay-1"
             let other = pick(Self.owners.filter { $0 != owner }) ?? "relay-9"
-            group = shuffled([settle(.kafka, owner: owner), .claim(.kafka, owner: other, limit: Int(1 + random.below(4)), at: clock, lease: 5_000_000, takeOver: random.chance(0.5))])
+            group = shuffled([
+                settle(.kafka, owner: owner), .claim(.kafka, owner: other, limit: Int(1 + random.below(4)), at: clock, lease: 5_000_000, takeOver: random.chance(0.5)),
+            ])
         default:
             let outbox = outbox()
             group = shuffled(Self.owners).prefix(2 + Int(random.below(2))).map {
