@@ -136,51 +136,66 @@ def settle_rate(url, table, column):
 
 def relay(settings, figures):
     """Drains of a backlog by 1 and 2 relays, each against pgbench running the claim and settle statements with as
-    many clients. Ceiling and drain alternate in rounds and each figure is the median of its rounds, so a change in
-    the machine's load hits both."""
+    many clients. Each round runs all four in turn (pgbench and 1 relay, pgbench and 2 relays) and each figure is the
+    median of its rounds, so a change in the machine's load hits ceiling and drain, and one relay and two, alike; the
+    comparison of two relays with one is also made round by round (paired), which the machine's slow stretches of
+    several minutes cannot tilt."""
     rows, rounds = settings.size(100_000, 500), settings.size(3, 1)
     # Smoke: batches of 50, so that a 500-row drain has settles to time (one claim took it all).
     batch = settings.size(BATCH, 50)
+    runs = {1: [], 2: []}
     with scratch_database(settings, "relay") as url, scratch_topic(settings, "relay") as topic:
         log(f"relay: backlog of {rows:,} outbox rows")
         make_backlog(url, rows)
         producer_rate = raw_producer(settings, url, topic, rows)
-        for relays in (1, 2):
-            runs = []
-            for _ in range(rounds):
-                meter = CpuMeter(url)
-                _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(batch)), relays,
-                                        transactions=math.ceil(rows / batch / relays) + 2)
-                ceiling_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", "clients": "pgbench"})
-                published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
-                if published != rows:
-                    raise RuntimeError(f"pgbench claim+settle published {published} of {rows} rows")
-                ceiling = rows / elapsed
-                reset_outbox(url)
-                with Pipeline(settings, url, topic, "unused", f"relay{relays}") as pipeline:
-                    for n in range(relays):
-                        pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}", RELAY_BATCH_SIZE=str(batch))
-                    meter = CpuMeter(url, [process.pid for process in pipeline.processes])
-                    done = wait_until_none(url, "SELECT 1 FROM kafka_outbox WHERE published_at IS NULL", drain_limit(settings),
-                                           "the relay to drain the backlog", alive=pipeline.check_alive, required=False)
-                    drain_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", **{f"pid{process.pid}": f"relay {n + 1}"
-                                                      for n, process in enumerate(pipeline.processes)}, "tansu": "Tansu"})
-                rate = settle_rate(url, "kafka_outbox", "published_at")
-                published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
-                runs.append((rate, ceiling, done, published, ceiling_cpu, drain_cpu))
-                reset_outbox(url)
-            label = "1 relay" if relays == 1 else f"{relays} relays"
-            unfinished = [run[3] for run in runs if not run[2]]
-            rates = ", ".join("–" if r[0] is None else f"{r[0]:,.0f}" for r in runs)
-            note = (f"median of {rounds} interleaved rounds (relay {rates}; pgbench {', '.join(f'{r[1]:,.0f}' for r in runs)}); "
-                    f"CPU µs per event in the last round: drain: {runs[-1][5]}; pgbench: {runs[-1][4]}")
-            if unfinished:
-                note += f"; {len(unfinished)} stopped after {drain_limit(settings)} s ({min(unfinished):,} of {rows:,} published)"
-            figures.add("relay", f"drain {rows / 1000:g}k-row backlog, {label} (events/s)", median(r[0] for r in runs), "/s",
-                        median(r[1] for r in runs), f"pgbench claim+settle, {relays} client{'s' if relays > 1 else ''}",
-                        note=note)
-        figures.add("relay", "raw librdkafka producer, same messages (msgs/s)", producer_rate, "/s",
-                    note="the broker side of the relay's ceiling")
+        for _ in range(rounds):
+            for relays in (1, 2):
+                runs[relays].append(relay_round(settings, url, topic, rows, batch, relays))
+    for relays, label in ((1, "1 relay"), (2, "2 relays")):
+        rounds_of = runs[relays]
+        unfinished = [run[3] for run in rounds_of if not run[2]]
+        rates = ", ".join("–" if r[0] is None else f"{r[0]:,.0f}" for r in rounds_of)
+        note = (f"median of {rounds} interleaved rounds (relay {rates}; pgbench {', '.join(f'{r[1]:,.0f}' for r in rounds_of)}); "
+                f"CPU µs per event in the last round: drain: {rounds_of[-1][5]}; pgbench: {rounds_of[-1][4]}")
+        if unfinished:
+            note += f"; {len(unfinished)} stopped after {drain_limit(settings)} s ({min(unfinished):,} of {rows:,} published)"
+        figures.add("relay", f"drain {rows / 1000:g}k-row backlog, {label} (events/s)", median(r[0] for r in rounds_of), "/s",
+                    median(r[1] for r in rounds_of), f"pgbench claim+settle, {relays} client{'s' if relays > 1 else ''}",
+                    note=note)
+    pairs = [(two[0], one[0]) for one, two in zip(runs[1], runs[2]) if one[0] and two[0]]
+    figures.add("relay", f"drain {rows / 1000:g}k-row backlog, 2 relays vs 1, paired rounds (events/s)",
+                median(two for two, _ in pairs), "/s", median(one for _, one in pairs), "1 relay, same rounds",
+                note="2 relays / 1 relay per round: " + ", ".join(f"{two / one * 100:.0f}%" for two, one in pairs)
+                + f"; median of the per-round ratios {median(two / one for two, one in pairs) * 100:.0f}%" if pairs else "")
+    figures.add("relay", "raw librdkafka producer, same messages (msgs/s)", producer_rate, "/s",
+                note="the broker side of the relay's ceiling")
+
+
+def relay_round(settings, url, topic, rows, batch, relays):
+    """pgbench's claim+settle drain of the backlog, then the relays' drain of it (each from a reset outbox).
+    Answers (relay events/s, pgbench events/s, whether the relays finished, rows they published, CPU per event of
+    pgbench's drain, of the relays')."""
+    meter = CpuMeter(url)
+    _, _, elapsed = pgbench(settings, url, CLAIM_SETTLE.replace("BATCH", str(batch)), relays,
+                            transactions=math.ceil(rows / batch / relays) + 2)
+    ceiling_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", "clients": "pgbench"})
+    published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
+    if published != rows:
+        raise RuntimeError(f"pgbench claim+settle published {published} of {rows} rows")
+    ceiling = rows / elapsed
+    reset_outbox(url)
+    with Pipeline(settings, url, topic, "unused", f"relay{relays}") as pipeline:
+        for n in range(relays):
+            pipeline.start("relay", SERVICEBUS_CONNECTION_STRING=None, RELAY_ID=f"bench-relay-{n}", RELAY_BATCH_SIZE=str(batch))
+        meter = CpuMeter(url, [process.pid for process in pipeline.processes])
+        done = wait_until_none(url, "SELECT 1 FROM kafka_outbox WHERE published_at IS NULL", drain_limit(settings),
+                               "the relay to drain the backlog", alive=pipeline.check_alive, required=False)
+        drain_cpu = meter.per_unit(rows, {"postgres": "PostgreSQL", **{f"pid{process.pid}": f"relay {n + 1}"
+                                          for n, process in enumerate(pipeline.processes)}, "tansu": "Tansu"})
+    rate = settle_rate(url, "kafka_outbox", "published_at")
+    published = scalar(url, "SELECT count(*) FROM kafka_outbox WHERE published_at IS NOT NULL")
+    reset_outbox(url)
+    return rate, ceiling, done, published, ceiling_cpu, drain_cpu
 
 
 def raw_producer(settings, url, topic, rows):

@@ -226,36 +226,85 @@ ANSWER_TIMEOUT = 30  # seconds: a request the API accepted and never answers cou
 
 async def open_loop(port, rate, seconds):
     """POSTs at fixed times (i / rate), whatever the responses do: the load does not slow down when the server
-    does. Connections are reused when free, opened when not. Returns (sent, failures, worst lateness ms)."""
+    does. A request goes out on a free keep-alive connection, or on a new one when none is free. Callbacks on asyncio
+    protocols, no task or stream per request: the client shares the two cores with what it measures, and a task and
+    a stream reader per request cost it about 150 µs of CPU per order at 1,000/s. Returns (sent, failures, worst
+    lateness ms)."""
     loop = asyncio.get_running_loop()
     total = max(1, int(rate * seconds))
     request = (f"POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(ORDER_BODY)}\r\n\r\n").encode() + ORDER_BODY
-    idle, failures, late = [], [0], [0.0]
-    start = loop.time() + 0.1
+    idle, counts, late = [], {"answered": 0, "failures": 0}, [0.0]
+    finished = loop.create_future()
 
-    async def one(i):
-        scheduled = start + i / rate
-        await asyncio.sleep(max(0.0, scheduled - loop.time()))
-        late[0] = max(late[0], (loop.time() - scheduled) * 1000)
-        reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+    def answered(ok):
+        counts["answered"] += 1
+        counts["failures"] += not ok
+        if counts["answered"] == total and not finished.done():
+            finished.set_result(None)
+
+    class Connection(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.buffer, self.deadline = transport, bytearray(), None
+
+        def send(self):
+            self.transport.write(request)
+            # A request the API accepted and never answers counts as a failure, not a hang.
+            self.deadline = loop.call_later(ANSWER_TIMEOUT, self.transport.abort)
+
+        def data_received(self, data):
+            self.buffer += data
+            head = self.buffer.find(b"\r\n\r\n")
+            if head < 0 or self.deadline is None:
+                return
+            length = next((int(line.split(b":")[1]) for line in bytes(self.buffer[:head]).split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(self.buffer) < head + 4 + length:
+                return
+            ok = self.buffer.startswith(b"HTTP/1.1 201")
+            del self.buffer[:head + 4 + length]
+            self.deadline.cancel()
+            self.deadline = None
+            idle.append(self)
+            answered(ok)
+
+        def connection_lost(self, exc):
+            if self in idle:
+                idle.remove(self)
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+                answered(False)
+
+    async def connect_and_send():
         try:
-            writer.write(request)
-            async with asyncio.timeout(ANSWER_TIMEOUT):  # one deadline, no task of its own (wait_for makes one per read)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
-                await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 201"):
-                failures[0] += 1
-            idle.append((reader, writer))
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-            failures[0] += 1
-            writer.close()
+            _, connection = await loop.create_connection(Connection, "127.0.0.1", port)
+        except OSError:
+            answered(False)
+            return
+        connection.send()
 
-    await asyncio.gather(*(one(i) for i in range(total)))
-    for _, writer in idle:
-        writer.close()
-    return total, failures[0], late[0]
+    start, next_index, connecting = loop.time() + 0.1, [0], set()
+
+    def send_due():
+        now = loop.time()
+        while next_index[0] < total and start + next_index[0] / rate <= now:
+            late[0] = max(late[0], (now - start - next_index[0] / rate) * 1000)
+            next_index[0] += 1
+            if idle:
+                idle.pop().send()
+            else:
+                task = loop.create_task(connect_and_send())
+                connecting.add(task)
+                task.add_done_callback(connecting.discard)
+        if next_index[0] < total:
+            loop.call_at(start + next_index[0] / rate, send_due)
+
+    loop.call_at(start, send_due)
+    await finished
+    for connection in idle:
+        connection.transport.close()
+    return total, counts["failures"], late[0]
 
 
 PERCENTILES = "percentile_disc(ARRAY[0.5, 0.9, 0.99, 1.0]) WITHIN GROUP (ORDER BY {})"
