@@ -421,9 +421,14 @@ enum SQL {
         for (index, element) in elements.enumerated() {
             if index > 0 { out.append(UInt8(ascii: ",")) }
             out.append(quote)
-            for byte in element.utf8 where byte != 0 {
-                if byte == quote || byte == backslash { out.append(backslash) }
-                out.append(byte)
+            // Most elements (hex payloads, ids, reasons) need no escape: copied whole, not byte by byte.
+            if element.utf8.contains(where: { $0 == quote || $0 == backslash || $0 == 0 }) {
+                for byte in element.utf8 where byte != 0 {
+                    if byte == quote || byte == backslash { out.append(backslash) }
+                    out.append(byte)
+                }
+            } else {
+                out.append(contentsOf: element.utf8)
             }
             out.append(quote)
         }

@@ -59,6 +59,7 @@ final class TestDatabase: Sendable {
     let url: String
     let admin: PostgresSession
     let session: PostgresSession
+    private let dropped = Mutex(false)
 
     init(adminURL: String) async throws {
         name = Restart.randomName("restart_")
@@ -88,7 +89,13 @@ final class TestDatabase: Sendable {
         return Int(value) ?? -1
     }
 
+    /// Idempotent: a test may drop its database on purpose before its run is closed.
     func drop() async {
+        guard
+            dropped.withLock({ done in
+                defer { done = true }; return !done
+            })
+        else { return }
         session.close()
         let name = self.name
         let _: Void = await admin.withConnection { connection in

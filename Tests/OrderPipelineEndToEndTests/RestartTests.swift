@@ -37,12 +37,41 @@ struct RestartTests {
         let serviceBus: ServiceBusConfiguration
         let name: String
 
-        static func make() async throws -> Run {
+        /// A run for `body`, closed afterwards whether `body` returns or throws: a failed test leaves no database
+        /// or topic behind (leftover databases slow autovacuum's rounds for every later test).
+        static func with(_ body: (Run) async throws -> Void) async throws {
+            let run = try await make()
+            do {
+                try await body(run)
+            } catch {
+                await run.close()
+                throw error
+            }
+            await run.close()
+        }
+
+        private static func make() async throws -> Run {
             let base = Restart.environment
             await ConnectionGate.wait()
             let name = Restart.randomName("restart-")
             try await ScratchTopic.create(name)
-            let database = try await TestDatabase(adminURL: base["DATABASE_URL"]!)
+            let database: TestDatabase
+            do {
+                database = try await TestDatabase(adminURL: base["DATABASE_URL"]!)
+            } catch {
+                await ScratchTopic.delete(name)
+                throw error
+            }
+            do {
+                return try await prepare(database: database, topic: name, base: base)
+            } catch {
+                await database.drop()
+                await ScratchTopic.delete(name)
+                throw error
+            }
+        }
+
+        private static func prepare(database: TestDatabase, topic name: String, base: [String: String]) async throws -> Run {
             var environment = base
             environment["DATABASE_URL"] = database.url
             environment["KAFKA_TOPIC"] = name
@@ -122,117 +151,117 @@ struct RestartTests {
 
     @Test("kill -9 the consumer mid-stream and restart it")
     func consumerKilled() async throws {
-        let run = try await Run.make()
-        // Both serve /metrics (METRICS_PORT), checked at the end.
-        let relayPort = try FreePort.pick()
-        let consumerPort = try FreePort.pick()
-        var relayEnvironment = run.environment
-        relayEnvironment["METRICS_PORT"] = "\(relayPort)"
-        var consumerEnvironment = run.environment
-        consumerEnvironment["METRICS_PORT"] = "\(consumerPort)"
-        let relay = PipelineProcess(role: "relay", environment: relayEnvironment, name: run.name)
-        let consumer = PipelineProcess(role: "consume", environment: consumerEnvironment, name: run.name)
-        defer { relay.abandon(); consumer.abandon() }
-        try relay.start()
-        try consumer.start()
+        try await Run.with { run in
+            // Both serve /metrics (METRICS_PORT), checked at the end.
+            let relayPort = try FreePort.pick()
+            let consumerPort = try FreePort.pick()
+            var relayEnvironment = run.environment
+            relayEnvironment["METRICS_PORT"] = "\(relayPort)"
+            var consumerEnvironment = run.environment
+            consumerEnvironment["METRICS_PORT"] = "\(consumerPort)"
+            let relay = PipelineProcess(role: "relay", environment: relayEnvironment, name: run.name)
+            let consumer = PipelineProcess(role: "consume", environment: consumerEnvironment, name: run.name)
+            defer { relay.abandon(); consumer.abandon() }
+            try relay.start()
+            try consumer.start()
 
-        let stream = OrderStream()
-        stream.start(store: run.store, total: Self.orders, every: .milliseconds(40))
-        // Kill once the consumer has fulfilled some orders, while orders keep coming.
-        let some = try await run.wait(upTo: 60) { try await run.fulfilled() >= 10 }
-        #expect(some, "the consumer fulfilled nothing within 60 s:\n\(consumer.tail())")
-        // A burst, and the kill as soon as the consumer is working through it.
-        let base = try await run.fulfilled()
-        stream.burst(store: run.store, count: 40)
-        _ = try await run.wait(upTo: 10, poll: .milliseconds(2)) { try await run.fulfilled() > base + 3 }
-        let before = stream.ids.count
-        try await consumer.kill9()
-        let fulfilledAtKill = try await run.fulfilled()
-        try await Task.sleep(for: .milliseconds(500))
-        try consumer.start()
-        try await Task.sleep(for: .milliseconds(1500))
-        await stream.finish()
-        let ids = stream.ids
-        #expect(before < ids.count, "the kill came after the last order was created")
-        #expect(fulfilledAtKill < ids.count, "everything was fulfilled before the kill")
+            let stream = OrderStream()
+            stream.start(store: run.store, total: Self.orders, every: .milliseconds(40))
+            // Kill once the consumer has fulfilled some orders, while orders keep coming.
+            let some = try await run.wait(upTo: 60) { try await run.fulfilled() >= 10 }
+            #expect(some, "the consumer fulfilled nothing within 60 s:\n\(consumer.tail())")
+            // A burst, and the kill as soon as the consumer is working through it.
+            let base = try await run.fulfilled()
+            stream.burst(store: run.store, count: 40)
+            _ = try await run.wait(upTo: 10, poll: .milliseconds(2)) { try await run.fulfilled() > base + 3 }
+            let before = stream.ids.count
+            try await consumer.kill9()
+            let fulfilledAtKill = try await run.fulfilled()
+            try await Task.sleep(for: .milliseconds(500))
+            try consumer.start()
+            try await Task.sleep(for: .milliseconds(1500))
+            await stream.finish()
+            let ids = stream.ids
+            #expect(before < ids.count, "the kill came after the last order was created")
+            #expect(fulfilledAtKill < ids.count, "everything was fulfilled before the kill")
 
-        try await run.verify(orders: ids, processes: [relay, consumer])
-        #expect(consumer.starts == 2)
+            try await run.verify(orders: ids, processes: [relay, consumer])
+            #expect(consumer.starts == 2)
 
-        // The standalone roles' /metrics: the relay counted its publishes (both outboxes, pending 0 now), the
-        // restarted consumer its fulfilments since the restart.
-        let relayMetrics = await httpGet(port: relayPort, path: "/metrics") ?? ""
-        #expect(relayMetrics.contains(#"orderpipeline_outbox_published_total{outbox="kafka"}"#), "relay /metrics:\n\(relayMetrics.prefix(2000))")
-        #expect(relayMetrics.contains(#"orderpipeline_outbox_pending{outbox="service-bus"} 0"#), "relay /metrics:\n\(relayMetrics.prefix(2000))")
-        let consumerMetrics = await httpGet(port: consumerPort, path: "/metrics") ?? ""
-        #expect(consumerMetrics.contains("orderpipeline_orders_fulfilled_total"), "consumer /metrics:\n\(consumerMetrics.prefix(2000))")
-        #expect(await httpGet(port: consumerPort, path: "/health/live") != nil)
-        let inbox = try await run.database.int("SELECT count(*) FROM consumer_inbox")
-        print("consumer killed after \(fulfilledAtKill) of \(ids.count) orders were fulfilled (\(before) created); inbox rows: \(inbox)")
-        await relay.stop()
-        await consumer.stop()
-        await run.close()
+            // The standalone roles' /metrics: the relay counted its publishes (both outboxes, pending 0 now), the
+            // restarted consumer its fulfilments since the restart.
+            let relayMetrics = await httpGet(port: relayPort, path: "/metrics") ?? ""
+            #expect(relayMetrics.contains(#"orderpipeline_outbox_published_total{outbox="kafka"}"#), "relay /metrics:\n\(relayMetrics.prefix(2000))")
+            #expect(relayMetrics.contains(#"orderpipeline_outbox_pending{outbox="service-bus"} 0"#), "relay /metrics:\n\(relayMetrics.prefix(2000))")
+            let consumerMetrics = await httpGet(port: consumerPort, path: "/metrics") ?? ""
+            #expect(consumerMetrics.contains("orderpipeline_orders_fulfilled_total"), "consumer /metrics:\n\(consumerMetrics.prefix(2000))")
+            #expect(await httpGet(port: consumerPort, path: "/health/live") != nil)
+            let inbox = try await run.database.int("SELECT count(*) FROM consumer_inbox")
+            print("consumer killed after \(fulfilledAtKill) of \(ids.count) orders were fulfilled (\(before) created); inbox rows: \(inbox)")
+            await relay.stop()
+            await consumer.stop()
+        }
     }
 
     @Test("kill -9 the Kafka relay mid-stream and restart it (same RELAY_ID)")
     func relayKilled() async throws {
-        let run = try await Run.make()
-        // The killed process relays the Kafka outbox only (no SERVICEBUS_CONNECTION_STRING): Kafka duplicates
-        // are removed by the consumer's inbox. A Service Bus relay killed between send and settle sends that
-        // row again with the same MessageId (Service Bus duplicate detection removes it, RabbitMQ keeps it), so
-        // it runs here in the test process, where it is not killed.
-        var kafkaOnly = run.environment
-        kafkaOnly["SERVICEBUS_CONNECTION_STRING"] = nil
-        let relay = PipelineProcess(role: "relay", environment: kafkaOnly, name: run.name)
-        let consumer = PipelineProcess(role: "consume", environment: run.environment, name: run.name)
-        defer { relay.abandon(); consumer.abandon() }
+        try await Run.with { run in
+            // The killed process relays the Kafka outbox only (no SERVICEBUS_CONNECTION_STRING): Kafka duplicates
+            // are removed by the consumer's inbox. A Service Bus relay killed between send and settle sends that
+            // row again with the same MessageId (Service Bus duplicate detection removes it, RabbitMQ keeps it), so
+            // it runs here in the test process, where it is not killed.
+            var kafkaOnly = run.environment
+            kafkaOnly["SERVICEBUS_CONNECTION_STRING"] = nil
+            let relay = PipelineProcess(role: "relay", environment: kafkaOnly, name: run.name)
+            let consumer = PipelineProcess(role: "consume", environment: run.environment, name: run.name)
+            defer { relay.abandon(); consumer.abandon() }
 
-        var settings = PostgresConnection.Settings(url: run.database.url)
-        settings.applicationName = "restart-test-sb-relay"
-        let listener = PostgresListener(settings: settings, logger: Restart.logger)
-        let sender = try ServiceBusSender(configuration: run.serviceBus, logger: Restart.logger)
-        let group = ServiceGroup(
-            services: [
-                RelayService(
-                    outbox: .serviceBus, owner: run.name + "-test", store: run.store, publisher: sender, listener: listener,
-                    logger: Restart.logger, onStop: { await sender.shutdown() })
-            ],
-            logger: Restart.logger
-        )
-        let serviceBusRelay = Task { try await group.run() }
+            var settings = PostgresConnection.Settings(url: run.database.url)
+            settings.applicationName = "restart-test-sb-relay"
+            let listener = PostgresListener(settings: settings, logger: Restart.logger)
+            let sender = try ServiceBusSender(configuration: run.serviceBus, logger: Restart.logger)
+            let group = ServiceGroup(
+                services: [
+                    RelayService(
+                        outbox: .serviceBus, owner: run.name + "-test", store: run.store, publisher: sender, listener: listener,
+                        logger: Restart.logger, onStop: { await sender.shutdown() })
+                ],
+                logger: Restart.logger
+            )
+            let serviceBusRelay = Task { try await group.run() }
 
-        try consumer.start()
-        try relay.start()
-        let stream = OrderStream()
-        stream.start(store: run.store, total: Self.orders, every: .milliseconds(40))
-        let some = try await run.wait(upTo: 60) { try await run.publishedToKafka() >= 10 }
-        #expect(some, "the relay published nothing within 60 s:\n\(relay.tail())")
-        // A burst, and the kill while the relay holds claimed rows (a batch between claim and settle).
-        stream.burst(store: run.store, count: 40)
-        let inFlight = try await run.wait(upTo: 10, poll: .milliseconds(1)) {
-            try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE claimed_by IS NOT NULL") > 0
+            try consumer.start()
+            try relay.start()
+            let stream = OrderStream()
+            stream.start(store: run.store, total: Self.orders, every: .milliseconds(40))
+            let some = try await run.wait(upTo: 60) { try await run.publishedToKafka() >= 10 }
+            #expect(some, "the relay published nothing within 60 s:\n\(relay.tail())")
+            // A burst, and the kill while the relay holds claimed rows (a batch between claim and settle).
+            stream.burst(store: run.store, count: 40)
+            let inFlight = try await run.wait(upTo: 10, poll: .milliseconds(1)) {
+                try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE claimed_by IS NOT NULL") > 0
+            }
+            let before = stream.ids.count
+            try await relay.kill9()
+            let publishedAtKill = try await run.publishedToKafka()
+            let claimedAtKill = try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE claimed_by IS NOT NULL")
+            try await Task.sleep(for: .milliseconds(500))
+            try relay.start()
+            try await Task.sleep(for: .milliseconds(1500))
+            await stream.finish()
+            let ids = stream.ids
+            #expect(before < ids.count, "the kill came after the last order was created")
+
+            try await run.verify(orders: ids, processes: [relay, consumer])
+            #expect(try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE published_at IS NULL") == 0)
+            #expect(relay.starts == 2)
+            print("relay killed after \(publishedAtKill) Kafka rows published (\(claimedAtKill) claimed, caught in flight: \(inFlight), \(before) orders created) of \(ids.count)")
+
+            await group.triggerGracefulShutdown()
+            try await serviceBusRelay.value
+            listener.close()
+            await relay.stop()
+            await consumer.stop()
         }
-        let before = stream.ids.count
-        try await relay.kill9()
-        let publishedAtKill = try await run.publishedToKafka()
-        let claimedAtKill = try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE claimed_by IS NOT NULL")
-        try await Task.sleep(for: .milliseconds(500))
-        try relay.start()
-        try await Task.sleep(for: .milliseconds(1500))
-        await stream.finish()
-        let ids = stream.ids
-        #expect(before < ids.count, "the kill came after the last order was created")
-
-        try await run.verify(orders: ids, processes: [relay, consumer])
-        #expect(try await run.database.int("SELECT count(*) FROM kafka_outbox WHERE published_at IS NULL") == 0)
-        #expect(relay.starts == 2)
-        print("relay killed after \(publishedAtKill) Kafka rows published (\(claimedAtKill) claimed, caught in flight: \(inFlight), \(before) orders created) of \(ids.count)")
-
-        await group.triggerGracefulShutdown()
-        try await serviceBusRelay.value
-        listener.close()
-        await relay.stop()
-        await consumer.stop()
-        await run.close()
     }
 }

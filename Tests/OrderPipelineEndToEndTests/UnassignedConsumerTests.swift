@@ -17,31 +17,31 @@ import Testing
 struct UnassignedConsumerTests {
     @Test("Kafka frozen before the join: /health/live 503 once unassigned past the bound; thawed, the consumer is assigned and live")
     func wedgedJoin() async throws {
-        let run = try await RestartTests.Run.make()
-        let kafka = try await PrivateTansu()
-        defer { kafka.stop() }
-        try await kafka.createTopic("orders", partitions: 3)
-        kafka.signal(SIGSTOP)
-        let port = try FreePort.pick()
-        let consumer = PipelineProcess(
-            role: "consume",
-            environment: run.environment.merging([
-                "METRICS_PORT": "\(port)", "KAFKA_BROKERS": kafka.address, "KAFKA_TOPIC": "orders", "LIVENESS_UNASSIGNED_SECONDS": "3",
-            ]) { $1 }, name: run.name)
-        defer { consumer.abandon() }
-        try consumer.start()
+        try await RestartTests.Run.with { run in
+            let kafka = try await PrivateTansu()
+            defer { kafka.stop() }
+            try await kafka.createTopic("orders", partitions: 3)
+            kafka.signal(SIGSTOP)
+            let port = try FreePort.pick()
+            let consumer = PipelineProcess(
+                role: "consume",
+                environment: run.environment.merging([
+                    "METRICS_PORT": "\(port)", "KAFKA_BROKERS": kafka.address, "KAFKA_TOPIC": "orders", "LIVENESS_UNASSIGNED_SECONDS": "3",
+                ]) { $1 }, name: run.name)
+            defer { consumer.abandon() }
+            try consumer.start()
 
-        let stuck = await HealthTests.poll(port: port, path: "/health/live", upTo: 30) { status, _ in status == 503 }
-        #expect(stuck.status == 503, "consume /health/live: \(stuck)\n\(consumer.tail())")
-        #expect(stuck.body.contains(#""name":"consumer","live":false"#) && stuck.body.contains(#""secondsUnassigned":"#), "\(stuck.body)")
-        #expect(stuck.body.contains(#""awaiting":0"#), "the stall rule has nothing to judge: \(stuck.body)")
+            let stuck = await HealthTests.poll(port: port, path: "/health/live", upTo: 30) { status, _ in status == 503 }
+            #expect(stuck.status == 503, "consume /health/live: \(stuck)\n\(consumer.tail())")
+            #expect(stuck.body.contains(#""name":"consumer","live":false"#) && stuck.body.contains(#""secondsUnassigned":"#), "\(stuck.body)")
+            #expect(stuck.body.contains(#""awaiting":0"#), "the stall rule has nothing to judge: \(stuck.body)")
 
-        kafka.signal(SIGCONT)
-        let live = await HealthTests.poll(port: port, path: "/health/live", upTo: 60) { status, _ in status == 200 }
-        #expect(live.status == 200, "after the thaw: \(live)\n\(consumer.tail())")
-        #expect(!live.body.contains("secondsUnassigned"), "\(live.body)")
-        await consumer.stop()
-        await run.close()
+            kafka.signal(SIGCONT)
+            let live = await HealthTests.poll(port: port, path: "/health/live", upTo: 60) { status, _ in status == 200 }
+            #expect(live.status == 200, "after the thaw: \(live)\n\(consumer.tail())")
+            #expect(!live.body.contains("secondsUnassigned"), "\(live.body)")
+            await consumer.stop()
+        }
     }
 }
 
