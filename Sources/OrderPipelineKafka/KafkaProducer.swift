@@ -12,25 +12,28 @@ import Synchronization
 /// back-pressure: the publish waits and tries again. After `PRODUCER_FENCED`, a fatal error or a message timeout
 /// (an idempotent producer stays broken after one) the session is unusable: those records (the broker may have
 /// written them) and every later batch answer `.sessionUnusable`, until the relay machine decides to `reset()` it
-/// (a new librdkafka producer).
+/// (a new librdkafka producer). Single messages and batches of several go through two librdkafka producers
+/// (`Sessions`), replaced together.
 public final class KafkaProducer: Sendable {
     public let configuration: KafkaConfiguration
     private let logger: Logger
-    private let session: Mutex<ProducerSession?>
-    private let generation = Atomic<Int>(0)
+    private let forBatches: Bool
+    private let sessions: Mutex<Sessions?>
 
-    /// Creates the first producer session (idempotent, `acks=all`).
+    /// Creates the first producer session (idempotent, `acks=all`), and with `forBatches` (the relay's) a second one
+    /// for batches of several messages (`KafkaConfiguration.batchLingerMilliseconds`).
     /// - Throws: `KafkaError` when librdkafka refuses the configuration or cannot create the client.
-    public init(configuration: KafkaConfiguration, logger: Logger) throws(KafkaError) {
+    public init(configuration: KafkaConfiguration, forBatches: Bool = true, logger: Logger) throws(KafkaError) {
         self.configuration = configuration
         self.logger = logger
-        let first = try ProducerSession(configuration: configuration, number: 1, logger: logger)
-        self.session = Mutex(first)
+        self.forBatches = forBatches
+        self.sessions = Mutex(try Sessions(configuration: configuration, number: 1, forBatches: forBatches, logger: logger))
         logger.info(
             "Kafka producer ready",
             metadata: [
                 "kafka.brokers": "\(configuration.brokers)", "kafka.topic": "\(configuration.topic)",
                 "kafka.librdkafka": "\(KafkaConfiguration.librdkafkaVersion)",
+                "kafka.batch_linger_ms": "\(forBatches ? configuration.batchLingerMilliseconds : 0)",
             ])
     }
 
@@ -54,23 +57,23 @@ public final class KafkaProducer: Sendable {
         return outcome.isDelivered ? .delivered : outcome
     }
 
-    /// Flushes what is in flight (up to `timeout`) and destroys the producer. Later publishes fail (retriable).
+    /// Flushes what is in flight (up to `timeout`) and destroys the producers. Later publishes fail (retriable).
     public func shutdown(timeout: Duration = .seconds(10)) async {
-        let current = session.withLock { current -> ProducerSession? in
+        let current = sessions.withLock { current -> Sessions? in
             defer { current = nil }
             return current
         }
         await current?.stop(flushTimeout: timeout)
     }
 
-    /// Replaces the session by a new producer (the machine's `.resetPublisher`); the old one's in-flight reports
-    /// still resolve its batches. If the new producer cannot be created the old one stays, and keeps answering
+    /// Replaces the sessions by new producers (the machine's `.resetPublisher`); the old ones' in-flight reports
+    /// still resolve their batches. If a new producer cannot be created the old ones stay, and keep answering
     /// `.sessionUnusable` when broken, so the relay asks again before its next publish.
     public func reset() {
-        let retired: ProducerSession? = session.withLock { current in
+        let retired: Sessions? = sessions.withLock { current in
             guard let existing = current else { return nil }
             do {
-                current = try ProducerSession(configuration: configuration, number: existing.number + 1, logger: logger)
+                current = try Sessions(configuration: configuration, number: existing.number + 1, forBatches: forBatches, logger: logger)
                 return existing
             } catch {
                 logger.error("Could not recreate the Kafka producer", metadata: ["kafka.error": "\(error)"])
@@ -87,17 +90,53 @@ public final class KafkaProducer: Sendable {
     }
 
     /// Which producer session is live (1 for the first; each reset adds one). For tests and logs.
-    public var sessionNumber: Int? { session.withLock { $0?.number } }
+    public var sessionNumber: Int? { sessions.withLock { $0?.number } }
 
     private func send(_ items: [ProducerSession.Item], topic: String) async -> [PublishOutcome] {
         guard !items.isEmpty else { return [] }
-        guard let current = session.withLock({ $0 }) else {
+        guard let current = sessions.withLock({ $0 }) else {
             return items.map { _ in .failed(retriable: true, reason: "producer is shut down") }
         }
+        // One broken producer makes the pair unusable: the relay resets both before its next publish.
         if let reason = current.brokenReason {
             return items.map { _ in .sessionUnusable(ProducerSession.unusable(reason)) }
         }
-        return await current.send(items, topic: topic)
+        return await current.session(for: items.count).send(items, topic: topic)
+    }
+
+    /// The live producers: batches of one message go through `single`, larger ones through `batches` when there is
+    /// one. Order per key does not depend on which: the relay publishes an order's next row only once the broker has
+    /// acknowledged the one before (the claim's head of line).
+    private struct Sessions: Sendable {
+        let number: Int
+        let single: ProducerSession
+        let batches: ProducerSession?
+
+        init(configuration: KafkaConfiguration, number: Int, forBatches: Bool, logger: Logger) throws(KafkaError) {
+            let single = try ProducerSession(configuration: configuration, role: .single, number: number, logger: logger)
+            var batches: ProducerSession?
+            if forBatches, configuration.batchLingerMilliseconds > 0 {
+                do {
+                    batches = try ProducerSession(configuration: configuration, role: .batches, number: number, logger: logger)
+                } catch {
+                    Task.detached { await single.stop(flushTimeout: .zero) }
+                    throw error
+                }
+            }
+            self.number = number
+            self.single = single
+            self.batches = batches
+        }
+
+        var brokenReason: String? { single.brokenReason ?? batches?.brokenReason }
+
+        func session(for count: Int) -> ProducerSession { count > 1 ? batches ?? single : single }
+
+        func stop(flushTimeout: Duration) async {
+            async let first: Void = single.stop(flushTimeout: flushTimeout)
+            await batches?.stop(flushTimeout: flushTimeout)
+            await first
+        }
     }
 }
 
@@ -144,16 +183,21 @@ final class ProducerSession: Sendable {
     private let stopped = Mutex<CheckedContinuation<Void, Never>?>(nil)
     private let threadDone = Atomic<Bool>(false)
 
-    init(configuration: KafkaConfiguration, number: Int, logger: Logger) throws(KafkaError) {
+    /// Which messages a session sends (`KafkaProducer.Sessions`): its `client.id`, thread name and linger.
+    enum Role {
+        case single, batches
+    }
+
+    init(configuration: KafkaConfiguration, role: Role, number: Int, logger: Logger) throws(KafkaError) {
         self.number = number
         self.logger = logger
         self.messageTimeout = configuration.messageTimeout
         let conf = KafkaConf()
         try conf.set("bootstrap.servers", configuration.brokers)
-        try conf.set("client.id", "\(configuration.clientID)-producer-\(number)")
+        try conf.set("client.id", "\(configuration.clientID)-\(role == .single ? "producer" : "batch-producer")-\(number)")
         try conf.set("enable.idempotence", "true")
         try conf.set("acks", "all")
-        try conf.set("linger.ms", String(configuration.lingerMilliseconds))
+        try conf.set("linger.ms", String(role == .single ? configuration.lingerMilliseconds : configuration.batchLingerMilliseconds))
         try conf.set("message.timeout.ms", String(configuration.messageTimeout.milliseconds))
         for (name, value) in configuration.extraProperties.sorted(by: { $0.key < $1.key }) { try conf.set(name, value) }
         let box = DeliveryBox()
@@ -171,7 +215,7 @@ final class ProducerSession: Sendable {
         _ = conf.release()
         self.handle = ProducerHandle(rk, box: box)
         box.session = self
-        DedicatedThread.start("kafka-prod-\(number)") { [self] in self.pollLoop() }
+        DedicatedThread.start("kafka-\(role == .single ? "prod" : "batch")-\(number)") { [self] in self.pollLoop() }
     }
 
     var brokenReason: String? { pending.withLock { $0.brokenReason } }

@@ -74,7 +74,8 @@ enum BrokerBootstrap {
     }
 
     static func consumerService(brokers: BrokerConfiguration, store: any StorePerforming, logger: Logger, metrics: PipelineMetrics) throws -> ConsumerService {
-        let deadLetters = try KafkaProducer(configuration: brokers.kafka, logger: logger)
+        // Poison records are copied one at a time: no producer for batches.
+        let deadLetters = try KafkaProducer(configuration: brokers.kafka, forBatches: false, logger: logger)
         return ConsumerService(configuration: brokers.kafka, store: store, deadLetters: deadLetters, logger: logger, metrics: metrics)
     }
 }

@@ -146,6 +146,28 @@ struct KafkaIntegrationTests {
         if case .failed(retriable: true, _) = after.first {} else { Issue.record("expected a retriable failure, got \(after)") }
     }
 
+    @Test("single messages and batches go through two producers; one after the other, one order's events keep their order")
+    func singleAndBatchProducersKeepOrderPerKey() async throws {
+        let producer = try KafkaProducer(configuration: TestKafka.configuration, logger: TestKafka.logger)
+        var random = SystemRandomNumberGenerator()
+        let order = OrderID(UUID128.random(using: &random))
+        func event(_ sequence: Int64) -> OutboxMessage {
+            var message = TestKafka.message(sequence: sequence)
+            message.event.orderID = order
+            return message
+        }
+        // As the relay publishes: each call once the one before was acknowledged (the claim's head of line).
+        var outcomes: [PublishOutcome] = []
+        for batch in [[event(1)], [event(2), event(3), event(4)], [event(5)], [event(6), event(7)]] {
+            outcomes += await producer.publish(batch)
+        }
+        await producer.shutdown()
+        let positions = outcomes.compactMap { if case .appended(let position) = $0 { position } else { nil } }
+        #expect(positions.count == 7, "\(outcomes)")
+        #expect(Set(positions.map(\.partition)).count == 1, "one key, one partition: \(positions)")
+        #expect(positions.map(\.offset) == positions.map(\.offset).sorted() && Set(positions.map(\.offset)).count == 7, "\(positions)")
+    }
+
     @Test("produce with key and headers, consume them back, commit, and resume from the committed offset")
     func produceConsumeCommitResume() async throws {
         // A topic of its own: the new group reads from the earliest record, on `orders` through every other test's.
