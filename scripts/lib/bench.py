@@ -88,6 +88,8 @@ def write_report(out_dir, results):
         "(`relay` with RELAY_OUTBOXES=kafka and =service-bus). pgbench's sessions run as the",
         "pipeline's writers do, without a NOTIFY in their transactions (`orderpipeline.notify=off`; a notifier wakes",
         "the relays outside them): a NOTIFY-ing commit is far slower, and it made earlier ceilings too low.",
+        "`relay` drains with one and with two relays in turn in every round; its \"2 relays vs 1\" line compares them",
+        "round by round, since the machine's slow stretches last minutes.",
         "",
     ]
     for name, run in data["benchmarks"].items():
