@@ -15,7 +15,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_common import REPO, Figures, Settings, log, number, ratio_text  # noqa: E402
+from bench_common import REPO, Figures, Settings, log, number, quiet_disk, ratio_text  # noqa: E402
 from bench_drain import consumer, relay  # noqa: E402
 from bench_pipeline import api, e2e, latency  # noqa: E402
 
@@ -89,7 +89,9 @@ def write_report(out_dir, results):
         "pipeline's writers do, without a NOTIFY in their transactions (`orderpipeline.notify=off`; a notifier wakes",
         "the relays outside them): a NOTIFY-ing commit is far slower, and it made earlier ceilings too low.",
         "`relay` drains with one and with two relays in turn in every round; its \"2 relays vs 1\" line compares them",
-        "round by round, since the machine's slow stretches last minutes.",
+        "round by round, since the machine's slow stretches last minutes. Every benchmark, and every `latency` round,",
+        "starts after a checkpoint and a `sync`: the dirty pages an earlier benchmark left made the kernel's writeback",
+        "stall commits for 100-300 ms in rounds that came after it.",
         "",
     ]
     for name, run in data["benchmarks"].items():
@@ -132,6 +134,7 @@ def main():
         figures, before, start = Figures(), load(), time.monotonic()
         error = None
         try:
+            quiet_disk(settings.database_url)  # what the benchmark before left to write back is not this one's
             BENCHMARKS[name](settings, figures)
         except Exception as exc:  # one broken benchmark does not hide the others' figures
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]

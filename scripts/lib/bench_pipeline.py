@@ -9,8 +9,8 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from bench_common import (ORDER_BODY, EachSecond, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, per_unit,
-                          pgbench, process_counters, scalar, scratch_database, scratch_topic, tansu_pid, wait_fulfilled,
-                          wait_until_none, wrk)
+                          pgbench, process_counters, quiet_disk, scalar, scratch_database, scratch_topic, tansu_pid,
+                          wait_fulfilled, wait_until_none, wrk)
 
 PAYLOAD = "x" * 560  # an OrderCreated payload's size
 # The transaction the API commits for one order (SQL.createOrders with a batch of one: idempotency key, order, item,
@@ -402,6 +402,7 @@ def latency(settings, figures):
                     pipeline.wait_ready()
                     for _ in range(5):
                         wait_fulfilled(url, pipeline.post_order(), 90, alive=pipeline.check_alive)
+                    quiet_disk(url)
                     since, counters, before = scalar(url, "SELECT now()"), process_counters(main.pid), transactions(url)
                     broker = EachSecond(lambda: process_counters(tansu_pid())[0])
                     round_sent, round_failures, round_late = asyncio.run(open_loop(settings.http_port, rate, seconds))
