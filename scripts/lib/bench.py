@@ -89,9 +89,9 @@ def write_report(out_dir, results):
         "pipeline's writers do, without a NOTIFY in their transactions (`orderpipeline.notify=off`; a notifier wakes",
         "the relays outside them): a NOTIFY-ing commit is far slower, and it made earlier ceilings too low.",
         "`relay` drains with one and with two relays in turn in every round; its \"2 relays vs 1\" line compares them",
-        "round by round, since the machine's slow stretches last minutes. Every benchmark, and every `latency` round,",
-        "starts after a checkpoint and a `sync`: the dirty pages an earlier benchmark left made the kernel's writeback",
-        "stall commits for 100-300 ms in rounds that came after it.",
+        "round by round, since the machine's slow stretches last minutes. Every benchmark starts after a checkpoint and",
+        "a `sync`, and every `latency` round after a `sync`: a checkpoint and the kernel's writeback of what an earlier",
+        "benchmark left stalled commits for 100-300 ms in the rounds after it.",
         "",
     ]
     for name, run in data["benchmarks"].items():

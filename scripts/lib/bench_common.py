@@ -275,10 +275,11 @@ def scalar(url, sql, params=()):
 
 
 def quiet_disk(url):
-    """A checkpoint, then the kernel's dirty pages written out: what earlier benchmarks left to write no longer
-    lands in a measured round. Measured: a round started while the kernel wrote back 900 MB of another database's
-    pages had commits stall for up to 150 ms (p99 at 100 orders/s 93 ms, against 9 ms in the rounds beside it), and
-    after the e2e benchmark two of three 100/s rounds had a p99 near 300 ms."""
+    """A checkpoint, then the kernel's dirty pages written out: what the benchmarks before left to write no longer
+    lands in this one's measurements, and the next checkpoint is 540 MB of WAL away (a `latency` run writes about
+    250). Measured: after the e2e benchmark, two of three 100/s rounds had a p99 near 300 ms (commits stalled while
+    a checkpoint started and the kernel wrote back e2e's pages); a round started while the kernel wrote back 900 MB
+    of another database's pages had a 150 ms stall (p99 93 ms against 9 ms in the rounds beside it)."""
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("CHECKPOINT")
     os.sync()

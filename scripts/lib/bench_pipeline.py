@@ -9,7 +9,7 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from bench_common import (ORDER_BODY, EachSecond, Pipeline, declare_queue, drain_limit, kafka_producer, log, median, per_unit,
-                          pgbench, process_counters, quiet_disk, scalar, scratch_database, scratch_topic, tansu_pid,
+                          pgbench, process_counters, scalar, scratch_database, scratch_topic, tansu_pid,
                           wait_fulfilled, wait_until_none, wrk)
 
 PAYLOAD = "x" * 560  # an OrderCreated payload's size
@@ -402,7 +402,9 @@ def latency(settings, figures):
                     pipeline.wait_ready()
                     for _ in range(5):
                         wait_fulfilled(url, pipeline.post_order(), 90, alive=pipeline.check_alive)
-                    quiet_disk(url)
+                    # The round before's dirty pages written out. Not a CHECKPOINT (the driver made one): the
+                    # full-page writes after it stalled a 1,000/s round's first 100 ms by 60-160 ms in 3 of 4 rounds.
+                    os.sync()
                     since, counters, before = scalar(url, "SELECT now()"), process_counters(main.pid), transactions(url)
                     broker = EachSecond(lambda: process_counters(tansu_pid())[0])
                     round_sent, round_failures, round_late = asyncio.run(open_loop(settings.http_port, rate, seconds))
