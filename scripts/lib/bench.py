@@ -91,7 +91,10 @@ def write_report(out_dir, results):
         "`relay` drains with one and with two relays in turn in every round; its \"2 relays vs 1\" line compares them",
         "round by round, since the machine's slow stretches last minutes. Every benchmark starts after a checkpoint and",
         "a `sync`, and every `latency` round after a `sync`: a checkpoint and the kernel's writeback of what an earlier",
-        "benchmark left stalled commits for 100-300 ms in the rounds after it.",
+        "benchmark left stalled commits for 100-300 ms in the rounds after it. `latency` measures its round-trip ceiling",
+        "in pieces, one right before each round, and times an 8 KB write + fdatasync every 20 ms during each piece and",
+        "round: the disk's slowest flush is printed beside each p99, since a commit waits for the same flush (this",
+        "machine kind's disk has stalled a flush for 100-460 ms while idle).",
         "",
     ]
     for name, run in data["benchmarks"].items():
