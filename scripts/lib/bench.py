@@ -93,8 +93,8 @@ def write_report(out_dir, results):
         "a `sync`, and every `latency` round after a `sync`: a checkpoint and the kernel's writeback of what an earlier",
         "benchmark left stalled commits for 100-300 ms in the rounds after it. `latency` measures its round-trip ceiling",
         "in pieces, one right before each round, and times an 8 KB write + fdatasync every 20 ms during each piece and",
-        "round: the disk's slowest flush is printed beside each p99, since a commit waits for the same flush (this",
-        "machine kind's disk has stalled a flush for 100-460 ms while idle).",
+        "round: the disk's median and slowest flush are printed beside each p99, since a commit waits for the same",
+        "flush (this machine kind's disk has stalled a flush for 100-460 ms while idle).",
         "",
     ]
     for name, run in data["benchmarks"].items():

@@ -287,13 +287,13 @@ def quiet_disk(url):
 
 class DiskProbe(threading.Thread):
     """Times one 8 KB write + fdatasync every 20 ms on the disk under the bench's work folder (the same disk as
-    PostgreSQL's WAL here) until `stop()`, which returns the slowest in ms. A commit waits for such a flush, so a
+    PostgreSQL's WAL here) until `stop()`, which returns the median and the slowest in ms. A commit waits for such a flush, so a
     latency round's tail can be told apart from the disk's: on this machine kind an idle disk's flush, normally
     0.3 ms, has been seen to take 317 ms, and every commit waits as long."""
 
     def __init__(self, directory):
         super().__init__(daemon=True)
-        self.path, self.slowest, self.stopped = os.path.join(directory, "disk-probe"), 0.0, threading.Event()
+        self.path, self.flushes, self.stopped = os.path.join(directory, "disk-probe"), [], threading.Event()
         self.start()
 
     def run(self):
@@ -304,14 +304,14 @@ class DiskProbe(threading.Thread):
                 start = time.perf_counter()
                 os.pwrite(descriptor, block, 0)
                 os.fdatasync(descriptor)
-                self.slowest = max(self.slowest, (time.perf_counter() - start) * 1000)
+                self.flushes.append((time.perf_counter() - start) * 1000)
         finally:
             os.close(descriptor)
 
     def stop(self):
         self.stopped.set()
         self.join()
-        return self.slowest
+        return (median(self.flushes), max(self.flushes)) if self.flushes else (0.0, 0.0)
 
 
 def wait_fulfilled(url, order_id, timeout, alive=None):

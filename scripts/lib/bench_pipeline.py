@@ -432,15 +432,15 @@ def latency(settings, figures):
             log(f"latency at {rate}/s: {len(rounds)} rounds, {sent} orders, {failures} failed, client at most {late:.1f} ms late")
             measured.append((rate, rounds, spans, commits, sent, failures, late, tansu, disk, shed))
     ceiling = percentiles(ceiling_samples)
-    each = ", ".join(f"{slowest:.0f} ({flush:.0f})" for slowest, flush in ceiling_pieces)
+    each = ", ".join(f"{slowest:.0f} ({typical:.2f}/{flush:.0f})" for slowest, (typical, flush) in ceiling_pieces)
     for name, value in zip(("p50", "p99"), (ceiling[0], ceiling[2])):
         figures.add("latency", f"round trip ceiling {name}: 2 commits + produce→consume (ms)", value, "ms", higher_is_better=False,
                     note=(f"{len(ceiling_samples)} round trips at 100/s in {len(ceiling_pieces)} pieces, one before each round; "
-                          f"slowest of each piece (the disk's slowest flush meanwhile): {each} ms") if name == "p99" else "")
+                          f"slowest of each piece in ms (the disk's median/slowest flush meanwhile): {each}") if name == "p99" else "")
     for rate, rounds, spans, commits, sent, failures, late, tansu, disk, shed in measured:
         total, kafka, sb = ([median(r[leg][index] for r in rounds) for index in range(4)] for leg in range(3))
         cost = f"{per_unit(spans, sent)}, {commits / sent:.2f} PostgreSQL transactions"
-        each = "; ".join(f"{r[0][2]:.1f} ({flush:.0f}, {failed})" for r, flush, failed in zip(rounds, disk, shed))
+        each = "; ".join(f"{r[0][2]:.1f} ({typical:.2f}/{flush:.0f}, {failed})" for r, (typical, flush), failed in zip(rounds, disk, shed))
         for index, name in enumerate(("p50", "p90", "p99", "max")):
             note = ""
             if index == 0:
@@ -449,7 +449,7 @@ def latency(settings, figures):
                 note = ("Tansu's CPU in the first → last second of each round: "
                         + ", ".join(f"{round(r[0] * 1000)} → {round(r[-1] * 1000)}" for r in tansu if r) + " ms/s")
             elif index == 2:
-                note = f"p99 of each round in ms (the disk's slowest flush meanwhile in ms, requests not answered 201): {each}"
+                note = f"p99 of each round in ms (the disk's median/slowest flush meanwhile in ms, requests not answered 201): {each}"
             figures.add("latency", f"create→Fulfilled at {rate} orders/s, {name} (ms)", total[index], "ms", ceiling[index],
                         f"round trip {name}", higher_is_better=False, note=note)
         figures.add("latency", f"hop created→Kafka row settled at {rate}/s, p50 (ms)", kafka[0], "ms",
