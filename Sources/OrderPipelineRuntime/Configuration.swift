@@ -23,7 +23,7 @@ public struct RuntimeConfiguration: Sendable {
     public var relayBatchSize: Int?
     public var relayPipelineDepth: Int?
     /// `RELAY_GATHER_MS` — how long a relay's claim waits under load to take more rows at once (nil: the machine's
-    /// default, 5 ms; 0: never).
+    /// default, 10 ms; 0: never).
     public var relayGatherDelay: Duration?
     /// `DB_CREATE_TRANSACTIONS` — the API's create transactions in flight at once (default 2, at most
     /// `DB_POOL_SIZE`). Creates arriving while they are busy wait and share the next transaction (group commit).
