@@ -40,6 +40,46 @@ import Testing
         #expect(consumer.handle(.offsetsCommitted(commitTicket, .committed), now: t0).isEmpty, "nothing more until records come")
     }
 
+    /// Offsets go out at most once per `commitInterval`: progress made sooner waits for the `.commit` timer and goes
+    /// with whatever came meanwhile; a commit after a quiet spell goes at once, and so does one after the clock
+    /// stepped back.
+    @Test func offsetsAreCommittedAtMostOncePerInterval() throws {
+        var consumer = oneRecordBatches()
+        let interval = consumer.configuration.commitInterval
+        var fetch: Ticket?
+        func handle(_ input: Input, _ now: Instant) -> [Effect] {
+            let effects = consumer.handle(input, now: now)
+            if let ticket = fetchTicket(effects) { fetch = ticket }
+            return effects
+        }
+        /// Fetches one record and stores its batch at `now`; the effects of the store's answer.
+        func fulfil(_ record: ConsumedRecord, _ now: Instant) throws -> [Effect] {
+            let pending = try #require(fetch)
+            let (ticket, _) = try #require(stores(handle(.fetched(pending, [record]), now)).first)
+            return handle(.stored(ticket, .committed(.fulfilments([.fulfilled]))), now)
+        }
+        _ = handle(.start, t0)
+        _ = handle(.assigned(generation: 1, partitions: [0, 1]), t0)
+        let (first, offsets, _) = try #require(commit(try fulfil(record(0), t0)))
+        #expect(offsets == [PartitionOffset(partition: 0, offset: 1)], "the first commit goes at once")
+        _ = handle(.offsetsCommitted(first, .committed), t0 + .milliseconds(2))
+
+        let soon = t0 + .milliseconds(10)
+        let held = try fulfil(record(0, partition: 1, order: orderB), soon)
+        #expect(commit(held) == nil, "within the interval the progress waits")
+        #expect(held.contains(.setTimer(.commit, at: t0 + interval)))
+        let again = try fulfil(record(1), soon + .milliseconds(5))
+        #expect(commit(again) == nil && !again.contains { if case .setTimer(.commit, _) = $0 { true } else { false } }, "one timer stands for it")
+        let (second, together, _) = try #require(commit(handle(.timer(.commit), t0 + interval)))
+        #expect(together == [PartitionOffset(partition: 0, offset: 2), PartitionOffset(partition: 1, offset: 1)], "everything handled meanwhile, in one commit")
+        _ = handle(.offsetsCommitted(second, .committed), t0 + interval)
+
+        let later = t0 + interval * 3
+        let (third, _, _) = try #require(commit(try fulfil(record(2), later)), "after a quiet spell, at once")
+        _ = handle(.offsetsCommitted(third, .committed), later)
+        #expect(commit(try fulfil(record(3), later + .seconds(-20)))?.1 == [PartitionOffset(partition: 0, offset: 4)], "a clock that stepped back holds nothing")
+    }
+
     @Test func aRedeliveryIsDeduplicatedAndStillCommitted() throws {
         var consumer = FulfilmentConsumer(seed: 1)
         _ = consumer.handle(.start, now: t0)

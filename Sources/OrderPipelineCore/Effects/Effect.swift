@@ -23,6 +23,8 @@ public enum TimerID: String, Hashable, Sendable {
     case retry
     /// Relay under load: the end of the short wait that lets a claim take the rows of several orders at once.
     case gather
+    /// Consumer: the next offset commit is due (`FulfilmentConsumer.Configuration.commitInterval`).
+    case commit
 }
 
 /// Where a message goes. The adapters map channels to names (`KAFKA_TOPIC`, its dead-letter topic, `SERVICEBUS_QUEUE`).

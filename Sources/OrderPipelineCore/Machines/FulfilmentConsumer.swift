@@ -7,8 +7,8 @@
 /// batch); a poison record ends a batch and goes alone to the dead-letter table, then the dead-letter topic. Under
 /// light load the idle partitions' records, when together they are few (`combineMax`), go as one transaction (each
 /// partition's in order): a transaction's fixed cost in PostgreSQL is that of several records. A
-/// partition's next offset is committed only after its work. One fetch and one offset commit are in flight at a
-/// time, beside the work. A redelivered record finds its inbox row and changes nothing. Work for partitions revoked
+/// partition's next offset is committed only after its work, and at most once per `commitInterval`. One fetch and
+/// one offset commit are in flight at a time, beside the work. A redelivered record finds its inbox row and changes nothing. Work for partitions revoked
 /// by a rebalance is never committed.
 public struct FulfilmentConsumer: Sendable {
     public struct Configuration: Sendable, Hashable {
@@ -29,6 +29,12 @@ public struct FulfilmentConsumer: Sendable {
         /// dead-letters table row, committed first, is the record of truth (`orderpipeline outbox dead-letters`);
         /// a topic that cannot take records (missing, an ACL, too large) must never halt the partitions.
         public var deadLetterForwardAttempts = 3
+        /// Offsets are committed at most this often (zero: after every piece of work); a commit due sooner waits for
+        /// the `.commit` timer. Every commit is a write on the broker (`__consumer_offsets` in Kafka): at 1,000
+        /// orders/s the consumer committed after each of ~100 batches a second, and Tansu spent ~1 ms of CPU on each,
+        /// about a third of its share on the busy machine (docs/ARCHITECTURE.md). Progress not yet committed when the
+        /// consumer dies is delivered again, which the inbox makes harmless: this is how much more of it there can be.
+        public var commitInterval: Duration = .milliseconds(100)
         public init() {}
     }
 
@@ -77,6 +83,9 @@ public struct FulfilmentConsumer: Sendable {
     private var fetching: Ticket?
     /// A commit is in flight or waiting for its retry.
     private var committing = false
+    /// When the latest commit went out, and whether the `.commit` timer is set for the next one.
+    private var lastCommitAt: Instant?
+    private var commitTimerSet = false
     private var inFlight: [Ticket: Work] = [:]
     /// Work waiting for its backoff, soonest first; one `.retry` timer stands for the soonest.
     private var retries: [(at: Instant, work: Work)] = []
@@ -97,6 +106,9 @@ public struct FulfilmentConsumer: Sendable {
             return assigned(generation, partitions.sorted(), now: now)
         case .timer(.retry):
             return retryDue(now: now)
+        case .timer(.commit):
+            commitTimerSet = false
+            return pump(now: now)
         case let .fetched(ticket, records):
             guard fetching == ticket else { return [] }
             fetching = nil
@@ -171,8 +183,17 @@ public struct FulfilmentConsumer: Sendable {
             for partition in idle { effects += startBatch(partition, now: now) }
         }
         if !committing, !handled.isEmpty {
-            committing = true
-            effects += perform(Work(step: .commit(progress, generation: generation), generation: generation), now: now)
+            // A clock that stepped back since the latest commit makes the next one due at once.
+            if let last = lastCommitAt, now >= last, now < last + configuration.commitInterval {
+                if !commitTimerSet {
+                    commitTimerSet = true
+                    effects.append(.setTimer(.commit, at: last + configuration.commitInterval))
+                }
+            } else {
+                committing = true
+                lastCommitAt = now
+                effects += perform(Work(step: .commit(progress, generation: generation), generation: generation), now: now)
+            }
         }
         if fetching == nil, queuedCount < configuration.fetchMax * partitions.count {
             nextTicket += 1

@@ -167,7 +167,7 @@ public struct OutboxRelay: Sendable {
             awaiting[ticket] = nil
             if ticket.raw > lastTicketBeforeReset, outcomes.contains(where: \.isSessionUnusable) { publisherNeedsReset = true }
             return settle(rows, outcomes, now: now)
-        case .fetched, .assigned, .offsetsCommitted, .createOrder, .changeStatus:
+        case .timer(.commit), .fetched, .assigned, .offsetsCommitted, .createOrder, .changeStatus:
             return []
         }
     }

@@ -41,7 +41,7 @@ public struct Reconciler: Sendable {
             case .failed, .unknown: effects.append(.note(.storeRetry("reconciler")))  // idempotent: the next round asks again
             }
             return effects
-        case .timer(.retry), .timer(.gather), .wake, .published, .fetched, .assigned, .offsetsCommitted, .createOrder, .changeStatus:
+        case .timer(.retry), .timer(.gather), .timer(.commit), .wake, .published, .fetched, .assigned, .offsetsCommitted, .createOrder, .changeStatus:
             return []
         }
     }
