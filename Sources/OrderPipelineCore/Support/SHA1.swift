@@ -75,33 +75,32 @@ public struct SHA1 {
         return h
     }
 
-    /// One 64-byte block. The message schedule is kept as a ring of 16 words, each replaced as it is used up.
+    /// One 64-byte block: the whole message schedule first, then the rounds five at a time, the working variables
+    /// taking each other's roles rather than moving each round.
     private mutating func compress(_ chunk: UnsafeRawBufferPointer) {
-        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 16) { w in
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 80) { w in
             for i in 0..<16 { w[i] = UInt32(bigEndian: chunk.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)) }
+            for i in 16..<80 { w[i] = Self.rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1) }
             var (a, b, c, d, e) = h
-            @inline(__always) func word(_ i: Int) -> UInt32 {
-                guard i >= 16 else { return w[i] }
-                let next = Self.rotl(w[(i - 3) & 15] ^ w[(i - 8) & 15] ^ w[(i - 14) & 15] ^ w[i & 15], 1)
-                w[i & 15] = next
-                return next
+            // Round i adds rotl(a, 5) + f(b, c, d) + k + w[i] to e, which becomes the next round's a, and turns b.
+            @inline(__always) func rounds(from first: Int, _ k: UInt32, _ f: (UInt32, UInt32, UInt32) -> UInt32) {
+                for i in stride(from: first, to: first + 20, by: 5) {
+                    e = e &+ Self.rotl(a, 5) &+ f(b, c, d) &+ k &+ w[i]
+                    b = Self.rotl(b, 30)
+                    d = d &+ Self.rotl(e, 5) &+ f(a, b, c) &+ k &+ w[i + 1]
+                    a = Self.rotl(a, 30)
+                    c = c &+ Self.rotl(d, 5) &+ f(e, a, b) &+ k &+ w[i + 2]
+                    e = Self.rotl(e, 30)
+                    b = b &+ Self.rotl(c, 5) &+ f(d, e, a) &+ k &+ w[i + 3]
+                    d = Self.rotl(d, 30)
+                    a = a &+ Self.rotl(b, 5) &+ f(c, d, e) &+ k &+ w[i + 4]
+                    c = Self.rotl(c, 30)
+                }
             }
-            for i in 0..<20 {
-                let t = Self.rotl(a, 5) &+ ((b & c) | (~b & d)) &+ e &+ 0x5A82_7999 &+ word(i)
-                (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
-            }
-            for i in 20..<40 {
-                let t = Self.rotl(a, 5) &+ (b ^ c ^ d) &+ e &+ 0x6ED9_EBA1 &+ word(i)
-                (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
-            }
-            for i in 40..<60 {
-                let t = Self.rotl(a, 5) &+ ((b & c) | (b & d) | (c & d)) &+ e &+ 0x8F1B_BCDC &+ word(i)
-                (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
-            }
-            for i in 60..<80 {
-                let t = Self.rotl(a, 5) &+ (b ^ c ^ d) &+ e &+ 0xCA62_C1D6 &+ word(i)
-                (e, d, c, b, a) = (d, c, Self.rotl(b, 30), a, t)
-            }
+            rounds(from: 0, 0x5A82_7999) { b, c, d in (b & c) | (~b & d) }
+            rounds(from: 20, 0x6ED9_EBA1) { b, c, d in b ^ c ^ d }
+            rounds(from: 40, 0x8F1B_BCDC) { b, c, d in (b & c) | (b & d) | (c & d) }
+            rounds(from: 60, 0xCA62_C1D6) { b, c, d in b ^ c ^ d }
             h = (h.0 &+ a, h.1 &+ b, h.2 &+ c, h.3 &+ d, h.4 &+ e)
         }
     }
