@@ -1,6 +1,7 @@
 import Foundation
-import OrderPipelineCore
 import Testing
+
+@testable import OrderPipelineCore
 
 @Suite struct ValidationTests {
     static let seedRequest = #"{"customerName":"John Smith","customerEmail":"john@example.com","items":[{"productName":"Laptop","quantity":1,"unitPrice":999.99}]}"#
@@ -77,5 +78,20 @@ import Testing
         let other = try parse(Self.seedRequest.replacingOccurrences(of: "999.99", with: "999.98")).get()
         #expect(a.fingerprint == reordered.fingerprint)
         #expect(a.fingerprint != other.fingerprint)
+    }
+
+    @Test func theByteCheckOfAnASCIIEmailAgreesWithTheCharacterCheck() {
+        var random = SplitMix64(seed: 0xE3A1)
+        let alphabet = Array("ab9Z-._@+!~")
+        var disagreements: [String] = []
+        for _ in 0..<20_000 {
+            let text = String((0..<random.int(in: 0...12)).map { _ in alphabet[Int(random.below(UInt64(alphabet.count)))] })
+            if OrderRequest.isPlausibleASCIIEmail(text) != OrderRequest.isPlausibleEmailByCharacters(text) { disagreements.append(text) }
+        }
+        let long = String(repeating: "a", count: 64)
+        for text in ["a@b.io", "\(long)@b.io", "\(long)a@b.io", "a@.b.io", "a@b..io", "a@b.io.", "@b.io", "a@bio", "a@b@c.io", "a@b.i"] {
+            if OrderRequest.isPlausibleASCIIEmail(text) != OrderRequest.isPlausibleEmailByCharacters(text) { disagreements.append(text) }
+        }
+        #expect(disagreements.isEmpty, "\(disagreements.prefix(5))")
     }
 }

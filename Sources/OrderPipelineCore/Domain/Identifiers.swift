@@ -56,15 +56,17 @@ public struct UUID128: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// Writes the canonical text (lower case) into the first 36 bytes of `text`.
     func writeText(into text: UnsafeMutableRawBufferPointer) {
+        // A byte at a time, most significant first; a dash after the 4th, 6th, 8th and 10th.
         var at = 0
-        for nibble in 0..<32 {
-            if nibble == 8 || nibble == 12 || nibble == 16 || nibble == 20 {
+        for index in 0..<16 {
+            let byte = UInt8(truncatingIfNeeded: (index < 8 ? high : low) &>> (56 - 8 * (index & 7)))
+            text[at] = hexDigit(byte >> 4)
+            text[at + 1] = hexDigit(byte & 0x0F)
+            at += 2
+            if index == 3 || index == 5 || index == 7 || index == 9 {
                 text[at] = UInt8(ascii: "-")
                 at += 1
             }
-            let word = nibble < 16 ? high : low
-            text[at] = hexDigit(UInt8(truncatingIfNeeded: word >> UInt64(60 - 4 * (nibble % 16))) & 0x0F)
-            at += 1
         }
     }
 

@@ -213,10 +213,18 @@ public struct OrderRequest: Hashable, Sendable {
     }
 
     /// Only bytes 0x20…0x7E: each is one character, and none is a control character.
-    private static func isPrintableASCII(_ text: String) -> Bool { text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F } }
+    private static func isPrintableASCII(_ text: String) -> Bool {
+        var text = text
+        return text.withUTF8 { $0.allSatisfy { $0 >= 0x20 && $0 < 0x7F } }
+    }
 
     private static func isPlausibleEmail(_ text: String) -> Bool {
-        if isPrintableASCII(text), !text.utf8.contains(0x20) { return isPlausibleASCIIEmail(text.utf8) }
+        isPrintableASCII(text) && !text.utf8.contains(0x20) ? isPlausibleASCIIEmail(text) : isPlausibleEmailByCharacters(text)
+    }
+
+    /// One `@` between a local part (1…64 characters) and a domain: labels of letters, numbers and `-` joined by dots,
+    /// at least two, none empty; no whitespace anywhere.
+    static func isPlausibleEmailByCharacters(_ text: String) -> Bool {
         let parts = text.split(separator: "@", omittingEmptySubsequences: false)
         guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
         guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
@@ -225,20 +233,27 @@ public struct OrderRequest: Hashable, Sendable {
         return labels.count >= 2 && labels.allSatisfy { !$0.isEmpty && $0.allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" } }
     }
 
-    /// `isPlausibleEmail` for text of printable ASCII without spaces, on bytes (where a letter is A–Z or a–z and a
-    /// number 0–9, as Character's properties say for ASCII).
-    private static func isPlausibleASCIIEmail(_ utf8: String.UTF8View) -> Bool {
-        let parts = utf8.split(separator: UInt8(ascii: "@"), omittingEmptySubsequences: false)
-        guard parts.count == 2, let local = parts.first, let domain = parts.last else { return false }
-        guard !local.isEmpty, local.count <= 64, domain.count >= 3 else { return false }
-        let labels = domain.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
-        return labels.count >= 2
-            && labels.allSatisfy { label in
-                !label.isEmpty
-                    && label.allSatisfy { byte in
-                        (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
-                            || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-")
-                    }
+    /// `isPlausibleEmailByCharacters` for text of printable ASCII without spaces, in one pass over its bytes (where a
+    /// letter is A–Z or a–z and a number 0–9, as Character's properties say for ASCII).
+    static func isPlausibleASCIIEmail(_ text: String) -> Bool {
+        var text = text
+        return text.withUTF8 { bytes in
+            guard let at = bytes.firstIndex(of: UInt8(ascii: "@")), at > 0, at <= 64, bytes.count - at - 1 >= 3 else { return false }
+            var dots = 0
+            var previous = UInt8(ascii: ".")  // a label may not be empty: no dot first, after a dot, or last
+            for byte in bytes[(at + 1)...] {
+                switch byte {
+                case UInt8(ascii: "."):
+                    guard previous != UInt8(ascii: ".") else { return false }
+                    dots += 1
+                case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"):
+                    break
+                default:
+                    return false
+                }
+                previous = byte
             }
+            return dots > 0 && previous != UInt8(ascii: ".")
+        }
     }
 }

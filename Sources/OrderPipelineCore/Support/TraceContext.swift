@@ -67,7 +67,18 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
         TraceParent(trace: trace, parent: id.high == 0 ? 1 : id.high, flags: flagBits)
     }
 
-    public var description: String { "00-\(traceID)-\(parentID)-\(flags)" }
+    /// Written in place (a Kafka record's header holds it; no interpolation of the three parts).
+    public var description: String {
+        String(unsafeUninitializedCapacity: 55) { text in
+            let dash = UInt8(ascii: "-")
+            (text[0], text[1], text[2], text[35], text[52]) = (UInt8(ascii: "0"), UInt8(ascii: "0"), dash, dash, dash)
+            Self.writeHex(trace.high, digits: 16, into: text, at: 3)
+            Self.writeHex(trace.low, digits: 16, into: text, at: 19)
+            Self.writeHex(parent, digits: 16, into: text, at: 36)
+            Self.writeHex(UInt64(flagBits), digits: 2, into: text, at: 53)
+            return 55
+        }
+    }
 
     private init(trace: (high: UInt64, low: UInt64), parent: UInt64, flags: UInt8) {
         self.trace = trace
@@ -95,9 +106,14 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
     /// 16 lower-case hex digits.
     private static func hex(_ value: UInt64) -> String {
         String(unsafeUninitializedCapacity: 16) { text in
-            for index in 0..<16 { text[index] = hexDigit(UInt8(truncatingIfNeeded: value >> UInt64(60 - 4 * index)) & 0x0F) }
+            writeHex(value, digits: 16, into: text, at: 0)
             return 16
         }
+    }
+
+    /// The last `digits` hex digits of `value` (lower case), into `text` from `start`.
+    private static func writeHex(_ value: UInt64, digits: Int, into text: UnsafeMutableBufferPointer<UInt8>, at start: Int) {
+        for index in 0..<digits { text[start + index] = hexDigit(UInt8(truncatingIfNeeded: value >> UInt64(4 * (digits - 1 - index))) & 0x0F) }
     }
 }
 
