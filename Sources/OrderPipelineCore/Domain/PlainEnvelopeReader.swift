@@ -10,18 +10,17 @@ extension PlainJSONReader {
     /// or nil when missing or `null`; every other key's value is skipped. nil when not plain, or when one of `keys`
     /// comes twice or holds anything but a string or `null` (the decoder decides those).
     static func readStrings(_ payload: [UInt8], keys: [String]) -> [String?]? {
-        var reader = PlainJSONReader(bytes: payload)
         var values = [String?](repeating: nil, count: keys.count)
         var seen = [Bool](repeating: false, count: keys.count)
-        let complete = reader.object { reader, key in
-            guard let index = keys.firstIndex(of: key) else { return reader.skipValue(depth: 1) }
-            guard !seen[index] else { return false }
-            seen[index] = true
-            return reader.stringOrNull(&values[index])
+        return reading(payload) { reader in
+            let complete = reader.object { reader, key in
+                guard let index = keys.firstIndex(of: key) else { return reader.skipValue(depth: 1) }
+                guard !seen[index] else { return false }
+                seen[index] = true
+                return reader.stringOrNull(&values[index])
+            }
+            return complete ? values : nil
         }
-        guard complete else { return nil }
-        reader.skipSpace()
-        return reader.at == payload.count ? values : nil
     }
 
     /// A plain string into `value`, or `null` (nil); false for anything else.

@@ -9,17 +9,23 @@ struct PlainJSONReader {
     typealias Wire = OrderRequest.Wire
     typealias WireItem = OrderRequest.WireItem
 
-    let bytes: [UInt8]
+    /// The bytes read, borrowed for one read (`reading`): no array bounds checks or reference counting per byte.
+    let bytes: UnsafeBufferPointer<UInt8>
     var at = 0
+
+    /// Runs `read` on a reader of `bytes`; nil unless it succeeds and only whitespace is left.
+    static func reading<T>(_ bytes: [UInt8], _ read: (inout PlainJSONReader) -> T?) -> T? {
+        bytes.withUnsafeBufferPointer { bytes in
+            var reader = PlainJSONReader(bytes: bytes)
+            guard let value = read(&reader) else { return nil }
+            reader.skipSpace()
+            return reader.at == bytes.count ? value : nil
+        }
+    }
 
     /// An order request body (`OrderRequest.parse`): an object holding only the three known keys, each at most once,
     /// in any order; quantities of plain digits and prices of plain digits with at most two decimals.
-    static func readRequest(_ body: [UInt8]) -> Wire? {
-        var reader = PlainJSONReader(bytes: body)
-        guard let wire = reader.request() else { return nil }
-        reader.skipSpace()
-        return reader.at == body.count ? wire : nil
-    }
+    static func readRequest(_ body: [UInt8]) -> Wire? { reading(body) { $0.request() } }
 
     mutating func request() -> Wire? {
         var wire = Wire()
