@@ -209,18 +209,19 @@ public struct FulfilmentConsumer: Sendable {
 
     /// The partition's next batch: its consecutive decodable records, or the poison record at its head alone.
     private mutating func startBatch(_ partition: Int32, now: Instant) -> [Effect] {
-        guard let queue = queued[partition], let head = queue.first else { return [] }
-        if case .failure(let error) = EventEnvelope.decode(head.value) {
-            take(1, from: partition)
-            let reason = error.description
-            let letter = DeadLetter(source: head.source(topic: configuration.topic), reason: reason, payload: head.value, at: now)
-            return [.note(.poison(head, reason: reason))] + perform(Work(step: .store([head], .deadLetter(letter)), generation: generation), now: now)
-        }
+        guard let queue = queued[partition], !queue.isEmpty else { return [] }
         var records: [ConsumedRecord] = []
         var batch: [Fulfilment] = []
         for record in queue.prefix(configuration.batchMax) {
+            let decoded = EventEnvelope.decode(record.value)  // once per record: it derives the event id again
+            if case .failure(let error) = decoded, records.isEmpty {
+                take(1, from: partition)
+                let reason = error.description
+                let letter = DeadLetter(source: record.source(topic: configuration.topic), reason: reason, payload: record.value, at: now)
+                return [.note(.poison(record, reason: reason))] + perform(Work(step: .store([record], .deadLetter(letter)), generation: generation), now: now)
+            }
             // Poison ends a batch; it is handled on its own, after the batch before it.
-            guard case .success(let envelope) = EventEnvelope.decode(record.value) else { break }
+            guard case .success(let envelope) = decoded else { break }
             records.append(record)
             batch.append(Self.fulfilment(of: record, envelope, at: now))
         }
