@@ -109,22 +109,25 @@ extension World {
         queue.schedule(at: now, .check)
     }
 
-    /// Nil when nothing is pending anywhere; otherwise what is stuck where.
-    func quiescence() -> LivenessReport? {
+    /// Nil when nothing is pending anywhere; otherwise what is stuck where. Unless `described`, every entry is an
+    /// empty string: the checks every 250 ms only ask whether anything is left, and only a report that is kept
+    /// spells out each row and order (that text was most of what the checks cost).
+    func quiescence(described: Bool) -> LivenessReport? {
+        func text(_ make: @autoclosure () -> String) -> String { described ? make() : "" }
         var report = LivenessReport()
         for client in clients where !client.answered || (client.wantsCancel && client.ackedOrder != nil && !client.cancelAnswered) {
             report.unansweredClients.append(client.key)
         }
-        report.kafkaOutbox = database.kafkaOutbox.pending.map { describe($0) }
-        report.serviceBusOutbox = database.serviceBusOutbox.pending.map { describe($0) }
+        report.kafkaOutbox = database.kafkaOutbox.pending.map { text(describe($0)) }
+        report.serviceBusOutbox = database.serviceBusOutbox.pending.map { text(describe($0)) }
         for p in 0..<kafka.partitionCount where max(kafka.committed[p], kafka.logStart[p]) < kafka.partitions[p].count {
             let owner = kafka.owner[p] >= 0 ? nodes[kafka.owner[p]].name : "nobody"
-            report.uncommittedPartitions.append("partition \(p): committed \(kafka.committed[p]) of \(kafka.partitions[p].count), owned by \(owner)")
+            report.uncommittedPartitions.append(text("partition \(p): committed \(kafka.committed[p]) of \(kafka.partitions[p].count), owned by \(owner)"))
         }
         if serviceBus.backlog > 0 || downstreamInFlight > 0 { report.serviceBusBacklog = serviceBus.backlog + downstreamInFlight }
         for id in database.orderIDs where database.orders[id]?.status.isFinal != true {
             if parkedOrders.contains(id) { continue }  // its event was refused for good: parked for an operator
-            report.unfulfilledOrders.append("\(id) is \(database.orders[id]!.status.rawValue)")
+            report.unfulfilledOrders.append(text("\(id) is \(database.orders[id]!.status.rawValue)"))
         }
         return report.isEmpty ? nil : report
     }

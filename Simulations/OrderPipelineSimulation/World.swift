@@ -378,7 +378,8 @@ public final class World {
             heal()
 
         case .check:
-            if let report = quiescence() {
+            // Before the deadline only whether anything is left matters; the report at the deadline is kept.
+            if let report = quiescence(described: now >= deadline) {
                 if now >= deadline {
                     liveness = report
                     finished = true
