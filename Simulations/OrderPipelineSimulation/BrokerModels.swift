@@ -51,7 +51,7 @@ public final class KafkaModel {
     public func append(_ event: PipelineEvent, at now: Instant) -> ConsumedRecord {
         let p = partition(for: event.orderID)
         let record = ConsumedRecord(
-            partition: Int32(p), offset: Int64(partitions[p].count), key: Array(event.orderID.description.utf8),
+            partition: Int32(p), offset: Int64(partitions[p].count), key: event.orderID.uuid.textBytes,
             headers: event.kafkaHeaders, value: event.payload)
         partitions[p].append(Record(record: record, event: event, appendedAt: now))
         return record

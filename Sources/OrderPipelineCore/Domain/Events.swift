@@ -143,9 +143,9 @@ extension PipelineEvent {
     /// (the producer writes them, the simulator's broker stores them, the consumer reads the trace back).
     public var kafkaHeaders: [ConsumedRecord.Header] {
         var headers: [ConsumedRecord.Header] = [
-            .init(name: "event-id", value: Array(id.description.utf8)), .init(name: "event-type", value: Array(type.rawValue.utf8)),
+            .init(name: "event-id", value: id.uuid.textBytes), .init(name: "event-type", value: Array(type.rawValue.utf8)),
         ]
-        if let traceParent { headers.append(.init(name: "traceparent", value: Array(traceParent.description.utf8))) }
+        if let traceParent { headers.append(.init(name: "traceparent", value: traceParent.textBytes)) }
         return headers
     }
 

@@ -77,6 +77,14 @@ public struct UUID128: Hashable, Comparable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The canonical text as bytes, written in place (a Kafka record's key and `event-id` header).
+    public var textBytes: [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: Self.textLength) { text, count in
+            writeText(into: UnsafeMutableRawBufferPointer(text))
+            count = Self.textLength
+        }
+    }
+
     /// Parses the canonical 36-character form (either case); nil for anything else.
     public init?(_ text: some StringProtocol) {
         let utf8 = text.utf8

@@ -67,17 +67,29 @@ public struct TraceParent: Hashable, Sendable, CustomStringConvertible {
         TraceParent(trace: trace, parent: id.high == 0 ? 1 : id.high, flags: flagBits)
     }
 
-    /// Written in place (a Kafka record's header holds it; no interpolation of the three parts).
     public var description: String {
         String(unsafeUninitializedCapacity: 55) { text in
-            let dash = UInt8(ascii: "-")
-            (text[0], text[1], text[2], text[35], text[52]) = (UInt8(ascii: "0"), UInt8(ascii: "0"), dash, dash, dash)
-            Self.writeHex(trace.high, digits: 16, into: text, at: 3)
-            Self.writeHex(trace.low, digits: 16, into: text, at: 19)
-            Self.writeHex(parent, digits: 16, into: text, at: 36)
-            Self.writeHex(UInt64(flagBits), digits: 2, into: text, at: 53)
+            writeText(into: text)
             return 55
         }
+    }
+
+    /// The text as bytes (a Kafka record's `traceparent` header).
+    public var textBytes: [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: 55) { text, count in
+            writeText(into: text)
+            count = 55
+        }
+    }
+
+    /// Writes the 55 bytes of the text in place: no interpolation of the three parts.
+    private func writeText(into text: UnsafeMutableBufferPointer<UInt8>) {
+        let dash = UInt8(ascii: "-")
+        (text[0], text[1], text[2], text[35], text[52]) = (UInt8(ascii: "0"), UInt8(ascii: "0"), dash, dash, dash)
+        Self.writeHex(trace.high, digits: 16, into: text, at: 3)
+        Self.writeHex(trace.low, digits: 16, into: text, at: 19)
+        Self.writeHex(parent, digits: 16, into: text, at: 36)
+        Self.writeHex(UInt64(flagBits), digits: 2, into: text, at: 53)
     }
 
     private init(trace: (high: UInt64, low: UInt64), parent: UInt64, flags: UInt8) {
