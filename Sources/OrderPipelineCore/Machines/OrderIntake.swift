@@ -115,17 +115,20 @@ public struct OrderIntake: Sendable {
     private mutating func issueCreates() -> [Effect] {
         var effects: [Effect] = []
         while createsRunning < configuration.createsInFlight, !waiting.isEmpty {
+            // The scan stops at a full batch; the creates it passed over go back in front of those it never reached.
             var batch: [Create] = []
-            var keys: Set<String> = []  // membership only
-            var rest: [Create] = []
-            for create in waiting {
-                if batch.count < configuration.maxCreateBatch, keys.insert(create.order.idempotencyKey).inserted {
-                    batch.append(create)
+            var passed: [Create] = []
+            var scanned = 0
+            while scanned < waiting.count, batch.count < configuration.maxCreateBatch {
+                let create = waiting[scanned]
+                scanned += 1
+                if batch.contains(where: { $0.order.idempotencyKey == create.order.idempotencyKey }) {
+                    passed.append(create)
                 } else {
-                    rest.append(create)
+                    batch.append(create)
                 }
             }
-            waiting = rest
+            waiting.replaceSubrange(0..<scanned, with: passed)
             createsRunning += 1
             effects += issue(.creates(batch))
         }
