@@ -23,7 +23,8 @@ struct EventQueue<Payload> {
     var isEmpty: Bool { heap.isEmpty }
     var count: Int { heap.count }
 
-    mutating func schedule(at time: Int64, _ payload: Payload) {
+    /// `consuming`: the caller's payload is moved in, not copied and released.
+    mutating func schedule(at time: Int64, _ payload: consuming Payload) {
         nextSequence += 1
         let slot: Int32
         if let free = freeSlots.popLast() {

@@ -117,8 +117,8 @@ extension World {
         return refused.map { $0 ? .refused(condition: condition, description: description) : others.next() ?? .unknown("lost") }
     }
 
-    /// Hands an effect to its server after a network delay.
-    func send(_ effect: Effect, from index: Int, incarnation: Int, latency range: ClosedRange<Int64>, _ reservation: PostgresModel.Reservation = .init()) {
+    /// Hands an effect to its server after a network delay (moved into the queue, as `reply` moves its input).
+    func send(_ effect: consuming Effect, from index: Int, incarnation: Int, latency range: ClosedRange<Int64>, _ reservation: PostgresModel.Reservation = .init()) {
         queue.schedule(at: now + latency(range), .apply(node: index, incarnation: incarnation, effect, reservation))
     }
 
@@ -218,7 +218,7 @@ extension World {
 
     /// A result reaches its node after a network delay. Results on the consumer-group lane keep their order;
     /// every other result is independent, so the seed decides which of a node's concurrent effects answers first.
-    func reply(to index: Int, incarnation: Int, _ input: Input, after delay: Int64? = nil) {
+    func reply(to index: Int, incarnation: Int, _ input: consuming Input, after delay: Int64? = nil) {
         let node = nodes[index]
         var time = now + (delay ?? latency(100...1_000))
         switch input {

@@ -288,13 +288,13 @@ public final class World {
         }
     }
 
-    func dispatch(_ event: Event) {
-        switch event {
+    func dispatch(_ event: consuming Event) {
+        switch consume event {  // moved out, not copied: its inputs and effects carry arrays and strings
         case let .deliver(index, incarnation, input):
             let node = nodes[index]
             guard node.alive, node.incarnation == incarnation else { return }
             if node.pausedUntil > now {
-                queue.schedule(at: node.pausedUntil, event)
+                queue.schedule(at: node.pausedUntil, .deliver(node: index, incarnation: incarnation, input))
                 return
             }
             deliver(input, to: index)
@@ -303,7 +303,7 @@ public final class World {
             let node = nodes[index]
             guard node.alive, node.incarnation == incarnation else { return }
             if node.pausedUntil > now {
-                queue.schedule(at: node.pausedUntil, event)
+                queue.schedule(at: node.pausedUntil, .timer(node: index, incarnation: incarnation, id, token: token))
                 return
             }
             var performers = SimulatedPerformers(world: self, node: index, incarnation: incarnation)
