@@ -24,11 +24,26 @@ public struct OrderIntake: Sendable {
         public init() {}
     }
 
-    /// A create request whose order is built and waiting for, or in, a create transaction.
+    /// A valid create request, waiting for or in a create transaction. What the transaction writes is made as it
+    /// goes into one: a create answered while it waits (the database failed those ahead of it) never needs it.
     private struct Create: Sendable {
         var requestID: RequestID
-        var order: NewOrder
-        var attempts: Int
+        var request: OrderRequest
+        var id: OrderID
+        var idempotencyKey: String
+        var trace: TraceParent?
+        var receivedAt: Instant
+        var attempts = 1
+
+        /// The order, its `OrderCreated` event and the request's fingerprint: the same for every attempt.
+        var order: NewOrder {
+            let order = Order(
+                id: id, customerName: request.customerName, customerEmail: request.customerEmail,
+                items: request.items, totalAmount: request.totalAmount, createdAt: receivedAt)
+            var event = PipelineEvent(type: .orderCreated, order: order, at: receivedAt, includeOrder: true)
+            event.traceParent = trace
+            return NewOrder(order: order, event: event, idempotencyKey: idempotencyKey, fingerprint: request.fingerprint)
+        }
     }
 
     /// What an in-flight transaction serves: a batch of creates, or one status change.
@@ -96,16 +111,10 @@ public struct OrderIntake: Sendable {
         case .failure(let error):
             return [.respond(requestID, .rejected(error))]
         case .success(let request):
-            let order = Order(
-                id: id, customerName: request.customerName, customerEmail: request.customerEmail,
-                items: request.items, totalAmount: request.totalAmount, createdAt: now)
-            var event = PipelineEvent(type: .orderCreated, order: order, at: now, includeOrder: true)
-            event.traceParent = trace
             guard waiting.count < configuration.maxWaitingCreates else {
                 return [.respond(requestID, .unavailable(Self.tooMany)), .note(.requestShed("intake"))]
             }
-            let new = NewOrder(order: order, event: event, idempotencyKey: key ?? "order:\(id)", fingerprint: request.fingerprint)
-            waiting.append(Create(requestID: requestID, order: new, attempts: 1))
+            waiting.append(Create(requestID: requestID, request: request, id: id, idempotencyKey: key ?? "order:\(id)", trace: trace, receivedAt: now))
             return issueCreates()
         }
     }
@@ -122,7 +131,7 @@ public struct OrderIntake: Sendable {
             while scanned < waiting.count, batch.count < configuration.maxCreateBatch {
                 let create = waiting[scanned]
                 scanned += 1
-                if batch.contains(where: { $0.order.idempotencyKey == create.order.idempotencyKey }) {
+                if batch.contains(where: { $0.idempotencyKey == create.idempotencyKey }) {
                     passed.append(create)
                 } else {
                     batch.append(create)
@@ -161,7 +170,9 @@ public struct OrderIntake: Sendable {
             var again: [Create] = []
             for create in batch {
                 if create.attempts < configuration.maxUnknownAttempts {
-                    again.append(Create(requestID: create.requestID, order: create.order, attempts: create.attempts + 1))
+                    var create = create
+                    create.attempts += 1
+                    again.append(create)
                 } else {
                     effects.append(.respond(create.requestID, .unavailable(Self.unconfirmed)))
                 }
