@@ -8,11 +8,10 @@ extension World {
     func send(_ client: Int) {
         clients[client].attempts += 1
         let attempt = clients[client].attempts
-        let apis = nodes.indices.filter { nodes[$0].role == .api }
         let copies = attempt == 1 && roll(.duplicateRequest) ? 2 : 1
         if copies == 2 { fired(.duplicateRequest, "\(clients[client].key) submits twice") }
         for copy in 0..<copies {
-            let api = apis[Int(workloadRandom.below(UInt64(apis.count)))]
+            let api = apiNodes[Int(workloadRandom.below(UInt64(apiNodes.count)))]
             let requestID = RequestID(client) << 16 | RequestID(attempt)
             let orderID = OrderID(UUID128.random(using: &idRandom))
             history.record(now, clients[client].key, .invoke, "createOrder", "attempt \(attempt)\(copy > 0 ? " (copy)" : "") via \(nodes[api].name)")
@@ -65,8 +64,7 @@ extension World {
         guard let order = clients[client].ackedOrder else { return }
         clients[client].cancelAttempts += 1
         let attempt = clients[client].cancelAttempts
-        let apis = nodes.indices.filter { nodes[$0].role == .api }
-        let api = apis[Int(workloadRandom.below(UInt64(apis.count)))]
+        let api = apiNodes[Int(workloadRandom.below(UInt64(apiNodes.count)))]
         history.record(now, clients[client].key, .invoke, "cancelOrder", "order=\(order) attempt \(attempt) via \(nodes[api].name)")
         let requestID = RequestID(client) << 16 | RequestID(attempt | World.cancelFlag)
         let trace = TraceParent.forRequest(clients[client].traceParent, using: &traceRandom)

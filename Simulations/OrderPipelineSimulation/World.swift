@@ -105,6 +105,8 @@ public final class World {
     var faultChances = [Int](repeating: 0, count: FaultKind.allCases.count)
 
     var nodes: [Node] = []
+    /// The API instances' node indices (the clients pick one per request).
+    var apiNodes: [Int] = []
     var clients: [Client] = []
     var queue = EventQueue<Event>()
     var workloadRandom: SplitMix64
@@ -186,6 +188,7 @@ public final class World {
         for i in 0..<max(0, options.reconcilers) {
             nodes.append(Node(name: "reconciler-\(i + 1)", role: .reconciler, machine: makeMachine(.reconciler, name: "reconciler-\(i + 1)")))
         }
+        apiNodes = nodes.indices.filter { nodes[$0].role == .api }
         for index in nodes.indices {
             queue.schedule(at: 0, .deliver(node: index, incarnation: 0, .start))
         }

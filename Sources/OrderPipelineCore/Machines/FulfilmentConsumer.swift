@@ -250,9 +250,10 @@ public struct FulfilmentConsumer: Sendable {
 
     private static func fulfilment(of record: ConsumedRecord, _ envelope: EventEnvelope, at now: Instant) -> Fulfilment {
         var fulfilment = Fulfilment(envelope: envelope, at: now)
-        fulfilment.fulfilmentEvent.traceParent = record.traceParent?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
+        let trace = record.traceParent  // parsed from the record's headers once
+        fulfilment.fulfilmentEvent.traceParent = trace?.child(derivedFrom: fulfilment.fulfilmentEvent.id.uuid)
         fulfilment.consumedFrom = RecordPosition(partition: record.partition, offset: record.offset)
-        fulfilment.consumedTrace = record.traceParent
+        fulfilment.consumedTrace = trace
         return fulfilment
     }
 
