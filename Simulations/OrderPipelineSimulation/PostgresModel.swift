@@ -48,9 +48,7 @@ public final class PostgresModel {
             position[sequence] = stored.count
             stored.append(OutboxRow(sequence: sequence, event: event, nextAttemptAt: now))
             unsettledSequences.insert(sequence, at: unsettledSequences.insertionPoint(of: sequence))
-            var queue = unsettled[event.orderID, default: []]
-            queue.insert(sequence, at: queue.insertionPoint(of: sequence))
-            unsettled[event.orderID] = queue
+            addUnsettled(sequence, of: event.orderID)
         }
 
         public func row(_ sequence: Int64) -> OutboxRow? { position[sequence].map { stored[$0] } }
@@ -143,9 +141,7 @@ public final class PostgresModel {
             stored[i].nextAttemptAt = now
             stored[i].lastError = "re-announced: published but not fulfilled in time"
             unsettledSequences.insert(sequence, at: unsettledSequences.insertionPoint(of: sequence))
-            var queue = unsettled[stored[i].event.orderID, default: []]
-            queue.insert(sequence, at: queue.insertionPoint(of: sequence))
-            unsettled[stored[i].event.orderID] = queue
+            addUnsettled(sequence, of: stored[i].event.orderID)
         }
 
         /// Whether the order has an unsettled row.
@@ -161,12 +157,20 @@ public final class PostgresModel {
             return released
         }
 
+        /// Adds a sequence to its order's unsettled ones (taken out of the dictionary meanwhile: changed in place).
+        private mutating func addUnsettled(_ sequence: Int64, of order: OrderID) {
+            var queue = unsettled.removeValue(forKey: order) ?? []
+            queue.insert(sequence, at: queue.insertionPoint(of: sequence))
+            unsettled[order] = queue
+        }
+
         private mutating func settled(_ index: Int) {
             let sequence = stored[index].sequence
             let order = stored[index].event.orderID
-            if var queue = unsettled[order], let at = queue.firstIndex(of: sequence) {
-                queue.remove(at: at)
-                unsettled[order] = queue.isEmpty ? nil : queue
+            // Taken out of the dictionary while it changes, so the array is changed in place, not copied.
+            if var queue = unsettled.removeValue(forKey: order) {
+                if let at = queue.firstIndex(of: sequence) { queue.remove(at: at) }
+                if !queue.isEmpty { unsettled[order] = queue }
             }
             let at = unsettledSequences.insertionPoint(of: sequence)
             if at < unsettledSequences.count, unsettledSequences[at] == sequence { unsettledSequences.remove(at: at) }
