@@ -21,10 +21,12 @@ public struct History: Sendable {
 
     public init(enabled: Bool) { self.enabled = enabled }
 
-    /// `value` is only built when the history is recorded, so a run without `--trace` pays nothing for it.
-    mutating func record(_ time: Int64, _ process: String, _ type: EntryType, _ function: String, _ value: @autoclosure () -> String) {
+    /// The texts are only made when the history is recorded, so a run without `--trace` pays nothing for them.
+    mutating func record(
+        _ time: Int64, _ process: @autoclosure () -> String, _ type: EntryType, _ function: @autoclosure () -> String, _ value: @autoclosure () -> String
+    ) {
         guard enabled else { return }
-        entries.append(Entry(time: time, process: process, type: type, function: function, value: value()))
+        entries.append(Entry(time: time, process: process(), type: type, function: function(), value: value()))
     }
 
     /// One JSON object per line: `{"index","time","process","type","f","value"}`; time in virtual microseconds.
